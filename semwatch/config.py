@@ -1,0 +1,300 @@
+"""Configuration: config.toml -> typed dataclasses.
+
+Every key has a default so a missing file section is fine; an unknown key or a value of
+the wrong type is a ConfigError naming the key, the value and the file. Relative paths are
+resolved against the folder of the config file, so the same file works whatever the
+daemon's working directory is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_VAR = "SEMWATCH_CONFIG"
+SYSTEM_CONFIG = Path("/etc/semwatch/config.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names key, value and file."""
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    input_dir: Path = Path("inbox")
+    patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp")
+    recursive: bool = True
+    polling: bool = False
+    poll_interval: float = 10.0
+    settle_seconds: float = 5.0
+    scan_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: Path = Path("outbox")
+    format: Literal["tiff", "png", "jpeg"] = "tiff"
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    database_url: str = "sqlite:///var/semwatch.db"
+    lease_seconds: float = 600.0
+    max_attempts: int = 3
+    retry_backoff: float = 30.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # None: the generator bundled with the package (semwatch/models/default.safetensors).
+    model: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "eager", "tensorrt"] = "auto"
+    batch_size: int = 4
+    max_batch_wait: float = 2.0
+    chroma_size: int = 512
+    max_pixels: int = 200_000_000
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path = Path("var")
+    shutdown_timeout: float = 60.0
+    decode_threads: int = 2
+    write_threads: int = 2
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    image_size: int = 256
+    val_fraction: float = 0.1
+    seed: int = 0
+    batch_size: int = 16
+    workers: int = 2
+    decoder_width: int = 64
+    pretrain_epochs: int = 20
+    pretrain_lr: float = 2e-4
+    patience: int = 5
+    gan_epochs: int = 20
+    gan_loss: Literal["bce", "lsgan"] = "bce"
+    lambda_l1: float = 20.0
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    pretrained_encoder: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # The file this came from (None: built-in defaults); relative paths were resolved
+    # against its folder.
+    source: Path | None = None
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """Lookup order: --config, $SEMWATCH_CONFIG, ./config.toml, /etc/semwatch/config.toml."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (given with --config)")
+        return path
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (named by ${ENV_VAR})")
+        return path
+    for candidate in (Path("config.toml"), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find and load the configuration; built-in defaults if there is no file at all."""
+    path = find_config_file(explicit)
+    if path is None:
+        return resolve_paths(Config(), Path.cwd())
+    return load_config_file(path)
+
+
+def load_config_file(path: Path) -> Config:
+    path = Path(path).absolute()
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    config = parse_config(raw, path)
+    return resolve_paths(config, path.parent)
+
+
+def parse_config(raw: Mapping[str, Any], path: Path | None = None) -> Config:
+    """Build a Config from a TOML mapping, checking every key and value."""
+    where = str(path) if path else "<config>"
+    hints = typing.get_type_hints(Config)
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "source" or name not in hints:
+            raise ConfigError(f"{where}: unknown section [{name}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table, got {value!r}")
+        sections[name] = _parse_section(hints[name], name, value, where)
+    return Config(**sections, source=path)
+
+
+def _parse_section(cls: type, section: str, raw: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"{where}: unknown key {section}.{key} (known: {known})")
+        try:
+            values[key] = _coerce(hints[key], value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {section}.{key} = {value!r}: {exc}") from None
+    instance = cls(**values)
+    _check_ranges(instance, section, where)
+    return instance
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value == "" and type(None) in args:
+            return None  # TOML has no null: an empty string means "not set"
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ValueError("must be one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise TypeError("expected a list")
+        return tuple(_coerce(args[0], v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError("expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise TypeError("expected a path (a non-empty string)")
+        return Path(value).expanduser()
+    raise TypeError(f"unsupported type {hint}")  # pragma: no cover - programming error
+
+
+_POSITIVE = {
+    ("watch", "poll_interval"), ("watch", "scan_interval"), ("queue", "lease_seconds"),
+    ("queue", "max_attempts"), ("engine", "batch_size"), ("engine", "chroma_size"),
+    ("engine", "max_pixels"), ("daemon", "shutdown_timeout"), ("daemon", "decode_threads"),
+    ("daemon", "write_threads"), ("trainer", "image_size"), ("trainer", "batch_size"),
+    ("trainer", "decoder_width"),
+}
+_NON_NEGATIVE = {
+    ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
+    ("engine", "threads"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
+    ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
+}
+
+
+def _check_ranges(instance: Any, section: str, where: str) -> None:
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        key = (section, f.name)
+        if key in _POSITIVE and not value > 0:
+            raise ConfigError(f"{where}: {section}.{f.name} = {value!r}: must be > 0")
+        if key in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{where}: {section}.{f.name} = {value!r}: must be >= 0")
+    if section == "engine" and instance.chroma_size % 32:
+        raise ConfigError(
+            f"{where}: engine.chroma_size = {instance.chroma_size}: must be a multiple of 32 "
+            "(the generator's stride)"
+        )
+    if section == "output" and not 1 <= instance.jpeg_quality <= 100:
+        raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
+    if section == "trainer" and not 0.0 <= instance.val_fraction < 1.0:
+        raise ConfigError(f"{where}: trainer.val_fraction = {instance.val_fraction}: must be in [0, 1)")
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make every relative path (and a relative sqlite URL) relative to `base`."""
+
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        return p if p.is_absolute() else (base / p)
+
+    return dataclasses.replace(
+        config,
+        watch=dataclasses.replace(config.watch, input_dir=fix(config.watch.input_dir)),
+        output=dataclasses.replace(config.output, dir=fix(config.output.dir)),
+        queue=dataclasses.replace(
+            config.queue, database_url=_resolve_sqlite_url(config.queue.database_url, base)
+        ),
+        engine=dataclasses.replace(config.engine, model=fix(config.engine.model)),
+        daemon=dataclasses.replace(config.daemon, state_dir=fix(config.daemon.state_dir)),
+        trainer=dataclasses.replace(
+            config.trainer, pretrained_encoder=fix(config.trainer.pretrained_encoder)
+        ),
+    )
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    rest = url[len(prefix):]
+    if not rest or rest.startswith("/") or rest == ":memory:":
+        return url
+    return prefix + str(base / rest)

@@ -1,0 +1,1 @@
+"""trainer: two-stage pix2pix training of semwatch generators."""
