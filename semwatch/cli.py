@@ -1,0 +1,309 @@
+"""The `semwatch` command line: one group, a subcommand per job."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import click
+
+from semwatch import __version__
+from semwatch.config import Config, ConfigError, load_config
+from semwatch.log import configure_logging, get_logger
+
+log = get_logger("semwatch.cli")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def config_option(func):
+    """--config FILE, shared by every subcommand."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
+        "/etc/semwatch/config.toml, else built-in defaults.",
+    )(func)
+
+
+def load_cli_config(config_path: Path | None) -> Config:
+    """Load the configuration or stop with a one-line usage error (exit 2)."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="semwatch")
+def main() -> None:
+    """semwatch: automatic colorization of scanning electron microscope images.
+
+    \b
+    semwatch colorize  colorize files or folders once
+    semwatch run       the watch-folder service (what systemd starts)
+    semwatch status    what the service's queue holds
+    """
+
+
+@dataclass(frozen=True)
+class Task:
+    source: Path
+    target: Path
+
+
+def _supported(path: Path) -> bool:
+    from semwatch.imaging import SUPPORTED_SUFFIXES
+
+    return path.suffix.lower() in SUPPORTED_SUFFIXES
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Supported, non-hidden files under ``folder`` (recursive, sorted, no symlink escapes)."""
+    root = folder.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or not _supported(path) or not path.is_file():
+                continue
+            if not path.resolve().is_relative_to(root):
+                log.warning("skipped: symlink leads outside the folder", path=str(path))
+                continue
+            found.append(path)
+    return found
+
+
+def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]:
+    """Map inputs to outputs; a file named directly goes to DIR/<stem>.<ext>, a folder's files
+    keep their relative paths. Raises click.UsageError on missing inputs and collisions."""
+    from semwatch.imaging import output_name
+
+    tasks: list[Task] = []
+    for given in inputs:
+        if given.is_dir():
+            files = _folder_files(given)
+            if not files:
+                log.warning("no supported images in folder", folder=str(given))
+            siblings: dict[Path, list[str]] = {}
+            for path in files:
+                siblings.setdefault(path.parent, []).append(path.name)
+            for path in files:
+                rel = path.relative_to(given)
+                name = output_name(path.name, fmt, sibling_names=siblings[path.parent])
+                tasks.append(Task(path, output_dir / rel.parent / name))
+        elif given.is_file():
+            tasks.append(Task(given, output_dir / output_name(given.name, fmt)))
+        else:
+            raise click.UsageError(f"{given}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    for task in tasks:
+        key = task.target.resolve()
+        if key in seen:
+            raise click.UsageError(
+                f"{seen[key]} and {task.source} would both be written to {task.target}; "
+                "colorize them in separate runs or to separate --output-dir folders"
+            )
+        seen[key] = task.source
+    return tasks
+
+
+@main.command("colorize", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the colorized images (created if missing).")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Generator file (.safetensors). Default: engine.model, else the bundled model.")
+@click.option("--format", "fmt", type=click.Choice(["tiff", "png", "jpeg"]), default=None,
+              help="Output format. Default: output.format (tiff).")
+@click.option("--chroma-size", type=int, default=None,
+              help="Long side, in pixels, of the copy the network colors (multiple of 32). "
+              "Default: engine.chroma_size.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where the network runs. Default: engine.device.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass. Default: engine.batch_size.")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@config_option
+def colorize_command(
+    inputs: tuple[Path, ...],
+    output_dir: Path,
+    model: Path | None,
+    fmt: str | None,
+    chroma_size: int | None,
+    device: str | None,
+    batch_size: int | None,
+    overwrite: bool,
+    quiet: bool,
+    config_path: Path | None,
+) -> None:
+    """Colorize INPUT files and folders (recursively) into --output-dir, once.
+
+    Outputs keep the input's size, its gray levels as their lightness, its vendor metadata,
+    and a provenance record (source and model SHA-256). A file named directly is written as
+    DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder. Nothing is
+    overwritten without --overwrite. A file that cannot be read is reported in one line and
+    the rest go on; the exit code is 1 if any input failed.
+    """
+    config = load_cli_config(config_path)
+    configure_logging(config.logging.level, "console" if config.logging.format == "auto"
+                      else config.logging.format)
+    fmt = fmt or config.output.format
+    tasks = plan_tasks(inputs, output_dir, fmt)
+    existing = [t.target for t in tasks if t.target.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise click.UsageError(f"{existing[0]} already exists{more}; pass --overwrite to replace")
+    if not tasks:
+        click.echo("nothing to colorize", err=True)
+        return
+
+    from semwatch.engine import Colorizer, EngineError
+    from semwatch.model import ModelError
+
+    engine_cfg = config.engine
+    started = time.perf_counter()
+    try:
+        colorizer = Colorizer.from_file(
+            model if model is not None else engine_cfg.model,
+            device=device or engine_cfg.device,
+            backend=engine_cfg.backend,
+            chroma_size=chroma_size or engine_cfg.chroma_size,
+            batch_size=batch_size or engine_cfg.batch_size,
+        )
+    except (ModelError, EngineError) as exc:
+        raise click.ClickException(str(exc)) from None
+    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
+             device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
+    failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
+                         config.output.jpeg_quality, progress=not quiet)
+    done = len(tasks) - failures
+    seconds = time.perf_counter() - started
+    click.echo(f"colorized {done} of {len(tasks)} images, {failures} failed, "
+               f"in {seconds:.1f} s -> {output_dir}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_quality: int,
+              *, progress: bool = True) -> int:
+    """Decode, colorize and write every task; returns how many failed.
+
+    Decoding of the next batch and writing of the previous one run in threads beside the
+    network, so the CPU or GPU is not idle during file I/O.
+    """
+    from tqdm import tqdm
+
+    from semwatch.imaging import ImageError, read_image
+
+    failures = 0
+    bar = tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr)
+    batch_size = colorizer.batch_size
+
+    def report(task: Task, reason: str) -> None:
+        nonlocal failures
+        failures += 1
+        line = reason if str(task.source) in reason else f"{task.source}: {reason}"
+        tqdm.write(f"error: {line}", file=sys.stderr)
+
+    def decode(task: Task):
+        try:
+            return read_image(task.source, max_pixels=max_pixels)
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+            log.exception("unexpected error decoding", path=str(task.source))
+            return RuntimeError(f"{task.source}: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="write") as writers:
+        batches = [list(tasks[i:i + batch_size]) for i in range(0, len(tasks), batch_size)]
+        pending_writes: list[tuple[Task, Future]] = []
+        next_decoded = [decoders.submit(decode, t) for t in batches[0]] if batches else []
+        for index, batch in enumerate(batches):
+            decoded = [f.result() for f in next_decoded]
+            if index + 1 < len(batches):
+                next_decoded = [decoders.submit(decode, t) for t in batches[index + 1]]
+            good = []
+            for task, item in zip(batch, decoded):
+                if isinstance(item, Exception):
+                    report(task, " ".join(str(item).split()))
+                    bar.update(1)
+                else:
+                    for warning in item.warnings:
+                        log.warning(warning, path=str(task.source))
+                    good.append((task, item))
+            if good:
+                try:
+                    rgbs = colorizer.colorize([item for _, item in good])
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("colorization failed", files=len(good))
+                    for task, _ in good:
+                        report(task, f"colorization failed: {type(exc).__name__}: {exc}")
+                        bar.update(1)
+                    continue
+                for (task, item), rgb in zip(good, rgbs):
+                    pending_writes.append((task, writers.submit(
+                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality)))
+            still = []
+            for task, future in pending_writes:
+                if future.done():
+                    _finish_write(task, future, report)
+                    bar.update(1)
+                else:
+                    still.append((task, future))
+            pending_writes = still
+        for task, future in pending_writes:
+            _finish_write(task, future, report)
+            bar.update(1)
+    bar.close()
+    return failures
+
+
+def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -> None:
+    from semwatch.imaging import build_provenance, write_image
+
+    provenance = build_provenance(
+        image, source_path=str(task.source), model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
+        device=colorizer.device, chroma_size=colorizer.chroma_size,
+    )
+    write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
+                jpeg_quality=jpeg_quality)
+
+
+def _finish_write(task: Task, future: Future, report) -> None:
+    """Wait for a write; a failure is reported (and counted) by ``report``."""
+    try:
+        future.result()
+    except OSError as exc:
+        report(task, f"cannot write {task.target}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001
+        log.exception("unexpected error writing", path=str(task.target))
+        report(task, f"cannot write {task.target}: {type(exc).__name__}: {exc}")
+
+
+def _iter_commands() -> Iterable[tuple[str, click.Command]]:
+    """Subcommands that live in their own modules (the service's), when installed."""
+    from semwatch import service_cli
+
+    for name in ("run_command", "status_command", "enqueue_command", "retry_command"):
+        command = getattr(service_cli, name, None)
+        if command is not None:
+            yield name, command
+
+
+try:
+    for _name, _command in _iter_commands():
+        main.add_command(_command)
+except ImportError:  # the service commands are being written in parallel
+    pass

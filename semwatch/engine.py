@@ -1,0 +1,325 @@
+"""Batched colorization: gray images in, full-resolution RGB out.
+
+Fixed cost in, full resolution out (DESIGN.md): each image (data bar cropped off) is
+down-scaled so its long side is ``chroma_size``, padded to one of a few canvas shapes so
+that batches have static shapes, and run through the generator in batches. The predicted
+ab is up-sampled to the image's full size and joined with the ORIGINAL gray levels through
+the gamut-safe chroma table, so the output's L is the input's, exactly. Data-bar rows come
+out gray.
+
+The network call sits behind :class:`Backend`, so the eager PyTorch backend and a compiled
+one (TensorRT) are interchangeable; everything around it runs on the backend's device.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semwatch.color import AB_SCALE, ChromaLUT, l_to_input
+from semwatch.log import get_logger
+from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
+
+if TYPE_CHECKING:
+    from semwatch.config import EngineConfig
+
+log = get_logger(__name__)
+
+# Canvas sides are multiples of chroma_size / CANVAS_STEPS (rounded up to the stride):
+# at most CANVAS_STEPS**2 distinct batch shapes, at most ~25% padding on the short side.
+CANVAS_STEPS = 4
+
+
+class EngineError(RuntimeError):
+    """The engine cannot be set up as configured (device, backend, model)."""
+
+
+class GrayLike(Protocol):
+    gray: np.ndarray
+    databar_row: int | None
+
+
+@dataclass(frozen=True)
+class GrayImage:
+    """A decoded gray image: uint8 (H, W), and where its data bar starts (or None)."""
+
+    gray: np.ndarray
+    databar_row: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one image goes through the network."""
+
+    height: int  # rows that are colorized (above the data bar)
+    width: int
+    small: tuple[int, int]  # the down-scaled size fed to the network
+    canvas: tuple[int, int]  # the padded batch shape
+
+
+class Backend(abc.ABC):
+    """Runs the generator on a batch: (N, 1, H, W) normalised L -> (N, 2, H, W) ab/110."""
+
+    name: str
+    device: torch.device
+
+    @abc.abstractmethod
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def prepare(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> None:
+        """Called once with the canvas shapes that will be used (compile-ahead hook)."""
+
+
+class EagerBackend(Backend):
+    """Plain PyTorch, CPU or CUDA, under ``inference_mode``."""
+
+    name = "eager"
+
+    def __init__(self, generator: LoadedGenerator, device: torch.device):
+        self.device = device
+        self.model = generator.model.to(device).eval()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` is CUDA when a GPU is usable, else the CPU; ``cuda`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("engine.device = 'cuda' but no CUDA GPU is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise EngineError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def make_backend(name: str, generator: LoadedGenerator, device: torch.device) -> Backend:
+    """The backend for ``name``: ``auto`` and ``eager`` are eager PyTorch here."""
+    if name in ("auto", "eager"):
+        return EagerBackend(generator, device)
+    if name == "tensorrt":
+        raise EngineError(
+            "engine.backend = 'tensorrt' is not available in this build of semwatch; "
+            "use 'auto' or 'eager'"
+        )
+    raise EngineError(f"unknown backend {name!r} (auto, eager or tensorrt)")
+
+
+def plan_image(height: int, width: int, chroma_size: int) -> Plan:
+    """Down-scale so the long side is ``chroma_size`` (never up), pick the canvas bucket."""
+    if height < 1 or width < 1:
+        raise ValueError(f"empty image region {height}x{width}")
+    scale = min(1.0, chroma_size / max(height, width))
+    small_h = max(1, round(height * scale))
+    small_w = max(1, round(width * scale))
+    unit = chroma_size / CANVAS_STEPS
+
+    def bucket(side: int) -> int:
+        steps = max(1, math.ceil(side / unit - 1e-9))
+        return math.ceil(steps * unit / STRIDE) * STRIDE
+
+    return Plan(height, width, (small_h, small_w), (bucket(small_h), bucket(small_w)))
+
+
+def _gray_float_to_l(gray: torch.Tensor) -> torch.Tensor:
+    """sRGB gray in [0, 1] -> CIE L (the L of (g, g, g))."""
+    linear = torch.where(gray <= 0.04045, gray / 12.92, ((gray + 0.055) / 1.055) ** 2.4)
+    f = torch.where(linear > 216 / 24389, linear.clamp(min=1e-12) ** (1 / 3),
+                    (24389 / 27 * linear + 16) / 116)
+    return 116 * f - 16
+
+
+class Colorizer:
+    """Colorizes decoded gray images with one generator on one device."""
+
+    def __init__(
+        self,
+        generator: LoadedGenerator,
+        *,
+        device: str | torch.device = "cpu",
+        backend: str = "eager",
+        chroma_size: int = 512,
+        batch_size: int = 4,
+    ):
+        if chroma_size % STRIDE or chroma_size < STRIDE:
+            raise EngineError(f"chroma_size must be a positive multiple of {STRIDE}, got {chroma_size}")
+        if batch_size < 1:
+            raise EngineError(f"batch_size must be >= 1, got {batch_size}")
+        self.device_obj = resolve_device(device)
+        self.backend = make_backend(backend, generator, self.device_obj)
+        self.generator = generator
+        self.chroma_size = chroma_size
+        self.batch_size = batch_size
+        self.lut = ChromaLUT(self.device_obj)
+        self.backend.prepare(self.canvas_shapes(), batch_size)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: Path | None,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        chroma_size: int = 512,
+        batch_size: int = 4,
+    ) -> "Colorizer":
+        """Load a generator file (``None``: the bundled default) and build a Colorizer."""
+        model_path = Path(path) if path is not None else default_model_path()
+        if path is None and not model_path.is_file():
+            raise ModelError(
+                f"{model_path}: the bundled default model is not installed; "
+                "pass --model FILE (or set engine.model in config.toml)"
+            )
+        dev = resolve_device(device)
+        generator = load_generator(model_path, device=dev)
+        return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
+                   batch_size=batch_size)
+
+    @classmethod
+    def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
+                             chroma_size=cfg.chroma_size, batch_size=cfg.batch_size)
+
+    @property
+    def model_name(self) -> str:
+        return self.generator.name
+
+    @property
+    def model_sha256(self) -> str:
+        return self.generator.sha256
+
+    @property
+    def model_path(self) -> Path:
+        return self.generator.path
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return str(self.device_obj)
+
+    def canvas_shapes(self) -> list[tuple[int, int]]:
+        """Every batch shape this Colorizer can use (for compile-ahead backends)."""
+        unit = self.chroma_size / CANVAS_STEPS
+        sides = sorted({math.ceil(k * unit / STRIDE) * STRIDE for k in range(1, CANVAS_STEPS + 1)})
+        return [(h, w) for h in sides for w in sides]
+
+    # -- public API -------------------------------------------------------------------
+
+    def colorize(self, images: Sequence[GrayLike]) -> list[np.ndarray]:
+        """(H, W, 3) uint8 sRGB for each image, in order."""
+        outputs: list[np.ndarray] = []
+        for image, ab in zip(images, self._predict_small(images)):
+            outputs.append(self._compose(image, ab))
+        return outputs
+
+    def predict_ab(self, images: Sequence[GrayLike]) -> list[torch.Tensor]:
+        """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
+        result = []
+        for image, ab_small in zip(images, self._predict_small(images)):
+            height, width = image.gray.shape
+            ab = torch.zeros((2, height, width), device=self.device_obj)
+            rows = self._colour_rows(image)
+            if rows:
+                ab[:, :rows] = self._upsample(ab_small, rows, width)
+            result.append(ab)
+        return result
+
+    # -- steps ------------------------------------------------------------------------
+
+    def _colour_rows(self, image: GrayLike) -> int:
+        height = image.gray.shape[0]
+        row = image.databar_row
+        if row is None or row >= height:
+            return height
+        return max(0, int(row))
+
+    def _predict_small(self, images: Sequence[GrayLike]) -> list[torch.Tensor | None]:
+        """Low-resolution ab (2, h, w) per image, in Lab units; None for all-bar images."""
+        results: list[torch.Tensor | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[tuple[int, Plan]]] = defaultdict(list)
+        for i, image in enumerate(images):
+            self._check(image)
+            rows = self._colour_rows(image)
+            if rows == 0:
+                continue
+            plan = plan_image(rows, image.gray.shape[1], self.chroma_size)
+            groups[plan.canvas].append((i, plan))
+        for canvas, members in groups.items():
+            for chunk in _chunks(members, self.batch_size):
+                batch = torch.stack([self._network_input(images[i], plan) for i, plan in chunk])
+                out = self.backend(batch).float() * AB_SCALE
+                for (i, plan), ab in zip(chunk, out):
+                    results[i] = ab[:, : plan.small[0], : plan.small[1]]
+        return results
+
+    def _check(self, image: GrayLike) -> None:
+        gray = image.gray
+        if gray.dtype != np.uint8 or gray.ndim != 2:
+            raise ValueError(f"expected a 2-D uint8 gray image, got {gray.dtype} {gray.shape}")
+
+    def _network_input(self, image: GrayLike, plan: Plan) -> torch.Tensor:
+        """(1, canvas_h, canvas_w): down-scaled, L/50 - 1, edge-padded to the canvas."""
+        gray = _as_tensor(image.gray[: plan.height], self.device_obj)
+        x = gray.to(torch.float32).div_(255.0)[None, None]
+        if plan.small != (plan.height, plan.width):
+            x = F.interpolate(x, size=plan.small, mode="bilinear", antialias=True,
+                              align_corners=False).clamp_(0.0, 1.0)
+        x = l_to_input(_gray_float_to_l(x))
+        pad_h = plan.canvas[0] - plan.small[0]
+        pad_w = plan.canvas[1] - plan.small[1]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return x[0]
+
+    def _upsample(self, ab_small: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if tuple(ab_small.shape[-2:]) == (height, width):
+            return ab_small
+        return F.interpolate(ab_small[None], size=(height, width), mode="bilinear",
+                             align_corners=False)[0]
+
+    def _compose(self, image: GrayLike, ab_small: torch.Tensor | None) -> np.ndarray:
+        """Full-resolution RGB: chroma table above the bar, plain gray in it."""
+        gray_np = image.gray
+        height, width = gray_np.shape
+        rows = self._colour_rows(image)
+        out = torch.empty((height, width, 3), dtype=torch.uint8, device=self.device_obj)
+        gray = _as_tensor(gray_np, self.device_obj)
+        if rows and ab_small is not None:
+            ab = self._upsample(ab_small, rows, width)
+            idx = self.lut.index(gray[:rows], ab)
+            torch.index_select(self.lut.table, 0, idx.reshape(-1), out=out[:rows].view(-1, 3))
+        if rows < height:
+            out[rows:] = gray[rows:, :, None]
+        return out.cpu().numpy() if out.device.type != "cpu" else out.numpy()
+
+
+def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor view of a (possibly read-only) array; the engine never writes to its input."""
+    if not array.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(array).to(device)
+    return torch.from_numpy(array).to(device)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
