@@ -1,0 +1,127 @@
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from semwatch.config import (
+    Config,
+    ConfigError,
+    find_config_file,
+    load_config,
+    load_config_file,
+    resolve_paths,
+)
+
+ROOT_CONFIG = Path(__file__).resolve().parents[1] / "config.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_documented_file_matches_builtin_defaults():
+    config = load_config_file(ROOT_CONFIG)
+    defaults = resolve_paths(Config(), ROOT_CONFIG.parent)
+    assert dataclasses.replace(config, source=None) == defaults
+
+
+def test_every_key_in_the_documented_file_has_a_comment():
+    lines = ROOT_CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^[a-z_]+\s*=", line):
+            assert lines[i - 1].startswith("#"), f"config.toml: {line!r} has no comment above it"
+
+
+def test_every_dataclass_key_is_in_the_documented_file():
+    text = ROOT_CONFIG.read_text()
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        assert f"[{section.name}]" in text
+        for key in dataclasses.fields(section.default_factory()):
+            assert re.search(rf"^{key.name}\s*=", text, re.M), f"{section.name}.{key.name} undocumented"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "[watch]\nsettle_secs = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config_file(path)
+    assert "watch.settle_secs" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown section \[wacth\]"):
+        load_config_file(write(tmp_path, "[wacth]\n"))
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[watch]\nsettle_seconds = 'soon'\n", "watch.settle_seconds = 'soon'"),
+        ("[watch]\nrecursive = 1\n", "watch.recursive = 1"),
+        ("[output]\nformat = 'gif'\n", "output.format = 'gif'"),
+        ("[engine]\nbatch_size = 0\n", "engine.batch_size = 0"),
+        ("[engine]\nchroma_size = 500\n", "engine.chroma_size = 500"),
+        ("[queue]\nmax_attempts = 2.5\n", "queue.max_attempts = 2.5"),
+    ],
+)
+def test_bad_values_name_key_value_and_file(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config_file(path)
+    assert key in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config_file(write(tmp_path, "[watch\n"))
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    path = sub / "c.toml"
+    path.write_text(
+        '[watch]\ninput_dir = "in"\n[output]\ndir = "/abs/out"\n'
+        '[queue]\ndatabase_url = "sqlite:///state/q.db"\n[engine]\nmodel = "m.safetensors"\n'
+    )
+    config = load_config_file(path)
+    assert config.watch.input_dir == sub / "in"
+    assert config.output.dir == Path("/abs/out")
+    assert config.queue.database_url == f"sqlite:///{sub}/state/q.db"
+    assert config.engine.model == sub / "m.safetensors"
+
+
+def test_empty_model_means_bundled_default(tmp_path):
+    assert load_config_file(write(tmp_path, '[engine]\nmodel = ""\n')).engine.model is None
+
+
+def test_postgres_url_untouched(tmp_path):
+    url = "postgresql://semwatch@db/semwatch"
+    config = load_config_file(write(tmp_path, f'[queue]\ndatabase_url = "{url}"\n'))
+    assert config.queue.database_url == url
+
+
+def test_lookup_order(tmp_path, monkeypatch):
+    explicit = write(tmp_path, "")
+    env_file = tmp_path / "env.toml"
+    env_file.write_text("")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "config.toml").write_text("[engine]\nbatch_size = 7\n")
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("SEMWATCH_CONFIG", str(env_file))
+    assert find_config_file(explicit) == explicit
+    assert find_config_file(None) == env_file
+    monkeypatch.delenv("SEMWATCH_CONFIG")
+    assert find_config_file(None) == Path("config.toml")
+    assert load_config(None).engine.batch_size == 7
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        find_config_file(tmp_path / "nope.toml")
