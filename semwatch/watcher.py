@@ -1,0 +1,574 @@
+"""File arrival: watchdog events are hints, a periodic reconciliation scan is the truth.
+
+A path becomes a *candidate* when an event names it or a scan finds it new or changed
+against the queue's (rel_path, size, mtime). A candidate is *ready* once its size and
+mtime stayed the same for ``settle_seconds`` measured on this host's monotonic clock (the
+microscope PC's clock may be skewed, so mtime is only ever compared for equality). Only
+ready files are hashed; a hash equal to the path's latest known content is a touch, not a
+job. The watched folder is only ever read.
+
+Observers and handlers are split as watchdog intends: `_CandidateMarker` only marks paths;
+whether inotify or polling (SMB/NFS deliver no inotify events) feeds it is decided in one
+line of `Watcher._start_observer`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from structlog.typing import FilteringBoundLogger
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from semwatch.config import WatchConfig
+from semwatch.log import get_logger
+
+HASH_CHUNK = 1 << 20
+# Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
+# LibreOffice) and our own atomic-write temporaries.
+TEMPORARY_PATTERNS: tuple[str, ...] = (
+    "~$*", "*.tmp", "*.part", "*.crdownload", "*.partial", ".~lock*", "*.swp",
+    ".semwatch-tmp-*",
+)
+# Jobs are handed to the queue in slices so the daemon can start on the first files of a
+# large batch (a share with thousands of unprocessed files) while the rest are hashed.
+ENQUEUE_SLICE = 100
+MAX_BACKOFF_SECONDS = 60.0
+INOTIFY_LIMIT_HINT = "set watch.polling = true or raise fs.inotify.max_user_watches"
+OBSERVER_JOIN_SECONDS = 5.0
+
+EnqueueRecord = tuple[str, str, int, float, float | None]  # rel_path, sha256, size, mtime, arrived_at
+
+
+class WatcherError(RuntimeError):
+    """The watch folder cannot be watched (message names the folder and the reason)."""
+
+
+class ArrivalQueue(Protocol):
+    """The part of `semwatch.queue.SqlJobQueue` the watcher uses."""
+
+    def known_files(self) -> dict[str, tuple[int, float]]: ...
+
+    def enqueue_many(self, records: Iterable[EnqueueRecord]) -> int: ...
+
+    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None: ...
+
+    def latest_sha256(self, rel_path: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    files_seen: int  # matching regular files under the root
+    candidates: int  # of those, new or changed against the queue (to be settled and hashed)
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Candidate:
+    size: int
+    mtime: float
+    stable_since: float  # this host's monotonic clock
+    arrived_at: float  # wall clock, when first noticed (for latency figures)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
+    """SHA-256 of a file, streamed so a multi-GB stack never sits in memory."""
+    digest = hashlib.sha256()
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def _compile_globs(patterns: Iterable[str]) -> re.Pattern[str]:
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE)
+
+
+class _CandidateMarker(FileSystemEventHandler):
+    """Forwards file and directory paths from watchdog events; decides nothing itself."""
+
+    def __init__(self, on_file: Callable[[str], None], on_dir: Callable[[str], None]) -> None:
+        super().__init__()
+        self._on_file = on_file
+        self._on_dir = on_dir
+        self._log = get_logger(__name__)
+
+    def on_created(self, event: DirCreatedEvent | FileCreatedEvent) -> None:
+        self._route(event.src_path, event.is_directory)
+
+    def on_modified(self, event: DirModifiedEvent | FileModifiedEvent) -> None:
+        # A directory's mtime changes whenever an entry is added; its files get their own events.
+        if not event.is_directory:
+            self._route(event.src_path, False)
+
+    def on_moved(self, event: DirMovedEvent | FileMovedEvent) -> None:
+        self._route(event.dest_path, event.is_directory)
+
+    def on_closed(self, event: FileClosedEvent) -> None:
+        # inotify's close-after-write: the writer is probably done; settle still decides.
+        self._route(event.src_path, False)
+
+    def _route(self, path: bytes | str, is_directory: bool) -> None:
+        # An exception escaping here would kill watchdog's dispatcher thread for good.
+        try:
+            (self._on_dir if is_directory else self._on_file)(os.fsdecode(path))
+        except Exception:
+            self._log.exception("watch event handling failed", path=os.fsdecode(path))
+
+
+class Watcher:
+    """Turns files arriving under ``cfg.input_dir`` into queue jobs, once each is complete."""
+
+    def __init__(
+        self,
+        cfg: WatchConfig,
+        queue: ArrivalQueue,
+        *,
+        output_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        on_enqueued: Callable[[int], None] | None = None,
+    ) -> None:
+        if not cfg.patterns:
+            raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, no file would ever be picked up")
+        self._cfg = cfg
+        self._queue = queue
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._on_enqueued = on_enqueued
+        self._root = str(Path(cfg.input_dir).resolve())
+        self._root_prefix = self._root.rstrip(os.sep) + os.sep
+        self._output_rel = self._output_rel_of(output_dir)
+        self._wanted = _compile_globs(cfg.patterns)
+        self._temporary = _compile_globs(TEMPORARY_PATTERNS)
+        self._tick = max(0.05, min(1.0, cfg.settle_seconds / 4))
+
+        self._lock = threading.Lock()  # guards the three collections below
+        self._candidates: dict[str, _Candidate] = {}
+        self._pending_dirs: set[str] = set()
+        # (size, mtime) of files this process already hashed and resolved, for paths where the
+        # queue's record still differs (same path back to older content: the queue keeps the
+        # newer record). Without it such a file would be re-hashed on every scan.
+        self._resolved: dict[str, tuple[int, float]] = {}
+
+        self._handler = _CandidateMarker(self._on_file_event, self._on_dir_event)
+        self._observer_lock = threading.Lock()
+        self._observer: BaseObserver | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._root_missing = False
+
+    @property
+    def _log(self) -> FilteringBoundLogger:
+        # Bound per call: binding once would freeze the structlog configuration in force
+        # when the watcher was built (the daemon may configure logging afterwards).
+        return get_logger(__name__).bind(root=self._root)
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root)
+
+    def start(self) -> None:
+        """Start the observer and the worker thread (start-up scan, settling, re-scans)."""
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        if not os.path.isdir(self._root):
+            reason = "is not a directory" if os.path.exists(self._root) else "does not exist"
+            raise WatcherError(f"{self._root}: watch folder {reason}")
+        self._stopping.clear()
+        self._start_observer()
+        self._thread = threading.Thread(target=self._run, name="semwatch-watcher", daemon=True)
+        self._thread.start()
+        self._log.info("watching", polling=self._cfg.polling, recursive=self._cfg.recursive,
+                       settle_seconds=self._cfg.settle_seconds, scan_interval=self._cfg.scan_interval)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop observing and let the worker finish the file in hand (up to `timeout` s)."""
+        self._stopping.set()
+        self._stop_observer(timeout)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                self._log.warning("watcher thread still busy after stop timeout", timeout=timeout)
+
+    def scan(self) -> ScanResult:
+        """One reconciliation pass: every new or changed file under the root becomes a candidate."""
+        started = self._clock()
+        if not self._root_available():
+            return ScanResult(0, 0, self._clock() - started)
+        known = self._queue.known_files()
+        with self._lock:
+            resolved = dict(self._resolved)
+        seen = changed = 0
+        errors: list[str] = []
+        still_resolved: set[str] = set()
+        for rel, size, mtime in self._walk(self._root, "", errors):
+            seen += 1
+            key = (size, mtime)
+            if known.get(rel) == key:
+                continue
+            if resolved.get(rel) == key:
+                still_resolved.add(rel)
+                continue
+            changed += 1
+            self._mark(rel, key)
+        if not errors:
+            self._prune_resolved(still_resolved)
+        result = ScanResult(seen, changed, self._clock() - started)
+        log = self._log.info if changed or errors else self._log.debug
+        log("scan done", files_seen=seen, candidates=changed, unreadable_dirs=len(errors),
+            seconds=round(result.seconds, 3))
+        return result
+
+    def process_ready(self) -> int:
+        """Settle-check the candidates that are due; hash and enqueue the settled. Returns jobs enqueued."""
+        now = self._clock()
+        with self._lock:
+            due = [(rel, c.size, c.mtime, c.arrived_at) for rel, c in self._candidates.items()
+                   if now - c.stable_since >= self._cfg.settle_seconds]
+        enqueued = 0
+        batch: list[EnqueueRecord] = []
+        for rel, size, mtime, arrived_at in due:
+            if self._stopping.is_set():
+                break
+            record = self._settle_one(rel, (size, mtime), arrived_at)
+            if record is not None:
+                batch.append(record)
+            if len(batch) >= ENQUEUE_SLICE:
+                enqueued += self._enqueue(batch)
+                batch = []
+        return enqueued + self._enqueue(batch)
+
+    def is_ignored(self, path: Path) -> bool:
+        """True for anything that must never become a job (see DESIGN.md "Arrival detection")."""
+        rel = self.relpath(path)
+        if rel is None or self._ignored_name(rel):
+            return True
+        return self._regular_stat(os.path.abspath(path)) is None
+
+    def relpath(self, path: Path) -> str | None:
+        """POSIX path relative to the root, or None outside it.
+
+        Symlinked folders on the way are resolved; the file's own name is kept (a symlinked
+        file is known by its link's name; `is_ignored` judges its target).
+        """
+        absolute = os.path.abspath(path)
+        parent = os.path.realpath(os.path.dirname(absolute))
+        return self._rel_of(os.path.join(parent, os.path.basename(absolute)))
+
+    @property
+    def observer(self) -> BaseObserver | None:
+        """The running watchdog observer (None before start or while events are unavailable)."""
+        return self._observer
+
+    @property
+    def candidate_count(self) -> int:
+        with self._lock:
+            return len(self._candidates)
+
+    # ------------------------------------------------------------ worker thread
+
+    def _run(self) -> None:
+        next_scan = self._clock()  # the start-up scan: files that arrived while we were down
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if self._clock() >= next_scan:
+                    self.scan()
+                    self._heal_observer()
+                    next_scan = self._clock() + self._cfg.scan_interval
+                self._scan_pending_dirs()
+                self.process_ready()
+                failures = 0
+            except Exception:
+                failures += 1
+                self._log.exception("watcher pass failed, will retry", consecutive_failures=failures)
+            self._stopping.wait(self._delay(failures))
+
+    def _delay(self, failures: int) -> float:
+        # A database that is down must not turn into a log line per tick for hours.
+        if failures == 0:
+            return self._tick
+        return min(MAX_BACKOFF_SECONDS, self._tick * 2 ** min(failures, 16))
+
+    def _scan_pending_dirs(self) -> None:
+        with self._lock:
+            dirs, self._pending_dirs = self._pending_dirs, set()
+        for rel in sorted(dirs):
+            # A folder copied in as a whole: its files may predate the folder's own watch.
+            # Its paths are new, so there is no queue record to compare with; hashing decides.
+            for file_rel, size, mtime in self._walk(self._abspath(rel), rel, []):
+                self._mark_unless_resolved(file_rel, (size, mtime))
+
+    # ------------------------------------------------------------- settle + hash
+
+    def _settle_one(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
+        path = self._abspath(rel)
+        current = self._stat_key(path)
+        if current != key:
+            self._restart_or_drop(rel, current)
+            return None
+        try:
+            sha256 = sha256_file(path)
+        except FileNotFoundError:
+            self._restart_or_drop(rel, None)
+            return None
+        except OSError as exc:
+            self._log.warning("cannot read file, skipped until the next scan", path=rel,
+                              reason=exc.strerror or str(exc))
+            self._restart_or_drop(rel, None)
+            return None
+        after = self._stat_key(path)
+        if after != key:  # written to while we hashed: settle again
+            self._restart_or_drop(rel, after)
+            return None
+        if sha256 == self._queue.latest_sha256(rel):
+            self._queue.note_unchanged(rel, *key)
+            self._log.debug("touched, content unchanged", path=rel)
+            self._forget(rel, key)
+            return None
+        return (rel, sha256, key[0], key[1], arrived_at)
+
+    def _enqueue(self, batch: list[EnqueueRecord]) -> int:
+        if not batch:
+            return 0
+        n = self._queue.enqueue_many(batch)
+        for rel, _sha, size, mtime, _arrived in batch:
+            self._forget(rel, (size, mtime))
+        self._log.info("enqueued", jobs=n, settled=len(batch))
+        if n and self._on_enqueued is not None:
+            try:
+                self._on_enqueued(n)
+            except Exception:
+                self._log.exception("on_enqueued callback failed", jobs=n)
+        return n
+
+    # ------------------------------------------------------------- candidates
+
+    def _mark(self, rel: str, key: tuple[int, float]) -> None:
+        with self._lock:
+            candidate = self._candidates.get(rel)
+            if candidate is None:
+                self._candidates[rel] = _Candidate(key[0], key[1], self._clock(), self._wall_clock())
+            elif (candidate.size, candidate.mtime) != key:
+                candidate.size, candidate.mtime = key
+                candidate.stable_since = self._clock()
+
+    def _mark_unless_resolved(self, rel: str, key: tuple[int, float]) -> None:
+        with self._lock:
+            if self._resolved.get(rel) == key:
+                return
+        self._mark(rel, key)
+
+    def _restart_or_drop(self, rel: str, key: tuple[int, float] | None) -> None:
+        if key is None:
+            with self._lock:
+                self._candidates.pop(rel, None)
+            self._log.debug("candidate gone", path=rel)
+        else:
+            self._mark(rel, key)
+
+    def _forget(self, rel: str, key: tuple[int, float]) -> None:
+        """The file at `key` is resolved; keep the candidate only if an event moved it on."""
+        with self._lock:
+            candidate = self._candidates.get(rel)
+            if candidate is not None and (candidate.size, candidate.mtime) == key:
+                del self._candidates[rel]
+            self._resolved[rel] = key
+
+    def _prune_resolved(self, still_resolved: set[str]) -> None:
+        with self._lock:
+            self._resolved = {rel: key for rel, key in self._resolved.items() if rel in still_resolved}
+
+    # ---------------------------------------------------------------- events
+
+    def _on_file_event(self, path: str) -> None:
+        rel = self._rel_of(path)
+        if rel is None or self._ignored_name(rel):
+            return
+        key = self._stat_key(path)
+        if key is not None:
+            self._mark_unless_resolved(rel, key)
+
+    def _on_dir_event(self, path: str) -> None:
+        rel = self._rel_of(path)
+        if rel is None or not self._cfg.recursive or self._ignored_dir(rel):
+            return
+        with self._lock:
+            self._pending_dirs.add(rel)
+
+    # ------------------------------------------------------------- observer
+
+    def _start_observer(self) -> None:
+        # The one place where local disks and network shares differ.
+        observer = PollingObserver(timeout=self._cfg.poll_interval) if self._cfg.polling else Observer()
+        observer.schedule(self._handler, self._root, recursive=self._cfg.recursive)
+        with self._observer_lock:
+            if self._stopping.is_set():
+                return
+            try:
+                observer.start()
+            except OSError as exc:
+                # Scans still find every file, only later; the next scan tries again.
+                limit = exc.errno in (errno.ENOSPC, errno.EMFILE)
+                self._log.error("file events unavailable, relying on periodic scans",
+                                reason=exc.strerror or str(exc),
+                                hint=INOTIFY_LIMIT_HINT if limit else None)
+                return
+            self._observer = observer
+
+    def _stop_observer(self, timeout: float) -> None:
+        with self._observer_lock:
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(min(timeout, OBSERVER_JOIN_SECONDS))
+
+    def _observer_healthy(self) -> bool:
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = observer.emitters
+        return bool(emitters) and all(e.is_alive() for e in emitters)
+
+    def _heal_observer(self) -> None:
+        """Re-arm events after the root vanished and came back (emitters stop on its deletion)."""
+        if self._stopping.is_set() or self._observer_healthy() or not os.path.isdir(self._root):
+            return
+        self._log.warning("file event observer not running, restarting it")
+        self._stop_observer(OBSERVER_JOIN_SECONDS)
+        self._start_observer()
+
+    # ------------------------------------------------------------- file system
+
+    def _root_available(self) -> bool:
+        available = os.path.isdir(self._root)
+        if not available and not self._root_missing:
+            self._log.warning("watch folder unavailable (share unmounted?), will keep trying")
+        elif available and self._root_missing:
+            self._log.info("watch folder available again")
+        self._root_missing = not available
+        return available
+
+    def _walk(self, top: str, top_rel: str, errors: list[str]) -> Iterator[tuple[str, int, float]]:
+        """(rel_path, size, mtime) of every wanted regular file; no objects kept per file."""
+        stack = [(top, top_rel)]
+        while stack:
+            folder, folder_rel = stack.pop()
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        item = self._walk_entry(entry, folder_rel, stack)
+                        if item is not None:
+                            yield item
+            except FileNotFoundError:
+                self._log.debug("folder vanished during scan", path=folder_rel or ".")
+            except OSError as exc:
+                errors.append(folder_rel)
+                self._log.warning("cannot list folder", path=folder_rel or ".",
+                                  reason=exc.strerror or str(exc))
+
+    def _walk_entry(self, entry: os.DirEntry[str], folder_rel: str,
+                    stack: list[tuple[str, str]]) -> tuple[str, int, float] | None:
+        name = entry.name
+        if name.startswith("."):
+            return None
+        rel = f"{folder_rel}/{name}" if folder_rel else name
+        try:
+            # follow_symlinks=False: a symlinked folder is never entered (no loops, no
+            # second name for files that are already under the root).
+            if entry.is_dir(follow_symlinks=False):
+                if self._cfg.recursive and not self._in_output(rel):
+                    stack.append((entry.path, rel))
+                return None
+            if not self._wanted_name(name):
+                return None
+            st = self._regular_stat(entry.path, entry.stat(follow_symlinks=False))
+        except OSError:
+            return None  # vanished between listing and stat
+        return None if st is None else (rel, st.st_size, st.st_mtime)
+
+    def _stat_key(self, path: str) -> tuple[int, float] | None:
+        st = self._regular_stat(path)
+        return None if st is None else (st.st_size, st.st_mtime)
+
+    def _regular_stat(self, path: str, lst: os.stat_result | None = None) -> os.stat_result | None:
+        """stat of a regular file (through a symlink that stays inside the root), else None."""
+        try:
+            if lst is None:
+                lst = os.lstat(path)
+            st = lst
+            if stat.S_ISLNK(lst.st_mode):
+                target = self._rel_of(os.path.realpath(path))
+                if target is None or self._in_output(target):
+                    return None
+                st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._log.debug("cannot stat", path=path, reason=exc.strerror or str(exc))
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
+
+    # ------------------------------------------------------------- names
+
+    def _abspath(self, rel: str) -> str:
+        return os.path.join(self._root, *rel.split("/"))
+
+    def _rel_of(self, absolute: str) -> str | None:
+        if not absolute.startswith(self._root_prefix):
+            return None
+        return absolute[len(self._root_prefix):].replace(os.sep, "/") or None
+
+    def _output_rel_of(self, output_dir: Path | None) -> str | None:
+        if output_dir is None:
+            return None
+        resolved = str(Path(output_dir).resolve())
+        if resolved == self._root:
+            raise ValueError(f"{output_dir}: the output folder is the watched folder; "
+                             "colorized files would be colorized again")
+        return self._rel_of(resolved)
+
+    def _in_output(self, rel: str) -> bool:
+        out = self._output_rel
+        return out is not None and (rel == out or rel.startswith(out + "/"))
+
+    def _wanted_name(self, name: str) -> bool:
+        return self._temporary.match(name) is None and self._wanted.match(name) is not None
+
+    def _ignored_dir(self, rel: str) -> bool:
+        return any(part.startswith(".") for part in rel.split("/")) or self._in_output(rel)
+
+    def _ignored_name(self, rel: str) -> bool:
+        parts = rel.split("/")
+        if not self._cfg.recursive and len(parts) > 1:
+            return True
+        return self._ignored_dir(rel) or not self._wanted_name(parts[-1])
