@@ -1,0 +1,147 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import max_lightness_error, textured_gray
+from semwatch.engine import (
+    CANVAS_STEPS,
+    Colorizer,
+    EngineError,
+    GrayImage,
+    plan_image,
+    resolve_device,
+)
+from semwatch.model import ModelError, load_generator
+
+
+@pytest.fixture(scope="module")
+def colorizer(tiny_model) -> Colorizer:
+    return Colorizer.from_file(tiny_model, device="cpu", chroma_size=128, batch_size=3)
+
+
+class Strong(torch.nn.Module):
+    """Wraps a generator so its colours are saturated: makes gamut mapping do real work."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.tanh(self.inner(x) * 50)
+
+
+def test_plan_long_side_and_canvas_buckets():
+    plan = plan_image(1920, 2560, 512)
+    assert plan.small == (384, 512) and plan.canvas == (384, 512)
+    plan = plan_image(1024, 1536, 512)
+    assert plan.small == (341, 512) and plan.canvas == (384, 512)
+    plan = plan_image(100, 60, 512)  # never up-scaled
+    assert plan.small == (100, 60) and plan.canvas == (128, 128)
+    shapes = {plan_image(h, w, 512).canvas for h in range(50, 3000, 97) for w in range(40, 3000, 131)}
+    assert len(shapes) <= CANVAS_STEPS**2
+    assert all(h % 32 == 0 and w % 32 == 0 and h <= 512 and w <= 512 for h, w in shapes)
+
+
+def test_output_size_lightness_and_databar(colorizer):
+    gray = textured_gray(300, 420)
+    out = colorizer.colorize([GrayImage(gray, databar_row=260)])[0]
+    assert out.shape == (300, 420, 3) and out.dtype == np.uint8
+    assert max_lightness_error(out, gray) <= 1.0
+    bar = out[260:]
+    assert np.array_equal(bar[..., 0], gray[260:]) and np.array_equal(bar[..., 2], gray[260:])
+
+
+def test_saturated_prediction_keeps_lightness(tiny_model):
+    generator = load_generator(tiny_model)
+    generator.model = Strong(generator.model).eval()
+    colorizer = Colorizer(generator, device="cpu", chroma_size=64)
+    gray = textured_gray(97, 131, seed=5)
+    out = colorizer.colorize([GrayImage(gray)])[0]
+    assert max_lightness_error(out, gray) <= 1.0
+    chroma = np.ptp(out.astype(int), axis=2)
+    assert chroma.mean() > 20  # really coloured, not gray
+
+
+def test_mixed_sizes_in_one_call_match_single_calls(colorizer):
+    images = [
+        GrayImage(textured_gray(200, 300, 1)),
+        GrayImage(textured_gray(180, 256, 2), databar_row=150),
+        GrayImage(textured_gray(40, 700, 3)),
+        GrayImage(textured_gray(17, 9, 4)),
+        GrayImage(textured_gray(210, 290, 5)),
+    ]
+    together = colorizer.colorize(images)
+    for image, out in zip(images, together):
+        alone = colorizer.colorize([image])[0]
+        assert out.shape == image.gray.shape + (3,)
+        assert np.abs(out.astype(int) - alone.astype(int)).max() <= 1
+
+
+def test_batches_use_static_canvas_shapes(colorizer, monkeypatch):
+    seen = []
+    original = colorizer.backend.__class__.__call__
+
+    def spy(self, batch):
+        seen.append(tuple(batch.shape))
+        return original(self, batch)
+
+    monkeypatch.setattr(colorizer.backend.__class__, "__call__", spy)
+    colorizer.colorize([GrayImage(textured_gray(h, w)) for h, w in
+                        [(200, 300), (190, 310), (300, 200), (50, 50), (210, 300)]])
+    allowed = set(colorizer.canvas_shapes())
+    assert all(shape[2:] in allowed for shape in seen)
+    assert all(shape[0] <= colorizer.batch_size for shape in seen)
+    assert len(seen) < 5  # some images shared a forward pass
+
+
+def test_all_databar_image_is_gray(colorizer):
+    gray = textured_gray(50, 60)
+    out = colorizer.colorize([GrayImage(gray, databar_row=0)])[0]
+    assert np.array_equal(out, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_predict_ab_full_resolution(colorizer):
+    ab = colorizer.predict_ab([GrayImage(textured_gray(150, 200), databar_row=120)])[0]
+    assert ab.shape == (2, 150, 200)
+    assert torch.count_nonzero(ab[:, 120:]) == 0
+
+
+def test_read_only_input_is_fine(colorizer):
+    gray = textured_gray(64, 64)
+    gray.setflags(write=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        colorizer.colorize([GrayImage(gray)])
+    assert not [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_rejects_non_uint8(colorizer):
+    with pytest.raises(ValueError, match="uint8"):
+        colorizer.colorize([GrayImage(np.zeros((10, 10), np.float32))])
+
+
+def test_device_and_backend_errors(tiny_model):
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="no CUDA"):
+            resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(EngineError, match="unknown backend"):
+        Colorizer.from_file(tiny_model, device="cpu", backend="onnx", chroma_size=64)
+    with pytest.raises(EngineError, match="multiple of 32"):
+        Colorizer.from_file(tiny_model, device="cpu", chroma_size=100)
+
+
+def test_missing_bundled_model_says_what_to_do(monkeypatch, tmp_path):
+    import semwatch.engine as engine
+
+    monkeypatch.setattr(engine, "default_model_path", lambda: tmp_path / "default.safetensors")
+    with pytest.raises(ModelError, match="--model"):
+        Colorizer.from_file(None, device="cpu")
+
+
+def test_model_identity_exposed(colorizer, tiny_model):
+    assert colorizer.model_name == "tiny-random"
+    assert len(colorizer.model_sha256) == 64
+    assert colorizer.backend_name == "eager" and colorizer.device == "cpu"
