@@ -1,0 +1,1013 @@
+"""The job queue: database schema and job state machine (DESIGN.md, "Queue").
+
+Shaped like huey's storage layer: `JobQueue` is the one small interface the daemon, the
+watcher and the CLI code against; `SqlJobQueue` is the SQLAlchemy back-end behind it. The
+same SQL runs on SQLite (the embedded default) and PostgreSQL. The dialects differ in only
+three places, each marked "dialect:" below: how a write transaction starts (SQLite needs
+`BEGIN IMMEDIATE`, emitted by an event hook because pysqlite would otherwise defer BEGIN),
+which INSERT ... ON CONFLICT construct is used, and the advisory lock that serialises schema
+migration on PostgreSQL. Claims use `SELECT ... FOR UPDATE SKIP LOCKED`, which SQLAlchemy
+renders on PostgreSQL and drops on SQLite, where the IMMEDIATE lock already excludes other
+writers.
+
+A job is one source file version, (rel_path, sha256). States:
+pending -> running -> done; running -> pending (retry after back-off, lease expiry, owner
+gone, release) or failed (max_attempts reached, or a permanent error). Times are wall-clock
+epoch seconds from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import fcntl
+import hashlib
+import os
+import re
+import socket
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from semwatch.config import QueueConfig
+from semwatch.log import get_logger
+
+log = get_logger(__name__)
+
+SCHEMA_VERSION = 1
+ERROR_MAX_CHARS = 500
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Bound parameters per IN (...) list, well under SQLite's and drivers' limits.
+_CHUNK = 500
+# Execution option that makes the SQLite begin hook take the write lock up front.
+_WRITE_OPTION = "semwatch_write"
+# Key of the PostgreSQL advisory lock held while one process migrates the schema.
+_PG_MIGRATION_LOCK = 0x5E3_0A7C
+RECENT_FAILURES = 10
+LATENCY_WINDOW_S = 3600.0
+LATENCY_MAX_JOBS = 1000
+
+NETWORK_FS_TYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "9p", "sshfs", "ceph", "ceph-fuse",
+    "glusterfs", "lustre", "gpfs", "afs", "ncpfs", "coda", "davfs", "beegfs", "s3fs",
+    "rclone", "gcsfuse", "moosefs", "mfs", "orangefs",
+})
+
+
+class QueueError(RuntimeError):
+    """A configuration or database problem; the message is one line naming the database."""
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a lease: one daemon run (a new token at every start)."""
+
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def current(cls) -> Owner:
+        """This process; call once per daemon start and keep the result (the token is new)."""
+        return cls(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    rel_path: str
+    sha256: str
+    size: int
+    mtime: float
+    state: JobState
+    attempts: int
+    arrived_at: float
+    error: str | None
+    output_path: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    counts: dict[str, int]
+    oldest_pending_age_s: float | None
+    # Jobs done per minute over the last 10 minutes and the last hour.
+    throughput_per_min: dict[str, float]
+    # Arrival -> done, median over the jobs done in the last hour (at most the latest 1000).
+    median_latency_s: float | None
+    # [{"path", "error", "at" (epoch seconds)}], newest first.
+    recent_failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `semwatch status --json` shape of DESIGN.md."""
+        return {
+            "counts": dict(self.counts),
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "throughput_per_min": dict(self.throughput_per_min),
+            "median_latency_s": self.median_latency_s,
+            "recent_failures": [dict(f) for f in self.recent_failures],
+        }
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class JobQueue(abc.ABC):
+    """The storage interface of the job queue; see the module docstring for the states."""
+
+    @abc.abstractmethod
+    def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
+                arrived_at: float | None = None, again: bool = False) -> int | None:
+        """Queue one file version; returns the new pending job's id, or None if known.
+
+        Always records (size, mtime, sha256) as the path's latest version. A known version
+        is never queued again (DESIGN.md), except with `again=True`, which re-queues its
+        done or failed job with attempts reset.
+        """
+
+    @abc.abstractmethod
+    def enqueue_many(self, records: Iterable[tuple[str, str, int, float, float]]) -> int:
+        """Bulk enqueue of (rel_path, sha256, size, mtime, arrived_at) in one transaction.
+
+        Same rules as `enqueue` without `again`; a path given twice keeps its last record
+        (only the latest content exists on disk).
+        Returns how many jobs became pending.
+        """
+
+    @abc.abstractmethod
+    def known_files(self) -> dict[str, tuple[int, float]]:
+        """rel_path -> (size, mtime) of the latest known version of every path (one query)."""
+
+    @abc.abstractmethod
+    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None:
+        """Record new size/mtime for a path whose content hash did not change (a touch)."""
+
+    @abc.abstractmethod
+    def latest_sha256(self, rel_path: str) -> str | None:
+        """SHA-256 of the path's latest known version, None for an unknown path."""
+
+    @abc.abstractmethod
+    def claim(self, owner: Owner, limit: int) -> list[Job]:
+        """Atomically lease up to `limit` due pending jobs, oldest first (attempts + 1)."""
+
+    @abc.abstractmethod
+    def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Extend the leases `owner` holds on these jobs."""
+
+    @abc.abstractmethod
+    def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
+        """Mark a job done once its output is written."""
+
+    @abc.abstractmethod
+    def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
+        """Record a failed attempt; returns the new state (PENDING with back-off or FAILED)."""
+
+    @abc.abstractmethod
+    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Return claimed, unstarted jobs to pending and give their attempt back."""
+
+    @abc.abstractmethod
+    def recover(self, owner: Owner | None = None) -> int:
+        """Reclaim running jobs whose lease expired or whose owner is gone; returns how many.
+
+        Owners on this host are gone when their PID is dead, or (when `owner` is given) when
+        their token differs from `owner`'s: a previous run of this daemon. The attempt stays
+        counted, so a file that crashes the daemon ends failed instead of looping. Only the
+        daemon holding the DaemonLock may pass `owner`; anyone else (the CLI) passes None,
+        or it would take the running daemon's jobs away.
+        """
+
+    @abc.abstractmethod
+    def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
+        """Failed jobs back to pending with attempts reset: these ids, or all with failed=True."""
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+
+    @abc.abstractmethod
+    def jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        """The newest jobs (highest id first), optionally of one state."""
+
+    @abc.abstractmethod
+    def stats(self, now: float | None = None) -> QueueStats:
+        """Counts, backlog age, throughput, latency and recent failures."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release database connections."""
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+# SQLite only auto-assigns ids to a column declared exactly INTEGER PRIMARY KEY.
+_ID_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_STATES_SQL = ", ".join(f"'{s.value}'" for s in JobState)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("rel_path", "sha256", name="uq_jobs_version"),
+        sa.CheckConstraint(f"state IN ({_STATES_SQL})", name="ck_jobs_state"),
+        sa.Index("ix_jobs_claim", "state", "arrived_at"),
+        sa.Index("ix_jobs_finished", "state", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_ID_TYPE, primary_key=True, autoincrement=True)
+    rel_path: Mapped[str] = mapped_column(sa.Text)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    mtime: Mapped[float] = mapped_column(sa.Double)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    arrived_at: Mapped[float] = mapped_column(sa.Double)
+    enqueued_at: Mapped[float] = mapped_column(sa.Double)
+    started_at: Mapped[float | None] = mapped_column(sa.Double)
+    finished_at: Mapped[float | None] = mapped_column(sa.Double)
+    not_before: Mapped[float] = mapped_column(sa.Double)
+    lease_until: Mapped[float | None] = mapped_column(sa.Double)
+    owner_host: Mapped[str | None] = mapped_column(sa.String(255))
+    owner_pid: Mapped[int | None] = mapped_column(sa.Integer)
+    owner_token: Mapped[str | None] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    output_path: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class FileRow(Base):
+    """The latest known version of each path: the watcher's cheap (size, mtime) pre-check."""
+
+    __tablename__ = "files"
+
+    rel_path: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    mtime: Mapped[float] = mapped_column(sa.Double)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    seen_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class SchemaVersionRow(Base):
+    __tablename__ = "schema_version"
+
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+
+
+_JOBS: sa.Table = JobRow.__table__  # type: ignore[assignment]
+_FILES: sa.Table = FileRow.__table__  # type: ignore[assignment]
+_VERSION: sa.Table = SchemaVersionRow.__table__  # type: ignore[assignment]
+_JOB_COLUMNS = (
+    _JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.sha256, _JOBS.c.size, _JOBS.c.mtime, _JOBS.c.state,
+    _JOBS.c.attempts, _JOBS.c.arrived_at, _JOBS.c.error, _JOBS.c.output_path,
+)
+# Merged into transitions out of RUNNING: done/failed keep the owner as history, a job
+# going back to pending forgets it.
+_NO_LEASE: Mapping[str, Any] = MappingProxyType({"lease_until": None})
+_NO_OWNER: Mapping[str, Any] = MappingProxyType(
+    {"lease_until": None, "owner_host": None, "owner_pid": None, "owner_token": None}
+)
+
+Migration = Callable[[Connection], None]
+# MIGRATIONS[v] upgrades a version-v database to v + 1, inside the migration transaction.
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
+
+
+def migrate(conn: Connection, *, target: int = SCHEMA_VERSION,
+            steps: Mapping[int, Migration] = MIGRATIONS) -> int:
+    """Create or upgrade the schema on `conn` (inside a write transaction) to `target`.
+
+    Returns the version found (0 for an empty database). A database newer than `target`
+    is refused: old code must not write rows it does not understand.
+    """
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(_VERSION.name):
+        if inspector.has_table(_JOBS.name):
+            raise QueueError("has a jobs table but no schema_version table: "
+                             "not a semwatch database")
+        Base.metadata.create_all(conn)
+        conn.execute(sa.insert(_VERSION).values(version=SCHEMA_VERSION))
+        found = 0
+        current = SCHEMA_VERSION
+    else:
+        stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
+        if stored is None:
+            raise QueueError("schema_version table is empty: the database is damaged")
+        found = current = int(stored)
+    if current > target:
+        raise QueueError(f"database schema version {current} is newer than this semwatch "
+                         f"understands ({target}); upgrade semwatch or use another database")
+    for version in range(current, target):
+        step = steps.get(version)
+        if step is None:
+            raise QueueError(f"no migration from schema version {version} to {version + 1}")
+        step(conn)
+        conn.execute(sa.update(_VERSION).values(version=version + 1))
+        log.info("queue schema upgraded", from_version=version, to_version=version + 1)
+    return found
+
+
+# --------------------------------------------------------------------------- SQL back-end
+
+# dialect: each supported back-end's INSERT with ON CONFLICT (same API on both).
+_INSERTS: Mapping[str, Callable[[sa.Table], Any]] = MappingProxyType(
+    {"sqlite": sqlite_insert, "postgresql": pg_insert}
+)
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    rel_path: str
+    sha256: str
+    size: int
+    mtime: float
+    arrived_at: float
+
+
+class SqlJobQueue(JobQueue):
+    """The queue in a SQL database (SQLite file or PostgreSQL), safe to share across threads.
+
+    Every operation checks out its own pooled connection, so the daemon's threads may call
+    any method concurrently; writes are serialised by the database, not by Python locks.
+    """
+
+    def __init__(self, database_url: str, *, lease_seconds: float, max_attempts: int,
+                 retry_backoff: float, clock: Callable[[], float] = time.time,
+                 hostname: str | None = None) -> None:
+        if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
+            raise QueueError(f"invalid queue settings: lease_seconds={lease_seconds}, "
+                             f"max_attempts={max_attempts}, retry_backoff={retry_backoff}")
+        url = _parse_url(database_url)
+        self._where = url.render_as_string(hide_password=True)
+        self._dialect = url.get_backend_name()
+        self._insert = _INSERTS[self._dialect]
+        self._lease = float(lease_seconds)
+        self._max_attempts = int(max_attempts)
+        self._backoff = float(retry_backoff)
+        self._clock = clock
+        self._host = hostname or socket.gethostname()
+        self._engine = self._create_engine(url)
+        try:
+            self._migrate()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # ---- plumbing
+
+    def _create_engine(self, url: URL) -> Engine:
+        try:
+            # Long-lived daemon against a server: test pooled connections before use.
+            engine = sa.create_engine(url, pool_pre_ping=self._dialect != "sqlite")
+        except (NoSuchModuleError, ImportError) as exc:
+            raise QueueError(f"{self._where}: cannot load the database driver: {exc}") from exc
+        if self._dialect == "sqlite":
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+
+    def _migrate(self) -> None:
+        with self._transaction("schema migration", write=True) as conn:
+            if self._dialect == "postgresql":  # dialect: SQLite's IMMEDIATE lock suffices
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": _PG_MIGRATION_LOCK})
+            try:
+                found = migrate(conn)
+            except QueueError as exc:
+                raise QueueError(f"{self._where}: {exc}") from None
+        if found == 0:
+            log.info("queue database created", database=self._where,
+                     schema_version=SCHEMA_VERSION)
+
+    @contextmanager
+    def _transaction(self, what: str, *, write: bool) -> Iterator[Connection]:
+        """One transaction on its own connection; database errors become one-line QueueErrors."""
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(**{_WRITE_OPTION: True})
+                with conn.begin():
+                    yield conn
+        except DBAPIError as exc:
+            reason = _one_line(str(exc.orig) if exc.orig is not None else str(exc))
+            raise QueueError(f"{self._where}: {what} failed: {reason}") from exc
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    # ---- arrival
+
+    def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
+                arrived_at: float | None = None, again: bool = False) -> int | None:
+        now = self._now()
+        arrival = _Arrival(rel_path, sha256, int(size), float(mtime),
+                           now if arrived_at is None else float(arrived_at))
+        with self._transaction("enqueue", write=True) as conn:
+            ids = self._enqueue_rows(conn, [arrival], now=now, again=again)
+        if ids:
+            log.debug("job queued", job_id=ids[0], path=rel_path, again=again)
+        return ids[0] if ids else None
+
+    def enqueue_many(self, records: Iterable[tuple[str, str, int, float, float]]) -> int:
+        latest: dict[str, _Arrival] = {}
+        for rel_path, sha256, size, mtime, arrived_at in records:
+            latest[rel_path] = _Arrival(rel_path, sha256, int(size), float(mtime),
+                                        float(arrived_at))
+        if not latest:
+            return 0
+        now = self._now()
+        rows = list(latest.values())
+        queued = 0
+        with self._transaction("enqueue_many", write=True) as conn:
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start:start + _CHUNK]
+                queued += len(self._enqueue_rows(conn, chunk, now=now, again=False))
+        log.debug("files recorded", files=len(rows), queued=queued)
+        return queued
+
+    def _enqueue_rows(self, conn: Connection, rows: list[_Arrival], *, now: float,
+                      again: bool) -> list[int]:
+        self._record_files(conn, rows, now)
+        inserted = self._insert_jobs(conn, rows, now)
+        if not again:
+            return list(inserted.values())
+        known = [r for r in rows if (r.rel_path, r.sha256) not in inserted]
+        requeued = [self._requeue(conn, r, now) for r in known]
+        return list(inserted.values()) + [job_id for job_id in requeued if job_id is not None]
+
+    def _record_files(self, conn: Connection, rows: list[_Arrival], now: float) -> None:
+        stmt = self._insert(_FILES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_FILES.c.rel_path],
+            set_={name: stmt.excluded[name] for name in ("size", "mtime", "sha256", "seen_at")},
+        )
+        conn.execute(stmt, [
+            {"rel_path": r.rel_path, "size": r.size, "mtime": r.mtime, "sha256": r.sha256,
+             "seen_at": now}
+            for r in rows
+        ])
+
+    def _insert_jobs(self, conn: Connection, rows: list[_Arrival],
+                     now: float) -> dict[tuple[str, str], int]:
+        stmt = (
+            self._insert(_JOBS)
+            .on_conflict_do_nothing(index_elements=[_JOBS.c.rel_path, _JOBS.c.sha256])
+            .returning(_JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.sha256)
+        )
+        params = [
+            {"rel_path": r.rel_path, "sha256": r.sha256, "size": r.size, "mtime": r.mtime,
+             "state": JobState.PENDING.value, "attempts": 0, "arrived_at": r.arrived_at,
+             "enqueued_at": now, "not_before": now}
+            for r in rows
+        ]
+        # RETURNING yields only the rows actually inserted, not the known versions.
+        result = conn.execute(stmt, params)
+        return {(row.rel_path, row.sha256): row.id for row in result}
+
+    def _requeue(self, conn: Connection, r: _Arrival, now: float) -> int | None:
+        """A finished version queued again on purpose (after a model upgrade)."""
+        finished = [JobState.DONE.value, JobState.FAILED.value]
+        stmt = (
+            sa.update(_JOBS)
+            .where(_JOBS.c.rel_path == r.rel_path, _JOBS.c.sha256 == r.sha256,
+                   _JOBS.c.state.in_(finished))
+            .values(state=JobState.PENDING.value, attempts=0, error=None, output_path=None,
+                    size=r.size, mtime=r.mtime, arrived_at=r.arrived_at, enqueued_at=now,
+                    not_before=now, started_at=None, finished_at=None, **_NO_OWNER)
+            .returning(_JOBS.c.id)
+        )
+        job_id = conn.execute(stmt).scalar_one_or_none()
+        if job_id is not None:
+            log.info("job re-queued", job_id=job_id, path=r.rel_path)
+        return job_id
+
+    def known_files(self) -> dict[str, tuple[int, float]]:
+        query = sa.select(_FILES.c.rel_path, _FILES.c.size, _FILES.c.mtime)
+        with self._transaction("known_files", write=False) as conn:
+            return {path: (size, mtime) for path, size, mtime in conn.execute(query)}
+
+    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None:
+        stmt = (
+            sa.update(_FILES).where(_FILES.c.rel_path == rel_path)
+            .values(size=int(size), mtime=float(mtime), seen_at=self._now())
+        )
+        with self._transaction("note_unchanged", write=True) as conn:
+            updated = conn.execute(stmt).rowcount
+        if not updated:
+            log.warning("touch of a path the queue does not know; ignored", path=rel_path)
+
+    def latest_sha256(self, rel_path: str) -> str | None:
+        query = sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path)
+        with self._transaction("latest_sha256", write=False) as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    # ---- the lease cycle
+
+    def claim(self, owner: Owner, limit: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        now = self._now()
+        due = (
+            sa.select(_JOBS.c.id)
+            .where(_JOBS.c.state == JobState.PENDING.value, _JOBS.c.not_before <= now)
+            .order_by(_JOBS.c.arrived_at, _JOBS.c.id)
+            .limit(limit)
+            # dialect: rendered on PostgreSQL (workers on several hosts), dropped on SQLite.
+            .with_for_update(skip_locked=True)
+        )
+        with self._transaction("claim", write=True) as conn:
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            stmt = (
+                sa.update(_JOBS)
+                .where(_JOBS.c.id.in_(ids), _JOBS.c.state == JobState.PENDING.value)
+                .values(state=JobState.RUNNING.value, attempts=_JOBS.c.attempts + 1,
+                        started_at=now, lease_until=now + self._lease, owner_host=owner.host,
+                        owner_pid=owner.pid, owner_token=owner.token)
+                .returning(*_JOB_COLUMNS)
+            )
+            claimed = [_job(row) for row in conn.execute(stmt)]
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        claimed.sort(key=lambda job: order[job.id])
+        log.debug("jobs claimed", job_ids=[job.id for job in claimed])
+        return claimed
+
+    def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        wanted = set(job_ids)
+        if not wanted:
+            return
+        stmt = (
+            sa.update(_JOBS)
+            .where(*_held_by(owner), _JOBS.c.id.in_(sorted(wanted)))
+            .values(lease_until=self._now() + self._lease)
+            .returning(_JOBS.c.id)
+        )
+        with self._transaction("renew", write=True) as conn:
+            renewed = set(conn.execute(stmt).scalars())
+        if renewed != wanted:
+            log.warning("leases lost; another worker or recover() took these jobs",
+                        job_ids=sorted(wanted - renewed))
+
+    def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
+        # Also accepted when the lease was lost but nobody else holds the job: the output
+        # belongs to this file version, so redoing it would only rewrite the same file.
+        mine = sa.and_(*_held_by(owner))
+        unheld = _JOBS.c.state.in_([JobState.PENDING.value, JobState.FAILED.value])
+        stmt = (
+            sa.update(_JOBS)
+            .where(_JOBS.c.id == job_id, sa.or_(mine, unheld))
+            .values(state=JobState.DONE.value, finished_at=self._now(), error=None,
+                    output_path=output_path, **_NO_LEASE)
+        )
+        with self._transaction("complete", write=True) as conn:
+            updated = conn.execute(stmt).rowcount
+        if not updated:
+            log.warning("job not marked done: done already or held by another owner",
+                        job_id=job_id, output=output_path)
+
+    def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
+        now = self._now()
+        message = _one_line(error)
+        with self._transaction("fail", write=True) as conn:
+            row = conn.execute(
+                sa.select(_JOBS.c.state, _JOBS.c.attempts, _JOBS.c.owner_token)
+                .where(_JOBS.c.id == job_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise QueueError(f"{self._where}: fail: no job with id {job_id}")
+            if row.state != JobState.RUNNING.value or row.owner_token != owner.token:
+                log.warning("failure not recorded: job not held by this owner", job_id=job_id,
+                            state=row.state, error=message)
+                return JobState(row.state)
+            values = self._failure(row.attempts, message, permanent=permanent, now=now)
+            conn.execute(sa.update(_JOBS).where(_JOBS.c.id == job_id).values(**values))
+        state = JobState(values["state"])
+        log.warning("job attempt failed", job_id=job_id, attempts=row.attempts,
+                    state=state.value, permanent=permanent, error=message)
+        return state
+
+    def _failure(self, attempts: int, message: str, *, permanent: bool,
+                 now: float) -> dict[str, Any]:
+        if permanent or attempts >= self._max_attempts:
+            return {"state": JobState.FAILED.value, "error": message, "finished_at": now,
+                    **_NO_LEASE}
+        delay = self._backoff * 2 ** max(attempts - 1, 0)
+        return {"state": JobState.PENDING.value, "error": message, "not_before": now + delay,
+                **_NO_OWNER}
+
+    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return
+        stmt = (
+            sa.update(_JOBS)
+            .where(*_held_by(owner), _JOBS.c.id.in_(ids))
+            .values(state=JobState.PENDING.value, not_before=self._now(), started_at=None,
+                    attempts=sa.case((_JOBS.c.attempts > 0, _JOBS.c.attempts - 1), else_=0),
+                    **_NO_OWNER)
+        )
+        with self._transaction("release", write=True) as conn:
+            released = conn.execute(stmt).rowcount
+        log.info("leases released", requested=len(ids), released=released)
+
+    def recover(self, owner: Owner | None = None) -> int:
+        now = self._now()
+        running = (
+            sa.select(_JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.attempts, _JOBS.c.lease_until,
+                      _JOBS.c.owner_host, _JOBS.c.owner_pid, _JOBS.c.owner_token)
+            .where(_JOBS.c.state == JobState.RUNNING.value)
+            .with_for_update(skip_locked=True)
+        )
+        recovered = 0
+        with self._transaction("recover", write=True) as conn:
+            for row in conn.execute(running).all():
+                reason = self._orphan_reason(row, owner, now)
+                if reason is None:
+                    continue
+                values = self._recovery(row.attempts, reason, now)
+                conn.execute(
+                    sa.update(_JOBS)
+                    .where(_JOBS.c.id == row.id, _JOBS.c.state == JobState.RUNNING.value)
+                    .values(**values)
+                )
+                recovered += 1
+                log.warning("job recovered", job_id=row.id, path=row.rel_path, reason=reason,
+                            attempts=row.attempts, state=values["state"])
+        return recovered
+
+    def _orphan_reason(self, row: Any, owner: Owner | None, now: float) -> str | None:
+        """Why a running job has no live holder any more, or None if it still has one."""
+        if row.lease_until is None or row.lease_until <= now:
+            return "lease expired"
+        if row.owner_host != self._host:
+            return None  # another host's process: only its lease can tell
+        if owner is not None and row.owner_token != owner.token:
+            return f"held by a previous run of the daemon (pid {row.owner_pid})"
+        if row.owner_pid is not None and not _pid_alive(row.owner_pid):
+            return f"owner process {row.owner_pid} is gone"
+        return None
+
+    def _recovery(self, attempts: int, reason: str, now: float) -> dict[str, Any]:
+        if attempts >= self._max_attempts:
+            return {"state": JobState.FAILED.value, "finished_at": now,
+                    "error": f"crashed/timed out {attempts} times (last: {reason})", **_NO_LEASE}
+        return {"state": JobState.PENDING.value, "not_before": now, "error": reason,
+                **_NO_OWNER}
+
+    # ---- operator actions and reports
+
+    def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
+        if job_ids is None and not failed:
+            raise ValueError("retry: give job ids, or failed=True for every failed job")
+        where = [_JOBS.c.state == JobState.FAILED.value]
+        if job_ids is not None:
+            ids = sorted(set(job_ids))
+            if not ids:
+                return 0
+            where.append(_JOBS.c.id.in_(ids))
+        now = self._now()
+        stmt = (
+            sa.update(_JOBS).where(*where)
+            .values(state=JobState.PENDING.value, attempts=0, error=None, not_before=now,
+                    enqueued_at=now, started_at=None, finished_at=None, **_NO_OWNER)
+        )
+        with self._transaction("retry", write=True) as conn:
+            count = conn.execute(stmt).rowcount
+        log.info("failed jobs re-queued", count=count)
+        return count
+
+    def get(self, job_id: int) -> Job | None:
+        query = sa.select(*_JOB_COLUMNS).where(_JOBS.c.id == job_id)
+        with self._transaction("get", write=False) as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else _job(row)
+
+    def jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        query = sa.select(*_JOB_COLUMNS).order_by(_JOBS.c.id.desc()).limit(max(limit, 0))
+        if state is not None:
+            query = query.where(_JOBS.c.state == JobState(state).value)
+        with self._transaction("jobs", write=False) as conn:
+            return [_job(row) for row in conn.execute(query)]
+
+    def stats(self, now: float | None = None) -> QueueStats:
+        now = self._now() if now is None else float(now)
+        with self._transaction("stats", write=False) as conn:
+            counts = self._counts(conn)
+            oldest = conn.execute(
+                sa.select(sa.func.min(_JOBS.c.arrived_at))
+                .where(_JOBS.c.state == JobState.PENDING.value)
+            ).scalar()
+            throughput = {
+                "10m": self._done_since(conn, now - 600.0) / 10.0,
+                "1h": self._done_since(conn, now - 3600.0) / 60.0,
+            }
+            latency = self._median_latency(conn, now)
+            failures = self._recent_failures(conn)
+        return QueueStats(
+            counts=counts,
+            oldest_pending_age_s=None if oldest is None else max(now - oldest, 0.0),
+            throughput_per_min=throughput,
+            median_latency_s=latency,
+            recent_failures=failures,
+        )
+
+    def _counts(self, conn: Connection) -> dict[str, int]:
+        counts = {state.value: 0 for state in JobState}
+        query = sa.select(_JOBS.c.state, sa.func.count()).group_by(_JOBS.c.state)
+        for state, count in conn.execute(query):
+            counts[state] = int(count)
+        return counts
+
+    def _done_since(self, conn: Connection, since: float) -> int:
+        query = (
+            sa.select(sa.func.count())
+            .where(_JOBS.c.state == JobState.DONE.value, _JOBS.c.finished_at >= since)
+        )
+        return int(conn.execute(query).scalar() or 0)
+
+    def _median_latency(self, conn: Connection, now: float) -> float | None:
+        query = (
+            sa.select(_JOBS.c.finished_at - _JOBS.c.arrived_at)
+            .where(_JOBS.c.state == JobState.DONE.value,
+                   _JOBS.c.finished_at >= now - LATENCY_WINDOW_S)
+            .order_by(_JOBS.c.finished_at.desc())
+            .limit(LATENCY_MAX_JOBS)
+        )
+        latencies = [float(v) for v in conn.execute(query).scalars()]
+        return statistics.median(latencies) if latencies else None
+
+    def _recent_failures(self, conn: Connection) -> list[dict[str, Any]]:
+        query = (
+            sa.select(_JOBS.c.rel_path, _JOBS.c.error, _JOBS.c.finished_at)
+            .where(_JOBS.c.state == JobState.FAILED.value)
+            .order_by(_JOBS.c.finished_at.desc(), _JOBS.c.id.desc())
+            .limit(RECENT_FAILURES)
+        )
+        return [{"path": row.rel_path, "error": row.error, "at": row.finished_at}
+                for row in conn.execute(query)]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _held_by(owner: Owner) -> tuple[sa.ColumnElement[bool], ...]:
+    return (_JOBS.c.state == JobState.RUNNING.value, _JOBS.c.owner_token == owner.token)
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=int(row.id), rel_path=row.rel_path, sha256=row.sha256, size=int(row.size),
+        mtime=float(row.mtime), state=JobState(row.state), attempts=int(row.attempts),
+        arrived_at=float(row.arrived_at), error=row.error, output_path=row.output_path,
+    )
+
+
+def _one_line(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """Errors are shown in one status line and one log field: no newlines, bounded length."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False  # os.kill(0 or -n) would address a process group, not a process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Hand transaction control to SQLAlchemy's begin hook (SQLAlchemy's documented recipe):
+    # pysqlite's own implicit BEGIN is deferred and skipped before SELECTs.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # With WAL, NORMAL loses at most the last commits on power loss, never consistency.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+    if str(mode).lower() != "wal":
+        log.warning("SQLite refused WAL journal mode; readers will block writers",
+                    journal_mode=mode)
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # dialect: writes take the write lock at BEGIN, so a read-then-write transaction never
+    # fails on lock upgrade; reads get a deferred BEGIN and a consistent WAL snapshot.
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _parse_url(database_url: str) -> URL:
+    try:
+        url = make_url(database_url)
+    except ArgumentError as exc:
+        raise QueueError(f"{database_url!r}: not a database URL ({exc})") from None
+    backend = url.get_backend_name()
+    where = url.render_as_string(hide_password=True)
+    if backend not in _INSERTS:
+        raise QueueError(f"{where}: unsupported database {backend!r} "
+                         "(semwatch supports sqlite and postgresql)")
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        raise QueueError(f"{where}: an in-memory SQLite queue cannot be shared between the "
+                         "daemon's connections; give a file path")
+    return url
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The database file of a SQLite URL, None for other databases."""
+    url = _parse_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database is None:
+        return None
+    return Path(url.database)
+
+
+def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time) -> JobQueue:
+    """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs."""
+    path = sqlite_path(cfg.database_url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueError(f"{path.parent}: cannot create the database folder: "
+                             f"{exc.strerror}") from exc
+        fs_type = filesystem_type(path.parent)
+        if fs_type is not None and is_network_fs_type(fs_type):
+            raise QueueError(f"{path}: SQLite on a network filesystem ({fs_type}) corrupts "
+                             "under concurrent access; put it on a local disk or use "
+                             "PostgreSQL (queue.database_url)")
+    return SqlJobQueue(cfg.database_url, lease_seconds=cfg.lease_seconds,
+                       max_attempts=cfg.max_attempts, retry_backoff=cfg.retry_backoff,
+                       clock=clock)
+
+
+# --------------------------------------------------------------------------- one daemon
+
+
+class DaemonLock:
+    """One daemon per database: an flock on a file next to the SQLite database (or, for a
+    server database, in the state folder). The kernel drops the lock when the holder dies."""
+
+    def __init__(self, cfg: QueueConfig, state_dir: Path) -> None:
+        self.path = lock_path(cfg.database_url, state_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise QueueError(f"{self.path}: cannot open the daemon lock file: "
+                             f"{exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise QueueError(f"another semwatch daemon (pid {holder}) holds {self.path}") from None
+        except OSError as exc:
+            os.close(fd)
+            raise QueueError(f"{self.path}: cannot lock: {exc.strerror}") from exc
+        # The pid is only for the message above; the flock is what excludes.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> DaemonLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+def lock_path(database_url: str, state_dir: Path) -> Path:
+    path = sqlite_path(database_url)
+    if path is not None:
+        return path.with_name(path.name + ".lock")
+    where = make_url(database_url).render_as_string(hide_password=True)
+    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    return Path(state_dir) / f"daemon-{digest}.lock"
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError as exc:
+        log.warning("cannot read the daemon lock file", error=exc.strerror)
+        return "unknown"
+    return text if text.isdigit() else "unknown"
+
+
+# --------------------------------------------------------------------------- filesystems
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_point: str
+    fs_type: str
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """Mount points and filesystem types from /proc/<pid>/mountinfo (proc(5)), in order."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        # Optional fields between field 6 and the "-" separator vary in number.
+        try:
+            separator = fields.index("-", 6)
+            mount_point, fs_type = fields[4], fields[separator + 1]
+        except (ValueError, IndexError):
+            log.debug("unparsable mountinfo line skipped", line=line)
+            continue
+        mount_point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), mount_point)
+        entries.append(MountEntry(mount_point=mount_point, fs_type=fs_type))
+    return entries
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
+    """Type of the filesystem holding `path` (which need not exist yet); None if unknown."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8",
+                                                               errors="surrogateescape")
+        except OSError as exc:
+            log.warning("cannot read /proc/self/mountinfo; filesystem type unknown",
+                        path=str(path), error=exc.strerror)
+            return None
+    target = PurePosixPath(os.path.realpath(path))
+    best: tuple[int, str] | None = None
+    for entry in parse_mountinfo(mountinfo):
+        mount = PurePosixPath(entry.mount_point)
+        if mount == target or mount in target.parents:
+            depth = len(mount.parts)
+            # ">=": a later entry on the same mount point is mounted over the earlier one.
+            if best is None or depth >= best[0]:
+                best = (depth, entry.fs_type)
+    return None if best is None else best[1]
+
+
+def is_network_fs_type(fs_type: str) -> bool:
+    name = fs_type.lower()
+    if name.startswith("fuse."):
+        name = name[len("fuse."):]
+    return name in NETWORK_FS_TYPES
+
+
+def is_network_filesystem(path: Path) -> bool:
+    """Whether `path` lives on a network filesystem (NFS, SMB, sshfs, ...), by mountinfo."""
+    fs_type = filesystem_type(path)
+    return fs_type is not None and is_network_fs_type(fs_type)

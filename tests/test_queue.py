@@ -1,0 +1,604 @@
+"""The job queue on real SQLite files: dedup, the lease cycle, recovery, stats, schema, locks.
+
+Time is moved with an injected clock, never by sleeping. Concurrency is exercised with real
+processes and threads on one database file. Nothing is mocked except, in one test, the
+filesystem type of the database folder: no network filesystem can be mounted here.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from semwatch import queue as queue_module
+from semwatch.config import QueueConfig
+from semwatch.queue import (
+    SCHEMA_VERSION,
+    DaemonLock,
+    Job,
+    JobState,
+    MountEntry,
+    Owner,
+    QueueError,
+    SqlJobQueue,
+    filesystem_type,
+    is_network_filesystem,
+    is_network_fs_type,
+    lock_path,
+    migrate,
+    open_queue,
+    parse_mountinfo,
+)
+
+T0 = 1_700_000_000.0
+LEASE = 60.0
+BACKOFF = 10.0
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+SHA_C = "c" * 64
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'queue.db'}"
+
+
+@pytest.fixture
+def queue(db_url: str, clock: FakeClock) -> SqlJobQueue:
+    q = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=BACKOFF,
+                    clock=clock)
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def owner() -> Owner:
+    return Owner(host=socket.gethostname(), pid=os.getpid(), token="1" * 32)
+
+
+def _one_job(queue: SqlJobQueue, owner: Owner, path: str = "a.tif") -> Job:
+    assert queue.enqueue(path, SHA_A, 10, 1.0) is not None
+    (job,) = queue.claim(owner, 1)
+    return job
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: os.kill(pid, 0) now raises ProcessLookupError
+    return proc.pid
+
+
+# ------------------------------------------------------------------ schema and set-up
+
+
+def test_new_database_is_wal_and_versioned(queue: SqlJobQueue, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "queue.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"jobs", "files", "schema_version"} <= tables
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
+
+
+def test_reopening_keeps_the_data(db_url: str, clock: FakeClock) -> None:
+    first = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
+    job_id = first.enqueue("a.tif", SHA_A, 10, 1.0)
+    first.close()
+    second = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
+    try:
+        assert second.get(job_id).state is JobState.PENDING
+    finally:
+        second.close()
+
+
+def test_newer_schema_is_refused(db_url: str, tmp_path: Path) -> None:
+    SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1).close()
+    with sqlite3.connect(tmp_path / "queue.db") as raw:
+        raw.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    raw.close()
+    with pytest.raises(QueueError, match=r"queue\.db.*schema version 2 is newer") as info:
+        SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
+    assert "\n" not in str(info.value)
+
+
+def test_migration_steps_run_in_order(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    ran: list[int] = []
+
+    def step(version: int) -> Any:
+        def upgrade(conn: sa.Connection) -> None:
+            ran.append(version)
+            conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN extra{version} TEXT")
+        return upgrade
+
+    try:
+        with engine.begin() as conn:
+            assert migrate(conn) == 0  # created at the current version
+        with engine.begin() as conn:
+            assert migrate(conn, target=3, steps={1: step(1), 2: step(2)}) == 1
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 3
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        assert ran == [1, 2] and {"extra1", "extra2"} <= columns
+        with pytest.raises(QueueError, match="no migration from schema version 3 to 4"):
+            with engine.begin() as conn:
+                migrate(conn, target=4, steps={})
+    finally:
+        engine.dispose()
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(QueueError, match=r"bogus\.db: .*not a database") as info:
+        SqlJobQueue(f"sqlite:///{bogus}", lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("sqlite://", "in-memory"),
+    ("mysql://u:secret@db/semwatch", "unsupported database"),
+    ("::nonsense::", "not a database URL"),
+])
+def test_unusable_urls(url: str, reason: str) -> None:
+    with pytest.raises(QueueError, match=reason) as info:
+        SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
+    assert "secret" not in str(info.value)
+
+
+def test_open_queue_creates_the_database_folder(tmp_path: Path) -> None:
+    db = tmp_path / "var" / "deep" / "semwatch.db"
+    q = open_queue(QueueConfig(database_url=f"sqlite:///{db}"))
+    try:
+        assert db.is_file()
+        assert q.stats().counts == {"pending": 0, "running": 0, "done": 0, "failed": 0}
+    finally:
+        q.close()
+
+
+def test_open_queue_refuses_sqlite_on_a_network_filesystem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mocked: no NFS/SMB share can be mounted in the test environment.
+    monkeypatch.setattr(queue_module, "filesystem_type", lambda path: "nfs4")
+    db = tmp_path / "share" / "semwatch.db"
+    with pytest.raises(QueueError, match=r"semwatch\.db: SQLite on a network filesystem \(nfs4\)"):
+        open_queue(QueueConfig(database_url=f"sqlite:///{db}"))
+    assert not db.exists()
+
+
+# ------------------------------------------------------------------ arrival and dedup
+
+
+def test_same_version_is_one_job(queue: SqlJobQueue) -> None:
+    job_id = queue.enqueue("run1/a.tif", SHA_A, 100, 1.0)
+    assert job_id is not None
+    assert queue.enqueue("run1/a.tif", SHA_A, 100, 1.0) is None
+    assert [j.id for j in queue.jobs()] == [job_id]
+    job = queue.get(job_id)
+    assert (job.rel_path, job.sha256, job.size, job.state, job.attempts) == (
+        "run1/a.tif", SHA_A, 100, JobState.PENDING, 0)
+
+
+def test_touch_is_not_a_job(queue: SqlJobQueue) -> None:
+    queue.enqueue("a.tif", SHA_A, 100, 1.0)
+    queue.note_unchanged("a.tif", 100, 2.0)
+    assert queue.known_files() == {"a.tif": (100, 2.0)}
+    assert queue.latest_sha256("a.tif") == SHA_A
+    assert len(queue.jobs()) == 1
+    queue.note_unchanged("never-seen.tif", 1, 1.0)  # logged and ignored
+    assert "never-seen.tif" not in queue.known_files()
+
+
+def test_changed_content_is_a_new_job(queue: SqlJobQueue) -> None:
+    first = queue.enqueue("a.tif", SHA_A, 100, 1.0)
+    second = queue.enqueue("a.tif", SHA_B, 120, 2.0)
+    assert second is not None and second != first
+    assert queue.known_files() == {"a.tif": (120, 2.0)}
+    assert queue.latest_sha256("a.tif") == SHA_B
+    assert queue.latest_sha256("other.tif") is None
+
+
+def test_again_requeues_a_finished_version(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    queue.complete(owner, job.id, "out/a.tif")
+    assert queue.enqueue("a.tif", SHA_A, 10, 1.0) is None
+    assert queue.enqueue("a.tif", SHA_A, 10, 1.0, again=True) == job.id
+    again = queue.get(job.id)
+    assert (again.state, again.attempts, again.output_path) == (JobState.PENDING, 0, None)
+    # Already pending: nothing to re-queue.
+    assert queue.enqueue("a.tif", SHA_A, 10, 1.0, again=True) is None
+
+
+def test_content_changed_back_is_still_deduplicated(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    queue.complete(owner, job.id, "out/a.tif")
+    queue.enqueue("a.tif", SHA_B, 11, 2.0)
+    # DESIGN.md: a (path, content) version is processed once; the path now records A again.
+    assert queue.enqueue("a.tif", SHA_A, 10, 3.0) is None
+    assert queue.get(job.id).state is JobState.DONE
+    assert queue.latest_sha256("a.tif") == SHA_A and queue.known_files()["a.tif"] == (10, 3.0)
+    # again=True re-does a failed version too.
+    (version_b,) = queue.claim(owner, 1)
+    queue.fail(owner, version_b.id, "bad", permanent=True)
+    assert queue.enqueue("a.tif", SHA_B, 11, 4.0, again=True) == version_b.id
+    assert queue.get(version_b.id).state is JobState.PENDING
+
+
+def test_enqueue_many_records_and_dedups_in_one_call(queue: SqlJobQueue,
+                                                     clock: FakeClock) -> None:
+    records = [(f"d/{i:05d}.tif", f"{i:064x}", i, float(i), T0 - i) for i in range(1200)]
+    records.append(("d/00000.tif", SHA_C, 7, 7.0, T0))  # same path twice: the last wins
+    assert queue.enqueue_many(records) == 1200
+    assert queue.enqueue_many(records) == 0
+    assert queue.enqueue_many([]) == 0
+    known = queue.known_files()
+    assert len(known) == 1200 and known["d/00000.tif"] == (7, 7.0)
+    assert queue.latest_sha256("d/00001.tif") == f"{1:064x}"
+    assert queue.stats().counts["pending"] == 1200
+
+
+# ------------------------------------------------------------------ the lease cycle
+
+
+def test_claim_leases_oldest_first(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
+    ids = {name: queue.enqueue(name, SHA_A, 1, 1.0, arrived_at=T0 - age)
+           for name, age in (("new.tif", 1), ("old.tif", 30), ("mid.tif", 10))}
+    claimed = queue.claim(owner, 2)
+    assert [j.rel_path for j in claimed] == ["old.tif", "mid.tif"]
+    assert all(j.state is JobState.RUNNING and j.attempts == 1 for j in claimed)
+    assert [j.id for j in queue.claim(owner, 5)] == [ids["new.tif"]]
+    assert queue.claim(owner, 5) == []
+    assert queue.claim(owner, 0) == []
+
+
+def _claim_worker(url: str, start: Any, results: Any) -> None:
+    q = SqlJobQueue(url, lease_seconds=600, max_attempts=3, retry_backoff=1)
+    owner = Owner.current()
+    start.wait()
+    got: list[int] = []
+    while batch := q.claim(owner, 3):
+        got.extend(job.id for job in batch)
+    q.close()
+    results.put(got)
+
+
+def test_claim_is_atomic_across_processes(queue: SqlJobQueue, db_url: str) -> None:
+    queue.enqueue_many((f"{i}.tif", SHA_A, 1, 1.0, T0) for i in range(200))
+    all_ids = {job.id for job in queue.jobs(limit=1000)}
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_claim_worker, args=(db_url, start, results))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    start.set()
+    claimed = [results.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    flat = [job_id for ids in claimed for job_id in ids]
+    assert len(flat) == len(set(flat)) == 200
+    assert set(flat) == all_ids
+
+
+def test_claim_is_atomic_across_threads(queue: SqlJobQueue) -> None:
+    queue.enqueue_many((f"{i}.tif", SHA_A, 1, 1.0, T0) for i in range(100))
+    claimed: list[list[int]] = [[] for _ in range(4)]
+
+    def work(slot: int) -> None:
+        owner = Owner(host="h", pid=os.getpid(), token=f"{slot:032d}")
+        while batch := queue.claim(owner, 2):
+            claimed[slot].extend(job.id for job in batch)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    flat = [job_id for ids in claimed for job_id in ids]
+    assert len(flat) == len(set(flat)) == 100
+
+
+def test_complete_marks_done(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    queue.complete(owner, job.id, "out/a.tif")
+    done = queue.get(job.id)
+    assert (done.state, done.output_path, done.attempts) == (JobState.DONE, "out/a.tif", 1)
+
+
+def test_complete_leaves_another_holders_job_alone(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    stranger = Owner(host=owner.host, pid=owner.pid, token="2" * 32)
+    queue.complete(stranger, job.id, "out/a.tif")
+    assert queue.get(job.id).state is JobState.RUNNING
+
+
+def test_complete_after_the_lease_was_lost(queue: SqlJobQueue, owner: Owner,
+                                           clock: FakeClock) -> None:
+    job = _one_job(queue, owner)
+    clock.advance(LEASE + 1)
+    assert queue.recover() == 1
+    # The output of this version is written: no reason to colorize it again.
+    queue.complete(owner, job.id, "out/a.tif")
+    assert queue.get(job.id).state is JobState.DONE
+
+
+def test_renew_extends_the_lease(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
+    job = _one_job(queue, owner)
+    clock.advance(LEASE - 10)
+    queue.renew(owner, [job.id])
+    clock.advance(LEASE - 10)
+    assert queue.recover(owner) == 0
+    clock.advance(11)
+    assert queue.recover(owner) == 1
+    queue.renew(owner, [job.id])  # lost: logged, no change
+    assert queue.get(job.id).state is JobState.PENDING
+
+
+def test_transient_failure_backs_off_then_fails(queue: SqlJobQueue, owner: Owner,
+                                                clock: FakeClock) -> None:
+    job = _one_job(queue, owner)
+    assert queue.fail(owner, job.id, "disk hiccup", permanent=False) is JobState.PENDING
+    assert queue.get(job.id).error == "disk hiccup"
+    for delay in (BACKOFF, 2 * BACKOFF):
+        assert queue.claim(owner, 1) == []
+        clock.advance(delay - 0.5)
+        assert queue.claim(owner, 1) == []
+        clock.advance(0.5)
+        (again,) = queue.claim(owner, 1)
+        if again.attempts < 3:
+            assert queue.fail(owner, again.id, "disk hiccup", permanent=False) is JobState.PENDING
+    assert again.attempts == 3
+    assert queue.fail(owner, again.id, "disk hiccup", permanent=False) is JobState.FAILED
+    failed = queue.get(job.id)
+    assert (failed.state, failed.attempts, failed.error) == (JobState.FAILED, 3, "disk hiccup")
+
+
+def test_permanent_failure_is_final_and_one_line(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    error = "cannot decode a.tif:\n  Traceback...\n" + "x" * 2000
+    assert queue.fail(owner, job.id, error, permanent=True) is JobState.FAILED
+    stored = queue.get(job.id).error
+    assert stored.startswith("cannot decode a.tif: Traceback...")
+    assert "\n" not in stored and len(stored) <= 500
+    assert queue.claim(owner, 1) == []
+
+
+def test_fail_by_a_non_holder_changes_nothing(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    stranger = Owner(host=owner.host, pid=owner.pid, token="2" * 32)
+    assert queue.fail(stranger, job.id, "nope", permanent=True) is JobState.RUNNING
+    with pytest.raises(QueueError, match="no job with id 999"):
+        queue.fail(owner, 999, "nope", permanent=True)
+
+
+def test_release_gives_the_attempt_back(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)
+    assert job.attempts == 1
+    queue.release(owner, [job.id])
+    released = queue.get(job.id)
+    assert (released.state, released.attempts) == (JobState.PENDING, 0)
+    (again,) = queue.claim(owner, 1)
+    assert again.attempts == 1
+
+
+# ------------------------------------------------------------------ recovery
+
+
+def test_expired_lease_returns_to_pending_with_the_attempt_counted(
+        queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
+    job = _one_job(queue, owner)
+    clock.advance(LEASE - 1)
+    assert queue.recover(owner) == 0
+    clock.advance(2)
+    assert queue.recover(owner) == 1
+    back = queue.get(job.id)
+    assert (back.state, back.attempts, back.error) == (JobState.PENDING, 1, "lease expired")
+    (again,) = queue.claim(owner, 1)
+    assert again.attempts == 2
+
+
+def test_dead_owner_is_reclaimed_at_once(queue: SqlJobQueue) -> None:
+    gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token="3" * 32)
+    job = _one_job(queue, gone)
+    assert queue.recover() == 1  # well inside the lease
+    back = queue.get(job.id)
+    assert back.state is JobState.PENDING and back.attempts == 1
+    assert f"owner process {gone.pid} is gone" in back.error
+
+
+def test_previous_run_on_this_host_is_reclaimed(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)  # our own, live PID
+    assert queue.recover(owner) == 0
+    restarted = Owner(host=owner.host, pid=owner.pid, token="4" * 32)
+    assert queue.recover(restarted) == 1
+    assert queue.get(job.id).state is JobState.PENDING
+
+
+def test_other_hosts_keep_their_lease(queue: SqlJobQueue, clock: FakeClock) -> None:
+    remote = Owner(host="other-host", pid=_dead_pid(), token="5" * 32)
+    _one_job(queue, remote)
+    assert queue.recover(Owner.current()) == 0  # a PID means nothing on another host
+    clock.advance(LEASE + 1)
+    assert queue.recover(Owner.current()) == 1
+
+
+def test_a_file_that_keeps_crashing_ends_failed(queue: SqlJobQueue, owner: Owner,
+                                                clock: FakeClock) -> None:
+    job = _one_job(queue, owner)
+    for _ in range(2):
+        clock.advance(LEASE + 1)
+        assert queue.recover() == 1
+        queue.claim(owner, 1)
+    clock.advance(LEASE + 1)
+    assert queue.recover() == 1
+    failed = queue.get(job.id)
+    assert failed.state is JobState.FAILED and failed.attempts == 3
+    assert failed.error.startswith("crashed/timed out 3 times")
+    assert queue.claim(owner, 1) == []
+
+
+def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
+    ids = []
+    for name in ("a.tif", "b.tif", "c.tif"):
+        job = _one_job(queue, owner, name)
+        queue.fail(owner, job.id, "bad", permanent=True)
+        ids.append(job.id)
+    assert queue.retry([ids[0]]) == 1
+    assert queue.retry([ids[0]]) == 0  # pending now, not failed
+    assert queue.retry([]) == 0
+    assert queue.retry(failed=True) == 2
+    assert all(queue.get(i).state is JobState.PENDING and queue.get(i).attempts == 0
+               and queue.get(i).error is None for i in ids)
+    with pytest.raises(ValueError, match="failed=True"):
+        queue.retry()
+
+
+# ------------------------------------------------------------------ stats
+
+
+def test_stats_of_an_empty_queue(queue: SqlJobQueue) -> None:
+    assert queue.stats().as_dict() == {
+        "counts": {"pending": 0, "running": 0, "done": 0, "failed": 0},
+        "oldest_pending_age_s": None,
+        "throughput_per_min": {"10m": 0.0, "1h": 0.0},
+        "median_latency_s": None,
+        "recent_failures": [],
+    }
+
+
+def test_stats_numbers(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
+    for name, age in (("j1", 300), ("j2", 200), ("j3", 100), ("j4", 50), ("j5", 10)):
+        queue.enqueue(name, SHA_A, 1, 1.0, arrived_at=T0 - age)
+    j1, j2, j3 = queue.claim(owner, 3)
+    queue.complete(owner, j1.id, "o1")                     # latency 300
+    clock.advance(30)
+    queue.complete(owner, j2.id, "o2")                     # latency 230
+    queue.fail(owner, j3.id, "bad tiff", permanent=True)
+
+    stats = queue.stats().as_dict()
+    assert stats["counts"] == {"pending": 2, "running": 0, "done": 2, "failed": 1}
+    assert stats["oldest_pending_age_s"] == pytest.approx(80.0)
+    assert stats["throughput_per_min"] == pytest.approx({"10m": 0.2, "1h": 2 / 60})
+    assert stats["median_latency_s"] == pytest.approx(265.0)
+    assert stats["recent_failures"] == [{"path": "j3", "error": "bad tiff", "at": T0 + 30}]
+    json.dumps(stats)
+
+    later = queue.stats(now=T0 + 30 + 700).as_dict()
+    assert later["throughput_per_min"] == pytest.approx({"10m": 0.0, "1h": 2 / 60})
+    assert queue.stats(now=T0 + 30 + 4000).median_latency_s is None
+
+
+# ------------------------------------------------------------------ one daemon per database
+
+_LOCK_SCRIPT = """
+import sys
+from pathlib import Path
+from semwatch.config import QueueConfig
+from semwatch.queue import DaemonLock, QueueError
+try:
+    DaemonLock(QueueConfig(database_url=sys.argv[1]), Path(sys.argv[2])).acquire()
+except QueueError as exc:
+    print(exc)
+    sys.exit(3)
+print("acquired")
+"""
+
+
+def _try_lock_in_another_process(url: str, state_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _LOCK_SCRIPT, url, str(state_dir)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_daemon_lock_is_exclusive_across_processes(db_url: str, tmp_path: Path) -> None:
+    cfg = QueueConfig(database_url=db_url)
+    lock = DaemonLock(cfg, tmp_path / "state")
+    assert lock.path == tmp_path / "queue.db.lock"
+    with lock:
+        other = _try_lock_in_another_process(db_url, tmp_path / "state")
+        assert other.returncode == 3, other.stderr
+        assert other.stdout.strip() == (
+            f"another semwatch daemon (pid {os.getpid()}) holds {tmp_path / 'queue.db.lock'}")
+    # Released; the child takes it, and the kernel drops it when the child exits.
+    assert _try_lock_in_another_process(db_url, tmp_path / "state").stdout.strip() == "acquired"
+    with DaemonLock(cfg, tmp_path / "state"):
+        pass
+
+
+def test_server_database_lock_lives_in_the_state_dir(tmp_path: Path) -> None:
+    url = "postgresql://semwatch:secret@db.example/semwatch"
+    path = lock_path(url, tmp_path / "state")
+    assert path.parent == tmp_path / "state" and path.suffix == ".lock"
+    assert path == lock_path(url.replace("secret", "other"), tmp_path / "state")
+
+
+# ------------------------------------------------------------------ filesystems
+
+SAMPLE_MOUNTINFO = """\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+36 27 0:50 /export /mnt/sem\\040share rw,noatime shared:7 master:1 - nfs4 nas:/export rw,vers=4.2
+37 27 0:51 / /mnt/sshfs rw - fuse.sshfs user@host:/data rw
+38 36 0:52 / /mnt/sem\\040share/local rw - tmpfs tmpfs rw
+39 27 0:53 / /mnt/over rw - cifs //pc/share rw
+40 27 0:54 / /mnt/over rw - ext4 /dev/vdb rw
+garbage line without separator
+"""
+
+
+def test_parse_mountinfo() -> None:
+    entries = parse_mountinfo(SAMPLE_MOUNTINFO)
+    assert entries[1] == MountEntry(mount_point="/mnt/sem share", fs_type="nfs4")
+    assert entries[2].fs_type == "fuse.sshfs"
+    assert len(entries) == 6
+
+
+@pytest.mark.parametrize("path, fs_type", [
+    ("/mnt/sem share/run1/semwatch.db", "nfs4"),
+    ("/mnt/sem share/local/x.db", "tmpfs"),
+    ("/mnt/sshfs/x.db", "fuse.sshfs"),
+    ("/mnt/over/x.db", "ext4"),          # the later mount is on top
+    ("/mnt/sem/x.db", "ext4"),            # a name prefix is not a parent folder
+    ("/var/lib/semwatch/x.db", "ext4"),
+])
+def test_filesystem_type_from_mountinfo(path: str, fs_type: str) -> None:
+    assert filesystem_type(Path(path), SAMPLE_MOUNTINFO) == fs_type
+
+
+def test_network_fs_types() -> None:
+    for name in ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph",
+                 "glusterfs", "fuse.glusterfs"):
+        assert is_network_fs_type(name), name
+    for name in ("ext4", "xfs", "btrfs", "tmpfs", "overlay", "fuseblk", "zfs"):
+        assert not is_network_fs_type(name), name
+
+
+def test_local_tmp_dir_is_not_a_network_filesystem(tmp_path: Path) -> None:
+    assert is_network_filesystem(tmp_path) is False
+    assert is_network_filesystem(tmp_path / "not" / "yet" / "there.db") is False
