@@ -100,6 +100,13 @@ class TrainerConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     pretrained_encoder: Path | None = None
+    # Added for the training loops (trainer/loops.py documents their use):
+    crop_min: float = 0.5  # smallest random crop side / short side of the (cached) image
+    cache_images: bool = True  # keep decoded, down-scaled training images in RAM
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # mixed precision (CUDA only; always off on CPU)
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (quick runs, benchmarks)
+    sample_images: int = 4  # validation images shown in samples/<stage>_<epoch>.png
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,8 @@ _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
     ("engine", "threads"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
     ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
+    ("trainer", "max_steps_per_epoch"), ("trainer", "sample_images"), ("trainer", "pretrain_lr"),
+    ("trainer", "lr_g"), ("trainer", "lr_d"),
 }
 
 
@@ -265,6 +274,8 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
     if section == "trainer" and not 0.0 <= instance.val_fraction < 1.0:
         raise ConfigError(f"{where}: trainer.val_fraction = {instance.val_fraction}: must be in [0, 1)")
+    if section == "trainer" and not 0.0 < instance.crop_min <= 1.0:
+        raise ConfigError(f"{where}: trainer.crop_min = {instance.crop_min}: must be in (0, 1]")
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
