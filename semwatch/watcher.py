@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
 from structlog.typing import FilteringBoundLogger
 
 from watchdog.events import (
@@ -45,6 +43,7 @@ from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
 from semwatch.log import get_logger
+from semwatch.queue import JobQueue
 
 HASH_CHUNK = 1 << 20
 # Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
@@ -60,23 +59,11 @@ MAX_BACKOFF_SECONDS = 60.0
 INOTIFY_LIMIT_HINT = "set watch.polling = true or raise fs.inotify.max_user_watches"
 OBSERVER_JOIN_SECONDS = 5.0
 
-EnqueueRecord = tuple[str, str, int, float, float | None]  # rel_path, sha256, size, mtime, arrived_at
+EnqueueRecord = tuple[str, str, int, float, float]  # rel_path, sha256, size, mtime, arrived_at
 
 
 class WatcherError(RuntimeError):
     """The watch folder cannot be watched (message names the folder and the reason)."""
-
-
-class ArrivalQueue(Protocol):
-    """The part of `semwatch.queue.SqlJobQueue` the watcher uses."""
-
-    def known_files(self) -> dict[str, tuple[int, float]]: ...
-
-    def enqueue_many(self, records: Iterable[EnqueueRecord]) -> int: ...
-
-    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None: ...
-
-    def latest_sha256(self, rel_path: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -147,7 +134,7 @@ class Watcher:
     def __init__(
         self,
         cfg: WatchConfig,
-        queue: ArrivalQueue,
+        queue: JobQueue,
         *,
         output_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -155,7 +142,8 @@ class Watcher:
         on_enqueued: Callable[[int], None] | None = None,
     ) -> None:
         if not cfg.patterns:
-            raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, no file would ever be picked up")
+            raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, "
+                             "no file would ever be picked up")
         self._cfg = cfg
         self._queue = queue
         self._clock = clock
@@ -171,9 +159,10 @@ class Watcher:
         self._lock = threading.Lock()  # guards the three collections below
         self._candidates: dict[str, _Candidate] = {}
         self._pending_dirs: set[str] = set()
-        # (size, mtime) of files this process already hashed and resolved, for paths where the
-        # queue's record still differs (same path back to older content: the queue keeps the
-        # newer record). Without it such a file would be re-hashed on every scan.
+        # (size, mtime) of files already hashed and resolved since the last full scan. Late
+        # duplicate events (close after modify, a slow poller) then cost a dict lookup, not a
+        # re-hash, and a queue whose record lags behind cannot make a file be hashed on every
+        # scan. Full scans drop the entries the queue's records agree with.
         self._resolved: dict[str, tuple[int, float]] = {}
 
         self._handler = _CandidateMarker(self._on_file_event, self._on_dir_event)
@@ -207,7 +196,8 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="semwatch-watcher", daemon=True)
         self._thread.start()
         self._log.info("watching", polling=self._cfg.polling, recursive=self._cfg.recursive,
-                       settle_seconds=self._cfg.settle_seconds, scan_interval=self._cfg.scan_interval)
+                       settle_seconds=self._cfg.settle_seconds,
+                       scan_interval=self._cfg.scan_interval)
 
     def stop(self, timeout: float = 10) -> None:
         """Stop observing and let the worker finish the file in hand (up to `timeout` s)."""
@@ -249,7 +239,7 @@ class Watcher:
         return result
 
     def process_ready(self) -> int:
-        """Settle-check the candidates that are due; hash and enqueue the settled. Returns jobs enqueued."""
+        """Settle-check the due candidates; hash and enqueue the settled. Returns jobs enqueued."""
         now = self._clock()
         with self._lock:
             due = [(rel, c.size, c.mtime, c.arrived_at) for rel, c in self._candidates.items()
@@ -310,7 +300,8 @@ class Watcher:
                 failures = 0
             except Exception:
                 failures += 1
-                self._log.exception("watcher pass failed, will retry", consecutive_failures=failures)
+                self._log.exception("watcher pass failed, will retry",
+                                    consecutive_failures=failures)
             self._stopping.wait(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
@@ -323,16 +314,22 @@ class Watcher:
         with self._lock:
             dirs, self._pending_dirs = self._pending_dirs, set()
         for rel in sorted(dirs):
+            folder = self._abspath(rel)
+            if os.path.realpath(folder) != folder:
+                continue  # a symlinked folder (or one on the way): never entered
             # A folder copied in as a whole: its files may predate the folder's own watch.
             # Its paths are new, so there is no queue record to compare with; hashing decides.
-            for file_rel, size, mtime in self._walk(self._abspath(rel), rel, []):
+            for file_rel, size, mtime in self._walk(folder, rel, []):
                 self._mark_unless_resolved(file_rel, (size, mtime))
 
     # ------------------------------------------------------------- settle + hash
 
-    def _settle_one(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
+    def _settle_one(self, rel: str, key: tuple[int, float],
+                    arrived_at: float) -> EnqueueRecord | None:
         path = self._abspath(rel)
-        current = self._stat_key(path)
+        # Events may name a path through a symlinked folder (the polling observer follows
+        # them); such a file is either outside the root or already known by its real name.
+        current = self._stat_key(path) if self.relpath(Path(path)) == rel else None
         if current != key:
             self._restart_or_drop(rel, current)
             return None
@@ -377,7 +374,8 @@ class Watcher:
         with self._lock:
             candidate = self._candidates.get(rel)
             if candidate is None:
-                self._candidates[rel] = _Candidate(key[0], key[1], self._clock(), self._wall_clock())
+                self._candidates[rel] = _Candidate(key[0], key[1], self._clock(),
+                                                   self._wall_clock())
             elif (candidate.size, candidate.mtime) != key:
                 candidate.size, candidate.mtime = key
                 candidate.stable_since = self._clock()
@@ -406,7 +404,8 @@ class Watcher:
 
     def _prune_resolved(self, still_resolved: set[str]) -> None:
         with self._lock:
-            self._resolved = {rel: key for rel, key in self._resolved.items() if rel in still_resolved}
+            self._resolved = {rel: key for rel, key in self._resolved.items()
+                              if rel in still_resolved}
 
     # ---------------------------------------------------------------- events
 
@@ -428,9 +427,10 @@ class Watcher:
     # ------------------------------------------------------------- observer
 
     def _start_observer(self) -> None:
+        cfg = self._cfg
         # The one place where local disks and network shares differ.
-        observer = PollingObserver(timeout=self._cfg.poll_interval) if self._cfg.polling else Observer()
-        observer.schedule(self._handler, self._root, recursive=self._cfg.recursive)
+        observer = PollingObserver(timeout=cfg.poll_interval) if cfg.polling else Observer()
+        observer.schedule(self._handler, self._root, recursive=cfg.recursive)
         with self._observer_lock:
             if self._stopping.is_set():
                 return

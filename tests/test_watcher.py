@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from watchdog.observers.polling import PollingObserver
 
 import semwatch.watcher as watcher_mod
 from semwatch.config import WatchConfig
+from semwatch.queue import Job, JobQueue, QueueError, SqlJobQueue
 from semwatch.watcher import ScanResult, Watcher, WatcherError, sha256_file
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -29,47 +29,17 @@ REAL_TIFF = SHARED_DATA / "sem-real" / "fei-helios-rbc.tif"
 DEADLINE = 15.0
 
 
-class FakeQueue:
-    """In-memory stand-in with SqlJobQueue's watcher-facing semantics (thread-safe)."""
+def open_test_queue(folder: Path) -> SqlJobQueue:
+    return SqlJobQueue(f"sqlite:///{folder / 'queue.db'}", lease_seconds=60.0, max_attempts=3,
+                       retry_backoff=1.0)
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.jobs: list[tuple[str, str, int, float, float | None]] = []
-        self.files: dict[str, tuple[int, float]] = {}
-        self.latest: dict[str, str] = {}
-        self.touched: list[str] = []
-        self.known_calls = 0
 
-    def known_files(self) -> dict[str, tuple[int, float]]:
-        with self.lock:
-            self.known_calls += 1
-            return dict(self.files)
+def jobs(queue: JobQueue) -> list[Job]:
+    return sorted(queue.jobs(limit=100_000), key=lambda j: j.id)
 
-    def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
-                arrived_at: float | None = None) -> int | None:
-        with self.lock:
-            if any(j[0] == rel_path and j[1] == sha256 for j in self.jobs):
-                return None
-            self.jobs.append((rel_path, sha256, size, mtime, arrived_at))
-            self.files[rel_path] = (size, mtime)
-            self.latest[rel_path] = sha256
-            return len(self.jobs)
 
-    def enqueue_many(self, records: Iterable[tuple[str, str, int, float, float | None]]) -> int:
-        return sum(self.enqueue(r, s, z, m, arrived_at=a) is not None for r, s, z, m, a in records)
-
-    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None:
-        with self.lock:
-            self.touched.append(rel_path)
-            self.files[rel_path] = (size, mtime)
-
-    def latest_sha256(self, rel_path: str) -> str | None:
-        with self.lock:
-            return self.latest.get(rel_path)
-
-    def job_paths(self) -> list[str]:
-        with self.lock:
-            return sorted(j[0] for j in self.jobs)
+def job_paths(queue: JobQueue) -> list[str]:
+    return sorted(j.rel_path for j in queue.jobs(limit=100_000))
 
 
 class FakeClock:
@@ -118,6 +88,13 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def queue(tmp_path: Path) -> Iterable[SqlJobQueue]:
+    q = open_test_queue(tmp_path)
+    yield q
+    q.close()
+
+
+@pytest.fixture
 def running() -> Iterable[list[Watcher]]:
     """Watchers started by a test; stopped even when the test fails."""
     started: list[Watcher] = []
@@ -147,53 +124,59 @@ def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
 # ------------------------------------------------------------------ threaded, real observers
 
 
-def test_slowly_written_file_becomes_one_job_only_when_complete(root: Path, running: list[Watcher]) -> None:
-    queue = FakeQueue()
+def test_slowly_written_file_becomes_one_job_only_when_complete(
+        root: Path, queue: SqlJobQueue, running: list[Watcher]) -> None:
     w = start(Watcher(make_cfg(root, settle_seconds=1.0), queue), running)
     assert w.observer is not None and not isinstance(w.observer, PollingObserver)
     data = payload()
-    chunks = [data[i:i + len(data) // 6 + 1] for i in range(0, len(data), len(data) // 6 + 1)]
+    step = len(data) // 6 + 1
     target = root / "slow.tif"
     with target.open("wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
+        for start_at in range(0, len(data), step):
+            f.write(data[start_at:start_at + step])
             f.flush()
             time.sleep(0.5)
-            assert queue.jobs == [], "enqueued before the file was complete"
-    wait_for(lambda: len(queue.jobs) == 1, "the completed file's job")
-    rel, sha, size, _mtime, arrived_at = queue.jobs[0]
-    assert (rel, sha, size) == ("slow.tif", hashlib.sha256(data).hexdigest(), len(data))
-    assert arrived_at is not None
+            assert jobs(queue) == [], "enqueued before the file was complete"
+    wait_for(lambda: len(jobs(queue)) == 1, "the completed file's job")
+    job = jobs(queue)[0]
+    assert (job.rel_path, job.sha256, job.size) == ("slow.tif", hashlib.sha256(data).hexdigest(),
+                                                    len(data))
     time.sleep(1.3)  # past another settle period: still the one job
-    assert len(queue.jobs) == 1
+    assert len(jobs(queue)) == 1
 
 
-def test_files_present_before_start_are_found_by_the_startup_scan(root: Path, running: list[Watcher]) -> None:
+def test_files_present_before_start_are_found_by_the_startup_scan(
+        root: Path, queue: SqlJobQueue, running: list[Watcher]) -> None:
     write(root / "a.tif")
     write(root / "sub" / "deeper" / "b.png", b"png")
     write(root / "notes.txt")
     before = tree_state(root)
     notified: list[int] = []
-    queue = FakeQueue()
     start(Watcher(make_cfg(root), queue, on_enqueued=notified.append), running)
-    wait_for(lambda: len(queue.jobs) == 2, "two start-up jobs")
-    assert queue.job_paths() == ["a.tif", "sub/deeper/b.png"]
-    assert sum(notified) == 2
+    wait_for(lambda: len(jobs(queue)) == 2, "two start-up jobs")
+    assert job_paths(queue) == ["a.tif", "sub/deeper/b.png"]
+    wait_for(lambda: sum(notified) == 2, "the daemon's wake-up call")
     assert tree_state(root) == before, "the watched folder must only ever be read"
 
 
-def test_polling_observer_detects_a_new_file(root: Path, running: list[Watcher]) -> None:
-    queue = FakeQueue()
+def test_polling_observer_detects_a_new_file(root: Path, tmp_path: Path, queue: SqlJobQueue,
+                                             running: list[Watcher]) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # the poller follows it
     w = start(Watcher(make_cfg(root, polling=True, poll_interval=0.5), queue), running)
     assert isinstance(w.observer, PollingObserver)
     time.sleep(0.2)  # let the start-up scan pass; only the poller can report what follows
+    write(outside / "secret.tif", b"outside the root")
+    time.sleep(0.6)
     write(root / "late.tif", b"late")
-    wait_for(lambda: queue.job_paths() == ["late.tif"], "the polled file's job")
+    wait_for(lambda: job_paths(queue) == ["late.tif"], "the polled file's job")
+    time.sleep(0.5)
+    assert job_paths(queue) == ["late.tif"]
 
 
-def test_folder_moved_in_with_its_files_is_picked_up(root: Path, tmp_path: Path,
+def test_folder_moved_in_with_its_files_is_picked_up(root: Path, tmp_path: Path, queue: SqlJobQueue,
                                                       running: list[Watcher]) -> None:
-    queue = FakeQueue()
     start(Watcher(make_cfg(root), queue), running)
     staging = tmp_path / "staging" / "run-7"
     for i in range(3):
@@ -203,11 +186,11 @@ def test_folder_moved_in_with_its_files_is_picked_up(root: Path, tmp_path: Path,
     made.mkdir(parents=True)
     write(made / "fast.tif", b"written right after mkdir")
     expected = ["made/x/fast.tif", "run-7/img0.tif", "run-7/img1.tif", "run-7/img2.tif"]
-    wait_for(lambda: queue.job_paths() == expected, "the moved-in folder's jobs")
+    wait_for(lambda: job_paths(queue) == expected, "the moved-in folder's jobs")
 
 
-def test_root_vanishing_later_is_survived(root: Path, running: list[Watcher]) -> None:
-    queue = FakeQueue()
+def test_root_vanishing_later_is_survived(root: Path, queue: SqlJobQueue,
+                                          running: list[Watcher]) -> None:
     with capture_logs() as logs:
         w = start(Watcher(make_cfg(root, scan_interval=0.3), queue), running)
         shutil.rmtree(root)
@@ -215,46 +198,54 @@ def test_root_vanishing_later_is_survived(root: Path, running: list[Watcher]) ->
                  "the unavailable-folder warning")
         root.mkdir()
         write(root / "after.tif", b"back")
-        wait_for(lambda: queue.job_paths() == ["after.tif"], "a job after the folder came back")
+        wait_for(lambda: job_paths(queue) == ["after.tif"], "a job after the folder came back")
         wait_for(w._observer_healthy, "file events re-armed on the recreated folder")
     assert w._thread is not None and w._thread.is_alive()
     warnings = [e for e in logs if e["event"].startswith("watch folder unavailable")]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
 
 
-def test_worker_logs_a_failing_pass_and_carries_on(root: Path, running: list[Watcher]) -> None:
-    class FlakyQueue(FakeQueue):
+def test_worker_logs_a_failing_pass_and_carries_on(root: Path, tmp_path: Path,
+                                                   running: list[Watcher]) -> None:
+    class FlakyQueue(SqlJobQueue):
         # Fault injection: the first bulk query fails as a dropped database connection would.
+        failed = False
+
         def known_files(self) -> dict[str, tuple[int, float]]:
-            if self.known_calls == 0:
-                self.known_calls += 1
-                raise ConnectionError("database went away")
+            if not self.failed:
+                self.failed = True
+                raise QueueError("database went away")
             return super().known_files()
 
     write(root / "a.tif")
-    queue = FlakyQueue()
-    with capture_logs() as logs:
-        start(Watcher(make_cfg(root), queue), running)
-        wait_for(lambda: queue.job_paths() == ["a.tif"], "the job after the failed pass")
+    queue = FlakyQueue(f"sqlite:///{tmp_path / 'flaky.db'}", lease_seconds=60.0, max_attempts=3,
+                       retry_backoff=1.0)
+    try:
+        with capture_logs() as logs:
+            start(Watcher(make_cfg(root), queue), running)
+            wait_for(lambda: job_paths(queue) == ["a.tif"], "the job after the failed pass")
+    finally:
+        for w in running:
+            w.stop()
+        queue.close()
     failed = [e for e in logs if e["event"] == "watcher pass failed, will retry"]
     assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
-def test_missing_root_at_start_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_root_at_start_is_a_clear_error(tmp_path: Path, queue: SqlJobQueue) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(WatcherError, match=f"{missing}: watch folder does not exist"):
-        Watcher(make_cfg(missing), FakeQueue()).start()
+        Watcher(make_cfg(missing), queue).start()
     not_dir = write(tmp_path / "file")
     with pytest.raises(WatcherError, match="is not a directory"):
-        Watcher(make_cfg(not_dir), FakeQueue()).start()
+        Watcher(make_cfg(not_dir), queue).start()
 
 
 # --------------------------------------------------------------- synchronous, injected clock
 
 
-def test_settling_waits_for_size_and_mtime_to_stop_changing(root: Path) -> None:
+def test_settling_waits_for_size_and_mtime_to_stop_changing(root: Path, queue: SqlJobQueue) -> None:
     clock = FakeClock()
-    queue = FakeQueue()
     w = Watcher(make_cfg(root, settle_seconds=5.0), queue, clock=clock)
     f = write(root / "a.tif", b"part")
     assert w.scan() == ScanResult(files_seen=1, candidates=1, seconds=0.0)
@@ -268,30 +259,30 @@ def test_settling_waits_for_size_and_mtime_to_stop_changing(root: Path) -> None:
     assert w.process_ready() == 0
     clock.advance(0.1)
     assert w.process_ready() == 1
-    assert queue.jobs[0][1] == hashlib.sha256(b"part more").hexdigest()
+    assert jobs(queue)[0].sha256 == hashlib.sha256(b"part more").hexdigest()
 
 
-def test_touch_is_not_a_new_job_but_changed_content_is(root: Path) -> None:
+def test_touch_is_not_a_new_job_but_changed_content_is(root: Path, queue: SqlJobQueue) -> None:
     clock = FakeClock()
-    queue = FakeQueue()
     w = Watcher(make_cfg(root), queue, clock=clock)
     f = write(root / "a.tif", b"one")
     assert settled_jobs(w, clock) == 1
-    os.utime(f, (time.time() + 60, time.time() + 60))
+    later = time.time() + 60
+    os.utime(f, (later, later))
     assert settled_jobs(w, clock) == 0
-    assert queue.touched == ["a.tif"] and len(queue.jobs) == 1
-    assert w.scan().candidates == 0  # the touch was recorded: no re-hashing on later scans
+    assert len(jobs(queue)) == 1
+    assert queue.known_files()["a.tif"] == (3, f.stat().st_mtime)  # the touch was recorded...
+    assert w.scan().candidates == 0  # ...so later scans do not hash it again
     f.write_bytes(b"two")
-    os.utime(f, (time.time() + 120, time.time() + 120))
+    os.utime(f, (later + 60, later + 60))
     assert settled_jobs(w, clock) == 1
-    assert [j[1] for j in queue.jobs] == [hashlib.sha256(b"one").hexdigest(),
-                                           hashlib.sha256(b"two").hexdigest()]
+    assert [j.sha256 for j in jobs(queue)] == [hashlib.sha256(b"one").hexdigest(),
+                                               hashlib.sha256(b"two").hexdigest()]
 
 
-def test_content_reverting_to_an_earlier_version_is_hashed_once(root: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_content_reverting_to_an_earlier_version_is_hashed_once(
+        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
-    queue = FakeQueue()
     w = Watcher(make_cfg(root), queue, clock=clock)
     f = write(root / "a.tif", b"A")
     settled_jobs(w, clock)
@@ -300,7 +291,7 @@ def test_content_reverting_to_an_earlier_version_is_hashed_once(root: Path,
     settled_jobs(w, clock)
     f.write_bytes(b"A")
     os.utime(f, (time.time() + 120, time.time() + 120))
-    assert settled_jobs(w, clock) == 0  # (a.tif, A) is already a job
+    assert settled_jobs(w, clock) == 0  # (a.tif, A) is still pending: nothing new to do
     calls = count_hashes(monkeypatch)
     for _ in range(3):
         assert w.scan().candidates == 0
@@ -309,9 +300,9 @@ def test_content_reverting_to_an_earlier_version_is_hashed_once(root: Path,
     assert calls == []
 
 
-def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(root: Path) -> None:
+def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(
+        root: Path, queue: SqlJobQueue) -> None:
     clock = FakeClock()
-    queue = FakeQueue()
     w = Watcher(make_cfg(root), queue, clock=clock)
     gone = write(root / "gone.tif")
     write(root / "empty.tif", b"")
@@ -319,12 +310,13 @@ def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(root: Pa
     gone.unlink()
     clock.advance(0.2)
     assert w.process_ready() == 1
-    assert queue.job_paths() == ["empty.tif"]
-    assert queue.jobs[0][1] == hashlib.sha256(b"").hexdigest()
+    assert [(j.rel_path, j.sha256, j.size) for j in jobs(queue)] == [
+        ("empty.tif", hashlib.sha256(b"").hexdigest(), 0)]
     assert w.candidate_count == 0
 
 
-def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Path) -> None:
+def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Path,
+                                                       queue: SqlJobQueue) -> None:
     wanted = ["a.tif", "B.TIF", "c.TiFf", "d.jpeg", "sub/e.png", "link_in.tif", "dir.tif/f.tif"]
     for rel in wanted:
         if rel != "link_in.tif":
@@ -345,41 +337,40 @@ def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Pat
                  "pipe.tif"]
 
     clock = FakeClock()
-    queue = FakeQueue()
     w = Watcher(make_cfg(root), queue, output_dir=root / "out", clock=clock)
     assert w.scan().files_seen == len(wanted)
     clock.advance(0.2)
     w.process_ready()
-    assert queue.job_paths() == sorted(wanted)  # the loop was not followed: no "loop/a.tif"
+    assert job_paths(queue) == sorted(wanted)  # the loop was not followed: no "loop/a.tif"
     for rel in wanted:
         assert not w.is_ignored(root / rel), rel
     for rel in unwanted:
         assert w.is_ignored(root / rel), rel
 
 
-def test_temporary_names_are_ignored_even_when_the_patterns_match_everything(root: Path) -> None:
+def test_temporary_names_are_ignored_even_when_the_patterns_match_everything(
+        root: Path, queue: SqlJobQueue) -> None:
     temporary = ["~$report.tif", "x.tmp", "x.TMP", "x.tif.part", "x.tif.crdownload",
                  "x.tif.partial", ".~lock.x.tif#", "x.tif.swp", ".semwatch-tmp-123.tif"]
     for name in [*temporary, "keep.dat"]:
         write(root / name)
-    w = Watcher(make_cfg(root, patterns=("*",)), FakeQueue())
+    w = Watcher(make_cfg(root, patterns=("*",)), queue)
     assert w.scan().files_seen == 1
     assert not w.is_ignored(root / "keep.dat")
     for name in temporary:
         assert w.is_ignored(root / name), name
 
 
-def test_non_recursive_watch_sees_only_the_top_folder(root: Path) -> None:
+def test_non_recursive_watch_sees_only_the_top_folder(root: Path, queue: SqlJobQueue) -> None:
     write(root / "top.tif")
     write(root / "sub" / "deep.tif")
-    clock = FakeClock()
-    w = Watcher(make_cfg(root, recursive=False), FakeQueue(), clock=clock)
+    w = Watcher(make_cfg(root, recursive=False), queue)
     assert w.scan().files_seen == 1
     assert w.is_ignored(root / "sub" / "deep.tif")
 
 
-def test_relpath(root: Path, tmp_path: Path) -> None:
-    w = Watcher(make_cfg(root), FakeQueue())
+def test_relpath(root: Path, tmp_path: Path, queue: SqlJobQueue) -> None:
+    w = Watcher(make_cfg(root), queue)
     assert w.relpath(root / "sub" / "x.tif") == "sub/x.tif"
     assert w.relpath(tmp_path / "x.tif") is None
     assert w.relpath(root) is None
@@ -389,33 +380,36 @@ def test_relpath(root: Path, tmp_path: Path) -> None:
     assert w.relpath(root / "away" / "x.tif") is None
 
 
-def test_scan_of_known_files_enqueues_and_hashes_nothing(root: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    queue = FakeQueue()
+def test_scan_of_known_files_enqueues_and_hashes_nothing(
+        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = []
     for d in range(20):
         folder = root / f"d{d:02}"
         folder.mkdir()
         for i in range(100):
-            p = folder / f"img{i:03}.tif"
-            p.write_bytes(b"x")
+            p = write(folder / f"img{i:03}.tif", b"%d/%d" % (d, i))
             st = p.stat()
-            queue.files[f"d{d:02}/img{i:03}.tif"] = (st.st_size, st.st_mtime)
-    calls = count_hashes(monkeypatch)
+            records.append((f"d{d:02}/img{i:03}.tif", hashlib.sha256(p.read_bytes()).hexdigest(),
+                            st.st_size, st.st_mtime, 0.0))
+    assert queue.enqueue_many(records) == 2000
+    known_calls = count_calls(monkeypatch, queue, "known_files")
+    enqueue_calls = count_calls(monkeypatch, queue, "enqueue_many")
+    hashes = count_hashes(monkeypatch)
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, clock=clock)
     result = w.scan()
     assert (result.files_seen, result.candidates) == (2000, 0)
-    assert queue.known_calls == 1
+    assert len(known_calls) == 1
     clock.advance(10)
     assert w.process_ready() == 0
-    assert calls == [] and queue.jobs == []
+    assert hashes == [] and enqueue_calls == []
 
 
-def test_configuration_mistakes_are_refused(root: Path) -> None:
+def test_configuration_mistakes_are_refused(root: Path, queue: SqlJobQueue) -> None:
     with pytest.raises(ValueError, match="output folder is the watched folder"):
-        Watcher(make_cfg(root), FakeQueue(), output_dir=root)
+        Watcher(make_cfg(root), queue, output_dir=root)
     with pytest.raises(ValueError, match="watch.patterns is empty"):
-        Watcher(make_cfg(root, patterns=()), FakeQueue())
+        Watcher(make_cfg(root, patterns=()), queue)
 
 
 def test_sha256_file_streams_in_chunks(tmp_path: Path) -> None:
@@ -434,4 +428,17 @@ def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return real(path, chunk_size)
 
     monkeypatch.setattr(watcher_mod, "sha256_file", spy)
+    return calls
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, obj: object, name: str) -> list[tuple]:
+    """Spy on a method of a real object: records the arguments and calls through."""
+    calls: list[tuple] = []
+    real = getattr(obj, name)
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
     return calls
