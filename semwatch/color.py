@@ -13,6 +13,7 @@ table avoids that and turns the full-resolution Lab->RGB step into one gather.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import kornia.color
@@ -106,14 +107,16 @@ def _lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
 class ChromaLUTSpec:
     step: float = 2.0  # ab quantisation in Lab units; 2 keeps the error (<= 1) below a JND
     limit: float = AB_SCALE
-    search_steps: int = 10
+    hue_bins: int = 1440  # resolution of the gamut boundary per gray level (0.25 degree)
+    search_steps: int = 14  # bisection steps for the boundary chroma (~0.01 Lab units)
 
 
 class ChromaLUT:
     """(gray level, a, b) -> sRGB uint8 with L preserved and chroma reduced into gamut.
 
     256 x n x n entries (n = 2*limit/step + 1: 111 for the defaults, 9.5 MB) built once per
-    device. Building takes about a second on a CPU; the daemon and the CLI keep one table.
+    device, in about half a second on a CPU: the gamut boundary is searched per (gray level,
+    hue) only, and every (a, b) of that hue is scaled to it.
     """
 
     def __init__(self, device: torch.device | str = "cpu", spec: ChromaLUTSpec = ChromaLUTSpec()):
@@ -124,14 +127,19 @@ class ChromaLUT:
 
     def _build(self) -> torch.Tensor:
         spec = self.spec
+        lightness = gray_levels_to_l()
+        boundary = _boundary_chroma(lightness.float(), spec.hue_bins, spec.limit * 1.5,
+                                    spec.search_steps)  # (256, hue_bins + 1)
         axis = torch.linspace(-spec.limit, spec.limit, self.n, dtype=torch.float64)
-        lightness, a, b = torch.meshgrid(gray_levels_to_l(), axis, axis, indexing="ij")
-        # The bisection only decides how far chroma may go, so float32 is plenty there;
-        # the final conversion is float64 so that L comes out exact.
-        scale = _max_in_gamut_scale(
-            lightness.float(), a.float(), b.float(), spec.search_steps
-        ).double()
-        lab = torch.stack((lightness, a * scale, b * scale), dim=-1)
+        lab_l, a, b = torch.meshgrid(lightness, axis, axis, indexing="ij")
+        chroma = torch.hypot(a, b)
+        hue = torch.atan2(b, a).remainder(2 * math.pi) * (spec.hue_bins / (2 * math.pi))
+        lower = hue.floor().long().clamp_(0, spec.hue_bins - 1)
+        level = torch.arange(256).view(256, 1, 1).expand_as(lower)
+        # The smaller boundary of the two neighbouring hue samples: never out of gamut.
+        limit = torch.minimum(boundary[level, lower], boundary[level, lower + 1]).double()
+        scale = torch.where(chroma > limit, limit / chroma.clamp(min=1e-9), torch.ones_like(chroma))
+        lab = torch.stack((lab_l, a * scale, b * scale), dim=-1)
         rgb = _linear_to_srgb(_lab_to_linear_rgb(lab)).clamp(0, 1)
         return (rgb * 255 + 0.5).floor().to(torch.uint8).reshape(-1, 3)
 
@@ -150,23 +158,27 @@ class ChromaLUT:
         return self.table.index_select(0, idx.reshape(-1)).reshape(*gray_u8.shape, 3)
 
 
-def _max_in_gamut_scale(
-    lightness: torch.Tensor, a: torch.Tensor, b: torch.Tensor, steps: int
+def _boundary_chroma(
+    lightness: torch.Tensor, hue_bins: int, search_max: float, steps: int
 ) -> torch.Tensor:
-    """Largest s in [0, 1] with Lab (L, s*a, s*b) inside sRGB, by bisection per entry."""
+    """Largest in-sRGB chroma per (L, hue sample), by bisection: (len(L), hue_bins + 1).
 
-    def inside(s: torch.Tensor) -> torch.Tensor:
-        rgb = _lab_to_linear_rgb(torch.stack((lightness, a * s, b * s), dim=-1))
+    The last column repeats the first (hue 360 = 0) so neighbours never wrap.
+    """
+    angles = torch.arange(hue_bins + 1, dtype=lightness.dtype) * (2 * math.pi / hue_bins)
+    lab_l, angle = torch.meshgrid(lightness, angles, indexing="ij")
+    cos, sin = torch.cos(angle), torch.sin(angle)
+
+    def inside(chroma: torch.Tensor) -> torch.Tensor:
+        rgb = _lab_to_linear_rgb(torch.stack((lab_l, chroma * cos, chroma * sin), dim=-1))
         tol = 1e-6
         return ((rgb >= -tol) & (rgb <= 1 + tol)).all(dim=-1)
 
-    ones = torch.ones_like(a)
-    ok = inside(ones)
-    lo = torch.zeros_like(a)
-    hi = ones.clone()
+    lo = torch.zeros_like(lab_l)
+    hi = torch.full_like(lab_l, search_max)
     for _ in range(steps):
         mid = (lo + hi) / 2
         fits = inside(mid)
         lo = torch.where(fits, mid, lo)
         hi = torch.where(fits, hi, mid)
-    return torch.where(ok, ones, lo)
+    return lo

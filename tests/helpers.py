@@ -31,3 +31,40 @@ def textured_gray(height: int, width: int, seed: int = 0) -> np.ndarray:
     img[: max(1, height // 20)] = 0
     img[-max(1, height // 20):, : width // 3] = 255
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def bomb_tiff_bytes(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A small, valid-looking little-endian TIFF whose header claims width x height pixels."""
+    import struct
+
+    entries = [
+        (256, 4, 1, width),  # ImageWidth (LONG)
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # Photometric: min-is-black
+        (273, 4, 1, 8 + 2 + 12 * 9 + 4),  # StripOffsets: just after the IFD
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, 16),  # StripByteCounts (a lie: only 16 bytes follow)
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, typ, count, value in entries:
+        packed = struct.pack("<HHI", tag, typ, count)
+        packed += struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        ifd += packed
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(16)
+
+
+def raw_tiff_tag(path, code: int) -> bytes | None:
+    """The exact bytes of a TIFF tag's value in the first page (None when absent)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags.get(code)
+        if tag is None:
+            return None
+        fh = tif.filehandle
+        fh.seek(tag.valueoffset)
+        return fh.read(tag.valuebytecount)
