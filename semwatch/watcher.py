@@ -25,8 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from structlog.typing import FilteringBoundLogger
 
+from structlog.typing import FilteringBoundLogger
 from watchdog.events import (
     DirCreatedEvent,
     DirModifiedEvent,
@@ -339,7 +339,7 @@ class Watcher:
             self._restart_or_drop(rel, None)
             return None
         except OSError as exc:
-            self._log.warning("cannot read file, skipped until the next scan", path=rel,
+            self._log.warning("cannot read file, skipped until the next scan", path=path,
                               reason=exc.strerror or str(exc))
             self._restart_or_drop(rel, None)
             return None

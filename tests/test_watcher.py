@@ -315,6 +315,18 @@ def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(
     assert w.candidate_count == 0
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_is_a_warning_naming_it_not_a_job(root: Path, queue: SqlJobQueue) -> None:
+    clock = FakeClock()
+    w = Watcher(make_cfg(root), queue, clock=clock)
+    locked = write(root / "locked.tif")
+    locked.chmod(0)
+    with capture_logs() as logs:
+        assert settled_jobs(w, clock) == 0
+    assert [e["path"] for e in logs if e["log_level"] == "warning"] == [str(w.root / "locked.tif")]
+    assert w.candidate_count == 0
+
+
 def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Path,
                                                        queue: SqlJobQueue) -> None:
     wanted = ["a.tif", "B.TIF", "c.TiFf", "d.jpeg", "sub/e.png", "link_in.tif", "dir.tif/f.tif"]
