@@ -29,7 +29,10 @@ log = get_logger(__name__)
 
 # Checkpoint keys that describe how the weights were made (carried into the recipe when
 # present; the training loops may add provenance such as the --init model).
-_RECIPE_KEYS = ("stage", "epoch", "step", "best_metric", "trainer_config", "init", "stages", "finished")
+_RECIPE_KEYS = (
+    "stage", "epoch", "step", "best_metric", "best_metric_name", "early_stopped", "finished",
+    "trainer_config", "sched_g", "sched_d", "init", "stages",
+)
 
 
 class ExportError(ValueError):
