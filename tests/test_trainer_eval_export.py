@@ -33,7 +33,15 @@ from semwatch.model import (
 )
 from trainer.checkpoint import save_checkpoint
 from trainer.data import build_datasets, split_of
-from trainer.evaluate import evaluate, evaluate_command, gray_from_lightness, select_images
+from trainer.evaluate import (
+    EvaluationError,
+    evaluate,
+    evaluate_command,
+    format_table,
+    gray_from_lightness,
+    load_for_evaluation,
+    select_images,
+)
 from trainer.export import export_command
 
 TINY = GeneratorConfig(decoder_width=8)
@@ -158,14 +166,28 @@ def test_evaluate_json_on_a_checkpoint(truth_dir: Path, checkpoint: Path, config
     assert baseline["colorfulness_truth"] == report["metrics"]["colorfulness_truth"] > 20
 
 
-def test_evaluate_table_on_a_generator_file(truth_dir: Path, tiny_model: Path, config_file: Path) -> None:
-    result = run_cli(evaluate_command, tiny_model, truth_dir, "--split", "all", "--limit", "2",
-                     "-q", "--config", config_file)
-    assert result.exit_code == 0, result.output
-    text = result.stdout
+@pytest.fixture(scope="module")
+def tiny_colorizer(tiny_model: Path) -> Colorizer:
+    """One engine for the tests that call evaluate() directly (building one takes seconds)."""
+    return Colorizer(load_for_evaluation(tiny_model), chroma_size=64, batch_size=2)
+
+
+def test_evaluate_table_on_a_generator_file(truth_dir: Path, tiny_colorizer: Colorizer) -> None:
+    report = evaluate(tiny_colorizer, select_images(truth_dir, "all", 0.1, limit=2), progress=False)
+    assert (report.model, report.model_sha256) == ("tiny-random", tiny_colorizer.model_sha256)
+    assert report.images == 2  # a.png and c.tif: the first two files in path order
+    text = format_table(report)
     assert "model tiny-random" in text and "2 images" in text
     for label in ("ab MAE", "PSNR", "colorfulness", "histogram intersection", "gray"):
         assert label in text
+    assert f"{report.metrics.ab_mae:.2f}" in text and f"{report.gray_baseline.ab_mae:.2f}" in text
+
+
+def test_evaluate_refuses_a_set_without_colour(tmp_path: Path, tiny_colorizer: Colorizer) -> None:
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "g.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(EvaluationError, match="no colour images.*1 gray, 1 unreadable"):
+        evaluate(tiny_colorizer, select_images(tmp_path, "all", 0.1), progress=False)
 
 
 def constant_colour_generator(a: float, b: float) -> LoadedGenerator:
@@ -221,12 +243,8 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, truth_dir: Path, tiny_mode
     bad = run_cli(evaluate_command, garbage, truth_dir, "--config", config_file)
     assert bad.exit_code == 1 and "garbage.pt" in bad.output
 
-    gray_only = tmp_path / "gray"
-    gray_only.mkdir()
-    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(gray_only / "g.png")
-    empty = run_cli(evaluate_command, tiny_model, gray_only, "--split", "all", "-q",
-                    "--config", config_file)
-    assert empty.exit_code == 1 and "no colour images" in empty.output and "1 gray" in empty.output
+    not_a_folder = run_cli(evaluate_command, tiny_model, tmp_path / "absent", "--config", config_file)
+    assert not_a_folder.exit_code == 1 and "absent: not a folder" in not_a_folder.output
 
     no_val = run_cli(evaluate_command, tiny_model, truth_dir, "--val-fraction", "0", "--config", config_file)
     assert no_val.exit_code == 1 and "selects nothing" in no_val.output
