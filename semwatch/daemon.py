@@ -1,0 +1,942 @@
+"""The service loop: claim a batch, decode, colorize, write, mark done; never lose an image.
+
+Pipeline (DESIGN.md "Data flow"): the main thread claims up to ``batch_size`` jobs
+(waiting at most ``max_batch_wait`` for a partial batch to fill), decoding runs in a thread
+pool, the network runs in a single compute thread, and encoding + atomic writes run in a
+second pool. Batch k's writes overlap batch k+1's decode and compute, and batch k+1's
+decode is started before batch k is computed. A job is marked done only after its atomic
+write returned, so a crash anywhere re-runs the job onto the same output path.
+
+The main thread itself only waits, in slices of at most ``TICK_SECONDS``, and feeds the
+systemd watchdog, renews leases and publishes STATUS between slices; it never blocks on the
+network or the disk. A stage that runs longer than ``queue.lease_seconds`` is considered
+hung: the watchdog is no longer fed (systemd restarts the daemon) and leases are no longer
+renewed (the restarted daemon reclaims them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from semwatch.config import Config, ConfigError, load_config
+from semwatch.imaging import (
+    DecodedImage,
+    ImageError,
+    build_provenance,
+    output_name,
+    read_image,
+    sweep_temp_files,
+    write_image,
+)
+from semwatch.log import configure_logging, get_logger
+from semwatch.notify import Notifier, watchdog_interval
+from semwatch.queue import (
+    DaemonLock,
+    Job,
+    JobQueue,
+    JobState,
+    Owner,
+    QueueError,
+    filesystem_type,
+    is_network_fs_type,
+    open_queue,
+    sqlite_path,
+)
+
+if TYPE_CHECKING:
+    from semwatch.engine import Colorizer
+    from semwatch.watcher import Watcher
+
+log = get_logger("semwatch.daemon")
+
+# sysexits.h EX_CONFIG: a wrong configuration. systemd's RestartPreventExitStatus=78 keeps
+# the unit from restarting into the same error every 10 s.
+EXIT_CONFIG = 78
+EXIT_FAILURE = 1
+# Longest the main thread waits without feeding the watchdog and looking at its flags.
+TICK_SECONDS = 0.5
+# Claim poll while idle: jobs queued by `semwatch enqueue`/`retry` and retries whose
+# back-off expired do not wake the daemon.
+IDLE_POLL_SECONDS = 1.0
+# While output (or input) storage is unavailable, how often it is looked at again.
+STORAGE_RECHECK_SECONDS = 10.0
+# Writing needs headroom; below this much free space on the output filesystem we pause
+# rather than fill the disk to the last byte (other programs on the host need it too).
+MIN_FREE_BYTES = 200 * 2**20
+STATUS_INTERVAL_SECONDS = 10.0
+RECOVER_INTERVAL_SECONDS = 60.0
+# After an unexpected error in the loop itself: a pause, not a tight crash loop.
+LOOP_ERROR_SLEEP_SECONDS = 5.0
+# Writes queued behind the network, in batches: bounds memory held by full-size RGB images.
+WRITE_BACKLOG_BATCHES = 2
+# Write errors that mean "the output storage is unavailable", not "this image is bad".
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; ``exit_code`` tells systemd whether a restart can help."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _ShutdownTimeout(Exception):
+    """shutdown_timeout passed while waiting for work in flight."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where a job's source is read and its output written; both stay inside their roots."""
+
+    input_root: Path
+    output_root: Path
+    fmt: str
+
+    def source(self, rel_path: str) -> Path:
+        return _inside(self.input_root, _safe_rel(rel_path), "source")
+
+    def target(self, rel_path: str, sibling_names: Sequence[str] = ()) -> Path:
+        """<output root>/<rel dir>/<output name>; raises ValueError if it would escape the root."""
+        rel = _safe_rel(rel_path)
+        name = output_name(rel.name, self.fmt, sibling_names=sibling_names)
+        return _inside(self.output_root, rel.parent / name, "output")
+
+
+def _safe_rel(rel_path: str) -> PurePosixPath:
+    rel = PurePosixPath(rel_path)
+    if not rel_path or rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
+        raise ValueError(f"{rel_path!r}: not a relative file path inside the watch folder")
+    return rel
+
+
+def _inside(root: Path, rel: PurePosixPath, what: str) -> Path:
+    path = root.joinpath(*rel.parts)
+    real_root = os.path.realpath(root)
+    # realpath of the parent: a symlinked sub-folder must not lead out of the root.
+    real = os.path.join(os.path.realpath(path.parent), path.name)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError(f"{path}: {what} path leads outside {root}")
+    return path
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@dataclass
+class StorageGuard:
+    """Pauses claiming while the output (or input) storage cannot take work.
+
+    A full disk or an unmounted share is not the images' fault: their jobs are released
+    (attempts given back) and claiming waits until ``problem()`` is None again.
+    """
+
+    input_root: Path
+    output_root: Path
+    min_free_bytes: int = MIN_FREE_BYTES
+    recheck_seconds: float = STORAGE_RECHECK_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _reason: str | None = field(default=None, init=False)
+    _next_check: float = field(default=0.0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self._reason
+
+    def problem(self) -> str | None:
+        """Why work cannot go on now, or None when both folders are usable."""
+        if not self.input_root.is_dir():
+            return f"{self.input_root}: watch folder unavailable (share unmounted?)"
+        if not self.output_root.is_dir():
+            return f"{self.output_root}: output folder missing (share unmounted?)"
+        if not os.access(self.output_root, os.W_OK | os.X_OK):
+            return f"{self.output_root}: output folder not writable"
+        try:
+            st = os.statvfs(self.output_root)
+        except OSError as exc:
+            return f"{self.output_root}: cannot check free space: {exc.strerror or exc}"
+        free = st.f_bavail * st.f_frsize
+        if free < self.min_free_bytes:
+            return (f"{self.output_root}: disk nearly full ({free // 2**20} MiB free, "
+                    f"need {self.min_free_bytes // 2**20} MiB)")
+        return None
+
+    def is_storage_error(self, exc: BaseException) -> bool:
+        """Whether a failed write means "storage unavailable" rather than "bad job"."""
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return True
+        return isinstance(exc, OSError) and self.problem() is not None
+
+    def trip(self, reason: str) -> None:
+        """Pause; logged once per outage, not once per image."""
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = " ".join(reason.split())
+            self._next_check = self.clock() + self.recheck_seconds
+        log.error("output paused: storage unavailable; jobs released without using attempts",
+                  reason=self._reason, recheck_seconds=self.recheck_seconds)
+
+    def ready(self) -> bool:
+        """True when work may be claimed; while paused, looks again every recheck_seconds."""
+        with self._lock:
+            paused = self._reason is not None
+            if paused and self.clock() < self._next_check:
+                return False
+        problem = self.problem()
+        with self._lock:
+            if problem is None:
+                if self._reason is not None:
+                    log.info("storage available again, resuming", was=self._reason)
+                self._reason = None
+                return True
+            self._next_check = self.clock() + self.recheck_seconds
+        if not paused:
+            self.trip(problem)
+        return False
+
+
+# --------------------------------------------------------------------------- work items
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the provenance says about the model; captured when a batch is computed, so a
+    reload while writes are pending cannot mislabel them."""
+
+    model_name: str
+    model_sha256: str
+    backend: str
+    device: str
+    chroma_size: int
+
+    @classmethod
+    def of(cls, colorizer: "Colorizer") -> "EngineInfo":
+        return cls(colorizer.model_name, colorizer.model_sha256, colorizer.backend_name,
+                   colorizer.device, colorizer.chroma_size)
+
+
+@dataclass
+class _Item:
+    """One claimed job on its way through the pipeline."""
+
+    job: Job
+    source: Path
+    target: Path
+    claimed_at: float  # monotonic
+    decode: Future | None = None
+    image: DecodedImage | None = None
+
+
+class _Leases:
+    """Ids of the jobs this daemon holds (claimed and not yet done, failed or released)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[int] = set()
+
+    def add(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._ids.update(ids)
+
+    def discard(self, job_id: int) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def snapshot(self) -> list[int]:
+        with self._lock:
+            return sorted(self._ids)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    """`semwatch run`: one instance per process; `run()` returns the exit code."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self._env = dict(os.environ if env is None else env)
+        self._notifier = notifier if notifier is not None else Notifier.from_env(self._env)
+        self._owner = Owner.current()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._stop_deadline: float | None = None
+        self._leases = _Leases()
+        self._layout = _layout(config)
+        self._storage = StorageGuard(config.watch.input_dir, config.output.dir)
+        self._queue: JobQueue | None = None
+        self._lock: DaemonLock | None = None
+        self._colorizer: Colorizer | None = None
+        self._watcher: Watcher | None = None
+        self._decoders: ThreadPoolExecutor | None = None
+        self._writers: ThreadPoolExecutor | None = None
+        self._compute: ThreadPoolExecutor | None = None
+        self._writes: list[Future] = []
+        # Heartbeat bookkeeping (main thread only).
+        self._watchdog_every = _ping_interval(watchdog_interval(self._env))
+        self._next_ping = 0.0
+        self._next_renew = 0.0
+        self._next_status = 0.0
+        self._next_recover = 0.0
+        self._stage: tuple[str, float] | None = None
+        self._stall_logged = False
+
+    # ---- lifecycle
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        try:
+            self._start()
+        except StartupError as exc:
+            log.error("semwatch daemon cannot start", reason=str(exc))
+            self._abort_start()
+            return exc.exit_code
+        except Exception:
+            log.exception("semwatch daemon cannot start")
+            self._abort_start()
+            return EXIT_FAILURE
+        code = 0
+        try:
+            self._loop()
+        except _ShutdownTimeout:
+            code = EXIT_FAILURE
+        finally:
+            code = self._shutdown(code)
+        return code
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if self._stop.is_set():
+            # A second Ctrl-C/SIGTERM: do not wait for the batch any longer.
+            self._stop_deadline = time.monotonic()
+            log.warning("second stop request: giving up on work in flight", reason=reason)
+        else:
+            self._stop_deadline = time.monotonic() + self.config.daemon.shutdown_timeout
+            log.info("stopping: finishing the batch in flight", reason=reason,
+                     shutdown_timeout=self.config.daemon.shutdown_timeout)
+            self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        log.info("reload requested: configuration and model reload after this batch")
+        self._reload.set()
+        self._wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded use (tests): the caller drives request_stop()
+        signal.signal(signal.SIGTERM, lambda s, f: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda s, f: self.request_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.request_reload()
+
+    def _start(self) -> None:
+        cfg = self.config
+        check_config(cfg)
+        prepare_folders(cfg)
+        self._lock = DaemonLock(cfg.queue, cfg.daemon.state_dir)
+        try:
+            self._lock.acquire()
+            self._queue = open_queue(cfg.queue)
+            recovered = self._queue.recover(self._owner)
+        except QueueError as exc:
+            raise StartupError(str(exc)) from None
+        swept = sweep_temp_files(cfg.output.dir)
+        log.info("queue open", database=_where(cfg.queue.database_url), recovered_jobs=recovered,
+                 temp_files_swept=swept, owner_pid=self._owner.pid)
+        self._colorizer = load_colorizer(cfg)
+        daemon_cfg = cfg.daemon
+        self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
+        self._writers = ThreadPoolExecutor(daemon_cfg.write_threads, thread_name_prefix="write")
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        self._notifier.ready(self._status_text())
+        self._next_recover = time.monotonic() + RECOVER_INTERVAL_SECONDS
+        self._watcher = self._start_watcher(cfg)
+        log.info("semwatch daemon ready", input=str(cfg.watch.input_dir), output=str(cfg.output.dir),
+                 batch_size=cfg.engine.batch_size, watchdog_ping_s=self._watchdog_every)
+
+    def _start_watcher(self, cfg: Config) -> "Watcher":
+        from semwatch.watcher import Watcher, WatcherError
+
+        watcher = Watcher(cfg.watch, self._queue, output_dir=cfg.output.dir,
+                          on_enqueued=lambda n: self._wake.set())
+        try:
+            watcher.start()
+        except WatcherError as exc:
+            raise StartupError(str(exc)) from None
+        return watcher
+
+    # ---- main loop
+
+    def _loop(self) -> None:
+        carry: list[_Item] = []  # claimed, decode started, not computed yet
+        while not self._stop.is_set():
+            try:
+                self._heartbeat()
+                if self._reload.is_set():
+                    self._do_reload()
+                if not self._storage.ready():
+                    self._release(carry, "storage unavailable")
+                    carry = []
+                    self._sleep(TICK_SECONDS)
+                    continue
+                if not carry:
+                    carry = self._claim(fill=True)
+                    if not carry:
+                        self._sleep(IDLE_POLL_SECONDS)
+                        continue
+                carry = self._process(carry)
+            except _ShutdownTimeout:
+                raise
+            except Exception:
+                log.exception("error in the daemon loop; continuing after a pause",
+                              pause_seconds=LOOP_ERROR_SLEEP_SECONDS)
+                self._after_loop_error(carry)
+                carry = []
+                self._sleep(LOOP_ERROR_SLEEP_SECONDS)
+        self._release(carry, "shutdown: claimed, not started")
+
+    def _after_loop_error(self, carry: list[_Item]) -> None:
+        """Let the writes finish (they settle their own jobs), then give back every other
+        job still held: whatever the error interrupted must not stay leased and renewed."""
+        for item in carry:
+            if item.decode is not None:
+                item.decode.cancel()
+        with self._staged("writes after a loop error"):
+            self._wait(self._writes)
+        self._release_ids(self._leases.snapshot(), "loop error")
+
+    def _claim(self, *, fill: bool) -> list[_Item]:
+        """Lease up to batch_size jobs; with ``fill``, wait up to max_batch_wait for more."""
+        if self._stop.is_set() or self._reload.is_set():
+            return []
+        engine = self.config.engine
+        jobs = self._queue.claim(self._owner, engine.batch_size)
+        self._leases.add([job.id for job in jobs])
+        if fill and jobs and len(jobs) < engine.batch_size and engine.max_batch_wait > 0:
+            deadline = time.monotonic() + engine.max_batch_wait
+            self._wake.clear()
+            while len(jobs) < engine.batch_size and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if self._wake.wait(min(remaining, TICK_SECONDS)):
+                    self._wake.clear()
+                self._heartbeat()
+                more = self._queue.claim(self._owner, engine.batch_size - len(jobs))
+                self._leases.add([job.id for job in more])
+                jobs.extend(more)
+            if self._stop.is_set():
+                self._release_ids([job.id for job in jobs], "shutdown: claimed, not started")
+                return []
+        return self._start_decoding(jobs)
+
+    def _start_decoding(self, jobs: Sequence[Job]) -> list[_Item]:
+        now = time.monotonic()
+        listings: dict[Path, list[str]] = {}
+        items = []
+        for job in jobs:
+            try:
+                source = self._layout.source(job.rel_path)
+                siblings = _sibling_names(source.parent, listings)
+                target = self._layout.target(job.rel_path, siblings)
+            except ValueError as exc:
+                self._fail(job, str(exc), permanent=True, started=now)
+                continue
+            item = _Item(job, source, target, now)
+            item.decode = self._decoders.submit(self._decode, item)
+            items.append(item)
+        return items
+
+    def _decode(self, item: _Item) -> DecodedImage:
+        return read_image(item.source, max_pixels=self.config.engine.max_pixels)
+
+    def _process(self, items: list[_Item]) -> list[_Item]:
+        """Finish decoding ``items``, compute them, hand them to the writers.
+
+        Returns the next batch, claimed and decoding while this one was computed.
+        """
+        started = time.monotonic()
+        with self._staged("decode"):
+            self._wait([item.decode for item in items if item.decode is not None])
+        decoded = [item for item in items if self._take_decoded(item)]
+        decode_s = time.monotonic() - started
+        upcoming = self._claim(fill=False) if self._storage.ready() else []
+        if not decoded:
+            return upcoming
+        colorizer = self._colorizer
+        info = EngineInfo.of(colorizer)
+        t0 = time.monotonic()
+        with self._staged("compute"):
+            rgbs = self._colorize(colorizer, decoded)
+        compute_s = time.monotonic() - t0
+        written = 0
+        for item, rgb in zip(decoded, rgbs):
+            if rgb is not None:
+                self._submit_write(item, rgb, info)
+                written += 1
+        log.info("batch", jobs=len(items), decoded=len(decoded), colorized=written,
+                 decode_wait_s=round(decode_s, 3), compute_s=round(compute_s, 3),
+                 images_per_s=round(written / compute_s, 2) if compute_s > 0 else None,
+                 model=info.model_name)
+        return upcoming
+
+    def _take_decoded(self, item: _Item) -> bool:
+        """Move the decode result into ``item``; a failed or superseded job is recorded."""
+        future, item.decode = item.decode, None
+        try:
+            image = future.result()
+        except ImageError as exc:
+            problem = None if exc.permanent else self._storage.problem()
+            if problem is not None:
+                self._storage.trip(problem)
+                self._release([item], "storage unavailable")
+                return False
+            self._fail(item.job, exc.reason, permanent=exc.permanent, started=item.claimed_at)
+            return False
+        except Exception as exc:  # noqa: BLE001 - one image must not stop the service
+            log.exception("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id)
+            self._fail(item.job, f"decode failed: {_describe(exc)}", permanent=False,
+                       started=item.claimed_at)
+            return False
+        if image.sha256 != item.job.sha256:
+            self._fail(item.job, "superseded: the file changed after it was queued "
+                       f"(queued {item.job.sha256[:12]}, now {image.sha256[:12]}); "
+                       "its new content is a job of its own", permanent=True,
+                       started=item.claimed_at)
+            return False
+        for warning in image.warnings:
+            log.warning("input warning", path=item.job.rel_path, job_id=item.job.id, warning=warning)
+        item.image = image
+        return True
+
+    def _colorize(self, colorizer: "Colorizer", items: list[_Item]) -> list[Any]:
+        """One batched forward pass; if it fails, image by image to find the culprit."""
+        images = [item.image for item in items]
+        try:
+            return self._wait_result(self._compute.submit(colorizer.colorize, images))
+        except _ShutdownTimeout:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if len(items) == 1:
+                self._fail(items[0].job, f"colorization failed: {_describe(exc)}",
+                           permanent=False, started=items[0].claimed_at)
+                return [None]
+            log.warning("batch colorization failed; retrying image by image",
+                        jobs=len(items), error=_describe(exc))
+        results: list[Any] = []
+        for item in items:
+            results.extend(self._colorize(colorizer, [item]))
+        return results
+
+    # ---- writing
+
+    def _submit_write(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
+        limit = WRITE_BACKLOG_BATCHES * self.config.engine.batch_size
+        self._writes = [f for f in self._writes if not f.done()]
+        if len(self._writes) >= limit:
+            with self._staged("write backlog"):
+                self._wait(self._writes[: len(self._writes) - limit + 1])
+            self._writes = [f for f in self._writes if not f.done()]
+        self._writes.append(self._writers.submit(self._write, item, rgb, info))
+
+    def _write(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
+        """Runs in a writer thread: encode + atomic write, then mark done. Never raises."""
+        job, image = item.job, item.image
+        cfg = self.config.output
+        try:
+            if not self._storage.output_root.is_dir():
+                # write_image would create the missing root: on an unmounted share, that is
+                # the local mount point folder.
+                raise FileNotFoundError(errno.ENOENT, "output folder missing", str(self._storage.output_root))
+            provenance = build_provenance(
+                image, source_path=str(item.source), model_name=info.model_name,
+                model_sha256=info.model_sha256, backend=info.backend, device=info.device,
+                chroma_size=info.chroma_size)
+            write_image(item.target, rgb, fmt=cfg.format, metadata=image.metadata,
+                        provenance=provenance, jpeg_quality=cfg.jpeg_quality)
+        except OSError as exc:
+            if self._storage.is_storage_error(exc):
+                self._storage.trip(self._storage.problem() or _describe(exc))
+                self._release([item], "storage unavailable")
+            else:
+                self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=False,
+                           started=item.claimed_at)
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
+            self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=False,
+                       started=item.claimed_at)
+            return
+        try:
+            self._queue.complete(self._owner, job.id, str(item.target))
+        except Exception as exc:  # noqa: BLE001
+            # The output exists; the lease will expire and the job re-run onto the same file.
+            log.error("output written but job not marked done", job_id=job.id,
+                      path=job.rel_path, error=_describe(exc))
+            return
+        finally:
+            self._leases.discard(job.id)
+        log.info("job done", job_id=job.id, path=job.rel_path, output=str(item.target),
+                 seconds=round(time.monotonic() - item.claimed_at, 3),
+                 latency_s=round(time.time() - job.arrived_at, 3))
+
+    # ---- job outcomes
+
+    def _fail(self, job: Job, reason: str, *, permanent: bool, started: float) -> None:
+        reason = " ".join(reason.split())
+        try:
+            state = self._queue.fail(self._owner, job.id, reason, permanent=permanent)
+        except Exception as exc:  # noqa: BLE001
+            log.error("job failure not recorded", job_id=job.id, path=job.rel_path,
+                      reason=reason, error=_describe(exc))
+            return
+        finally:
+            self._leases.discard(job.id)
+        log.warning("job failed", job_id=job.id, path=job.rel_path, error=reason,
+                    permanent=permanent, state=state.value,
+                    seconds=round(time.monotonic() - started, 3))
+
+    def _release(self, items: Sequence[_Item], why: str) -> None:
+        """Give claimed, unfinished jobs back without using an attempt."""
+        for item in items:
+            if item.decode is not None:
+                item.decode.cancel()
+        self._release_ids([item.job.id for item in items], why)
+
+    def _release_ids(self, ids: Sequence[int], why: str) -> None:
+        if not ids:
+            return
+        try:
+            self._queue.release(self._owner, ids)
+        except Exception as exc:  # noqa: BLE001
+            log.error("leases not released; they expire after lease_seconds", job_ids=ids,
+                      error=_describe(exc))
+            return
+        for job_id in ids:
+            self._leases.discard(job_id)
+        log.info("jobs released", job_ids=ids, reason=why)
+
+    # ---- waiting with a heartbeat
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wake.wait(min(remaining, TICK_SECONDS)):
+                self._wake.clear()
+                return
+            self._heartbeat()
+
+    def _wait(self, futures: Sequence[Future | None]) -> None:
+        pending = {f for f in futures if f is not None}
+        while pending:
+            _done, pending = wait_futures(pending, timeout=TICK_SECONDS)
+            self._heartbeat()
+            if pending and self._past_deadline():
+                raise _ShutdownTimeout
+
+    def _wait_result(self, future: Future) -> Any:
+        self._wait([future])
+        return future.result()
+
+    def _past_deadline(self) -> bool:
+        return self._stop_deadline is not None and time.monotonic() > self._stop_deadline
+
+    @contextmanager
+    def _staged(self, name: str) -> Iterator[None]:
+        self._stage = (name, time.monotonic())
+        try:
+            yield
+        finally:
+            self._stage = None
+            if self._stall_logged:
+                log.warning("stalled stage finished after all", stage=name)
+                self._stall_logged = False
+
+    def _heartbeat(self) -> None:
+        """Watchdog, lease renewal, STATUS, recovery; called at least every TICK_SECONDS."""
+        now = time.monotonic()
+        if self._stalled(now):
+            return
+        try:
+            if self._watchdog_every is not None and now >= self._next_ping:
+                self._notifier.watchdog()
+                self._next_ping = now + self._watchdog_every
+            if now >= self._next_renew:
+                self._next_renew = now + self.config.queue.lease_seconds / 4
+                held = self._leases.snapshot()
+                if held:
+                    self._queue.renew(self._owner, held)
+            if now >= self._next_status:
+                self._next_status = now + STATUS_INTERVAL_SECONDS
+                self._notifier.status(self._status_text())
+            if now >= self._next_recover:
+                # Jobs of ours whose lease ran out during a stall go back to pending.
+                self._next_recover = now + RECOVER_INTERVAL_SECONDS
+                self._queue.recover(self._owner)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
+            log.error("heartbeat step failed", error=_describe(exc))
+
+    def _stalled(self, now: float) -> bool:
+        stage = self._stage
+        if stage is None or now - stage[1] <= self.config.queue.lease_seconds:
+            return False
+        if not self._stall_logged:
+            log.error("stage hung longer than lease_seconds; no more watchdog pings or lease "
+                      "renewals (systemd restarts the daemon, the jobs are recovered)",
+                      stage=stage[0], seconds=round(now - stage[1], 1))
+            self._stall_logged = True
+        return True
+
+    def _status_text(self) -> str:
+        if self._queue is None:
+            return "starting"
+        counts = self._queue.stats().counts
+        text = ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in JobState)
+        reason = self._storage.paused_reason
+        return f"paused ({reason}); {text}" if reason else text
+
+    # ---- reload
+
+    def _do_reload(self) -> None:
+        """SIGHUP, between batches: new configuration and model; a bad one keeps the old."""
+        self._reload.clear()
+        self._notifier.reloading()
+        try:
+            new = self._reloaded_config()
+            if new is not None:
+                self._apply(new)
+        finally:
+            self._notifier.ready(self._status_text())
+
+    def _reloaded_config(self) -> Config | None:
+        source = self.config.source
+        try:
+            new = load_config(source)
+            check_config(new)
+            prepare_folders(new)
+        except (ConfigError, StartupError) as exc:
+            log.error("reload refused; keeping the running configuration and model",
+                      reason=str(exc))
+            return None
+        restart_only = [name for name in ("queue", "daemon")
+                        if getattr(new, name) != getattr(self.config, name)]
+        if restart_only:
+            log.warning("changed sections take effect at the next restart",
+                        sections=restart_only)
+            new = dataclasses.replace(new, queue=self.config.queue, daemon=self.config.daemon)
+        return new
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        if new.logging != old.logging:
+            configure_logging(new.logging.level, new.logging.format)
+        try:
+            with self._staged("model reload"):
+                colorizer = self._wait_result(self._compute.submit(load_colorizer, new))
+        except _ShutdownTimeout:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep serving with the model we have
+            log.error("model reload failed; keeping the current model",
+                      model=self._colorizer.model_name, sha256=self._colorizer.model_sha256,
+                      reason=str(exc) if isinstance(exc, StartupError) else _describe(exc))
+            new = dataclasses.replace(new, engine=old.engine)
+        else:
+            self._colorizer = colorizer
+            log.info("model reloaded", model=colorizer.model_name, sha256=colorizer.model_sha256,
+                     backend=colorizer.backend_name, device=colorizer.device)
+        self._layout = _layout(new)
+        self._storage = StorageGuard(new.watch.input_dir, new.output.dir)
+        self.config = new
+        if new.watch != old.watch or new.output.dir != old.output.dir:
+            self._restart_watcher(new, old)
+        log.info("configuration reloaded", source=str(new.source))
+
+    def _restart_watcher(self, new: Config, old: Config) -> None:
+        self._watcher.stop()
+        try:
+            self._watcher = self._start_watcher(new)
+        except StartupError as exc:
+            log.error("new watch settings unusable; watching with the previous ones",
+                      reason=str(exc))
+            self._watcher = self._start_watcher(old)
+
+    # ---- shutdown
+
+    def _shutdown(self, code: int) -> int:
+        self._notifier.stopping("stopping")
+        if self._watcher is not None:
+            self._watcher.stop()
+        try:
+            if self._writes:
+                with self._staged("final writes"):
+                    self._wait(self._writes)
+        except _ShutdownTimeout:
+            code = EXIT_FAILURE
+        leftover = self._leases.snapshot()
+        if leftover:
+            if code != 0:
+                log.error("shutdown_timeout passed; releasing unfinished jobs",
+                          shutdown_timeout=self.config.daemon.shutdown_timeout)
+            self._release_ids(leftover, "shutdown")
+        if code == 0:
+            for pool in (self._decoders, self._writers, self._compute):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+        self._close()
+        log.info("semwatch daemon stopped", exit_code=code)
+        if code != 0:
+            # Threads stuck in the network or on a dead share cannot be joined; leaving
+            # now is what shutdown_timeout promises (their leases were released above).
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+
+    def _abort_start(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        for pool in (self._decoders, self._writers, self._compute):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._close()
+
+    def _close(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+# --------------------------------------------------------------------------- start-up helpers
+
+
+def check_config(cfg: Config) -> None:
+    """Configuration problems a restart cannot fix -> StartupError(exit 78)."""
+    where = f" (in {cfg.source})" if cfg.source else ""
+    input_dir, output_dir = cfg.watch.input_dir.resolve(), cfg.output.dir.resolve()
+    if input_dir == output_dir:
+        raise StartupError(f"watch.input_dir and output.dir are the same folder {input_dir}"
+                           f"{where}; colorized files would be colorized again", EXIT_CONFIG)
+    model = cfg.engine.model
+    if model is None:
+        from semwatch.model import default_model_path
+
+        if not default_model_path().is_file():
+            raise StartupError(
+                f"no model: engine.model is not set{where} and the bundled default model "
+                f"({default_model_path()}) is not installed; set engine.model = "
+                '"/path/to/generator.safetensors" in the [engine] section', EXIT_CONFIG)
+    elif not model.is_file():
+        raise StartupError(f"{model}: model file not found (engine.model{where})", EXIT_CONFIG)
+    db = sqlite_path(cfg.queue.database_url)
+    if db is not None:
+        fs_type = filesystem_type(db.parent if db.parent.exists() else _existing_parent(db))
+        if fs_type is not None and is_network_fs_type(fs_type):
+            raise StartupError(
+                f"{db}: SQLite on a network filesystem ({fs_type}) is refused (queue.database_url"
+                f"{where}); put the database on a local disk", EXIT_CONFIG)
+
+
+def prepare_folders(cfg: Config) -> None:
+    """Create the watch, output and state folders when missing (first run from the repo)."""
+    for what, folder in (("watch folder", cfg.watch.input_dir), ("output folder", cfg.output.dir),
+                         ("state folder", cfg.daemon.state_dir)):
+        if folder.is_dir():
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"{folder}: cannot create the {what}: {exc.strerror or exc}") from None
+        log.info(f"created the {what}", path=str(folder))
+
+
+def load_colorizer(cfg: Config) -> "Colorizer":
+    """The engine for cfg.engine; errors become one-line StartupErrors."""
+    from semwatch.engine import Colorizer, EngineError
+    from semwatch.model import ModelError
+
+    started = time.monotonic()
+    try:
+        colorizer = Colorizer.from_config(cfg.engine)
+    except ModelError as exc:
+        raise StartupError(str(exc), EXIT_CONFIG) from None
+    except EngineError as exc:
+        # e.g. the GPU driver not loaded yet at boot: a restart may help.
+        raise StartupError(str(exc)) from None
+    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256,
+             backend=colorizer.backend_name, device=colorizer.device,
+             chroma_size=colorizer.chroma_size, seconds=round(time.monotonic() - started, 2))
+    return colorizer
+
+
+def _layout(cfg: Config) -> OutputLayout:
+    return OutputLayout(cfg.watch.input_dir, cfg.output.dir, cfg.output.format)
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
+    """Names in a source's folder (once per folder per batch) for output_name's x.png.tif rule."""
+    if folder not in cache:
+        try:
+            cache[folder] = os.listdir(folder)
+        except OSError as exc:
+            log.debug("cannot list source folder", folder=str(folder), error=_describe(exc))
+            cache[folder] = []
+    return cache[folder]
+
+
+def _ping_interval(watchdog_s: float | None) -> float | None:
+    # systemd wants a ping at least every WatchdogSec; a quarter leaves room for a slow tick.
+    return None if watchdog_s is None else max(watchdog_s / 4, 0.05)
+
+
+def _where(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(f"{type(exc).__name__}: {text}".split())[:500]
+
+
+def run_daemon(config: Config) -> int:
+    """Entry point of `semwatch run` once the configuration is loaded; returns the exit code."""
+    configure_logging(config.logging.level, config.logging.format)
+    return Daemon(config).run()

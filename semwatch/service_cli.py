@@ -1,0 +1,342 @@
+"""The service's subcommands: `semwatch run`, `status`, `enqueue`, `retry`.
+
+Registered on `semwatch.cli.main`. Only `run` imports the engine (and so PyTorch):
+`status`, `enqueue` and `retry` talk to the queue database and answer in a fraction of a
+second, also while the daemon is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+from semwatch.config import Config, ConfigError, load_config
+from semwatch.log import configure_logging, get_logger
+
+log = get_logger("semwatch.service_cli")
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_CONFIG = 78  # sysexits EX_CONFIG; the systemd unit does not restart on it
+# Files hashed per enqueue_many transaction during a backfill.
+ENQUEUE_CHUNK = 200
+
+
+def _config_option(func: Callable) -> Callable:
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
+             "/etc/semwatch/config.toml, else built-in defaults. Use the same file as the "
+             "service (the unit passes /etc/semwatch/config.toml).",
+    )(func)
+
+
+def _load(config_path: Path | None, *, exit_code: int = 2) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_code)
+
+
+def _console_logging(config: Config) -> None:
+    # The command's own output says what happened; the queue's per-job info lines would
+    # bury it during a backfill of thousands of files (debug still shows everything).
+    level = "debug" if config.logging.level == "debug" else "warning"
+    fmt = "console" if config.logging.format == "auto" else config.logging.format
+    configure_logging(level, fmt)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@click.command("run", context_settings=CONTEXT)
+@_config_option
+def run_command(config_path: Path | None) -> None:
+    """Run the watch-folder service in the foreground (systemd starts exactly this).
+
+    \b
+    Watches watch.input_dir (the microscope's export folder) and colorizes every image
+    that appears there, once it has stopped growing, into output.dir, mirroring the
+    sub-folders. Jobs live in the queue database (queue.database_url), so nothing is lost
+    or done twice across restarts, crashes or power cuts; files that arrived while the
+    service was stopped are found at start.
+
+    \b
+    Signals: SIGTERM or Ctrl-C finishes the batch in hand and exits 0; SIGHUP
+    (systemctl reload semwatch) re-reads the configuration and the model between batches.
+    Logs are JSON lines on stderr (journald) unless stderr is a terminal.
+    Exit codes: 0 stopped cleanly, 1 failed (systemd restarts it), 78 configuration error
+    (fix config.toml; systemd does not restart).
+    """
+    config = _load(config_path, exit_code=EXIT_CONFIG)
+    from semwatch.daemon import run_daemon
+
+    sys.exit(run_daemon(config))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _open_existing_queue(config: Config):
+    """The queue database, without creating one when the service has never run."""
+    from semwatch.queue import QueueError, open_queue, sqlite_path
+
+    try:
+        path = sqlite_path(config.queue.database_url)
+        if path is not None and not path.is_file():
+            raise click.ClickException(
+                f"{path}: no queue database yet; the service has not run with this "
+                "configuration (check --config / queue.database_url)")
+        return open_queue(config.queue)
+    except QueueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("status", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
+                   "throughput_per_min, median_latency_s, recent_failures.")
+@_config_option
+def status_command(as_json: bool, config_path: Path | None) -> None:
+    """Show what the service's queue holds.
+
+    \b
+    pending   waiting for the service (or for a retry after a transient error)
+    running   being colorized now
+    done      written to the output folder
+    failed    given up, with the reason (undecodable file, or too many attempts);
+              `semwatch retry --failed` queues them again
+    Also: the age of the oldest waiting image, images done per minute over the last
+    10 minutes and hour, the median time from arrival to done, and the latest failures.
+    """
+    config = _load(config_path)
+    _console_logging(config)
+    from semwatch.queue import JobState
+
+    queue = _open_existing_queue(config)
+    try:
+        stats = queue.stats()
+        failed = [] if as_json else queue.jobs(JobState.FAILED, limit=10)
+    finally:
+        queue.close()
+    if as_json:
+        click.echo(json.dumps(stats.as_dict(), indent=2))
+    else:
+        click.echo(format_status(stats.as_dict(), config, failed))
+
+
+def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[Any] = ()) -> str:
+    """The readable `semwatch status` table."""
+    counts = stats["counts"]
+    oldest = stats["oldest_pending_age_s"]
+    lines = [f"queue   {_database(config)}", ""]
+    for state in ("pending", "running", "done", "failed"):
+        extra = f"   oldest waiting {_duration(oldest)}" if state == "pending" and oldest else ""
+        lines.append(f"  {state:<8}{counts.get(state, 0):>9}{extra}")
+    rate = stats["throughput_per_min"]
+    latency = stats["median_latency_s"]
+    lines += [
+        "",
+        f"throughput      {rate['10m']:.1f}/min (last 10 min)   {rate['1h']:.1f}/min (last hour)",
+        "median latency  " + (f"{_duration(latency)} from arrival to done (last hour)"
+                              if latency is not None else "-"),
+    ]
+    if failed_jobs:
+        lines += ["", "failed jobs (newest first; `semwatch retry JOB_ID` queues one again):"]
+        for job in failed_jobs:
+            lines.append(f"  {job.id:>7}  {job.rel_path}: {job.error}")
+    return "\n".join(lines)
+
+
+def _database(config: Config) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(config.queue.database_url).render_as_string(hide_password=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+# --------------------------------------------------------------------------- enqueue
+
+
+@dataclass
+class EnqueueReport:
+    files: int = 0  # images found and hashed
+    queued: int = 0  # of those, now pending
+    skipped: int = 0  # names inside folders that semwatch ignores
+    errors: list[str] = field(default_factory=list)
+
+
+def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) -> EnqueueReport:
+    """Hash and queue files (folders: recursively) under watch.input_dir.
+
+    Paths outside the watch folder are refused before anything is queued (ValueError).
+    """
+    from semwatch.watcher import Watcher
+
+    watcher = Watcher(config.watch, queue, output_dir=config.output.dir)
+    root = watcher.root
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    for given, path in zip(paths, resolved):
+        if path.resolve() != root and watcher.relpath(path) is None:
+            raise ValueError(f"{given}: outside the watch folder {root} (watch.input_dir); "
+                             "semwatch only processes files under it")
+    report = EnqueueReport()
+    records: list[tuple[str, str, int, float, float]] = []
+    for given, path in zip(paths, resolved):
+        if path.is_dir():
+            for file in _walk_files(path):
+                if watcher.is_ignored(file):
+                    report.skipped += 1
+                else:
+                    _hash_into(watcher, file, records, report)
+                    _flush(queue, records, report, again, force=False)
+        elif path.is_file():
+            if watcher.is_ignored(path):
+                report.errors.append(f"{given}: not picked up by semwatch (hidden or temporary "
+                                     "name, inside the output folder, or not matching "
+                                     "watch.patterns)")
+            else:
+                _hash_into(watcher, path, records, report)
+        else:
+            report.errors.append(f"{given}: no such file or folder")
+    _flush(queue, records, report, again, force=True)
+    return report
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def _hash_into(watcher, path: Path, records: list, report: EnqueueReport) -> None:
+    from semwatch.watcher import sha256_file
+
+    rel = watcher.relpath(path)
+    try:
+        st = path.stat()
+        digest = sha256_file(path)
+    except OSError as exc:
+        report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+        return
+    records.append((rel, digest, st.st_size, st.st_mtime, time.time()))
+    report.files += 1
+
+
+def _flush(queue, records: list, report: EnqueueReport, again: bool, *, force: bool) -> None:
+    if not records or (len(records) < ENQUEUE_CHUNK and not force):
+        return
+    if again:
+        # One by one: only `enqueue` can re-queue finished versions.
+        for rel, digest, size, mtime, arrived in records:
+            if queue.enqueue(rel, digest, size, mtime, arrived_at=arrived, again=True) is not None:
+                report.queued += 1
+    else:
+        report.queued += queue.enqueue_many(records)
+    records.clear()
+
+
+@click.command("enqueue", context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--again", is_flag=True,
+              help="Also re-do files that are already done or failed (e.g. after a model "
+                   "upgrade). Without it, a file already colorized is not queued twice.")
+@_config_option
+def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | None) -> None:
+    """Queue image files or folders for the service now (backfill, re-do).
+
+    \b
+    PATH: files, or folders (recursively), under watch.input_dir. Use it to backfill
+    images that were in the export folder before semwatch was installed, or to re-do a
+    folder with a new model (--again). Files are hashed now; the running service picks
+    the jobs up within a second (if it is not running, they wait for `semwatch run`).
+    Exit code 1 if some PATH could not be queued (each is named on one line).
+    """
+    config = _load(config_path)
+    _console_logging(config)
+    queue = _open_existing_queue(config) if _db_exists(config) else _create_queue(config)
+    try:
+        report = enqueue_paths(config, paths, again=again, queue=queue)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        queue.close()
+    for line in report.errors:
+        click.echo(f"error: {line}", err=True)
+    known = report.files - report.queued
+    hint = " (already queued or done; --again re-does done ones)" if known and not again else ""
+    click.echo(f"queued {report.queued} of {report.files} images{hint}"
+               + (f", {report.skipped} other files ignored" if report.skipped else ""))
+    if report.errors:
+        sys.exit(1)
+
+
+def _db_exists(config: Config) -> bool:
+    from semwatch.queue import sqlite_path
+
+    path = sqlite_path(config.queue.database_url)
+    return path is None or path.is_file()
+
+
+def _create_queue(config: Config):
+    from semwatch.queue import QueueError, open_queue
+
+    try:
+        return open_queue(config.queue)
+    except QueueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- retry
+
+
+@click.command("retry", context_settings=CONTEXT)
+@click.argument("job_ids", nargs=-1, type=click.IntRange(min=1))
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
+@_config_option
+def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path | None) -> None:
+    """Queue failed jobs again: every one (--failed) or the JOB_IDs given.
+
+    \b
+    Attempts start from zero. Job ids and failure reasons are in `semwatch status` and
+    `semwatch status --json`. A file that failed because it cannot be decoded will fail
+    again; fix or replace the file instead (a changed file is queued on its own).
+    """
+    if all_failed == bool(job_ids):
+        raise click.UsageError("give either --failed or one or more JOB_IDs")
+    config = _load(config_path)
+    _console_logging(config)
+    queue = _open_existing_queue(config)
+    try:
+        if all_failed:
+            count = queue.retry(failed=True)
+            not_failed: list[int] = []
+        else:
+            from semwatch.queue import JobState
+
+            jobs = {job_id: queue.get(job_id) for job_id in job_ids}
+            not_failed = [i for i, job in jobs.items() if job is None or job.state != JobState.FAILED]
+            count = queue.retry(list(job_ids))
+    finally:
+        queue.close()
+    click.echo(f"re-queued {count} failed job{'s' if count != 1 else ''}")
+    if not_failed:
+        click.echo("not failed or unknown, left alone: " + ", ".join(map(str, not_failed)), err=True)
+        sys.exit(1)
