@@ -370,7 +370,7 @@ class Daemon:
         self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
         self._writers = ThreadPoolExecutor(daemon_cfg.write_threads, thread_name_prefix="write")
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
-        self._notifier.ready(self._status_text())
+        self._notifier.ready(self._status_text() if self._notifier.enabled else None)
         self._next_recover = time.monotonic() + RECOVER_INTERVAL_SECONDS
         self._watcher = self._start_watcher(cfg)
         log.info("semwatch daemon ready", input=str(cfg.watch.input_dir), output=str(cfg.output.dir),
@@ -691,7 +691,7 @@ class Daemon:
                 held = self._leases.snapshot()
                 if held:
                     self._queue.renew(self._owner, held)
-            if now >= self._next_status:
+            if self._notifier.enabled and now >= self._next_status:
                 self._next_status = now + STATUS_INTERVAL_SECONDS
                 self._notifier.status(self._status_text())
             if now >= self._next_recover:
@@ -731,7 +731,7 @@ class Daemon:
             if new is not None:
                 self._apply(new)
         finally:
-            self._notifier.ready(self._status_text())
+            self._notifier.ready(self._status_text() if self._notifier.enabled else None)
 
     def _reloaded_config(self) -> Config | None:
         source = self.config.source
