@@ -24,7 +24,6 @@ crash or a full disk never leaves a truncated ``last.pt`` in place of a good one
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -38,6 +37,7 @@ from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_gene
 KIND = "semwatch-train-checkpoint"
 VERSION = 1
 STAGES = ("pretrain", "gan")
+FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
@@ -66,6 +66,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; others on the server may read results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -94,7 +95,9 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # a damaged file surfaces as any of a dozen types from the unpickler
+        if isinstance(exc, MemoryError):
+            raise
         raise CheckpointError(f"{path}: not a readable training checkpoint ({_one_line(exc)})") from exc
     if not isinstance(state, dict) or state.get("kind") != KIND:
         kind = state.get("kind") if isinstance(state, dict) else type(state).__name__

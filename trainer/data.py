@@ -389,7 +389,10 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=False,
+        # A ragged last batch is dropped (the order changes every epoch, so no image is
+        # left out for good): BatchNorm cannot train on a lone image at small crop sizes,
+        # and equal batches keep its statistics comparable. Tiny sets keep their one batch.
+        drop_last=len(sampler) >= batch_size,
         # Only the base seed of workers is drawn from it; kept apart from the global RNG.
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,  # workers must see the dataset's new epoch each time

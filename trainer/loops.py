@@ -1,0 +1,644 @@
+"""The two training stages and the pipeline that chains them.
+
+Stage 1, ``pretrain``: the generator alone, L1 on ab (the network's ab/110 units; reported
+in Lab units), Adam (0.9, 0.999). Learning rate: cosine from ``pretrain_lr`` down to 1 %
+of it over ``pretrain_epochs``. Early stopping: after ``patience`` epochs without a lower
+validation L1 (0 disables it). ``best`` = lowest validation L1.
+
+Stage 2, ``gan``: pix2pix. The 70x70 PatchGAN sees (L, ab) pairs; D minimises
+0.5 * (loss(D(real), 1) + loss(D(fake), 0)); G minimises loss(D(fake), 1) + lambda_l1 * L1,
+with ``gan_loss`` BCE-with-logits or least squares. Adam (0.5, 0.999) for both with
+``lr_g`` / ``lr_d``: constant for the first half of ``gan_epochs``, then linearly down
+(pix2pix's schedule). No early stopping: GAN losses do not converge in the usual sense.
+``best`` = highest validation ab-histogram intersection (realism), not lowest L1, which
+prefers the desaturated "sepia" generator.
+
+Both stages: one checkpoint per epoch (``last``, and ``best`` when it improves; atomic), a
+metrics.csv row, a sample grid, one log line; ``resume`` continues after the last
+completed epoch with model, optimizer, AMP-scaler and RNG state restored. Each epoch's data
+order and augmentation depend only on (seed, epoch), so a resumed run takes exactly the
+steps an uninterrupted one would have taken. An interrupted epoch is redone from its start.
+The learning rate is a pure function of (epoch, stage epochs): raising the epoch count on
+resume stretches the remaining schedule.
+
+Under torchrun every rank trains on its shard (DistributedSampler) and validates its share
+of the validation set (sums are all-reduced); rank 0 writes every file. The run directory
+must be visible to all ranks (one node, or a shared filesystem): resuming ranks read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from semwatch.color import target_to_ab
+from semwatch.config import TrainerConfig
+from semwatch.log import get_logger
+from semwatch.model import GeneratorConfig, UNetGenerator, build_generator
+
+from trainer.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    checkpoint_path,
+    load_any_generator,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
+from trainer.discriminator import build_patchgan
+from trainer.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag, unwrap, wrap_model
+from trainer.losses import discriminator_loss, gan_loss, l1_ab
+from trainer.metrics import ab_histogram, histogram_intersection
+from trainer.rundir import METRICS_NAME, Board, MetricsLog, sample_grid, save_sample_grid
+
+log = get_logger(__name__)
+
+Stage = Literal["pretrain", "gan"]
+AB_UNITS = 110.0  # network ab units -> Lab units, for reporting
+# Adam runs fused (one kernel over all parameters): on CPU the default per-tensor loop
+# spends ~0.8 s per step on the 14M-parameter generator, the fused kernel ~10 ms.
+PRETRAIN_BETAS = (0.9, 0.999)
+GAN_BETAS = (0.5, 0.999)
+COSINE_FLOOR = 0.01
+
+
+class TrainingError(RuntimeError):
+    """A stage that cannot start (nothing to resume, a run dir in use, ...); one-line message."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Stage
+    data: Path
+    run_dir: Path
+    config: TrainerConfig
+    val_dir: Path | None = None
+    init: Path | None = None  # generator to start from; ignored when resuming
+    resume: bool = False
+    tensorboard: bool = False
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Handed to ``on_step`` after every optimizer step (tests, progress hooks)."""
+
+    stage: Stage
+    epoch: int  # 0-based index of the running epoch
+    step: int  # optimizer steps done, this one included
+    losses: dict[str, float]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: Stage
+    epochs: int  # completed
+    step: int
+    best_metric: float
+    finished: bool
+    early_stopped: bool
+    last: Path
+    best: Path
+    metrics: dict[str, float]
+
+
+StepCallback = Callable[[StepRecord], None]
+
+
+@dataclass
+class TrainState:
+    """Everything a stage mutates while it runs (and what its checkpoints hold)."""
+
+    stage: Stage
+    gen_config: GeneratorConfig
+    generator: nn.Module  # DDP-wrapped under torchrun
+    opt_g: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    discriminator: nn.Module | None = None
+    opt_d: torch.optim.Optimizer | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    best_metric: float = math.inf
+    bad_epochs: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ schedule and metrics
+
+
+def lr_factor(stage: Stage, epoch: int, total_epochs: int) -> float:
+    """Multiplier of the base learning rate during 0-based ``epoch`` of ``total_epochs``."""
+    if total_epochs <= 1:
+        return 1.0
+    if stage == "pretrain":
+        t = min(epoch, total_epochs - 1) / (total_epochs - 1)
+        return COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
+    keep = total_epochs - total_epochs // 2
+    decay = total_epochs // 2
+    return max(0.0, 1.0 - max(0, epoch + 1 - keep) / (decay + 1))
+
+
+def best_metric_name(stage: Stage) -> str:
+    return "val_l1" if stage == "pretrain" else "val_hist_intersection"
+
+
+def _improves(stage: Stage, value: float, best: float) -> bool:
+    if math.isnan(value):
+        return False
+    return value < best if stage == "pretrain" else value > best
+
+
+def _initial_best(stage: Stage) -> float:
+    return math.inf if stage == "pretrain" else -math.inf
+
+
+def stage_epochs(stage: Stage, config: TrainerConfig) -> int:
+    return config.pretrain_epochs if stage == "pretrain" else config.gan_epochs
+
+
+def stage_status(run_dir: Path, stage: Stage, config: TrainerConfig) -> Literal["absent", "partial", "finished"]:
+    """Where a stage stands in ``run_dir`` under ``config`` (epochs and patience may have changed)."""
+    path = checkpoint_path(run_dir, stage, "last")
+    if not path.exists():
+        return "absent"
+    state = load_checkpoint(path)
+    return "finished" if _is_finished(stage, state["epoch"], state.get("bad_epochs", 0), config) else "partial"
+
+
+def _is_finished(stage: Stage, epoch: int, bad_epochs: int, config: TrainerConfig) -> bool:
+    if epoch >= stage_epochs(stage, config):
+        return True
+    return stage == "pretrain" and config.patience > 0 and bad_epochs >= config.patience
+
+
+# ------------------------------------------------------------------ building the state
+
+
+def _amp_enabled(config: TrainerConfig, env: DistEnv) -> bool:
+    return config.amp and env.device.type == "cuda"
+
+
+def _autocast(config: TrainerConfig, env: DistEnv) -> contextlib.AbstractContextManager:
+    if not _amp_enabled(config, env):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.float16)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
+    config = spec.config
+    if spec.init is not None:
+        try:
+            model, gen_config, info = load_any_generator(spec.init)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        if gen_config.decoder_width != config.decoder_width:
+            log.warning("decoder_width comes from the --init model", init=str(spec.init),
+                        model=gen_config.decoder_width, configured=config.decoder_width)
+        log.info("generator initialised", init=str(spec.init), source=info["source"], stage=info["stage"])
+        return model.train(), gen_config
+    gen_config = GeneratorConfig(decoder_width=config.decoder_width)
+    if spec.stage == "gan":
+        log.warning("GAN stage starts from a random generator (no --init and no stage 1)")
+    return build_generator(gen_config, pretrained_encoder=config.pretrained_encoder), gen_config
+
+
+def _new_state(spec: StageSpec, env: DistEnv, generator: nn.Module, gen_config: GeneratorConfig,
+               discriminator: nn.Module | None) -> TrainState:
+    config = spec.config
+    generator = wrap_model(env, generator.train())
+    amp = _amp_enabled(config, env)
+    if spec.stage == "pretrain":
+        opt_g = torch.optim.Adam(generator.parameters(), lr=config.pretrain_lr, betas=PRETRAIN_BETAS, fused=True)
+    else:
+        opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=GAN_BETAS, fused=True)
+    state = TrainState(
+        stage=spec.stage, gen_config=gen_config, generator=generator, opt_g=opt_g,
+        scaler_g=torch.amp.GradScaler("cuda", enabled=amp), best_metric=_initial_best(spec.stage),
+    )
+    if discriminator is not None:
+        state.discriminator = wrap_model(env, discriminator.train())
+        state.opt_d = torch.optim.Adam(state.discriminator.parameters(), lr=config.lr_d, betas=GAN_BETAS, fused=True)
+        state.scaler_d = torch.amp.GradScaler("cuda", enabled=amp)
+    return state
+
+
+def _start_fresh(spec: StageSpec, env: DistEnv) -> TrainState:
+    last = checkpoint_path(spec.run_dir, spec.stage, "last")
+    if last.exists():
+        raise TrainingError(
+            f"{last}: this run directory already has a {spec.stage} stage; "
+            "pass --resume to continue it or choose another --out"
+        )
+    _seed_everything(spec.config.seed)
+    generator, gen_config = _fresh_generator(spec)
+    discriminator = build_patchgan(in_channels=1 + gen_config.out_channels) if spec.stage == "gan" else None
+    return _new_state(spec, env, generator, gen_config, discriminator)
+
+
+def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
+    path = checkpoint_path(spec.run_dir, spec.stage, "last")
+    if not path.exists():
+        raise TrainingError(f"{path}: nothing to resume (no {spec.stage} checkpoint in {spec.run_dir})")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from exc
+    if ckpt["stage"] != spec.stage:
+        raise TrainingError(f"{path}: holds stage {ckpt['stage']!r}, expected {spec.stage!r}")
+    try:
+        gen_config = GeneratorConfig.from_dict(ckpt["generator_config"])
+        generator = UNetGenerator(gen_config)
+        generator.load_state_dict(ckpt["generator"])
+        discriminator = None
+        if spec.stage == "gan":
+            discriminator = build_patchgan(in_channels=1 + gen_config.out_channels)
+            discriminator.load_state_dict(ckpt["discriminator"])
+        state = _new_state(spec, env, generator, gen_config, discriminator)
+        state.opt_g.load_state_dict(ckpt["opt_g"])
+        state.scaler_g.load_state_dict(ckpt.get("scaler_g") or {})
+        if state.opt_d is not None and state.scaler_d is not None:
+            state.opt_d.load_state_dict(ckpt["opt_d"])
+            state.scaler_d.load_state_dict(ckpt.get("scaler_d") or {})
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise TrainingError(f"{path}: cannot resume from this checkpoint: {' '.join(str(exc).split())[:300]}") from exc
+    state.epoch = int(ckpt["epoch"])
+    state.step = int(ckpt["step"])
+    state.best_metric = float(ckpt["best_metric"])
+    state.bad_epochs = int(ckpt.get("bad_epochs", 0))
+    state.metrics = dict(ckpt.get("metrics") or {})
+    restore_rng_state(ckpt.get("rng") or {})
+    log.info("resuming", stage=spec.stage, checkpoint=str(path), epochs_done=state.epoch, step=state.step)
+    return state
+
+
+def _config_dict(config: TrainerConfig) -> dict[str, Any]:
+    """TrainerConfig as plain values (Paths as strings): checkpoints hold no custom types."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _checkpoint_state(spec: StageSpec, state: TrainState, summary: DataSummary, early_stopped: bool) -> dict[str, Any]:
+    total = stage_epochs(spec.stage, spec.config)
+    schedule = {"kind": "cosine" if spec.stage == "pretrain" else "constant-then-linear", "total_epochs": total}
+    discriminator = unwrap(state.discriminator) if state.discriminator is not None else None
+    return {
+        "stage": spec.stage,
+        "generator": unwrap(state.generator).state_dict(),
+        "generator_config": state.gen_config.to_dict(),
+        "discriminator": discriminator.state_dict() if discriminator is not None else None,
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
+        "sched_g": dict(schedule, base_lr=spec.config.pretrain_lr if spec.stage == "pretrain" else spec.config.lr_g),
+        "sched_d": dict(schedule, base_lr=spec.config.lr_d) if state.opt_d is not None else None,
+        "scaler_g": state.scaler_g.state_dict(),
+        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metric,
+        "best_metric_name": best_metric_name(spec.stage),
+        "bad_epochs": state.bad_epochs,
+        "early_stopped": early_stopped,
+        "finished": _is_finished(spec.stage, state.epoch, state.bad_epochs, spec.config),
+        "rng": capture_rng_state(),
+        "trainer_config": _config_dict(spec.config),
+        "data_summary": summary.as_dict(),
+        "metrics": dict(state.metrics),
+    }
+
+
+# ------------------------------------------------------------------ one step
+
+
+def _pretrain_step(state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig,
+                   env: DistEnv) -> dict[str, float]:
+    state.opt_g.zero_grad(set_to_none=True)
+    with _autocast(config, env):
+        pred = state.generator(l_in)
+    loss = l1_ab(pred, ab)
+    state.scaler_g.scale(loss).backward()
+    state.scaler_g.step(state.opt_g)
+    state.scaler_g.update()
+    return {"train_l1": float(loss.detach()) * AB_UNITS}
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _gan_step(state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig,
+              env: DistEnv) -> dict[str, float]:
+    assert state.discriminator is not None and state.opt_d is not None and state.scaler_d is not None
+    with _autocast(config, env):
+        fake = state.generator(l_in)
+    # Discriminator: real pairs against the generator's current output (no gradient to G).
+    _set_requires_grad(state.discriminator, True)
+    state.opt_d.zero_grad(set_to_none=True)
+    with _autocast(config, env):
+        fake_logits = state.discriminator(torch.cat((l_in, fake.detach()), dim=1))
+        real_logits = state.discriminator(torch.cat((l_in, ab), dim=1))
+    loss_d = discriminator_loss(real_logits, fake_logits, config.gan_loss)
+    state.scaler_d.scale(loss_d).backward()
+    state.scaler_d.step(state.opt_d)
+    state.scaler_d.update()
+    # Generator: fool D and stay near the truth. D is frozen and called unwrapped, so this
+    # pass neither computes D's weight gradients nor takes part in DDP's gradient sync.
+    plain_d = unwrap(state.discriminator)
+    _set_requires_grad(plain_d, False)
+    state.opt_g.zero_grad(set_to_none=True)
+    with _autocast(config, env):
+        g_logits = plain_d(torch.cat((l_in, fake), dim=1))
+    loss_gan = gan_loss(g_logits, True, config.gan_loss)
+    loss_l1 = l1_ab(fake, ab)
+    loss_g = loss_gan + config.lambda_l1 * loss_l1
+    state.scaler_g.scale(loss_g).backward()
+    state.scaler_g.step(state.opt_g)
+    state.scaler_g.update()
+    _set_requires_grad(plain_d, True)
+    return {
+        "train_l1": float(loss_l1.detach()) * AB_UNITS,
+        "train_g_gan": float(loss_gan.detach()),
+        "train_d": float(loss_d.detach()),
+    }
+
+
+# ------------------------------------------------------------------ epochs
+
+
+def _set_learning_rates(spec: StageSpec, state: TrainState, epoch: int) -> tuple[float, float | None]:
+    config = spec.config
+    factor = lr_factor(spec.stage, epoch, stage_epochs(spec.stage, config))
+    lr_g = (config.pretrain_lr if spec.stage == "pretrain" else config.lr_g) * factor
+    for group in state.opt_g.param_groups:
+        group["lr"] = lr_g
+    lr_d = None
+    if state.opt_d is not None:
+        lr_d = config.lr_d * factor
+        for group in state.opt_d.param_groups:
+            group["lr"] = lr_d
+    return lr_g, lr_d
+
+
+def _batches(loader: torch.utils.data.DataLoader, limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for index, batch in enumerate(loader):
+        if limit and index >= limit:
+            return
+        yield batch
+
+
+def _train_epoch(spec: StageSpec, state: TrainState, loader: torch.utils.data.DataLoader, env: DistEnv,
+                 epoch: int, on_step: StepCallback | None) -> tuple[dict[str, float], int, float]:
+    """Mean losses over the epoch (this rank), images seen (all ranks), seconds in steps."""
+    config = spec.config
+    limit = config.max_steps_per_epoch
+    total = min(len(loader), limit) if limit else len(loader)
+    step_fn = _pretrain_step if spec.stage == "pretrain" else _gan_step
+    sums: dict[str, float] = {}
+    steps = images = 0
+    started = time.monotonic()
+    bar = tqdm(
+        _batches(loader, limit), total=total, unit="batch", leave=False, dynamic_ncols=True,
+        desc=f"{spec.stage} {epoch + 1}/{stage_epochs(spec.stage, config)}",
+        disable=not (env.is_main and sys.stderr.isatty()),
+    )
+    non_blocking = env.device.type == "cuda"
+    for l_in, ab in bar:
+        l_in = l_in.to(env.device, non_blocking=non_blocking)
+        ab = ab.to(env.device, non_blocking=non_blocking)
+        losses = step_fn(state, l_in, ab, config, env)
+        state.step += 1
+        steps += 1
+        images += l_in.shape[0]
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise TrainingError(f"{spec.stage}: non-finite loss at step {state.step} ({losses}); "
+                                "lower the learning rate or check the data")
+        bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+        if on_step is not None:
+            on_step(StepRecord(spec.stage, epoch, state.step, losses))
+    bar.close()
+    seconds = time.monotonic() - started
+    images_all = int(all_reduce_sum(env, torch.tensor([images], dtype=torch.float64, device=_reduce_device(env)))[0])
+    return {k: v / max(steps, 1) for k, v in sums.items()}, images_all, seconds
+
+
+def _reduce_device(env: DistEnv) -> torch.device:
+    return env.device if env.backend == "nccl" else torch.device("cpu")
+
+
+@torch.no_grad()
+def validate(generator: nn.Module, val_ds: ColorDataset, env: DistEnv, config: TrainerConfig) -> dict[str, float]:
+    """Validation L1 (Lab units) and pooled ab-histogram intersection, over all ranks' shares."""
+    model = unwrap(generator)
+    was_training = model.training
+    model.eval()
+    abs_sum = torch.zeros((), dtype=torch.float64, device=env.device)
+    count = torch.zeros((), dtype=torch.float64, device=env.device)
+    hist_pred: torch.Tensor | None = None
+    hist_true: torch.Tensor | None = None
+    for batch in iter_batches(shard_indices(len(val_ds), env.rank, env.world_size), config.batch_size):
+        items = [val_ds[i] for i in batch]
+        l_in = torch.stack([x[0] for x in items]).to(env.device)
+        ab = torch.stack([x[1] for x in items]).to(env.device)
+        with _autocast(config, env):
+            pred = model(l_in)
+        pred = pred.float()
+        abs_sum += (pred - ab).abs().sum(dtype=torch.float64) * AB_UNITS
+        count += pred.numel()
+        hp, ht = ab_histogram(target_to_ab(pred)), ab_histogram(target_to_ab(ab))
+        hist_pred = hp if hist_pred is None else hist_pred + hp
+        hist_true = ht if hist_true is None else hist_true + ht
+    if hist_pred is None or hist_true is None:  # this rank's share is empty (tiny val set)
+        empty = ab_histogram(torch.zeros(1, 2, 1, 1, device=env.device))
+        hist_pred, hist_true = empty.clone(), empty.clone()
+    packed = torch.cat([abs_sum.view(1), count.view(1), hist_pred.flatten(), hist_true.flatten()])
+    packed = all_reduce_sum(env, packed.to(_reduce_device(env))).to(env.device)
+    n = hist_pred.numel()
+    shape = hist_pred.shape
+    model.train(was_training)
+    return {
+        "val_l1": float(packed[0] / packed[1].clamp(min=1)),
+        "val_hist_intersection": histogram_intersection(packed[2:2 + n].view(shape), packed[2 + n:].view(shape)),
+    }
+
+
+@torch.no_grad()
+def _samples(generator: nn.Module, val_ds: ColorDataset, config: TrainerConfig, env: DistEnv) -> np.ndarray | None:
+    count = min(config.sample_images, len(val_ds))
+    if count == 0:
+        return None
+    model = unwrap(generator)
+    was_training = model.training
+    model.eval()
+    items = [val_ds[i] for i in range(count)]
+    l_in = torch.stack([x[0] for x in items]).to(env.device)
+    ab = torch.stack([x[1] for x in items])
+    with _autocast(config, env):
+        pred = model(l_in).float()
+    model.train(was_training)
+    return sample_grid(l_in, pred, ab)
+
+
+def _record_epoch(spec: StageSpec, state: TrainState, summary: DataSummary, row: dict[str, Any],
+                  grid: np.ndarray | None, board: Board, improved: bool, early_stopped: bool) -> None:
+    """Rank 0: metrics row, sample grid, TensorBoard, checkpoints (best before last), log line."""
+    MetricsLog(spec.run_dir / METRICS_NAME).append(row)
+    if grid is not None:
+        save_sample_grid(spec.run_dir, spec.stage, state.epoch, grid)
+        board.image(spec.stage, grid, state.step)
+    board.scalars(spec.stage, {k: v for k, v in row.items() if isinstance(v, float)}, state.step)
+    checkpoint = _checkpoint_state(spec, state, summary, early_stopped)
+    if improved:
+        save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "best"), checkpoint)
+    save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "last"), checkpoint)
+    fields = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items() if v is not None}
+    log.info("epoch done", best=improved, **fields)
+
+
+# ------------------------------------------------------------------ a whole stage
+
+
+Datasets = tuple[ColorDataset, ColorDataset, DataSummary]
+
+
+def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None) -> Datasets:
+    """Scan and cache the training images once (both stages of a run share the result)."""
+    datasets = build_datasets(
+        data, image_size=config.image_size, val_fraction=config.val_fraction, val_dir=val_dir,
+        seed=config.seed, crop_min=config.crop_min, cache=config.cache_images,
+        threads=max(1, min(4, config.workers or 1)),
+    )
+    log.info("data", **datasets[2].as_dict())
+    return datasets
+
+
+def train_stage(spec: StageSpec, env: DistEnv, *, on_step: StepCallback | None = None,
+                datasets: Datasets | None = None) -> StageResult:
+    """Run (or resume) one stage to its end; returns where it stopped."""
+    config = spec.config
+    total_epochs = stage_epochs(spec.stage, config)
+    train_ds, val_ds, summary = datasets or load_datasets(spec.data, config, spec.val_dir)
+    state = _resume(spec, env) if spec.resume else _start_fresh(spec, env)
+    loader, sampler = make_loader(
+        train_ds, batch_size=config.batch_size, workers=config.workers, seed=config.seed, shuffle=True,
+        rank=env.rank, world_size=env.world_size, pin_memory=env.device.type == "cuda",
+    )
+    if env.is_main:
+        MetricsLog(spec.run_dir / METRICS_NAME).truncate_after(
+            spec.stage, state.epoch, later_stages=("gan",) if spec.stage == "pretrain" else ()
+        )
+    board = Board(spec.run_dir, spec.tensorboard and env.is_main)
+    early_stopped = spec.stage == "pretrain" and config.patience > 0 and state.bad_epochs >= config.patience
+    try:
+        while state.epoch < total_epochs and not early_stopped:
+            early_stopped = _run_epoch(spec, state, env, train_ds, val_ds, summary, loader, sampler, board, on_step)
+    finally:
+        board.close()
+    if early_stopped and env.is_main:
+        log.info("early stop", stage=spec.stage, epochs=state.epoch, patience=config.patience,
+                 best=state.best_metric)
+    return StageResult(
+        stage=spec.stage, epochs=state.epoch, step=state.step, best_metric=state.best_metric,
+        finished=_is_finished(spec.stage, state.epoch, state.bad_epochs, config), early_stopped=early_stopped,
+        last=checkpoint_path(spec.run_dir, spec.stage, "last"),
+        best=checkpoint_path(spec.run_dir, spec.stage, "best"), metrics=dict(state.metrics),
+    )
+
+
+def _run_epoch(spec: StageSpec, state: TrainState, env: DistEnv, train_ds: ColorDataset, val_ds: ColorDataset,
+               summary: DataSummary, loader: torch.utils.data.DataLoader, sampler: Any, board: Board,
+               on_step: StepCallback | None) -> bool:
+    """One epoch, its validation and its records; returns whether early stopping fired."""
+    config = spec.config
+    epoch = state.epoch
+    started = time.monotonic()
+    lr_g, lr_d = _set_learning_rates(spec, state, epoch)
+    train_ds.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    loader.generator.manual_seed(config.seed * 100_003 + epoch)  # worker seeds per epoch
+    losses, images, step_seconds = _train_epoch(spec, state, loader, env, epoch, on_step)
+    val = validate(state.generator, val_ds, env, config)
+    state.epoch += 1
+    state.metrics = dict(val)
+    metric = val[best_metric_name(spec.stage)]
+    improved = _improves(spec.stage, metric, state.best_metric)
+    if improved:
+        state.best_metric = metric
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+    early = spec.stage == "pretrain" and config.patience > 0 and state.bad_epochs >= config.patience
+    early = broadcast_flag(env, early)
+    if env.is_main:
+        row = {
+            "stage": spec.stage, "epoch": state.epoch, "step": state.step, "lr_g": lr_g, "lr_d": lr_d,
+            "train_l1": losses.get("train_l1"), "train_g_gan": losses.get("train_g_gan"),
+            "train_d": losses.get("train_d"), **val,
+            "seconds": time.monotonic() - started,
+            "images_per_s": images / step_seconds if step_seconds > 0 else None,
+        }
+        grid = _samples(state.generator, val_ds, config, env)
+        _record_epoch(spec, state, summary, row, grid, board, improved, early)
+    barrier(env)
+    return early
+
+
+# ------------------------------------------------------------------ both stages
+
+
+def run_pipeline(data: Path, run_dir: Path, config: TrainerConfig, env: DistEnv, *, val_dir: Path | None = None,
+                 init: Path | None = None, tensorboard: bool = False,
+                 on_step: StepCallback | None = None) -> list[StageResult]:
+    """Stage 1 then stage 2, continuing whatever ``run_dir`` already holds.
+
+    - gan checkpoint present: resume stage 2 (returns at once when it is finished);
+    - else stage 1 unfinished: resume it (or start it, from ``init`` when given: fine-tuning
+      an existing generator on new images), then stage 2 from stage 1's ``best``;
+    - ``pretrain_epochs = 0``: stage 2 starts from ``init`` (or from scratch).
+    """
+    def spec(stage: Stage, resume: bool, stage_init: Path | None) -> StageSpec:
+        return StageSpec(stage=stage, data=data, run_dir=run_dir, config=config, val_dir=val_dir,
+                         init=stage_init, resume=resume, tensorboard=tensorboard)
+
+    results: list[StageResult] = []
+    try:
+        gan = stage_status(run_dir, "gan", config)
+        pre = stage_status(run_dir, "pretrain", config) if gan == "absent" else "finished"
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from exc
+    if gan == "finished":
+        log.info("nothing to do: both stages are finished", run_dir=str(run_dir))
+        return results
+    datasets = load_datasets(data, config, val_dir)
+    if gan != "absent":
+        results.append(train_stage(spec("gan", True, None), env, on_step=on_step, datasets=datasets))
+        return results
+    if config.pretrain_epochs > 0 and pre != "finished":
+        results.append(train_stage(spec("pretrain", pre == "partial", init), env, on_step=on_step, datasets=datasets))
+    best = checkpoint_path(run_dir, "pretrain", "best")
+    gan_init = best if best.exists() else init
+    results.append(train_stage(spec("gan", False, gan_init), env, on_step=on_step, datasets=datasets))
+    return results
