@@ -67,6 +67,8 @@ class EngineConfig:
     chroma_size: int = 512
     max_pixels: int = 200_000_000
     threads: int = 0
+    guide_radius: int = 0
+    guide_eps: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
-    ("engine", "threads"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
+    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
     ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
     ("trainer", "max_steps_per_epoch"), ("trainer", "sample_images"), ("trainer", "pretrain_lr"),
     ("trainer", "lr_g"), ("trainer", "lr_d"),

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semwatch.color import AB_SCALE, ChromaLUT, l_to_input
+from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
+from semwatch.guided import GuidedFilter
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
 
@@ -54,6 +55,14 @@ class GrayImage:
 
     gray: np.ndarray
     databar_row: int | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The network's answer for one image, at its down-scaled size."""
+
+    ab: torch.Tensor  # (2, h, w) in Lab units
+    guide: torch.Tensor  # (h, w) lightness / 100 of the same down-scaled image
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,8 @@ class Colorizer:
         backend: str = "eager",
         chroma_size: int = 512,
         batch_size: int = 4,
+        guide_radius: int = 0,
+        guide_eps: float = 0.01,
     ):
         if chroma_size % STRIDE or chroma_size < STRIDE:
             raise EngineError(f"chroma_size must be a positive multiple of {STRIDE}, got {chroma_size}")
@@ -164,6 +175,8 @@ class Colorizer:
         self.chroma_size = chroma_size
         self.batch_size = batch_size
         self.lut = ChromaLUT(self.device_obj)
+        self.smoothing = GuidedFilter(guide_radius, guide_eps)
+        self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
@@ -175,6 +188,8 @@ class Colorizer:
         backend: str = "auto",
         chroma_size: int = 512,
         batch_size: int = 4,
+        guide_radius: int = 0,
+        guide_eps: float = 0.01,
     ) -> "Colorizer":
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
         model_path = Path(path) if path is not None else default_model_path()
@@ -186,14 +201,15 @@ class Colorizer:
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
         return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
-                   batch_size=batch_size)
+                   batch_size=batch_size, guide_radius=guide_radius, guide_eps=guide_eps)
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
-                             chroma_size=cfg.chroma_size, batch_size=cfg.batch_size)
+                             chroma_size=cfg.chroma_size, batch_size=cfg.batch_size,
+                             guide_radius=cfg.guide_radius, guide_eps=cfg.guide_eps)
 
     @property
     def model_name(self) -> str:
@@ -225,20 +241,18 @@ class Colorizer:
 
     def colorize(self, images: Sequence[GrayLike]) -> list[np.ndarray]:
         """(H, W, 3) uint8 sRGB for each image, in order."""
-        outputs: list[np.ndarray] = []
-        for image, ab in zip(images, self._predict_small(images)):
-            outputs.append(self._compose(image, ab))
-        return outputs
+        return [self._compose(image, pred) for image, pred in zip(images, self._predict(images))]
 
     def predict_ab(self, images: Sequence[GrayLike]) -> list[torch.Tensor]:
         """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
         result = []
-        for image, ab_small in zip(images, self._predict_small(images)):
+        for image, pred in zip(images, self._predict(images)):
             height, width = image.gray.shape
             ab = torch.zeros((2, height, width), device=self.device_obj)
             rows = self._colour_rows(image)
-            if rows:
-                ab[:, :rows] = self._upsample(ab_small, rows, width)
+            if rows and pred is not None:
+                gray = _as_tensor(image.gray[:rows], self.device_obj)
+                ab[:, :rows] = self._full_ab(pred, gray)
             result.append(ab)
         return result
 
@@ -251,9 +265,9 @@ class Colorizer:
             return height
         return max(0, int(row))
 
-    def _predict_small(self, images: Sequence[GrayLike]) -> list[torch.Tensor | None]:
-        """Low-resolution ab (2, h, w) per image, in Lab units; None for all-bar images."""
-        results: list[torch.Tensor | None] = [None] * len(images)
+    def _predict(self, images: Sequence[GrayLike]) -> list[Prediction | None]:
+        """Low-resolution prediction per image; None for images that are all data bar."""
+        results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, Plan]]] = defaultdict(list)
         for i, image in enumerate(images):
             self._check(image)
@@ -262,12 +276,14 @@ class Colorizer:
                 continue
             plan = plan_image(rows, image.gray.shape[1], self.chroma_size)
             groups[plan.canvas].append((i, plan))
-        for canvas, members in groups.items():
+        for members in groups.values():
             for chunk in _chunks(members, self.batch_size):
                 batch = torch.stack([self._network_input(images[i], plan) for i, plan in chunk])
                 out = self.backend(batch).float() * AB_SCALE
-                for (i, plan), ab in zip(chunk, out):
-                    results[i] = ab[:, : plan.small[0], : plan.small[1]]
+                for (i, plan), ab, x in zip(chunk, out, batch):
+                    h, w = plan.small
+                    guide = (x[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
+                    results[i] = Prediction(ab[:, :h, :w], guide)
         return results
 
     def _check(self, image: GrayLike) -> None:
@@ -289,21 +305,30 @@ class Colorizer:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x[0]
 
-    def _upsample(self, ab_small: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        if tuple(ab_small.shape[-2:]) == (height, width):
-            return ab_small
-        return F.interpolate(ab_small[None], size=(height, width), mode="bilinear",
+    def _upsample(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (height, width):
+            return x
+        return F.interpolate(x[None], size=(height, width), mode="bilinear",
                              align_corners=False)[0]
 
-    def _compose(self, image: GrayLike, ab_small: torch.Tensor | None) -> np.ndarray:
+    def _full_ab(self, pred: Prediction, gray: torch.Tensor) -> torch.Tensor:
+        """Full-resolution ab for the colour rows ``gray`` (uint8, on the device)."""
+        height, width = gray.shape
+        if not self.smoothing.enabled:
+            return self._upsample(pred.ab, height, width)
+        coefficients = self.smoothing.coefficients(pred.guide, pred.ab)
+        guide = self._l_table[gray.long()]
+        return self.smoothing.apply(self._upsample(coefficients, height, width), guide)
+
+    def _compose(self, image: GrayLike, pred: Prediction | None) -> np.ndarray:
         """Full-resolution RGB: chroma table above the bar, plain gray in it."""
         gray_np = image.gray
         height, width = gray_np.shape
         rows = self._colour_rows(image)
         out = torch.empty((height, width, 3), dtype=torch.uint8, device=self.device_obj)
         gray = _as_tensor(gray_np, self.device_obj)
-        if rows and ab_small is not None:
-            ab = self._upsample(ab_small, rows, width)
+        if rows and pred is not None:
+            ab = self._full_ab(pred, gray[:rows])
             idx = self.lut.index(gray[:rows], ab)
             torch.index_select(self.lut.table, 0, idx.reshape(-1), out=out[:rows].view(-1, 3))
         if rows < height:

@@ -32,6 +32,17 @@ class Strong(torch.nn.Module):
         return torch.tanh(self.inner(x) * 50)
 
 
+class Blotchy(torch.nn.Module):
+    """Predicts colour blotches that ignore the image (what the filter has to clean up)."""
+
+    def forward(self, x):
+        gen = torch.Generator().manual_seed(7)
+        n, _, h, w = x.shape
+        noise = torch.randn(n, 2, h // 8 + 1, w // 8 + 1, generator=gen)
+        noise = torch.nn.functional.interpolate(noise, size=(h, w), mode="bilinear")
+        return torch.tanh(noise * 0.4)
+
+
 def test_plan_long_side_and_canvas_buckets():
     plan = plan_image(1920, 2560, 512)
     assert plan.small == (384, 512) and plan.canvas == (384, 512)
@@ -145,3 +156,21 @@ def test_model_identity_exposed(colorizer, tiny_model):
     assert colorizer.model_name == "tiny-random"
     assert len(colorizer.model_sha256) == 64
     assert colorizer.backend_name == "eager" and colorizer.device == "cpu"
+
+
+def test_guided_smoothing_flattens_colour_inside_flat_regions(tiny_model):
+    generator = load_generator(tiny_model)
+    generator.model = Blotchy().eval()
+    rng = np.random.default_rng(0)
+    gray = np.full((128, 160), 60, np.uint8)
+    gray[:, 80:] = 190  # two flat objects with one sharp edge
+    gray = np.clip(gray + rng.normal(0, 3, gray.shape), 0, 255).astype(np.uint8)
+    image = GrayImage(gray)
+    plain = Colorizer(generator, device="cpu", chroma_size=128).predict_ab([image])[0]
+    smooth_engine = Colorizer(generator, device="cpu", chroma_size=128, guide_radius=8,
+                              guide_eps=0.01)
+    smooth = smooth_engine.predict_ab([image])[0]
+    for region in (np.s_[:, 8:-8, 8:72], np.s_[:, 8:-8, 88:-8]):
+        assert smooth[region].std(dim=(1, 2)).max() < 0.5 * plain[region].std(dim=(1, 2)).max()
+    out = smooth_engine.colorize([image])[0]
+    assert max_lightness_error(out, gray) <= 1.0
