@@ -206,6 +206,8 @@ def _seed_everything(seed: int) -> None:
 def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
     config = spec.config
     if spec.init is not None:
+        if config.pretrained_encoder is not None:
+            log.warning("pretrained_encoder ignored: the generator comes from --init", init=str(spec.init))
         try:
             model, gen_config, info = load_any_generator(spec.init)
         except CheckpointError as exc:
@@ -274,10 +276,10 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
             discriminator.load_state_dict(ckpt["discriminator"])
         state = _new_state(spec, env, generator, gen_config, discriminator)
         state.opt_g.load_state_dict(ckpt["opt_g"])
-        state.scaler_g.load_state_dict(ckpt.get("scaler_g") or {})
+        _load_scaler(state.scaler_g, ckpt.get("scaler_g"))
         if state.opt_d is not None and state.scaler_d is not None:
             state.opt_d.load_state_dict(ckpt["opt_d"])
-            state.scaler_d.load_state_dict(ckpt.get("scaler_d") or {})
+            _load_scaler(state.scaler_d, ckpt.get("scaler_d"))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise TrainingError(f"{path}: cannot resume from this checkpoint: {' '.join(str(exc).split())[:300]}") from exc
     state.epoch = int(ckpt["epoch"])
@@ -288,6 +290,13 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
     restore_rng_state(ckpt.get("rng") or {})
     log.info("resuming", stage=spec.stage, checkpoint=str(path), epochs_done=state.epoch, step=state.step)
     return state
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None) -> None:
+    # A CPU run saves the empty state of a disabled scaler; resumed on CUDA, the scaler
+    # starts afresh (its scale adapts within a few steps).
+    if saved and scaler.is_enabled():
+        scaler.load_state_dict(saved)
 
 
 def _config_dict(config: TrainerConfig) -> dict[str, Any]:
