@@ -219,6 +219,7 @@ def save_generator(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the model from the service user
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
