@@ -315,8 +315,8 @@ def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path 
     """Queue failed jobs again: every one (--failed) or the JOB_IDs given.
 
     \b
-    Attempts start from zero. Job ids and failure reasons are in `semwatch status` and
-    `semwatch status --json`. A file that failed because it cannot be decoded will fail
+    Attempts start from zero. `semwatch status` lists the failed jobs with their ids and
+    reasons. A file that failed because it cannot be decoded will fail
     again; fix or replace the file instead (a changed file is queued on its own).
     """
     if all_failed == bool(job_ids):
