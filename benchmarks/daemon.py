@@ -8,7 +8,8 @@
    `semwatch run` (a subprocess, exactly as systemd starts it) at once (renames). Daemon
    throughput = images / (last job done - first job queued), from the queue's own
    timestamps. Engine throughput = the same images, decoded beforehand, through
-   Colorizer.colorize in batches of --batch-size in this process (images / total time),
+   Colorizer.colorize in batches of --batch-size in this process, from a worker thread as
+   in the daemon (images / total time),
    measured right before each daemon run (on a shared machine both see similar load).
    Reported: medians over --repeats and their ratio (target >= 0.9); also CPU seconds per
    image of both (from /proc), whose ratio does not depend on other processes' load.
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,11 +236,16 @@ def run_throughput(args: argparse.Namespace, work: Path, model: Path) -> None:
     colorizer = Colorizer.from_file(model, device="auto", chroma_size=args.chroma_size,
                                     batch_size=args.batch_size)
     decoded = [read_image(p) for p in staged]
+    # Called the way the daemon calls it: from one worker thread, the model loaded on the
+    # main thread. (It matters on a busy CPU: libgomp spin-waits at full count for the main
+    # thread's team, which wastes up to half the CPU when another process takes a core.)
+    compute_thread = ThreadPoolExecutor(1, thread_name_prefix="compute")
     engine_rates, daemon_rates, engine_cpu, daemon_cpu = [], [], [], []
     for repeat in range(args.repeats):
         # Same images, same batches, right before the daemon run: on a shared machine the
         # load of the moment affects both alike.
-        rate, cpu = engine_throughput(colorizer, decoded, args.batch_size)
+        rate, cpu = compute_thread.submit(engine_throughput, colorizer, decoded,
+                                          args.batch_size).result()
         engine_rates.append(rate)
         engine_cpu.append(cpu)
         site = Site(work / f"throughput{repeat}", model, args.chroma_size, args.batch_size)
