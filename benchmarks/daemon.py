@@ -1,7 +1,7 @@
 """The daemon's own overhead: batch throughput against the bare engine, and the start-up scan.
 
     python benchmarks/daemon.py [--images 200] [--size 768x1024] [--chroma-size 512]
-                                [--batch-size 4] [--repeats 1] [--scan-files 100000]
+                                [--batch-size 4] [--repeats 3] [--scan-files 100000]
                                 [--model FILE] [--skip-throughput] [--skip-scan]
 
 1. Throughput. --images distinct 8-bit TIFFs are dropped into the watch folder of a running
@@ -394,7 +394,7 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=(768, 1024), help="HEIGHTxWIDTH")
     parser.add_argument("--chroma-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1, help="daemon runs (medians over them)")
+    parser.add_argument("--repeats", type=int, default=3, help="daemon runs (medians over them)")
     parser.add_argument("--scan-files", type=int, default=100_000)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None,
