@@ -7,7 +7,6 @@ into starting Python + torch, which is why related checks share one daemon run.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
