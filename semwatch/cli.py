@@ -8,7 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import click
 
@@ -292,18 +292,12 @@ def _finish_write(task: Task, future: Future, report) -> None:
         report(task, f"cannot write {task.target}: {type(exc).__name__}: {exc}")
 
 
-def _iter_commands() -> Iterable[tuple[str, click.Command]]:
-    """Subcommands that live in their own modules (the service's), when installed."""
-    from semwatch import service_cli
+def _register_service_commands() -> None:
+    """The service's subcommands live in their own module (run, status, enqueue, retry)."""
+    from semwatch.service_cli import enqueue_command, retry_command, run_command, status_command
 
-    for name in ("run_command", "status_command", "enqueue_command", "retry_command"):
-        command = getattr(service_cli, name, None)
-        if command is not None:
-            yield name, command
+    for command in (run_command, status_command, enqueue_command, retry_command):
+        main.add_command(command)
 
 
-try:
-    for _name, _command in _iter_commands():
-        main.add_command(_command)
-except ImportError:  # the service commands are being written in parallel
-    pass
+_register_service_commands()
