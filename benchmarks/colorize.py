@@ -11,8 +11,6 @@ model a randomly initialised generator of the default architecture is timed.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,21 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import describe_machine  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "sem-real" / "pollen-hibiscus-300x.png"
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def synthetic_image(folder: Path) -> Path:
@@ -118,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         from semwatch.imaging import read_image
 
         decoded = read_image(image)
-        print(f"machine: {machine()}")
+        print(f"machine: {describe_machine()}")
         print(f"image:   {image.name} {decoded.gray.shape[1]}x{decoded.gray.shape[0]} "
               f"{decoded.source_dtype}, data bar from row {decoded.databar_row}")
         print(f"model:   {model_desc}")

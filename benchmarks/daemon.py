@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -45,27 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import describe_machine  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "from semwatch.cli import main; main()"]
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def rss_mb(pid: int | str = "self", key: str = "VmRSS") -> float:
@@ -403,7 +385,7 @@ def main() -> None:
     parser.add_argument("--skip-scan", action="store_true")
     args = parser.parse_args()
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe_machine()}")
     with tempfile.TemporaryDirectory(prefix="semwatch-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         model = model_file(args.model, work)
