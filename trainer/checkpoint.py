@@ -23,21 +23,19 @@ crash or a full disk never leaves a truncated ``last.pt`` in place of a good one
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from semwatch.fsutil import atomic_path
 from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_generator
 
 KIND = "semwatch-train-checkpoint"
 VERSION = 1
 STAGES = ("pretrain", "gan")
-FILE_MODE = 0o644
 
 
 class CheckpointError(ValueError):
@@ -59,33 +57,8 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     payload = dict(state)
     payload["kind"] = KIND
     payload["version"] = VERSION
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".semwatch-tmp-", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600; others on the server may read results
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform/filesystem; the rename itself is atomic
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; atomicity does not depend on it
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path, ".pt") as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 
 from semwatch.color import input_to_l, lab_to_rgb, target_to_ab
 from semwatch.config import TrainerConfig
+from semwatch.fsutil import atomic_path
 from semwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -40,18 +40,8 @@ METRICS_COLUMNS = (
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".semwatch-tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # ---------------------------------------------------------------- config.toml
