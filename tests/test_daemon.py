@@ -260,12 +260,15 @@ def test_systemd_notify_protocol_and_sigterm_mid_batch(make_site, tmp_path: Path
 def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(make_site) -> None:
     site = make_site()
     site.write_config(engine={"chroma_size": 512, "batch_size": 8},
-                      daemon={"shutdown_timeout": 0.2})
+                      daemon={"shutdown_timeout": 0.05})
+    # Written before the start, so the start-up scan queues all 8 together and the first
+    # claim is one batch of 8 full-size frames: seconds of work, far beyond 0.05 s, on any
+    # machine. (Arriving live, they settle one by one and may go out in small batches that
+    # finish inside the timeout.)
+    for i in range(8):
+        write_atomically(site.inbox / f"big{i}.png", png_bytes(gray_image(i, 2048, 2560)))
     daemon = site.start()
     daemon.wait_ready()
-    images = [png_bytes(gray_image(i, 1536, 2048)) for i in range(8)]
-    for i, data in enumerate(images):  # all at once: one batch of 8, seconds of compute
-        write_atomically(site.inbox / f"big{i}.png", data)
     wait_until(lambda: site.jobs(JobState.RUNNING), 60, "a batch in flight", interval=0.02)
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(60) != 0
