@@ -69,6 +69,7 @@ class EngineConfig:
     threads: int = 0
     guide_radius: int = 0
     guide_eps: float = 0.01
+    hue_scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
-    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
+    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("engine", "hue_scale"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
     ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
     ("trainer", "max_steps_per_epoch"), ("trainer", "sample_images"), ("trainer", "pretrain_lr"),
     ("trainer", "lr_g"), ("trainer", "lr_d"),

@@ -5,7 +5,9 @@ down-scaled so its long side is ``chroma_size``, padded to one of a few canvas s
 that batches have static shapes, and run through the generator in batches. The predicted
 ab is up-sampled to the image's full size and joined with the ORIGINAL gray levels through
 the gamut-safe chroma table, so the output's L is the input's, exactly. Data-bar rows come
-out gray.
+out gray. Between prediction and up-sampling, two optional refinements: hue made coherent
+at object scale (:mod:`semwatch.coherence`, ``hue_scale``) and a lightness-guided filter
+that puts colour edges on gray edges (:mod:`semwatch.guided`, ``guide_radius``).
 
 The network call sits behind :class:`Backend`, so the eager PyTorch backend and a compiled
 one (TensorRT) are interchangeable; everything around it runs on the backend's device.
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
+from semwatch.coherence import HueCoherence
 from semwatch.guided import GuidedFilter
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
@@ -164,6 +167,7 @@ class Colorizer:
         batch_size: int = 4,
         guide_radius: int = 0,
         guide_eps: float = 0.01,
+        hue_scale: float = 0.0,
     ):
         if chroma_size % STRIDE or chroma_size < STRIDE:
             raise EngineError(f"chroma_size must be a positive multiple of {STRIDE}, got {chroma_size}")
@@ -175,6 +179,7 @@ class Colorizer:
         self.chroma_size = chroma_size
         self.batch_size = batch_size
         self.lut = ChromaLUT(self.device_obj)
+        self.coherence = HueCoherence(hue_scale)
         self.smoothing = GuidedFilter(guide_radius, guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.backend.prepare(self.canvas_shapes(), batch_size)
@@ -190,6 +195,7 @@ class Colorizer:
         batch_size: int = 4,
         guide_radius: int = 0,
         guide_eps: float = 0.01,
+        hue_scale: float = 0.0,
     ) -> "Colorizer":
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
         model_path = Path(path) if path is not None else default_model_path()
@@ -201,7 +207,8 @@ class Colorizer:
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
         return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
-                   batch_size=batch_size, guide_radius=guide_radius, guide_eps=guide_eps)
+                   batch_size=batch_size, guide_radius=guide_radius, guide_eps=guide_eps,
+                   hue_scale=hue_scale)
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
@@ -209,7 +216,8 @@ class Colorizer:
             torch.set_num_threads(cfg.threads)
         return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
                              chroma_size=cfg.chroma_size, batch_size=cfg.batch_size,
-                             guide_radius=cfg.guide_radius, guide_eps=cfg.guide_eps)
+                             guide_radius=cfg.guide_radius, guide_eps=cfg.guide_eps,
+                             hue_scale=cfg.hue_scale)
 
     @property
     def model_name(self) -> str:
@@ -283,7 +291,7 @@ class Colorizer:
                 for (i, plan), ab, x in zip(chunk, out, batch):
                     h, w = plan.small
                     guide = (x[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
-                    results[i] = Prediction(ab[:, :h, :w], guide)
+                    results[i] = Prediction(self.coherence.apply(ab[:, :h, :w]), guide)
         return results
 
     def _check(self, image: GrayLike) -> None:

@@ -47,7 +47,7 @@ from trainer.export import export_command
 TINY = GeneratorConfig(decoder_width=8)
 METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_intersection"}
 REPORT_KEYS = {"model", "model_sha256", "split", "images", "skipped_gray", "skipped_unreadable",
-               "chroma_size", "metrics", "gray_baseline"}
+               "chroma_size", "hue_scale", "guide_radius", "guide_eps", "metrics", "gray_baseline"}
 
 
 def colour_image(height: int, width: int, seed: int) -> np.ndarray:

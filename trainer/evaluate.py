@@ -67,6 +67,9 @@ class EvaluationReport:
     skipped_gray: int
     skipped_unreadable: int
     chroma_size: int
+    hue_scale: float
+    guide_radius: int
+    guide_eps: float
     metrics: MetricSet
     gray_baseline: MetricSet
 
@@ -253,6 +256,9 @@ def evaluate(
         skipped_gray=totals.skipped_gray,
         skipped_unreadable=totals.skipped_unreadable,
         chroma_size=colorizer.chroma_size,
+        hue_scale=colorizer.coherence.scale,
+        guide_radius=colorizer.smoothing.radius,
+        guide_eps=colorizer.smoothing.eps,
         metrics=totals.model.result(totals.truth),
         gray_baseline=totals.gray.result(totals.truth),
     )
@@ -273,7 +279,8 @@ def format_table(report: EvaluationReport) -> str:
         skipped += f", {report.skipped_unreadable} unreadable"
     lines = [
         f"model {report.model} (sha256 {report.model_sha256[:12]})",
-        f"split {report.split}: {report.images} images{skipped}; chroma size {report.chroma_size}",
+        f"split {report.split}: {report.images} images{skipped}; chroma size {report.chroma_size}, "
+        f"hue scale {report.hue_scale:g}, guide radius {report.guide_radius} (eps {report.guide_eps:g})",
         "",
         f"{'':{width}}  {'model':>10}  {'gray':>10}",
     ]
@@ -299,6 +306,10 @@ def _load_cli_config(config_path: Path | None) -> Config:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--chroma-size", type=click.IntRange(min=32), default=None,
               help="Long side of the copy the network colors (multiple of 32). Default: engine.chroma_size.")
+@click.option("--hue-scale", type=click.FloatRange(min=0.0), default=None,
+              help="Hue coherence neighbourhood (fraction of the long side, 0 = off). Default: engine.hue_scale.")
+@click.option("--guide-radius", type=click.IntRange(min=0), default=None,
+              help="Lightness-guided filter radius (0 = off). Default: engine.guide_radius.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where the network runs. Default: engine.device.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -315,6 +326,8 @@ def evaluate_command(
     val_fraction: float | None,
     as_json: bool,
     chroma_size: int | None,
+    hue_scale: float | None,
+    guide_radius: int | None,
     device: str | None,
     batch_size: int | None,
     limit: int | None,
@@ -337,6 +350,9 @@ def evaluate_command(
             backend=config.engine.backend,
             chroma_size=chroma_size or config.engine.chroma_size,
             batch_size=batch_size or config.engine.batch_size,
+            guide_radius=config.engine.guide_radius if guide_radius is None else guide_radius,
+            guide_eps=config.engine.guide_eps,
+            hue_scale=config.engine.hue_scale if hue_scale is None else hue_scale,
         )
         report = evaluate(colorizer, paths, split=split, progress=not quiet)
     except (EvaluationError, DataError, EngineError) as exc:
