@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from helpers import max_lightness_error
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
+from semwatch.config import TrainerConfig
 from semwatch.engine import Colorizer
 from semwatch.model import (
     GeneratorConfig,
@@ -43,6 +44,7 @@ from trainer.evaluate import (
     select_images,
 )
 from trainer.export import export_command
+from trainer.rundir import run_facts, write_run_config
 
 TINY = GeneratorConfig(decoder_width=8)
 METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_intersection"}
@@ -281,6 +283,34 @@ def test_export_checkpoint_to_fp16_with_card(tmp_path: Path, checkpoint: Path) -
         if value.is_floating_point():
             torch.testing.assert_close(value, state[key].half().float(), rtol=0, atol=0)
     assert loaded.name == "facility-v1"
+
+
+def test_export_card_says_how_the_model_was_trained_and_how_it_evaluated(
+        tmp_path: Path, truth_dir: Path, config_file: Path) -> None:
+    run_dir = tmp_path / "run"
+    torch.manual_seed(2)
+    source = write_checkpoint(run_dir / "gan" / "best.pt", build_generator(TINY))
+    command = "trainer run /data/sem --out run --gan-epochs 3"
+    write_run_config(run_dir, TrainerConfig(), run_facts(command, Path("/data/sem"), None, None, 1))
+    report = tmp_path / "eval.json"
+    result = run_cli(evaluate_command, source, truth_dir, "--split", "all", "--json", "-q",
+                     "--hue-scale", "0.1", "--config", config_file)
+    assert result.exit_code == 0, result.output
+    report.write_text(result.stdout)
+
+    out = tmp_path / "m.safetensors"
+    assert run_cli(export_command, source, "-o", out, "--evaluation", report).exit_code == 0
+    card = read_generator_metadata(out)[1]
+    assert card["training"]["command"] == command
+    assert card["training"]["data"] == "/data/sem"
+    assert card["evaluation"]["hue_scale"] == 0.1
+    assert card["evaluation"]["metrics"] == json.loads(report.read_text())["metrics"]
+
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"what": 1}')
+    refused = run_cli(export_command, source, "-o", tmp_path / "x.safetensors", "--evaluation", bogus)
+    assert refused.exit_code == 1 and "bogus.json" in refused.output
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_export_refuses_to_overwrite_without_force(tmp_path: Path, checkpoint: Path) -> None:

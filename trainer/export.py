@@ -8,6 +8,7 @@ weights came from — data summary, recipe, validation metrics, date, the comman
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from semwatch.config import ConfigError, load_config
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import GeneratorConfig, ModelError, file_sha256, save_generator
 from trainer.checkpoint import CheckpointError, load_any_generator, load_checkpoint
+from trainer.rundir import read_run_facts
 
 log = get_logger(__name__)
 
@@ -56,11 +58,15 @@ def build_card(
     checkpoint: Mapping[str, Any] | None,
     dtype: torch.dtype,
     command: str,
+    training: Mapping[str, str] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The model card: everything a facility needs to know which model it runs.
 
-    From a checkpoint the recipe is read from the checkpoint itself; a re-exported
-    generator file keeps its own card (its training facts) and records the re-export.
+    From a checkpoint the recipe is read from the checkpoint itself and ``training`` (the
+    run directory's facts: the training command, data, versions) says how to reproduce it;
+    a re-exported generator file keeps its own card and records the re-export.
+    ``evaluation`` is a ``trainer evaluate --json`` report of this model, if one is given.
     """
     base: dict[str, Any] = dict(info.get("card") or {}) if checkpoint is None else {}
     card = dict(base)
@@ -80,9 +86,13 @@ def build_card(
         card["data_summary"] = dict(checkpoint.get("data_summary") or {})
         card["metrics"] = dict(checkpoint.get("metrics") or {})
         card["recipe"] = {key: checkpoint[key] for key in _RECIPE_KEYS if key in checkpoint}
+        if training:
+            card["training"] = dict(training)
     else:
         card.setdefault("data_summary", dict(info.get("data_summary") or {}))
         card.setdefault("metrics", dict(info.get("metrics") or {}))
+    if evaluation is not None:
+        card["evaluation"] = dict(evaluation)
     return card
 
 
@@ -111,6 +121,7 @@ def export_generator(
     force: bool = False,
     name: str | None = None,
     command: str | None = None,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Write the generator of ``source`` (checkpoint or generator file) to ``output``."""
     source, output = Path(source), Path(output)
@@ -133,6 +144,9 @@ def export_generator(
         checkpoint=checkpoint,
         dtype=dtype,
         command=command if command is not None else _command_line(),
+        # A checkpoint sits in RUN_DIR/<stage>/; the run's config.toml records its command.
+        training=read_run_facts(source.resolve().parent.parent) if checkpoint is not None else None,
+        evaluation=evaluation,
     )
     sha256 = _save(output, model, config, card, dtype)
     log.info("exported generator", path=str(output), dtype=card["dtype"], sha256=sha256[:12],
@@ -153,6 +167,16 @@ def _command_line() -> str:
     return shlex.join([program or Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: not a readable evaluation report ({exc})") from exc
+    if not isinstance(report, dict) or "metrics" not in report or "gray_baseline" not in report:
+        raise ExportError(f"{path}: not a `trainer evaluate --json` report (no metrics / gray_baseline)")
+    return report
+
+
 def _save(output: Path, model: nn.Module, config: GeneratorConfig, card: dict[str, Any],
           dtype: torch.dtype) -> str:
     try:
@@ -169,10 +193,13 @@ def _save(output: Path, model: nn.Module, config: GeneratorConfig, card: dict[st
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
 @click.option("--name", default=None,
               help="Model name in the card (default: the output file's name without .safetensors).")
+@click.option("--evaluation", "evaluation_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None,
+              help="A `trainer evaluate --json` report of this model to keep in the card.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Configuration file (only its [logging] section is used here).")
 def export_command(checkpoint: Path, output: Path, fp32: bool, force: bool, name: str | None,
-                   config_path: Path | None) -> None:
+                   evaluation_path: Path | None, config_path: Path | None) -> None:
     """Export the generator of CHECKPOINT (a training checkpoint .pt, or a generator file to
     re-export, e.g. float32 -> float16) as a generator file for semwatch, with its model card.
     """
@@ -183,8 +210,9 @@ def export_command(checkpoint: Path, output: Path, fp32: bool, force: bool, name
     configure_logging(config.logging.level,
                       "console" if config.logging.format == "auto" else config.logging.format)
     try:
+        evaluation = _read_evaluation(evaluation_path) if evaluation_path else None
         result = export_generator(checkpoint, output, fp32=fp32, force=force, name=name,
-                                  command=_command_line())
+                                  command=_command_line(), evaluation=evaluation)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.path}  {result.dtype}  sha256 {result.sha256}")

@@ -86,6 +86,23 @@ def write_run_config(run_dir: Path, config: TrainerConfig, facts: Mapping[str, A
     return path
 
 
+def read_run_facts(run_dir: Path) -> dict[str, str]:
+    """The ``# key: value`` header :func:`render_trainer_toml` wrote (empty if there is none)."""
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    facts: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("# "):
+            break
+        key, sep, value = line[2:].partition(": ")
+        if sep and key.isidentifier():
+            facts[key] = value
+    return facts
+
+
 def run_facts(command: str, data: Path, val_dir: Path | None, init: Path | None, world_size: int) -> dict[str, Any]:
     import semwatch
 
