@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -173,13 +174,14 @@ def colorize_command(
     engine_cfg = config.engine
     started = time.perf_counter()
     try:
-        colorizer = Colorizer.from_file(
-            model if model is not None else engine_cfg.model,
+        # The service's own engine settings (refinements included), with the options on top.
+        colorizer = Colorizer.from_config(dataclasses.replace(
+            engine_cfg,
+            model=model if model is not None else engine_cfg.model,
             device=device or engine_cfg.device,
-            backend=engine_cfg.backend,
             chroma_size=chroma_size or engine_cfg.chroma_size,
             batch_size=batch_size or engine_cfg.batch_size,
-        )
+        ))
     except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
@@ -276,6 +278,7 @@ def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -
         image, source_path=str(task.source), model_name=colorizer.model_name,
         model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
         device=colorizer.device, chroma_size=colorizer.chroma_size,
+        refinement=colorizer.refinement,
     )
     write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
                 jpeg_quality=jpeg_quality)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.imaging import (
@@ -226,11 +226,12 @@ class EngineInfo:
     backend: str
     device: str
     chroma_size: int
+    refinement: Mapping[str, float]
 
     @classmethod
     def of(cls, colorizer: "Colorizer") -> "EngineInfo":
         return cls(colorizer.model_name, colorizer.model_sha256, colorizer.backend_name,
-                   colorizer.device, colorizer.chroma_size)
+                   colorizer.device, colorizer.chroma_size, colorizer.refinement)
 
 
 @dataclass
@@ -573,7 +574,7 @@ class Daemon:
             provenance = build_provenance(
                 image, source_path=str(item.source), model_name=info.model_name,
                 model_sha256=info.model_sha256, backend=info.backend, device=info.device,
-                chroma_size=info.chroma_size)
+                chroma_size=info.chroma_size, refinement=info.refinement)
             write_image(item.target, rgb, fmt=cfg.format, metadata=image.metadata,
                         provenance=provenance, jpeg_quality=cfg.jpeg_quality)
         except OSError as exc:

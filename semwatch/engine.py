@@ -220,6 +220,12 @@ class Colorizer:
                              hue_scale=cfg.hue_scale)
 
     @property
+    def refinement(self) -> dict[str, float]:
+        """The colour post-processing settings, as recorded in each output's provenance."""
+        return {"hue_scale": self.coherence.scale, "guide_radius": self.smoothing.radius,
+                "guide_eps": self.smoothing.eps}
+
+    @property
     def model_name(self) -> str:
         return self.generator.name
 

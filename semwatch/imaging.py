@@ -911,7 +911,10 @@ def write_image(
     if fmt not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown output format {fmt!r} (one of {', '.join(FORMAT_EXTENSIONS)})")
     _check_rgb(path, rgb)
-    description = json.dumps(provenance, ensure_ascii=True, separators=(",", ":"))
+    # A space before each colon: tifffile takes any ImageDescription holding '"shape":' for
+    # its own array metadata and then fails on tifffile.imread (the record has a source
+    # "shape"). '"shape" :' is the same JSON to every parser and is not mistaken.
+    description = json.dumps(provenance, ensure_ascii=True, separators=(",", " :"))
     metadata = metadata or SourceMetadata()
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -1091,8 +1094,13 @@ def build_provenance(
     backend: str,
     device: str,
     chroma_size: int,
+    refinement: Mapping[str, Any] | None = None,
 ) -> dict:
-    """The provenance record written into every output (DESIGN.md "Input and output")."""
+    """The provenance record written into every output (DESIGN.md "Input and output").
+
+    ``refinement``: the engine's colour post-processing settings (hue coherence, guided
+    filter), which change the output as much as the model does.
+    """
     return {
         "semwatch": {
             "version": __version__,
@@ -1109,6 +1117,7 @@ def build_provenance(
             "backend": backend,
             "device": device,
             "chroma_size": chroma_size,
+            "refinement": dict(refinement) if refinement is not None else None,
             "databar_row": image.databar_row,
         }
     }

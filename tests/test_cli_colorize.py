@@ -96,6 +96,18 @@ def test_generated_images_folder_and_formats(tmp_path, tiny_model):
     assert provenance_of(jpg_out / "a.jpg")["semwatch"]["model"]["sha256"] == file_sha256(tiny_model)
 
 
+def test_engine_refinements_come_from_the_config_and_are_recorded(tmp_path, tiny_model):
+    source = tmp_path / "a.png"
+    Image.fromarray(textured_gray(120, 160)).save(source)
+    config = tmp_path / "site.toml"
+    config.write_text("[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\n")
+    out = tmp_path / "out"
+    result = colorize([source], out, tiny_model, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    record = provenance_of(out / "a.tif")["semwatch"]
+    assert record["refinement"] == {"hue_scale": 0.15, "guide_radius": 4, "guide_eps": 0.02}
+
+
 def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model):
     src = tmp_path / "src"
     src.mkdir()

@@ -640,6 +640,8 @@ def test_provenance_is_readable_from_tiff_png_and_jpeg(tmp_path: Path) -> None:
             with tifffile.TiffFile(out) as tf:
                 read_back[fmt] = tf.pages[0].description
                 assert tf.pages[0].tags[305].value == f"semwatch {semwatch.__version__}"
+            # The record's source "shape" must not pass for tifffile's own array metadata.
+            assert np.array_equal(tifffile.imread(out), rgb)
         else:
             with Image.open(out) as written:
                 assert written.size == (60, 40) and written.mode == "RGB"
