@@ -64,8 +64,11 @@ def bench_chroma(image_path: Path, model: Path, chroma: int, warmup: int, repeat
     from semwatch.engine import Colorizer
     from semwatch.imaging import build_provenance, read_image, write_image
 
-    colorizer, setup = timed(lambda: Colorizer.from_file(model, device="cpu", chroma_size=chroma,
-                                                         batch_size=1))
+    from semwatch.config import EngineConfig
+
+    # The service's defaults (refinements included), one image per batch.
+    settings = EngineConfig(model=model, device="cpu", chroma_size=chroma, batch_size=1)
+    colorizer, setup = timed(lambda: Colorizer.from_config(settings))
     samples: dict[str, list[float]] = {"decode": [], "engine": [], "write": [], "total": []}
     target = out_dir / f"out-{chroma}.tif"
     for run in range(warmup + repeats):
@@ -74,7 +77,7 @@ def bench_chroma(image_path: Path, model: Path, chroma: int, warmup: int, repeat
         provenance = build_provenance(
             decoded, source_path=str(image_path), model_name=colorizer.model_name,
             model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-            device=colorizer.device, chroma_size=chroma)
+            device=colorizer.device, chroma_size=chroma, refinement=colorizer.refinement)
         _, t_write = timed(lambda: write_image(target, rgb, fmt="tiff", metadata=decoded.metadata,
                                                provenance=provenance))
         if run >= warmup:

@@ -67,9 +67,9 @@ class EngineConfig:
     chroma_size: int = 512
     max_pixels: int = 200_000_000
     threads: int = 0
-    guide_radius: int = 0
+    guide_radius: int = 8
     guide_eps: float = 0.01
-    hue_scale: float = 0.0
+    hue_scale: float = 0.2
 
 
 @dataclass(frozen=True)
