@@ -130,8 +130,16 @@ def test_start_up_checks_name_the_key_and_exit_78(tmp_path: Path, tiny_model: Pa
     assert info.value.exit_code == EXIT_CONFIG
 
 
-@pytest.mark.skipif(default_model_path().is_file(), reason="the bundled model is installed")
-def test_without_a_bundled_model_engine_model_must_be_set(tmp_path: Path) -> None:
+def test_the_bundled_model_needs_no_engine_model(tmp_path: Path) -> None:
+    assert default_model_path().is_file()
+    check_config(_config(tmp_path))
+
+
+def test_without_a_bundled_model_engine_model_must_be_set(tmp_path: Path, monkeypatch) -> None:
+    # An install that lost its package data (e.g. a wheel built without it).
+    import semwatch.model
+
+    monkeypatch.setattr(semwatch.model, "default_model_path", lambda: tmp_path / "absent.safetensors")
     with pytest.raises(StartupError) as info:
         check_config(_config(tmp_path))
     message = str(info.value)
