@@ -208,6 +208,7 @@ def daemon_throughput(site: Site, staged: list[Path]) -> tuple[float, float, flo
 
 
 def run_throughput(args: argparse.Namespace, work: Path, model: Path) -> None:
+    from semwatch.config import EngineConfig
     from semwatch.engine import Colorizer
     from semwatch.imaging import read_image
 
@@ -215,8 +216,10 @@ def run_throughput(args: argparse.Namespace, work: Path, model: Path) -> None:
     print(f"\n== throughput: {args.images} images {width}x{height} 8-bit TIFF dropped at once, "
           f"chroma_size {args.chroma_size}, batch_size {args.batch_size}")
     staged = make_images(work / "staged", args.images, height, width)
-    colorizer = Colorizer.from_file(model, device="auto", chroma_size=args.chroma_size,
-                                    batch_size=args.batch_size)
+    # The daemon's engine settings exactly (refinements included): the site's config.toml
+    # sets only model, chroma_size and batch_size, the rest are the defaults.
+    colorizer = Colorizer.from_config(EngineConfig(model=model, chroma_size=args.chroma_size,
+                                                   batch_size=args.batch_size))
     decoded = [read_image(p) for p in staged]
     # Called the way the daemon calls it: from one worker thread, the model loaded on the
     # main thread. (It matters on a busy CPU: libgomp spin-waits at full count for the main
