@@ -77,7 +77,7 @@ def bench_chroma(image_path: Path, model: Path, chroma: int, warmup: int, repeat
         provenance = build_provenance(
             decoded, source_path=str(image_path), model_name=colorizer.model_name,
             model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-            device=colorizer.device, chroma_size=chroma, refinement=colorizer.refinement)
+            device=colorizer.device, chroma_size=chroma, refinement=colorizer.refinement.as_dict())
         _, t_write = timed(lambda: write_image(target, rgb, fmt="tiff", metadata=decoded.metadata,
                                                provenance=provenance))
         if run >= warmup:

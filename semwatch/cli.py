@@ -278,7 +278,7 @@ def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -
         image, source_path=str(task.source), model_name=colorizer.model_name,
         model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
         device=colorizer.device, chroma_size=colorizer.chroma_size,
-        refinement=colorizer.refinement,
+        refinement=colorizer.refinement.as_dict(),
     )
     write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
                 jpeg_quality=jpeg_quality)

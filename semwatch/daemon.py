@@ -226,12 +226,12 @@ class EngineInfo:
     backend: str
     device: str
     chroma_size: int
-    refinement: Mapping[str, float]
+    refinement: Mapping[str, float]  # as recorded in the provenance
 
     @classmethod
     def of(cls, colorizer: "Colorizer") -> "EngineInfo":
         return cls(colorizer.model_name, colorizer.model_sha256, colorizer.backend_name,
-                   colorizer.device, colorizer.chroma_size, colorizer.refinement)
+                   colorizer.device, colorizer.chroma_size, colorizer.refinement.as_dict())
 
 
 @dataclass

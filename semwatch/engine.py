@@ -16,6 +16,7 @@ one (TensorRT) are interchangeable; everything around it runs on the backend's d
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 import warnings
 from collections import defaultdict
@@ -154,6 +155,23 @@ def _gray_float_to_l(gray: torch.Tensor) -> torch.Tensor:
     return 116 * f - 16
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """The colour post-processing between prediction and up-sampling (all off by default;
+    the service's defaults are in ``[engine]``). Recorded in each output's provenance."""
+
+    hue_scale: float = 0.0  # semwatch.coherence; 0 = off
+    guide_radius: int = 0  # semwatch.guided; 0 = off
+    guide_eps: float = 0.01
+
+    @classmethod
+    def from_config(cls, cfg: "EngineConfig") -> "Refinement":
+        return cls(cfg.hue_scale, cfg.guide_radius, cfg.guide_eps)
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
 class Colorizer:
     """Colorizes decoded gray images with one generator on one device."""
 
@@ -165,9 +183,7 @@ class Colorizer:
         backend: str = "eager",
         chroma_size: int = 512,
         batch_size: int = 4,
-        guide_radius: int = 0,
-        guide_eps: float = 0.01,
-        hue_scale: float = 0.0,
+        refinement: Refinement = Refinement(),
     ):
         if chroma_size % STRIDE or chroma_size < STRIDE:
             raise EngineError(f"chroma_size must be a positive multiple of {STRIDE}, got {chroma_size}")
@@ -179,8 +195,9 @@ class Colorizer:
         self.chroma_size = chroma_size
         self.batch_size = batch_size
         self.lut = ChromaLUT(self.device_obj)
-        self.coherence = HueCoherence(hue_scale)
-        self.smoothing = GuidedFilter(guide_radius, guide_eps)
+        self.refinement = refinement
+        self.coherence = HueCoherence(refinement.hue_scale)
+        self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
@@ -193,9 +210,7 @@ class Colorizer:
         backend: str = "auto",
         chroma_size: int = 512,
         batch_size: int = 4,
-        guide_radius: int = 0,
-        guide_eps: float = 0.01,
-        hue_scale: float = 0.0,
+        refinement: Refinement = Refinement(),
     ) -> "Colorizer":
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
         model_path = Path(path) if path is not None else default_model_path()
@@ -207,8 +222,7 @@ class Colorizer:
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
         return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
-                   batch_size=batch_size, guide_radius=guide_radius, guide_eps=guide_eps,
-                   hue_scale=hue_scale)
+                   batch_size=batch_size, refinement=refinement)
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
@@ -216,14 +230,7 @@ class Colorizer:
             torch.set_num_threads(cfg.threads)
         return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
                              chroma_size=cfg.chroma_size, batch_size=cfg.batch_size,
-                             guide_radius=cfg.guide_radius, guide_eps=cfg.guide_eps,
-                             hue_scale=cfg.hue_scale)
-
-    @property
-    def refinement(self) -> dict[str, float]:
-        """The colour post-processing settings, as recorded in each output's provenance."""
-        return {"hue_scale": self.coherence.scale, "guide_radius": self.smoothing.radius,
-                "guide_eps": self.smoothing.eps}
+                             refinement=Refinement.from_config(cfg))
 
     @property
     def model_name(self) -> str:

@@ -10,6 +10,7 @@ from semwatch.engine import (
     Colorizer,
     EngineError,
     GrayImage,
+    Refinement,
     plan_image,
     resolve_device,
 )
@@ -167,8 +168,8 @@ def test_guided_smoothing_flattens_colour_inside_flat_regions(tiny_model):
     gray = np.clip(gray + rng.normal(0, 3, gray.shape), 0, 255).astype(np.uint8)
     image = GrayImage(gray)
     plain = Colorizer(generator, device="cpu", chroma_size=128).predict_ab([image])[0]
-    smooth_engine = Colorizer(generator, device="cpu", chroma_size=128, guide_radius=8,
-                              guide_eps=0.01)
+    smooth_engine = Colorizer(generator, device="cpu", chroma_size=128,
+                              refinement=Refinement(guide_radius=8, guide_eps=0.01))
     smooth = smooth_engine.predict_ab([image])[0]
     for region in (np.s_[:, 8:-8, 8:72], np.s_[:, 8:-8, 88:-8]):
         assert smooth[region].std(dim=(1, 2)).max() < 0.5 * plain[region].std(dim=(1, 2)).max()

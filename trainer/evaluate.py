@@ -16,6 +16,7 @@ table). Prediction and truth then differ in chroma only, up to the 8-bit quantis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from semwatch.color import gray_levels_to_l, rgb_to_lab
 from semwatch.config import Config, ConfigError, load_config
-from semwatch.engine import Colorizer, EngineError, GrayImage
+from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import LoadedGenerator, ModelError, file_sha256
 from trainer.checkpoint import CheckpointError, load_any_generator
@@ -256,9 +257,7 @@ def evaluate(
         skipped_gray=totals.skipped_gray,
         skipped_unreadable=totals.skipped_unreadable,
         chroma_size=colorizer.chroma_size,
-        hue_scale=colorizer.coherence.scale,
-        guide_radius=colorizer.smoothing.radius,
-        guide_eps=colorizer.smoothing.eps,
+        **colorizer.refinement.as_dict(),
         metrics=totals.model.result(totals.truth),
         gray_baseline=totals.gray.result(totals.truth),
     )
@@ -287,6 +286,16 @@ def format_table(report: EvaluationReport) -> str:
     for label, model_value, gray_value, spec in rows:
         lines.append(f"{label:{width}}  {spec.format(model_value):>10}  {spec.format(gray_value):>10}")
     return "\n".join(lines)
+
+
+def _refinement(config: Config, hue_scale: float | None, guide_radius: int | None) -> Refinement:
+    """The engine's refinements from the config, with the command line's on top."""
+    refinement = Refinement.from_config(config.engine)
+    if hue_scale is not None:
+        refinement = dataclasses.replace(refinement, hue_scale=hue_scale)
+    if guide_radius is not None:
+        refinement = dataclasses.replace(refinement, guide_radius=guide_radius)
+    return refinement
 
 
 def _load_cli_config(config_path: Path | None) -> Config:
@@ -350,9 +359,7 @@ def evaluate_command(
             backend=config.engine.backend,
             chroma_size=chroma_size or config.engine.chroma_size,
             batch_size=batch_size or config.engine.batch_size,
-            guide_radius=config.engine.guide_radius if guide_radius is None else guide_radius,
-            guide_eps=config.engine.guide_eps,
-            hue_scale=config.engine.hue_scale if hue_scale is None else hue_scale,
+            refinement=_refinement(config, hue_scale, guide_radius),
         )
         report = evaluate(colorizer, paths, split=split, progress=not quiet)
     except (EvaluationError, DataError, EngineError) as exc:
