@@ -14,6 +14,15 @@ A job is one source file version, (rel_path, sha256). States:
 pending -> running -> done; running -> pending (retry after back-off, lease expiry, owner
 gone, release) or failed (max_attempts reached, or a permanent error). Times are wall-clock
 epoch seconds from an injectable clock.
+
+Attempts: a claim takes an attempt provisionally; `start` makes it count (the job's work
+began). A claim that never started costs nothing when its owner dies or releases it, so a
+kill from outside does not fail good files, while a file that crashes the daemon during
+its decode or compute still ends failed after max_attempts.
+
+The output follows the file's current content: a path whose content comes back to an
+earlier version re-queues that version's finished job. A failed job is *superseded* once
+the path's current version is done: it stays as history but no longer counts as failed.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import re
 import socket
 import statistics
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -48,7 +58,7 @@ from semwatch.log import get_logger
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ERROR_MAX_CHARS = 500
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Bound parameters per IN (...) list, well under SQLite's and drivers' limits.
@@ -58,6 +68,9 @@ _WRITE_OPTION = "semwatch_write"
 # Key of the PostgreSQL advisory lock held while one process migrates the schema.
 _PG_MIGRATION_LOCK = 0x5E3_0A7C
 RECENT_FAILURES = 10
+# sha256 of a failed job recorded for a file whose content could not be read (unreadable,
+# unusable name): `status` shows the file; its readable content becomes a job of its own.
+UNKNOWN_CONTENT = ""
 LATENCY_WINDOW_S = 3600.0
 LATENCY_MAX_JOBS = 1000
 
@@ -105,6 +118,10 @@ class Job:
     arrived_at: float
     error: str | None
     output_path: str | None
+    # When the current attempt's work began (None: not started; the claim costs nothing).
+    attempt_started: float | None = None
+    # The done job of the path's current content that made this failure history.
+    superseded_by: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,11 +155,13 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
                 arrived_at: float | None = None, again: bool = False) -> int | None:
-        """Queue one file version; returns the new pending job's id, or None if known.
+        """Queue one file version; returns the pending job's id, or None if nothing to do.
 
         Always records (size, mtime, sha256) as the path's latest version. A known version
-        is never queued again (DESIGN.md), except with `again=True`, which re-queues its
-        done or failed job with attempts reset.
+        is not queued twice (DESIGN.md): its done or failed job is re-queued, attempts
+        reset, only when the path's content came back to it from another version (its
+        output was overwritten since) or with `again=True` (on purpose, after a model
+        upgrade).
         """
 
     @abc.abstractmethod
@@ -152,6 +171,13 @@ class JobQueue(abc.ABC):
         Same rules as `enqueue` without `again`; a path given twice keeps its last record
         (only the latest content exists on disk).
         Returns how many jobs became pending.
+        """
+
+    @abc.abstractmethod
+    def record_failure(self, rel_path: str, size: int, mtime: float, error: str) -> bool:
+        """A file that cannot become a job (unreadable, unusable name): a failed job of
+        unknown content (UNKNOWN_CONTENT), one per path, so `status` shows it with the
+        reason. Returns True when newly recorded or its reason changed (worth a log line).
         """
 
     @abc.abstractmethod
@@ -168,7 +194,16 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def claim(self, owner: Owner, limit: int) -> list[Job]:
-        """Atomically lease up to `limit` due pending jobs, oldest first (attempts + 1)."""
+        """Atomically lease up to `limit` due pending jobs, oldest first.
+
+        The attempt is taken provisionally (attempts + 1); it only counts once `start`
+        recorded that work began.
+        """
+
+    @abc.abstractmethod
+    def start(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Record that work (decoding) on these held jobs began: their attempts now count,
+        also when the process dies."""
 
     @abc.abstractmethod
     def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
@@ -176,7 +211,8 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
-        """Mark a job done once its output is written."""
+        """Mark a job done once its output is written; when it is the path's current
+        version, the path's other failed jobs are superseded."""
 
     @abc.abstractmethod
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
@@ -184,22 +220,28 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
-        """Return claimed, unstarted jobs to pending and give their attempt back."""
+        """Return held jobs to pending and give their attempt back (shutdown, storage
+        outage: not the files' fault), started or not."""
 
     @abc.abstractmethod
     def recover(self, owner: Owner | None = None) -> int:
         """Reclaim running jobs whose lease expired or whose owner is gone; returns how many.
 
         Owners on this host are gone when their PID is dead, or (when `owner` is given) when
-        their token differs from `owner`'s: a previous run of this daemon. The attempt stays
-        counted, so a file that crashes the daemon ends failed instead of looping. Only the
-        daemon holding the DaemonLock may pass `owner`; anyone else (the CLI) passes None,
-        or it would take the running daemon's jobs away.
+        they have `owner`'s PID with another token: a previous run of this daemon. A live
+        PID on this host keeps its jobs until their lease expires (another daemon whose
+        lock file was deleted must not lose them). A started attempt stays counted, so a
+        file that crashes the daemon ends failed instead of looping; an unstarted claim is
+        given back. Only the daemon holding the DaemonLock may pass `owner`; anyone else
+        (the CLI) passes None.
         """
 
     @abc.abstractmethod
     def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
-        """Failed jobs back to pending with attempts reset: these ids, or all with failed=True."""
+        """Failed jobs back to pending with attempts reset: these ids, or all with failed=True.
+
+        Superseded failures are history, not retried: their version is no longer the file.
+        """
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job | None:
@@ -207,7 +249,8 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     def jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
-        """The newest jobs (highest id first), optionally of one state."""
+        """The newest jobs (highest id first), optionally of one state (FAILED: the failures
+        that still stand, superseded ones left out)."""
 
     @abc.abstractmethod
     def stats(self, now: float | None = None) -> QueueStats:
@@ -264,6 +307,9 @@ class JobRow(Base):
     owner_token: Mapped[str | None] = mapped_column(sa.String(32))
     error: Mapped[str | None] = mapped_column(sa.Text)
     output_path: Mapped[str | None] = mapped_column(sa.Text)
+    # Schema 2. started_at is when the job was claimed; attempt_started when its work began.
+    attempt_started: Mapped[float | None] = mapped_column(sa.Double)
+    superseded_by: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class FileRow(Base):
@@ -290,17 +336,43 @@ _VERSION: sa.Table = SchemaVersionRow.__table__  # type: ignore[assignment]
 _JOB_COLUMNS = (
     _JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.sha256, _JOBS.c.size, _JOBS.c.mtime, _JOBS.c.state,
     _JOBS.c.attempts, _JOBS.c.arrived_at, _JOBS.c.error, _JOBS.c.output_path,
+    _JOBS.c.attempt_started, _JOBS.c.superseded_by,
 )
+# Failed jobs that still stand: not made history by a done job of their path's content.
+_STANDING_FAILURE = sa.and_(_JOBS.c.state == JobState.FAILED.value,
+                            _JOBS.c.superseded_by.is_(None))
 # Merged into transitions out of RUNNING: done/failed keep the owner as history, a job
 # going back to pending forgets it.
 _NO_LEASE: Mapping[str, Any] = MappingProxyType({"lease_until": None})
 _NO_OWNER: Mapping[str, Any] = MappingProxyType(
     {"lease_until": None, "owner_host": None, "owner_pid": None, "owner_token": None}
 )
+# Merged into every transition back to pending: the next attempt starts from scratch.
+_FRESH_ATTEMPT: Mapping[str, Any] = MappingProxyType(
+    {"attempt_started": None, "superseded_by": None}
+)
 
 Migration = Callable[[Connection], None]
+
+
+def _add_column(conn: Connection, column: sa.Column[Any]) -> None:
+    """ALTER TABLE ... ADD COLUMN of a nullable column as the current schema declares it."""
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}")
+
+
+def _to_schema_2(conn: Connection) -> None:
+    """Attempts count from the start of work, not from the claim; failures can be
+    superseded by a newer version of their file."""
+    _add_column(conn, _JOBS.c.attempt_started)
+    _add_column(conn, _JOBS.c.superseded_by)
+    # Schema 1 counted an attempt at the claim: its running jobs keep counting it.
+    conn.execute(sa.update(_JOBS).where(_JOBS.c.state == JobState.RUNNING.value)
+                 .values(attempt_started=_JOBS.c.started_at))
+
+
 # MIGRATIONS[v] upgrades a version-v database to v + 1, inside the migration transaction.
-MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _to_schema_2})
 
 
 def migrate(conn: Connection, *, target: int = SCHEMA_VERSION,
@@ -363,7 +435,10 @@ class SqlJobQueue(JobQueue):
 
     def __init__(self, database_url: str, *, lease_seconds: float, max_attempts: int,
                  retry_backoff: float, clock: Callable[[], float] = time.time,
-                 hostname: str | None = None) -> None:
+                 hostname: str | None = None, read_only: bool = False) -> None:
+        """``read_only``: for reports (`semwatch status`): the database is opened read-only
+        (SQLite ``mode=ro``), never created or migrated, and takes no write lock, so it
+        answers while the daemon writes and needs no write access."""
         if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
             raise QueueError(f"invalid queue settings: lease_seconds={lease_seconds}, "
                              f"max_attempts={max_attempts}, retry_backoff={retry_backoff}")
@@ -376,9 +451,13 @@ class SqlJobQueue(JobQueue):
         self._backoff = float(retry_backoff)
         self._clock = clock
         self._host = hostname or socket.gethostname()
+        self._read_only = read_only
         self._engine = self._create_engine(url)
         try:
-            self._migrate()
+            if read_only:
+                self._check_schema(url)
+            else:
+                self._migrate()
         except BaseException:
             self._engine.dispose()
             raise
@@ -386,15 +465,39 @@ class SqlJobQueue(JobQueue):
     # ---- plumbing
 
     def _create_engine(self, url: URL) -> Engine:
+        if self._read_only and self._dialect == "sqlite":
+            url = _sqlite_read_only_url(url)
         try:
             # Long-lived daemon against a server: test pooled connections before use.
             engine = sa.create_engine(url, pool_pre_ping=self._dialect != "sqlite")
         except (NoSuchModuleError, ImportError) as exc:
             raise QueueError(f"{self._where}: cannot load the database driver: {exc}") from exc
         if self._dialect == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
+            on_connect = _sqlite_on_connect_read_only if self._read_only else _sqlite_on_connect
+            event.listen(engine, "connect", on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
+        elif self._read_only:
+            event.listen(engine, "connect", _postgresql_on_connect_read_only)
         return engine
+
+    def _check_schema(self, url: URL) -> None:
+        """What a read-only open checks instead of migrating: a semwatch queue at exactly
+        this code's schema version."""
+        with self._transaction("schema check", write=False) as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(_VERSION.name):
+                raise QueueError(f"{self._where}: {_not_a_queue(url)}")
+            stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
+        if stored is None:
+            raise QueueError(f"{self._where}: schema_version table is empty: the database is "
+                             "damaged")
+        if int(stored) > SCHEMA_VERSION:
+            raise QueueError(f"{self._where}: database schema version {stored} is newer than "
+                             f"this semwatch understands ({SCHEMA_VERSION}); upgrade semwatch")
+        if int(stored) < SCHEMA_VERSION:
+            raise QueueError(f"{self._where}: database schema version {stored} is older than "
+                             f"this semwatch's ({SCHEMA_VERSION}); the service upgrades it at "
+                             "its next start (restart it after upgrading semwatch)")
 
     def _migrate(self) -> None:
         with self._transaction("schema migration", write=True) as conn:
@@ -457,13 +560,23 @@ class SqlJobQueue(JobQueue):
 
     def _enqueue_rows(self, conn: Connection, rows: list[_Arrival], *, now: float,
                       again: bool) -> list[int]:
+        previous = self._latest_versions(conn, [r.rel_path for r in rows])
         self._record_files(conn, rows, now)
         inserted = self._insert_jobs(conn, rows, now)
-        if not again:
-            return list(inserted.values())
         known = [r for r in rows if (r.rel_path, r.sha256) not in inserted]
-        requeued = [self._requeue(conn, r, now) for r in known]
+        requeued = []
+        for r in known:
+            # Content A -> B -> A: A's job is done, but B's output has replaced A's since.
+            came_back = previous.get(r.rel_path, r.sha256) != r.sha256
+            if again or came_back:
+                requeued.append(self._requeue(conn, r, now,
+                                              "again" if again else "content came back"))
         return list(inserted.values()) + [job_id for job_id in requeued if job_id is not None]
+
+    def _latest_versions(self, conn: Connection, rel_paths: list[str]) -> dict[str, str]:
+        query = sa.select(_FILES.c.rel_path, _FILES.c.sha256).where(
+            _FILES.c.rel_path.in_(rel_paths))
+        return {path: sha256 for path, sha256 in conn.execute(query)}
 
     def _record_files(self, conn: Connection, rows: list[_Arrival], now: float) -> None:
         stmt = self._insert(_FILES)
@@ -494,8 +607,8 @@ class SqlJobQueue(JobQueue):
         result = conn.execute(stmt, params)
         return {(row.rel_path, row.sha256): row.id for row in result}
 
-    def _requeue(self, conn: Connection, r: _Arrival, now: float) -> int | None:
-        """A finished version queued again on purpose (after a model upgrade)."""
+    def _requeue(self, conn: Connection, r: _Arrival, now: float, why: str) -> int | None:
+        """A finished version queued again: on purpose, or because the file holds it again."""
         finished = [JobState.DONE.value, JobState.FAILED.value]
         stmt = (
             sa.update(_JOBS)
@@ -503,13 +616,38 @@ class SqlJobQueue(JobQueue):
                    _JOBS.c.state.in_(finished))
             .values(state=JobState.PENDING.value, attempts=0, error=None, output_path=None,
                     size=r.size, mtime=r.mtime, arrived_at=r.arrived_at, enqueued_at=now,
-                    not_before=now, started_at=None, finished_at=None, **_NO_OWNER)
+                    not_before=now, started_at=None, finished_at=None, **_FRESH_ATTEMPT,
+                    **_NO_OWNER)
             .returning(_JOBS.c.id)
         )
         job_id = conn.execute(stmt).scalar_one_or_none()
         if job_id is not None:
-            log.info("job re-queued", job_id=job_id, path=r.rel_path)
+            log.info("job re-queued", job_id=job_id, path=r.rel_path, reason=why)
         return job_id
+
+    def record_failure(self, rel_path: str, size: int, mtime: float, error: str) -> bool:
+        now = self._now()
+        message = _one_line(error)
+        version = (_JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == UNKNOWN_CONTENT)
+        with self._transaction("record_failure", write=True) as conn:
+            row = conn.execute(
+                sa.select(_JOBS.c.state, _JOBS.c.error, _JOBS.c.superseded_by).where(*version)
+            ).one_or_none()
+            if row is None:
+                conn.execute(sa.insert(_JOBS).values(
+                    rel_path=rel_path, sha256=UNKNOWN_CONTENT, size=int(size),
+                    mtime=float(mtime), state=JobState.FAILED.value, attempts=0,
+                    arrived_at=now, enqueued_at=now, not_before=now, finished_at=now,
+                    error=message))
+                return True
+            if row.state != JobState.FAILED.value:
+                return False  # queued again by an operator: its run will tell
+            if row.error == message and row.superseded_by is None:
+                return False
+            conn.execute(sa.update(_JOBS).where(*version).values(
+                size=int(size), mtime=float(mtime), error=message, finished_at=now,
+                superseded_by=None))
+        return True
 
     def known_files(self) -> dict[str, tuple[int, float]]:
         query = sa.select(_FILES.c.rel_path, _FILES.c.size, _FILES.c.mtime)
@@ -553,8 +691,8 @@ class SqlJobQueue(JobQueue):
                 sa.update(_JOBS)
                 .where(_JOBS.c.id.in_(ids), _JOBS.c.state == JobState.PENDING.value)
                 .values(state=JobState.RUNNING.value, attempts=_JOBS.c.attempts + 1,
-                        started_at=now, lease_until=now + self._lease, owner_host=owner.host,
-                        owner_pid=owner.pid, owner_token=owner.token)
+                        started_at=now, attempt_started=None, lease_until=now + self._lease,
+                        owner_host=owner.host, owner_pid=owner.pid, owner_token=owner.token)
                 .returning(*_JOB_COLUMNS)
             )
             claimed = [_job(row) for row in conn.execute(stmt)]
@@ -562,6 +700,18 @@ class SqlJobQueue(JobQueue):
         claimed.sort(key=lambda job: order[job.id])
         log.debug("jobs claimed", job_ids=[job.id for job in claimed])
         return claimed
+
+    def start(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return
+        stmt = (
+            sa.update(_JOBS)
+            .where(*_held_by(owner), _JOBS.c.id.in_(ids), _JOBS.c.attempt_started.is_(None))
+            .values(attempt_started=self._now())
+        )
+        with self._transaction("start", write=True) as conn:
+            conn.execute(stmt)
 
     def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
         wanted = set(job_ids)
@@ -588,13 +738,39 @@ class SqlJobQueue(JobQueue):
             sa.update(_JOBS)
             .where(_JOBS.c.id == job_id, sa.or_(mine, unheld))
             .values(state=JobState.DONE.value, finished_at=self._now(), error=None,
-                    output_path=output_path, **_NO_LEASE)
+                    output_path=output_path, superseded_by=None, **_NO_LEASE)
+            .returning(_JOBS.c.rel_path)
         )
         with self._transaction("complete", write=True) as conn:
-            updated = conn.execute(stmt).rowcount
-        if not updated:
+            rel_path = conn.execute(stmt).scalar_one_or_none()
+            superseded = 0 if rel_path is None else self._supersede_failures(conn, rel_path)
+        if rel_path is None:
             log.warning("job not marked done: done already or held by another owner",
                         job_id=job_id, output=output_path)
+        elif superseded:
+            log.info("earlier failures of the file superseded", job_id=job_id, path=rel_path,
+                     failures=superseded)
+
+    def _supersede_failures(self, conn: Connection, rel_path: str) -> int:
+        """Once the path's current version is done, its other failures are history."""
+        current = self._current_done_job(conn, rel_path)
+        if current is None:
+            return 0
+        stmt = (
+            sa.update(_JOBS)
+            .where(_JOBS.c.rel_path == rel_path, _STANDING_FAILURE, _JOBS.c.id != current)
+            .values(superseded_by=current)
+        )
+        return conn.execute(stmt).rowcount
+
+    def _current_done_job(self, conn: Connection, rel_path: str) -> int | None:
+        """The done job of the content the path holds now (by the watcher's record)."""
+        latest = (sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path)
+                  .scalar_subquery())
+        query = sa.select(_JOBS.c.id).where(
+            _JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == latest,
+            _JOBS.c.state == JobState.DONE.value)
+        return conn.execute(query).scalar_one_or_none()
 
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
         now = self._now()
@@ -611,6 +787,8 @@ class SqlJobQueue(JobQueue):
                             state=row.state, error=message)
                 return JobState(row.state)
             values = self._failure(row.attempts, message, permanent=permanent, now=now)
+            if values["state"] == JobState.FAILED.value:
+                values["superseded_by"] = self._superseding_job(conn, job_id)
             conn.execute(sa.update(_JOBS).where(_JOBS.c.id == job_id).values(**values))
         state = JobState(values["state"])
         log.warning("job attempt failed", job_id=job_id, attempts=row.attempts,
@@ -624,7 +802,15 @@ class SqlJobQueue(JobQueue):
                     **_NO_LEASE}
         delay = self._backoff * 2 ** max(attempts - 1, 0)
         return {"state": JobState.PENDING.value, "error": message, "not_before": now + delay,
-                **_NO_OWNER}
+                **_FRESH_ATTEMPT, **_NO_OWNER}
+
+    def _superseding_job(self, conn: Connection, job_id: int) -> int | None:
+        """A failure of a version the file no longer holds, while the version it holds is
+        done, is history at once (e.g. a partial read that failed after the full file)."""
+        rel_path, sha256 = conn.execute(
+            sa.select(_JOBS.c.rel_path, _JOBS.c.sha256).where(_JOBS.c.id == job_id)).one()
+        current = self._current_done_job(conn, rel_path)
+        return None if sha256 == UNKNOWN_CONTENT or current == job_id else current
 
     def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
         ids = sorted(set(job_ids))
@@ -634,8 +820,7 @@ class SqlJobQueue(JobQueue):
             sa.update(_JOBS)
             .where(*_held_by(owner), _JOBS.c.id.in_(ids))
             .values(state=JobState.PENDING.value, not_before=self._now(), started_at=None,
-                    attempts=sa.case((_JOBS.c.attempts > 0, _JOBS.c.attempts - 1), else_=0),
-                    **_NO_OWNER)
+                    attempts=_GIVE_BACK_ATTEMPT, **_FRESH_ATTEMPT, **_NO_OWNER)
         )
         with self._transaction("release", write=True) as conn:
             released = conn.execute(stmt).rowcount
@@ -645,17 +830,23 @@ class SqlJobQueue(JobQueue):
         now = self._now()
         running = (
             sa.select(_JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.attempts, _JOBS.c.lease_until,
-                      _JOBS.c.owner_host, _JOBS.c.owner_pid, _JOBS.c.owner_token)
+                      _JOBS.c.owner_host, _JOBS.c.owner_pid, _JOBS.c.owner_token,
+                      _JOBS.c.attempt_started)
             .where(_JOBS.c.state == JobState.RUNNING.value)
             .with_for_update(skip_locked=True)
         )
         recovered = 0
+        live_holders: set[int] = set()
         with self._transaction("recover", write=True) as conn:
             for row in conn.execute(running).all():
                 reason = self._orphan_reason(row, owner, now)
                 if reason is None:
+                    if owner is not None and _foreign_live_holder(row, owner, self._host):
+                        live_holders.add(row.owner_pid)
                     continue
-                values = self._recovery(row.attempts, reason, now)
+                values = self._recovery(row, reason, now)
+                if values["state"] == JobState.FAILED.value:
+                    values["superseded_by"] = self._superseding_job(conn, row.id)
                 conn.execute(
                     sa.update(_JOBS)
                     .where(_JOBS.c.id == row.id, _JOBS.c.state == JobState.RUNNING.value)
@@ -663,7 +854,12 @@ class SqlJobQueue(JobQueue):
                 )
                 recovered += 1
                 log.warning("job recovered", job_id=row.id, path=row.rel_path, reason=reason,
-                            attempts=row.attempts, state=values["state"])
+                            started=row.attempt_started is not None,
+                            attempts=values.get("attempts", row.attempts), state=values["state"])
+        if live_holders:
+            log.warning("running jobs held by another live process on this host (a second "
+                        "daemon on this database?); left alone until their lease expires",
+                        pids=sorted(live_holders))
         return recovered
 
     def _orphan_reason(self, row: Any, owner: Owner | None, now: float) -> str | None:
@@ -672,25 +868,31 @@ class SqlJobQueue(JobQueue):
             return "lease expired"
         if row.owner_host != self._host:
             return None  # another host's process: only its lease can tell
-        if owner is not None and row.owner_token != owner.token:
-            return f"held by a previous run of the daemon (pid {row.owner_pid})"
         if row.owner_pid is not None and not _pid_alive(row.owner_pid):
             return f"owner process {row.owner_pid} is gone"
+        if owner is not None and row.owner_token != owner.token and row.owner_pid == owner.pid:
+            # Our own PID with another token: a previous run whose PID we were given again.
+            return f"held by a previous run of the daemon (pid {row.owner_pid})"
         return None
 
-    def _recovery(self, attempts: int, reason: str, now: float) -> dict[str, Any]:
-        if attempts >= self._max_attempts:
+    def _recovery(self, row: Any, reason: str, now: float) -> dict[str, Any]:
+        if row.attempt_started is None:
+            # Claimed but never started: the kill or hang was not this file's doing.
+            return {"state": JobState.PENDING.value, "not_before": now,
+                    "attempts": max(int(row.attempts) - 1, 0), **_FRESH_ATTEMPT, **_NO_OWNER}
+        if row.attempts >= self._max_attempts:
             return {"state": JobState.FAILED.value, "finished_at": now,
-                    "error": f"crashed/timed out {attempts} times (last: {reason})", **_NO_LEASE}
+                    "error": f"crashed/timed out {row.attempts} times (last: {reason})",
+                    **_NO_LEASE}
         return {"state": JobState.PENDING.value, "not_before": now, "error": reason,
-                **_NO_OWNER}
+                **_FRESH_ATTEMPT, **_NO_OWNER}
 
     # ---- operator actions and reports
 
     def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
         if job_ids is None and not failed:
             raise ValueError("retry: give job ids, or failed=True for every failed job")
-        where = [_JOBS.c.state == JobState.FAILED.value]
+        where = [_STANDING_FAILURE]
         if job_ids is not None:
             ids = sorted(set(job_ids))
             if not ids:
@@ -700,7 +902,8 @@ class SqlJobQueue(JobQueue):
         stmt = (
             sa.update(_JOBS).where(*where)
             .values(state=JobState.PENDING.value, attempts=0, error=None, not_before=now,
-                    enqueued_at=now, started_at=None, finished_at=None, **_NO_OWNER)
+                    enqueued_at=now, started_at=None, finished_at=None, **_FRESH_ATTEMPT,
+                    **_NO_OWNER)
         )
         with self._transaction("retry", write=True) as conn:
             count = conn.execute(stmt).rowcount
@@ -716,7 +919,9 @@ class SqlJobQueue(JobQueue):
     def jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
         query = sa.select(*_JOB_COLUMNS).order_by(_JOBS.c.id.desc()).limit(max(limit, 0))
         if state is not None:
-            query = query.where(_JOBS.c.state == JobState(state).value)
+            wanted = JobState(state)
+            query = query.where(_STANDING_FAILURE if wanted is JobState.FAILED
+                                else _JOBS.c.state == wanted.value)
         with self._transaction("jobs", write=False) as conn:
             return [_job(row) for row in conn.execute(query)]
 
@@ -744,7 +949,9 @@ class SqlJobQueue(JobQueue):
 
     def _counts(self, conn: Connection) -> dict[str, int]:
         counts = {state.value: 0 for state in JobState}
-        query = sa.select(_JOBS.c.state, sa.func.count()).group_by(_JOBS.c.state)
+        # Superseded failures are history: counted nowhere, so monitors see standing ones.
+        query = (sa.select(_JOBS.c.state, sa.func.count())
+                 .where(_JOBS.c.superseded_by.is_(None)).group_by(_JOBS.c.state))
         for state, count in conn.execute(query):
             counts[state] = int(count)
         return counts
@@ -770,7 +977,7 @@ class SqlJobQueue(JobQueue):
     def _recent_failures(self, conn: Connection) -> list[dict[str, Any]]:
         query = (
             sa.select(_JOBS.c.rel_path, _JOBS.c.error, _JOBS.c.finished_at)
-            .where(_JOBS.c.state == JobState.FAILED.value)
+            .where(_STANDING_FAILURE)
             .order_by(_JOBS.c.finished_at.desc(), _JOBS.c.id.desc())
             .limit(RECENT_FAILURES)
         )
@@ -785,11 +992,21 @@ def _held_by(owner: Owner) -> tuple[sa.ColumnElement[bool], ...]:
     return (_JOBS.c.state == JobState.RUNNING.value, _JOBS.c.owner_token == owner.token)
 
 
+# The claim's provisional attempt, given back (never below zero).
+_GIVE_BACK_ATTEMPT = sa.case((_JOBS.c.attempts > 0, _JOBS.c.attempts - 1), else_=0)
+
+
+def _foreign_live_holder(row: Any, owner: Owner, host: str) -> bool:
+    """A running job held on this host by a live process that is not `owner`."""
+    return row.owner_host == host and row.owner_token != owner.token and row.owner_pid != owner.pid
+
+
 def _job(row: Any) -> Job:
     return Job(
         id=int(row.id), rel_path=row.rel_path, sha256=row.sha256, size=int(row.size),
         mtime=float(row.mtime), state=JobState(row.state), attempts=int(row.attempts),
         arrived_at=float(row.arrived_at), error=row.error, output_path=row.output_path,
+        attempt_started=row.attempt_started, superseded_by=row.superseded_by,
     )
 
 
@@ -827,6 +1044,44 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     if str(mode).lower() != "wal":
         log.warning("SQLite refused WAL journal mode; readers will block writers",
                     journal_mode=mode)
+
+
+def _sqlite_on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    # No journal_mode or synchronous: both would write. query_only backs up mode=ro.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA query_only = ON")
+    finally:
+        cursor.close()
+
+
+def _postgresql_on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    finally:
+        cursor.close()
+    dbapi_conn.commit()
+
+
+def _sqlite_read_only_url(url: URL) -> URL:
+    """The same SQLite file as a read-only URI (``file:...?mode=ro``): never created,
+    never written, no write access needed."""
+    path = os.path.abspath(url.database or "")
+    return url.set(database=f"file:{urllib.parse.quote(path)}",
+                   query={**url.query, "mode": "ro", "uri": "true"})
+
+
+def _not_a_queue(url: URL) -> str:
+    path = sqlite_path(url.render_as_string(hide_password=False))
+    try:
+        empty = path is not None and path.stat().st_size == 0
+    except OSError:
+        empty = False
+    what = "an empty file (0 bytes)" if empty else "no schema_version table"
+    return f"not a semwatch queue database ({what}); check queue.database_url"
 
 
 def _sqlite_on_begin(conn: Connection) -> None:

@@ -84,8 +84,10 @@ def owner() -> Owner:
 
 
 def _one_job(queue: SqlJobQueue, owner: Owner, path: str = "a.tif") -> Job:
+    """One job claimed and started, as the daemon does before decoding it."""
     assert queue.enqueue(path, SHA_A, 10, 1.0) is not None
     (job,) = queue.claim(owner, 1)
+    queue.start(owner, [job.id])
     return job
 
 
@@ -123,7 +125,8 @@ def test_newer_schema_is_refused(db_url: str, tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "queue.db") as raw:
         raw.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     raw.close()
-    with pytest.raises(QueueError, match=r"queue\.db.*schema version 2 is newer") as info:
+    newer = SCHEMA_VERSION + 1
+    with pytest.raises(QueueError, match=rf"queue\.db.*schema version {newer} is newer") as info:
         SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
     assert "\n" not in str(info.value)
 
@@ -138,20 +141,66 @@ def test_migration_steps_run_in_order(tmp_path: Path) -> None:
             conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN extra{version} TEXT")
         return upgrade
 
+    now = SCHEMA_VERSION
     try:
         with engine.begin() as conn:
             assert migrate(conn) == 0  # created at the current version
         with engine.begin() as conn:
-            assert migrate(conn, target=3, steps={1: step(1), 2: step(2)}) == 1
+            assert migrate(conn, target=now + 2, steps={now: step(now), now + 1: step(now + 1)}) == now
         with engine.begin() as conn:
-            assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == 3
+            assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == now + 2
             columns = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
-        assert ran == [1, 2] and {"extra1", "extra2"} <= columns
-        with pytest.raises(QueueError, match="no migration from schema version 3 to 4"):
+        assert ran == [now, now + 1] and {f"extra{now}", f"extra{now + 1}"} <= columns
+        with pytest.raises(QueueError, match=f"no migration from schema version {now + 2} to"):
             with engine.begin() as conn:
-                migrate(conn, target=4, steps={})
+                migrate(conn, target=now + 3, steps={})
     finally:
         engine.dispose()
+
+
+# The schema semwatch 0.1 created (schema version 1), as SQLite stored it.
+SCHEMA_1_SQLITE = """
+CREATE TABLE jobs (id INTEGER NOT NULL, rel_path TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL,
+    size BIGINT NOT NULL, mtime DOUBLE NOT NULL, state VARCHAR(16) NOT NULL,
+    attempts INTEGER NOT NULL, arrived_at DOUBLE NOT NULL, enqueued_at DOUBLE NOT NULL,
+    started_at DOUBLE, finished_at DOUBLE, not_before DOUBLE NOT NULL, lease_until DOUBLE,
+    owner_host VARCHAR(255), owner_pid INTEGER, owner_token VARCHAR(32), error TEXT,
+    output_path TEXT, PRIMARY KEY (id), CONSTRAINT uq_jobs_version UNIQUE (rel_path, sha256),
+    CONSTRAINT ck_jobs_state CHECK (state IN ('pending', 'running', 'done', 'failed')));
+CREATE INDEX ix_jobs_claim ON jobs (state, arrived_at);
+CREATE INDEX ix_jobs_finished ON jobs (state, finished_at);
+CREATE TABLE files (rel_path TEXT NOT NULL, size BIGINT NOT NULL, mtime DOUBLE NOT NULL,
+    sha256 VARCHAR(64) NOT NULL, seen_at DOUBLE NOT NULL, PRIMARY KEY (rel_path));
+CREATE TABLE schema_version (version INTEGER NOT NULL, PRIMARY KEY (version));
+INSERT INTO schema_version VALUES (1);
+INSERT INTO files VALUES ('a.tif', 10, 1.0, '""" + SHA_A + """', 0.0);
+INSERT INTO jobs (id, rel_path, sha256, size, mtime, state, attempts, arrived_at, enqueued_at,
+    started_at, not_before, lease_until, owner_host, owner_pid, owner_token)
+    VALUES (1, 'a.tif', '""" + SHA_A + """', 10, 1.0, 'running', 1, 0.0, 0.0, 5.0, 0.0, 1e12,
+            'gone-host', 1, 'old');
+"""
+
+
+def _schema_1_database(path: Path) -> str:
+    raw = sqlite3.connect(path)
+    raw.executescript(SCHEMA_1_SQLITE)
+    raw.close()
+    return f"sqlite:///{path}"
+
+
+def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path, clock: FakeClock) -> None:
+    url = _schema_1_database(tmp_path / "old.db")
+    queue = SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
+    try:
+        job = queue.get(1)
+        # Schema 1 counted the attempt at the claim: the running job's attempt stays counted.
+        assert (job.state, job.attempts, job.attempt_started) == (JobState.RUNNING, 1, 5.0)
+        assert job.superseded_by is None
+    finally:
+        queue.close()
+    with sqlite3.connect(tmp_path / "old.db") as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
 
 
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -236,19 +285,34 @@ def test_again_requeues_a_finished_version(queue: SqlJobQueue, owner: Owner) -> 
     assert queue.enqueue("a.tif", SHA_A, 10, 1.0, again=True) is None
 
 
-def test_content_changed_back_is_still_deduplicated(queue: SqlJobQueue, owner: Owner) -> None:
+def test_content_changed_back_is_queued_again(queue: SqlJobQueue, owner: Owner) -> None:
     job = _one_job(queue, owner)
     queue.complete(owner, job.id, "out/a.tif")
-    queue.enqueue("a.tif", SHA_B, 11, 2.0)
-    # DESIGN.md: a (path, content) version is processed once; the path now records A again.
-    assert queue.enqueue("a.tif", SHA_A, 10, 3.0) is None
-    assert queue.get(job.id).state is JobState.DONE
+    version_b = queue.enqueue("a.tif", SHA_B, 11, 2.0)
+    (claimed,) = queue.claim(owner, 1)
+    queue.complete(owner, claimed.id, "out/a.tif")  # B's output replaced A's
+    # DESIGN.md: the output reflects the current content, so A's job runs again.
+    assert queue.enqueue("a.tif", SHA_A, 10, 3.0) == job.id
+    again = queue.get(job.id)
+    assert (again.state, again.attempts, again.output_path) == (JobState.PENDING, 0, None)
     assert queue.latest_sha256("a.tif") == SHA_A and queue.known_files()["a.tif"] == (10, 3.0)
+    # Same content once more (a copy over itself): nothing to do.
+    assert queue.enqueue("a.tif", SHA_A, 10, 4.0) is None
+    # Back to B in a bulk enqueue, as the watcher does: B's done job is queued again.
+    assert queue.enqueue_many([("a.tif", SHA_B, 11, 5.0, T0)]) == 1
+    assert queue.get(version_b).state is JobState.PENDING
     # again=True re-does a failed version too.
-    (version_b,) = queue.claim(owner, 1)
-    queue.fail(owner, version_b.id, "bad", permanent=True)
-    assert queue.enqueue("a.tif", SHA_B, 11, 4.0, again=True) == version_b.id
-    assert queue.get(version_b.id).state is JobState.PENDING
+    (b_again,) = [j for j in queue.claim(owner, 2) if j.id == version_b]
+    queue.fail(owner, b_again.id, "bad", permanent=True)
+    assert queue.enqueue("a.tif", SHA_B, 11, 5.0, again=True) == version_b
+    assert queue.get(version_b).state is JobState.PENDING
+
+
+def test_content_changed_back_while_still_queued_is_one_job(queue: SqlJobQueue) -> None:
+    first = queue.enqueue("a.tif", SHA_A, 10, 1.0)
+    queue.enqueue("a.tif", SHA_B, 11, 2.0)
+    assert queue.enqueue("a.tif", SHA_A, 10, 3.0) is None  # A's job has not run yet
+    assert queue.get(first).state is JobState.PENDING and len(queue.jobs()) == 2
 
 
 def test_enqueue_many_records_and_dedups_in_one_call(queue: SqlJobQueue,
@@ -457,12 +521,68 @@ def test_a_file_that_keeps_crashing_ends_failed(queue: SqlJobQueue, owner: Owner
         clock.advance(LEASE + 1)
         assert queue.recover() == 1
         queue.claim(owner, 1)
+        queue.start(owner, [job.id])
     clock.advance(LEASE + 1)
     assert queue.recover() == 1
     failed = queue.get(job.id)
     assert failed.state is JobState.FAILED and failed.attempts == 3
     assert failed.error.startswith("crashed/timed out 3 times")
     assert queue.claim(owner, 1) == []
+
+
+def test_a_claim_that_never_started_costs_no_attempt(queue: SqlJobQueue,
+                                                     clock: FakeClock) -> None:
+    """kill -9 between claim and decode (or a hang before it): nobody's fault."""
+    job_id = queue.enqueue("a.tif", SHA_A, 10, 1.0)
+    for _ in range(5):  # more kills than max_attempts
+        gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token=os.urandom(16).hex())
+        (claimed,) = queue.claim(gone, 1)
+        assert claimed.attempts == 1 and claimed.attempt_started is None
+        assert queue.recover() == 1
+        back = queue.get(job_id)
+        assert (back.state, back.attempts) == (JobState.PENDING, 0), back
+    # An expired lease of an unstarted claim is given back the same way.
+    stalled = Owner(host="other-host", pid=1, token="6" * 32)
+    queue.claim(stalled, 1)
+    clock.advance(LEASE + 1)
+    assert queue.recover() == 1 and queue.get(job_id).attempts == 0
+
+
+def test_a_started_job_whose_owner_dies_each_time_ends_failed(queue: SqlJobQueue) -> None:
+    """A file that crashes the daemon while it is decoded or computed."""
+    job_id = queue.enqueue("crash.tif", SHA_A, 10, 1.0)
+    for attempt in (1, 2, 3):
+        gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token=os.urandom(16).hex())
+        (claimed,) = queue.claim(gone, 1)
+        queue.start(gone, [claimed.id])
+        assert queue.get(job_id).attempt_started is not None
+        assert queue.recover() == 1
+        assert queue.get(job_id).attempts == attempt
+    failed = queue.get(job_id)
+    assert failed.state is JobState.FAILED and failed.error.startswith("crashed/timed out 3 times")
+
+
+def test_release_gives_a_started_attempt_back_too(queue: SqlJobQueue, owner: Owner) -> None:
+    job = _one_job(queue, owner)  # started: e.g. decoded when the output share went away
+    queue.release(owner, [job.id])
+    back = queue.get(job.id)
+    assert (back.state, back.attempts, back.attempt_started) == (JobState.PENDING, 0, None)
+
+
+def test_a_live_owner_on_this_host_keeps_its_leases(queue: SqlJobQueue, clock: FakeClock) -> None:
+    """A second daemon whose lock file was deleted must not take the first one's jobs."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        first = Owner(host=socket.gethostname(), pid=other.pid, token="7" * 32)
+        job = _one_job(queue, first)
+        second = Owner(host=socket.gethostname(), pid=os.getpid(), token="8" * 32)
+        assert queue.recover(second) == 0
+        assert queue.get(job.id).state is JobState.RUNNING
+        clock.advance(LEASE + 1)  # only the lease can take them
+        assert queue.recover(second) == 1
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
@@ -479,6 +599,112 @@ def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
                and queue.get(i).error is None for i in ids)
     with pytest.raises(ValueError, match="failed=True"):
         queue.retry()
+
+
+# ------------------------------------------------------------------ superseded failures
+
+
+def test_a_completed_newer_version_supersedes_earlier_failures(queue: SqlJobQueue,
+                                                              owner: Owner) -> None:
+    """A slow writer's partial file fails; the complete file's success makes that history."""
+    partial = _one_job(queue, owner, "slow.tif")
+    queue.fail(owner, partial.id, "truncated TIFF", permanent=True)
+    assert queue.stats().counts["failed"] == 1
+    assert queue.enqueue("slow.tif", SHA_B, 20, 2.0) is not None
+    (full,) = queue.claim(owner, 1)
+    queue.complete(owner, full.id, "out/slow.tif")
+
+    assert queue.get(partial.id).superseded_by == full.id
+    assert queue.get(partial.id).state is JobState.FAILED  # kept as history
+    stats = queue.stats()
+    assert stats.counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    assert stats.recent_failures == [] and queue.jobs(JobState.FAILED) == []
+    assert queue.retry(failed=True) == 0 and queue.retry([partial.id]) == 0
+
+
+def test_a_late_failure_of_an_old_version_is_history_at_once(queue: SqlJobQueue,
+                                                             owner: Owner) -> None:
+    old = _one_job(queue, owner, "a.tif")  # version A, still running
+    queue.enqueue("a.tif", SHA_B, 20, 2.0)
+    (new,) = queue.claim(owner, 1)
+    queue.complete(owner, new.id, "out/a.tif")
+    assert queue.fail(owner, old.id, "cannot read", permanent=True) is JobState.FAILED
+    assert queue.get(old.id).superseded_by == new.id
+    assert queue.stats().counts["failed"] == 0
+
+
+def test_a_failure_of_the_current_content_stands(queue: SqlJobQueue, owner: Owner) -> None:
+    done = _one_job(queue, owner, "a.tif")
+    queue.complete(owner, done.id, "out/a.tif")
+    queue.enqueue("a.tif", SHA_B, 20, 2.0)
+    (bad,) = queue.claim(owner, 1)
+    queue.fail(owner, bad.id, "undecodable", permanent=True)
+    # The older version's success says nothing about the content the file holds now.
+    assert queue.get(bad.id).superseded_by is None
+    assert [f["path"] for f in queue.stats().recent_failures] == ["a.tif"]
+
+
+def test_record_failure_shows_a_file_that_cannot_be_queued(queue: SqlJobQueue,
+                                                           owner: Owner) -> None:
+    assert queue.record_failure("locked.tif", 10, 1.0, "cannot read: Permission denied")
+    assert not queue.record_failure("locked.tif", 10, 1.0, "cannot read: Permission denied")
+    assert queue.record_failure("locked.tif", 12, 2.0, "cannot read: I/O error")
+    (job,) = queue.jobs(JobState.FAILED)
+    assert (job.rel_path, job.sha256, job.error) == ("locked.tif", "", "cannot read: I/O error")
+    assert queue.stats().recent_failures[0]["path"] == "locked.tif"
+    assert queue.known_files() == {}  # not a version: the next scan looks at the file again
+    # Readable again: its real content is queued and done, and the record becomes history.
+    queue.enqueue("locked.tif", SHA_A, 12, 2.0)
+    (real,) = queue.claim(owner, 1)
+    queue.complete(owner, real.id, "out/locked.tif")
+    assert queue.stats().counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}
+    # Unreadable again later: a new incident shows again.
+    assert queue.record_failure("locked.tif", 12, 3.0, "cannot read: I/O error")
+    assert queue.stats().counts["failed"] == 1
+
+
+# ------------------------------------------------------------------ read-only (status)
+
+
+def _read_only(url: str) -> SqlJobQueue:
+    return SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, read_only=True)
+
+
+def test_read_only_queue_answers_while_a_writer_holds_the_lock(queue: SqlJobQueue, db_url: str,
+                                                              tmp_path: Path) -> None:
+    queue.enqueue("a.tif", SHA_A, 10, 1.0)
+    writer = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the daemon in the middle of a write
+        writer.execute("UPDATE files SET seen_at = 1")
+        reader = _read_only(db_url)
+        try:
+            assert reader.stats().counts["pending"] == 1
+            with pytest.raises(QueueError, match="readonly|read-only|read only"):
+                reader.enqueue("b.tif", SHA_B, 1, 1.0)
+        finally:
+            reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_read_only_open_never_creates_or_migrates(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(QueueError, match=r"not a semwatch queue database \(an empty file") as info:
+        _read_only(f"sqlite:///{empty}")
+    assert "\n" not in str(info.value)
+    assert empty.stat().st_size == 0
+    with pytest.raises(QueueError, match="unable to open"):
+        _read_only(f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
+    old = _schema_1_database(tmp_path / "old.db")
+    with pytest.raises(QueueError, match="schema version 1 is older"):
+        _read_only(old)
+    with sqlite3.connect(tmp_path / "old.db") as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    raw.close()
 
 
 # ------------------------------------------------------------------ stats
