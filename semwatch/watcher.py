@@ -7,6 +7,11 @@ microscope PC's clock may be skewed, so mtime is only ever compared for equality
 ready files are hashed; a hash equal to the path's latest known content is a touch, not a
 job. The watched folder is only ever read.
 
+One file never holds up the others: whatever goes wrong on one file's way to the queue
+(a name that is not UTF-8, a file that cannot be read, any unexpected error) is logged and
+recorded as that file's failure, which `semwatch status` shows; only a database error
+stops the pass (it is retried with back-off).
+
 Observers and handlers are split as watchdog intends: `_CandidateMarker` only marks paths;
 whether inotify or polling (SMB/NFS deliver no inotify events) feeds it is decided in one
 line of `Watcher._start_observer`.
@@ -43,7 +48,7 @@ from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
 from semwatch.log import get_logger
-from semwatch.queue import JobQueue
+from semwatch.queue import JobQueue, QueueError
 
 HASH_CHUNK = 1 << 20
 # Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
@@ -90,6 +95,20 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> s
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
+
+
+def printable_name(rel: str) -> str:
+    """A path as it can be stored and shown: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a path cannot be queued under its own name (None: it can)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (shown with \\x escapes); rename the file"
+    return None
 
 
 def _compile_globs(patterns: Iterable[str]) -> re.Pattern[str]:
@@ -249,7 +268,7 @@ class Watcher:
         for rel, size, mtime, arrived_at in due:
             if self._stopping.is_set():
                 break
-            record = self._settle_one(rel, (size, mtime), arrived_at)
+            record = self._settle_safely(rel, (size, mtime), arrived_at)
             if record is not None:
                 batch.append(record)
             if len(batch) >= ENQUEUE_SLICE:
@@ -324,6 +343,17 @@ class Watcher:
 
     # ------------------------------------------------------------- settle + hash
 
+    def _settle_safely(self, rel: str, key: tuple[int, float],
+                       arrived_at: float) -> EnqueueRecord | None:
+        """`_settle_one`, with any error but the database's made this one file's problem."""
+        try:
+            return self._settle_one(rel, key, arrived_at)
+        except QueueError:
+            raise  # the database, not the file: the whole pass backs off and retries
+        except Exception as exc:  # noqa: BLE001 - one file must not stop the intake
+            self._file_failed(rel, key, exc)
+            return None
+
     def _settle_one(self, rel: str, key: tuple[int, float],
                     arrived_at: float) -> EnqueueRecord | None:
         path = self._abspath(rel)
@@ -333,14 +363,19 @@ class Watcher:
         if current != key:
             self._restart_or_drop(rel, current)
             return None
+        problem = _name_problem(rel)
+        if problem is not None:
+            self._record_failure(rel, key, problem)
+            self._forget(rel, key)  # a rename is a new path; this one cannot change
+            return None
         try:
             sha256 = sha256_file(path)
         except FileNotFoundError:
             self._restart_or_drop(rel, None)
             return None
         except OSError as exc:
-            self._log.warning("cannot read file, skipped until the next scan", path=path,
-                              reason=exc.strerror or str(exc))
+            # Looked at again at every scan (permissions may be fixed without a new mtime).
+            self._record_failure(rel, key, f"cannot read: {exc.strerror or exc}")
             self._restart_or_drop(rel, None)
             return None
         after = self._stat_key(path)
@@ -354,10 +389,24 @@ class Watcher:
             return None
         return (rel, sha256, key[0], key[1], arrived_at)
 
+    def _record_failure(self, rel: str, key: tuple[int, float], reason: str) -> None:
+        """Shown by `semwatch status` as a failed job; logged when new, not at every scan."""
+        name = printable_name(rel)
+        if self._queue.record_failure(name, key[0], key[1], reason):
+            self._log.warning("file not queued", path=name, reason=reason)
+        else:
+            self._log.debug("file still not queued", path=name, reason=reason)
+
+    def _file_failed(self, rel: str, key: tuple[int, float], exc: Exception) -> None:
+        self._log.error("unexpected error with one file; the others go on",
+                        path=printable_name(rel), exc_info=exc)
+        self._record_failure(rel, key, f"cannot queue: {type(exc).__name__}: {exc}")
+        self._forget(rel, key)  # not again until the file changes
+
     def _enqueue(self, batch: list[EnqueueRecord]) -> int:
         if not batch:
             return 0
-        n = self._queue.enqueue_many(batch)
+        n = self._enqueue_isolated(batch)
         for rel, _sha, size, mtime, _arrived in batch:
             self._forget(rel, (size, mtime))
         self._log.info("enqueued", jobs=n, settled=len(batch))
@@ -367,6 +416,20 @@ class Watcher:
             except Exception:
                 self._log.exception("on_enqueued callback failed", jobs=n)
         return n
+
+    def _enqueue_isolated(self, batch: list[EnqueueRecord]) -> int:
+        """enqueue_many; when a record (not the database) breaks it, each record alone, so
+        one bad record does not keep the others out."""
+        try:
+            return self._queue.enqueue_many(batch)
+        except QueueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            if len(batch) == 1:
+                rel, _sha, size, mtime, _arrived = batch[0]
+                self._file_failed(rel, (size, mtime), exc)
+                return 0
+        return sum(self._enqueue_isolated([record]) for record in batch)
 
     # ------------------------------------------------------------- candidates
 

@@ -315,16 +315,90 @@ def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(
     assert w.candidate_count == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_a_warning_naming_it_not_a_job(root: Path, queue: SqlJobQueue) -> None:
+def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 0; root reads files whatever their mode, so there the read fails as it would."""
+    path.chmod(0)
+    if os.geteuid() != 0:
+        return
+    real = watcher_mod.sha256_file
+
+    def denied(target: str | os.PathLike[str], chunk_size: int = watcher_mod.HASH_CHUNK) -> str:
+        if Path(target) == path:
+            raise PermissionError(13, "Permission denied", os.fspath(target))
+        return real(target, chunk_size)
+
+    monkeypatch.setattr(watcher_mod, "sha256_file", denied)
+
+
+def test_an_unreadable_file_shows_as_failed_with_its_reason(
+        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, clock=clock)
+    write(root / "fine.tif", b"fine")
     locked = write(root / "locked.tif")
-    locked.chmod(0)
+    _make_unreadable(locked, monkeypatch)
     with capture_logs() as logs:
-        assert settled_jobs(w, clock) == 0
-    assert [e["path"] for e in logs if e["log_level"] == "warning"] == [str(w.root / "locked.tif")]
+        assert settled_jobs(w, clock) == 1
+        assert settled_jobs(w, clock) == 0  # the next scan looks again, quietly
+    assert [e["path"] for e in logs if e["log_level"] == "warning"] == ["locked.tif"]
     assert w.candidate_count == 0
+    failures = queue.stats().recent_failures
+    assert [(f["path"], f["error"]) for f in failures] == [
+        ("locked.tif", "cannot read: Permission denied")]
+    assert job_paths(queue) == ["fine.tif", "locked.tif"]
+
+
+def test_a_file_name_that_is_not_utf8_fails_alone(root: Path, queue: SqlJobQueue) -> None:
+    """`bad\\xff.tif` once stopped the whole pass, so nothing else was ever queued."""
+    clock = FakeClock()
+    w = Watcher(make_cfg(root), queue, clock=clock)
+    for name in (b"a.tif", b"bad\xff.tif", b"z.tif"):
+        with open(os.path.join(os.fsencode(root), name), "wb") as f:
+            f.write(name)
+    before = tree_state(root)
+    with capture_logs() as logs:
+        assert settled_jobs(w, clock) == 2
+        assert settled_jobs(w, clock) == 0
+    assert sorted(j.rel_path for j in jobs(queue) if j.sha256) == ["a.tif", "z.tif"]
+    (failure,) = queue.stats().recent_failures
+    assert failure["path"] == "bad\\xff.tif" and "not valid UTF-8" in failure["error"]
+    assert len([e for e in logs if e["log_level"] == "warning"]) == 1
+    assert tree_state(root) == before
+
+
+def test_any_error_on_one_files_way_stays_that_files_problem(root: Path, tmp_path: Path) -> None:
+    class BrittleQueue(SqlJobQueue):
+        # Fault injection: errors that are not the database's, tied to two files.
+        def latest_sha256(self, rel_path: str) -> str | None:
+            if rel_path == "odd.tif":
+                raise RuntimeError("unexpected")
+            return super().latest_sha256(rel_path)
+
+        def enqueue_many(self, records: Iterable[tuple]) -> int:
+            records = list(records)
+            if any(r[0] == "poison.tif" for r in records):
+                raise TypeError("a record the insert cannot take")
+            return super().enqueue_many(records)
+
+    queue = BrittleQueue(f"sqlite:///{tmp_path / 'brittle.db'}", lease_seconds=60.0,
+                         max_attempts=3, retry_backoff=1.0)
+    try:
+        clock = FakeClock()
+        w = Watcher(make_cfg(root), queue, clock=clock)
+        for name in ("a.tif", "odd.tif", "poison.tif", "z.tif"):
+            write(root / name, name.encode())
+        with capture_logs() as logs:
+            assert settled_jobs(w, clock) == 2
+        assert sorted(j.rel_path for j in jobs(queue) if j.sha256) == ["a.tif", "z.tif"]
+        failures = {f["path"]: f["error"] for f in queue.stats().recent_failures}
+        assert failures == {"odd.tif": "cannot queue: RuntimeError: unexpected",
+                            "poison.tif": "cannot queue: TypeError: a record the insert cannot take"}
+        errors = [e for e in logs if e["log_level"] == "error"]
+        assert {e["path"] for e in errors} == {"odd.tif", "poison.tif"}
+        assert all(e["exc_info"] for e in errors)
+        assert settled_jobs(w, clock) == 0 and w.candidate_count == 0  # not retried unchanged
+    finally:
+        queue.close()
 
 
 def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Path,
