@@ -4,8 +4,12 @@ numpy, tifffile and Pillow only: this module is shared by the daemon (decode/enc
 and the trainer, and must not pull in torch.
 
 Reading: the file is read into memory once, hashed, and decoded from that buffer, so the
-SHA-256 recorded in the output is that of the bytes that were actually decoded. Formats are
-recognized by their signature, not by their name. Every image becomes display gray levels
+SHA-256 recorded in the output is that of the bytes that were actually decoded. Only a
+regular file is read (opened without blocking, so a FIFO cannot hang the reader; a device
+is never read), its signature is checked before the rest is read, and the read is bounded
+by what `max_pixels` can need. Given `inside`, the file must also lie inside that folder,
+reached without following a symlink out of it. Formats are recognized by their signature,
+not by their name. Every image becomes display gray levels
 (uint8): 8-bit gray as is; palette images through their colormap; RGB that is really gray as
 that gray; colored RGB as its Rec.601 luma (the weights of Pillow's "L" mode, on the encoded
 values), with a warning; 16-bit and float through a robust percentile window recorded in
@@ -26,6 +30,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -183,7 +188,8 @@ def read_header(path: Path) -> tuple[int, int]:
     """(height, width) of the first image, from the header only (nothing is decoded)."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
+        with open(path, "rb", opener=lambda name, _flags: _open_regular(Path(name), None)) as fh:
+            _regular_size(path, os.fstat(fh.fileno()))
             kind = _sniff(path, fh.read(16))
             fh.seek(0)
             if kind == "tiff":
@@ -195,18 +201,19 @@ def read_header(path: Path) -> tuple[int, int]:
         raise _io_error(path, exc) from exc
 
 
-def read_image(path: Path, *, max_pixels: int = 200_000_000, page: int = 0) -> DecodedImage:
+def read_image(path: Path, *, max_pixels: int = 200_000_000, page: int = 0,
+               inside: Path | None = None) -> DecodedImage:
     """Decode an SEM image to display gray levels, with its metadata and data bar.
 
     Raises ImageError (permanent or transient, see its docstring); a header claiming more
-    than `max_pixels` pixels is refused before anything is decoded.
+    than `max_pixels` pixels is refused before anything is decoded. `inside`: the folder
+    the file must be in (the daemon's watch folder), symlinks never leading out of it.
     """
     path = Path(path)
     if page < 0:
         raise ValueError(f"page must be >= 0, got {page}")
-    data = _read_bytes(path, max_pixels)
+    data, kind = _read_source(path, max_pixels, inside)
     digest = hashlib.sha256(data).hexdigest()
-    kind = _sniff(path, data[:16])
     warnings = _name_warnings(path, kind)
     try:
         if kind == "tiff":
@@ -243,20 +250,87 @@ def read_image(path: Path, *, max_pixels: int = 200_000_000, page: int = 0) -> D
     )
 
 
-def _read_bytes(path: Path, max_pixels: int) -> bytes:
+def _read_source(path: Path, max_pixels: int, inside: Path | None) -> tuple[bytes, str]:
+    """The file's bytes and format: a regular file's, signature first, bounded."""
     # Even 16 bytes per pixel (RGBA float32) plus generous metadata cannot need more; a larger
     # file is refused before it is pulled into memory.
     max_bytes = max_pixels * 16 + (64 << 20)
     try:
-        with path.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        with open(path, "rb", buffering=0,
+                  opener=lambda name, _flags: _open_regular(Path(name), inside)) as fh:
+            fd = fh.fileno()
+            size = _regular_size(path, os.fstat(fd))
             if size > max_bytes:
                 raise ImageError(
                     path, f"file is {size} bytes, too large for max_pixels={max_pixels}", True
                 )
-            return fh.read()
+            # A gigabyte of garbage is refused on its first bytes, not after reading it all.
+            kind = _sniff(path, os.pread(fd, 16, 0))
+            data = _read_at_most(fh, size, max_bytes)
     except OSError as exc:
         raise _io_error(path, exc) from exc
+    if len(data) > max_bytes:
+        raise ImageError(path, f"file grew beyond {max_bytes} bytes while it was read "
+                         f"(max_pixels={max_pixels})", permanent=False)
+    return data, kind
+
+
+def _open_regular(path: Path, inside: Path | None) -> int:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+    # (it changes nothing for regular files). The caller checks the type with fstat.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if inside is None:
+        return os.open(path, flags)  # a path named by the user: its symlinks are followed
+    return _open_beneath(path, Path(inside), flags)
+
+
+def _open_beneath(path: Path, root: Path, flags: int) -> int:
+    """Open `path` only as a file inside `root`: its symlinks are resolved first and must
+    stay inside; the resolved path is then walked from the root with O_NOFOLLOW, so a
+    symlink swapped in meanwhile makes the open fail instead of leading out."""
+    real_root = os.path.realpath(root)
+    rel = os.path.relpath(os.path.realpath(path), real_root)
+    if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ImageError(path, f"leads outside the watched folder {root} (symbolic link to "
+                         f"{os.path.realpath(path)})", permanent=True)
+    *folders, name = rel.split(os.sep)
+    dir_fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for folder in folders:
+            parent_fd = dir_fd
+            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=parent_fd)
+            os.close(parent_fd)
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _regular_size(path: Path, st: os.stat_result) -> int:
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(path, "is a directory, not an image file", permanent=True)
+    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if
+            stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+            if stat.S_ISSOCK(st.st_mode) else "a special file")
+    raise ImageError(path, f"not a regular file ({kind}); not read", permanent=True)
+
+
+def _read_at_most(fh: Any, expected: int, limit: int) -> bytes:
+    """Up to limit + 1 bytes (one more tells the caller it was exceeded)."""
+    data = fh.read(min(expected, limit) + 1)  # the whole file in one read, as a rule
+    if len(data) <= expected or len(data) > limit:
+        return data
+    chunks = [data]
+    total = len(data)
+    while total <= limit:  # it grew since fstat: read on, but never past the bound
+        chunk = fh.read(min(1 << 20, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _io_error(path: Path, exc: OSError) -> ImageError:
@@ -264,6 +338,10 @@ def _io_error(path: Path, exc: OSError) -> ImageError:
         return ImageError(path, "is a directory, not an image file", permanent=True)
     if isinstance(exc, FileNotFoundError):
         return ImageError(path, "file not found (it may have been moved or deleted)", False)
+    if exc.errno == errno.ELOOP:
+        # O_NOFOLLOW met a symlink that appeared after the path was resolved.
+        return ImageError(path, "a symbolic link was swapped in while opening; not followed",
+                          permanent=True)
     reason = exc.strerror or _describe(exc)
     return ImageError(path, f"cannot read: {reason}", permanent=False)
 
@@ -364,8 +442,10 @@ def _check_tiff_layout(path: Path, page: Any, series_shape: tuple[int, ...]) -> 
     shape = tuple(page.shape)
     if page.imagedepth > 1 or "Z" in axes:
         raise ImageError(path, f"unsupported layout: volumetric page, shape {shape}", True)
-    if axes == "YX":
-        return  # a 2-D gray/palette page, alone or in a stack of any depth
+    if axes == "YX" and len(series_shape) <= 3:
+        return  # a 2-D gray/palette page, alone or in a plain stack of pages
+    # A series of more dimensions is not an image plane: e.g. (3, 64, 64, 5) is stored as
+    # 192 pages of 64x5, and its first page is no picture of anything.
     if axes in ("YXS", "SYX") and 2 <= page.samplesperpixel <= 4 and series_shape == shape:
         return
     raise ImageError(
@@ -655,7 +735,7 @@ def _to_display(
         raise ImageError(path, f"unsupported layout: decoded shape {pixels.shape}", permanent=True)
     if pixels.dtype == np.uint8:
         return np.ascontiguousarray(pixels), None, warnings
-    window = _choose_window(pixels, databar_row)
+    window = _choose_window(path, pixels, databar_row)
     return _apply_window(pixels, window), window, warnings
 
 
@@ -704,7 +784,7 @@ def _luma_float(rgb: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _choose_window(pixels: np.ndarray, databar_row: int | None) -> Window:
+def _choose_window(path: Path, pixels: np.ndarray, databar_row: int | None) -> Window:
     low, high = _WINDOW_PERCENTILES
     method = f"percentile {low:g}/{high:g}"
     if databar_row:
@@ -716,7 +796,11 @@ def _choose_window(pixels: np.ndarray, databar_row: int | None) -> Window:
     if window is not None:
         return window
     finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels
-    level = float(finite.flat[0]) if finite.size else 0.0
+    if not finite.size:
+        # All NaN/inf: a black picture colorized would look like a result; it is none.
+        raise ImageError(path, f"no finite pixel (all {pixels.size} values are NaN or "
+                         "infinite)", permanent=True)
+    level = float(finite.flat[0])
     return Window(level, level + 1.0, "constant image")
 
 
@@ -1053,9 +1137,11 @@ def _log_walk_error(exc: OSError) -> None:
 def output_name(src_name: str, fmt: str, *, sibling_names: Iterable[str] = ()) -> str:
     """Output file name for a source: extension replaced by the format's.
 
-    A source that shares its stem (case-insensitively) with another supported source of a
-    different extension keeps its own extension before the new one, unless it already has the
-    output's extension: x.tif + x.png -> x.tif and x.png.tif.
+    Sources in one folder whose stems are equal ignoring case would share an output name
+    (on a case-insensitive share too). One keeps the plain name: a source with the output's
+    own extension (x.tif for TIFF), else one with it in another case (x.TIF), the first by
+    name; every other keeps its own extension before the new one:
+    x.tif + x.TIF + x.png -> x.tif, x.TIF.tif and x.png.tif.
     """
     if fmt not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown output format {fmt!r} (one of {', '.join(FORMAT_EXTENSIONS)})")
@@ -1063,24 +1149,31 @@ def output_name(src_name: str, fmt: str, *, sibling_names: Iterable[str] = ()) -
         raise ValueError(f"output_name needs a bare file name, got {src_name!r}")
     extension = FORMAT_EXTENSIONS[fmt]
     source = PurePath(src_name)
-    stem, suffix = source.stem, source.suffix.lower()
-    if not suffix:
+    if not source.suffix:
         return src_name + extension
-    if suffix != extension and _stem_is_shared(source, sibling_names):
+    if _yields_plain_name(source, extension, sibling_names):
         return src_name + extension
-    return stem + extension
+    return source.stem + extension
 
 
-def _stem_is_shared(source: PurePath, sibling_names: Iterable[str]) -> bool:
-    stem, suffix = source.stem.lower(), source.suffix.lower()
+def _plain_name_rank(name: str, extension: str) -> int:
+    """0: the output's own extension; 1: it in another case; 2: another extension."""
+    suffix = PurePath(name).suffix
+    return 0 if suffix == extension else 1 if suffix.lower() == extension else 2
+
+
+def _yields_plain_name(source: PurePath, extension: str, sibling_names: Iterable[str]) -> bool:
+    stem = source.stem.lower()
+    mine = (_plain_name_rank(source.name, extension), source.name)
     for name in sibling_names:
         other = PurePath(name)
-        other_suffix = other.suffix.lower()
-        if (
-            other_suffix in SUPPORTED_SUFFIXES
-            and other_suffix != suffix
-            and other.stem.lower() == stem
-        ):
+        if (name == source.name or other.suffix.lower() not in SUPPORTED_SUFFIXES
+                or other.stem.lower() != stem):
+            continue
+        if mine[0] == 2:
+            return True  # another extension never takes the plain name from a sibling
+        rank = _plain_name_rank(name, extension)
+        if rank < 2 and (rank, name) < mine:
             return True
     return False
 

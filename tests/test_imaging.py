@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import struct
+import subprocess
+import sys
+import threading
 import tracemalloc
 import warnings
 import zlib
@@ -302,6 +306,113 @@ def test_volume_with_samples_is_refused_naming_its_shape(tmp_path: Path) -> None
         read_image(path)
     assert_image_error(caught.value, path)
     assert "(2, 3, 64, 64, 3)" in str(caught.value)
+
+
+def test_a_stack_that_is_not_an_image_plane_is_refused_naming_its_shape(tmp_path: Path) -> None:
+    # Once read as its first page: a 64x5 "image".
+    path = tmp_path / "stack4d.tif"
+    tifffile.imwrite(path, np.zeros((3, 64, 64, 5), np.uint16))
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    assert_image_error(caught.value, path)
+    assert "(3, 64, 64, 5)" in caught.value.reason
+    # A plain stack of 2-D pages is still read (its first page).
+    plain = save_tiff(tmp_path / "pages.tif", np.zeros((4, 32, 40), np.uint16),
+                      photometric="minisblack")
+    assert read_image(plain).gray.shape == (32, 40)
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf], ids=["nan", "inf"])
+def test_an_image_without_a_finite_pixel_is_refused(tmp_path: Path, fill: float) -> None:
+    # Once colorized as a black picture, with no word.
+    path = save_tiff(tmp_path / "empty.tif", np.full((48, 64), fill, np.float32))
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    assert_image_error(caught.value, path)
+    assert "no finite pixel" in caught.value.reason
+
+
+# --------------------------------------------------------------------------- what is read
+
+
+def _bytes_read_by_this_process() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_garbage_is_refused_on_its_first_bytes_without_reading_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.tif"
+    with path.open("wb") as f:
+        f.write(b"not an image at all")
+        f.truncate(256 << 20)  # 256 MB (sparse): once read whole before its first bytes
+    before = _bytes_read_by_this_process()
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    assert _bytes_read_by_this_process() - before < 1 << 20
+    assert_image_error(caught.value, path)
+    assert "not a TIFF, PNG, JPEG or BMP" in caught.value.reason
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "swapped.tif"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_image(fifo)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked in open(): a writer end releases it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not reader.is_alive() and outcome, "reading a FIFO blocked"
+    (error,) = outcome
+    assert isinstance(error, ImageError) and "not a regular file (a FIFO)" in error.reason
+
+
+_READ_DEVICE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))  # 2 GB: a runaway read stops here
+from semwatch.imaging import ImageError, read_image
+try:
+    read_image(sys.argv[1])
+except ImageError as exc:
+    print(exc.reason)
+except BaseException as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_device_is_never_read(tmp_path: Path) -> None:
+    # In a child with bounded memory: reading /dev/zero without a bound never ends.
+    link = tmp_path / "zero.tif"
+    link.symlink_to("/dev/zero")
+    result = subprocess.run([sys.executable, "-c", _READ_DEVICE, str(link)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.stdout.strip() == "not a regular file (a device); not read", result.stderr
+
+
+def test_inside_a_folder_symlinks_must_stay_inside(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    real = save_tiff(inbox / "real.tif", texture(30, 40))
+    outside = save_tiff(tmp_path / "outside.tif", texture(30, 40, seed=1))
+    (inbox / "alias.tif").symlink_to(real)
+    (inbox / "escape.tif").symlink_to(outside)
+    (inbox / "sub").symlink_to(tmp_path, target_is_directory=True)
+    assert read_image(inbox / "alias.tif", inside=inbox).sha256 == read_image(real).sha256
+    for path in (inbox / "escape.tif", inbox / "sub" / "outside.tif"):
+        with pytest.raises(ImageError) as caught:
+            read_image(path, inside=inbox)
+        assert_image_error(caught.value, path)
+        assert "leads outside the watched folder" in caught.value.reason
+    assert read_image(inbox / "escape.tif").gray.shape == (30, 40)  # a path the user named
 
 
 # --------------------------------------------------------------------------- Pillow formats
@@ -729,6 +840,17 @@ def test_output_name_rules() -> None:
     assert output_name("x.tif", "png", sibling_names=["x.png"]) == "x.tif.png"
     assert output_name("x.png", "tiff", sibling_names=["x.txt", "x.png"]) == "x.tif"  # not a source
     assert output_name("x.tiff", "tiff", sibling_names=["x.tif"]) == "x.tiff.tif"
+    # The same rule for the extension's case: x.tif and x.TIF once wrote one output.
+    both = ["x.tif", "x.TIF"]
+    assert output_name("x.tif", "tiff", sibling_names=both) == "x.tif"
+    assert output_name("x.TIF", "tiff", sibling_names=both) == "x.TIF.tif"
+    assert output_name("x.TIF", "tiff", sibling_names=["x.TIF", "x.png"]) == "x.tif"
+    assert output_name("x.Tif", "tiff", sibling_names=["x.TIF", "x.Tif"]) == "x.Tif.tif"
+    assert output_name("X.tif", "tiff", sibling_names=["X.tif", "x.tif"]) == "X.tif"
+    assert output_name("x.tif", "tiff", sibling_names=["X.tif", "x.tif"]) == "x.tif.tif"
+    names = ["x.tif", "x.TIF", "x.TIFF", "X.png", "x.jpg"]
+    outputs = {output_name(n, "tiff", sibling_names=names).lower() for n in names}
+    assert len(outputs) == len(names)  # distinct also on a case-insensitive share
     with pytest.raises(ValueError):
         output_name("dir/x.png", "tiff")
     with pytest.raises(ValueError):
