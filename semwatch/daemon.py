@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -84,6 +85,10 @@ LOOP_ERROR_SLEEP_SECONDS = 5.0
 WRITE_BACKLOG_BATCHES = 2
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# Write errors that the same output path will meet every time: retrying only repeats the
+# colorization (e.g. "File name too long" for x.png.tif beside x.tif at 255 bytes).
+PERMANENT_WRITE_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR,
+                                    errno.EILSEQ})
 
 
 class StartupError(RuntimeError):
@@ -144,7 +149,11 @@ class StorageGuard:
     """Pauses claiming while the output (or input) storage cannot take work.
 
     A full disk or an unmounted share is not the images' fault: their jobs are released
-    (attempts given back) and claiming waits until ``problem()`` is None again.
+    (attempts given back) and claiming waits until ``problem()`` is None again. A share
+    mounted at a folder itself leaves an empty local folder behind when it goes away, so
+    each folder's file system (device id) is remembered at the first check and a change
+    is a problem too, unless the folder is a mount point again (a share mounted anew
+    gets a new device id).
     """
 
     input_root: Path
@@ -154,11 +163,22 @@ class StorageGuard:
     clock: Callable[[], float] = time.monotonic
     _reason: str | None = field(default=None, init=False)
     _next_check: float = field(default=0.0, init=False)
+    _devices: dict[Path, int] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def paused_reason(self) -> str | None:
         return self._reason
+
+    def for_roots(self, input_root: Path, output_root: Path) -> "StorageGuard":
+        """A guard for (reloaded) folders that remembers the file systems of unchanged ones,
+        so a reload while a share is unmounted does not take its mount point for it."""
+        guard = StorageGuard(input_root, output_root, self.min_free_bytes,
+                             self.recheck_seconds, self.clock)
+        with self._lock:
+            guard._devices = {root: device for root, device in self._devices.items()
+                              if root in (input_root, output_root)}
+        return guard
 
     def problem(self) -> str | None:
         """Why work cannot go on now, or None when both folders are usable."""
@@ -166,6 +186,10 @@ class StorageGuard:
             return f"{self.input_root}: watch folder unavailable (share unmounted?)"
         if not self.output_root.is_dir():
             return f"{self.output_root}: output folder missing (share unmounted?)"
+        moved = (self._filesystem_change(self.input_root, "watch folder")
+                 or self._filesystem_change(self.output_root, "output folder"))
+        if moved is not None:
+            return moved
         if not os.access(self.output_root, os.W_OK | os.X_OK):
             return f"{self.output_root}: output folder not writable"
         try:
@@ -177,6 +201,25 @@ class StorageGuard:
             return (f"{self.output_root}: disk nearly full ({free // 2**20} MiB free, "
                     f"need {self.min_free_bytes // 2**20} MiB)")
         return None
+
+    def _filesystem_change(self, root: Path, what: str) -> str | None:
+        try:
+            device = os.stat(root).st_dev
+            parent = os.stat(root.parent).st_dev
+        except OSError as exc:
+            return f"{root}: cannot check the {what}: {exc.strerror or exc}"
+        with self._lock:
+            known = self._devices.setdefault(root, device)
+            if device == known:
+                return None
+            if device != parent:
+                self._devices[root] = device  # a mount point again: the share is back
+        if device != parent:
+            log.info(f"the {what} is a mount point of another device: taken as the share "
+                     "mounted again", path=str(root), device=device, was=known)
+            return None
+        return (f"{root}: the {what}'s file system changed since start (device {known} -> "
+                f"{device}): share unmounted?")
 
     def is_storage_error(self, exc: BaseException) -> bool:
         """Whether a failed write means "storage unavailable" rather than "bad job"."""
@@ -465,13 +508,18 @@ class Daemon:
             except ValueError as exc:
                 self._fail(job, str(exc), permanent=True, started=now)
                 continue
-            item = _Item(job, source, target, now)
+            items.append(_Item(job, source, target, now))
+        # From here the attempts count: a crash while these files are decoded or computed
+        # may be their doing. Until here, a kill cost them nothing.
+        self._queue.start(self._owner, [item.job.id for item in items])
+        for item in items:
             item.decode = self._decoders.submit(self._decode, item)
-            items.append(item)
         return items
 
     def _decode(self, item: _Item) -> DecodedImage:
-        return read_image(item.source, max_pixels=self.config.engine.max_pixels)
+        # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
+        return read_image(item.source, max_pixels=self.config.engine.max_pixels,
+                          inside=self._layout.input_root)
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.
@@ -506,24 +554,19 @@ class Daemon:
     def _take_decoded(self, item: _Item) -> bool:
         """Move the decode result into ``item``; a failed or superseded job is recorded."""
         future, item.decode = item.decode, None
-        try:
-            image = future.result()
-        except ImageError as exc:
-            problem = None if exc.permanent else self._storage.problem()
-            if problem is not None:
-                self._storage.trip(problem)
-                self._release([item], "storage unavailable")
-                return False
-            self._fail(item.job, exc.reason, permanent=exc.permanent, started=item.claimed_at)
+        # exception(), not result(): re-raising here would tie this frame into the error's
+        # traceback, a reference cycle that keeps the decoded file's bytes alive until the
+        # cyclic garbage collector happens to run (a gigabyte per big bad file).
+        error = future.exception()
+        if error is not None:
+            self._decode_failed(item, error)
+            _drop_frames(error)
             return False
-        except Exception as exc:  # noqa: BLE001 - one image must not stop the service
-            log.exception("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id)
-            self._fail(item.job, f"decode failed: {_describe(exc)}", permanent=False,
-                       started=item.claimed_at)
-            return False
+        image = future.result()
         if image.sha256 != item.job.sha256:
+            queued = item.job.sha256[:12] or "unreadable"
             self._fail(item.job, "superseded: the file changed after it was queued "
-                       f"(queued {item.job.sha256[:12]}, now {image.sha256[:12]}); "
+                       f"(queued {queued}, now {image.sha256[:12]}); "
                        "its new content is a job of its own", permanent=True,
                        started=item.claimed_at)
             return False
@@ -531,6 +574,22 @@ class Daemon:
             log.warning("input warning", path=item.job.rel_path, job_id=item.job.id, warning=warning)
         item.image = image
         return True
+
+    def _decode_failed(self, item: _Item, error: BaseException) -> None:
+        if isinstance(error, ImageError):
+            problem = None if error.permanent else self._storage.problem()
+            if problem is not None:
+                self._storage.trip(problem)
+                self._release([item], "storage unavailable")
+                return
+            self._fail(item.job, error.reason, permanent=error.permanent,
+                       started=item.claimed_at)
+            return
+        # One image must not stop the service.
+        log.error("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id,
+                  exc_info=error)
+        self._fail(item.job, f"decode failed: {_describe(error)}", permanent=False,
+                   started=item.claimed_at)
 
     def _colorize(self, colorizer: "Colorizer", items: list[_Item]) -> list[Any]:
         """One batched forward pass; if it fails, image by image to find the culprit."""
@@ -566,11 +625,16 @@ class Daemon:
         """Runs in a writer thread: encode + atomic write, then mark done. Never raises."""
         job, image = item.job, item.image
         cfg = self.config.output
+        # write_image would create a missing root, and under an unmounted share's mount
+        # point it would write to the local disk: both are a storage pause, not a write.
+        problem = self._storage.problem()
+        if problem is not None:
+            self._storage.trip(problem)
+            self._release([item], "storage unavailable")
+            return
+        if self._superseded_before_write(item):
+            return
         try:
-            if not self._storage.output_root.is_dir():
-                # write_image would create the missing root: on an unmounted share, that is
-                # the local mount point folder.
-                raise FileNotFoundError(errno.ENOENT, "output folder missing", str(self._storage.output_root))
             provenance = build_provenance(
                 image, source_path=str(item.source), model_name=info.model_name,
                 model_sha256=info.model_sha256, backend=info.backend, device=info.device,
@@ -578,7 +642,10 @@ class Daemon:
             write_image(item.target, rgb, fmt=cfg.format, metadata=image.metadata,
                         provenance=provenance, jpeg_quality=cfg.jpeg_quality)
         except OSError as exc:
-            if self._storage.is_storage_error(exc):
+            if exc.errno in PERMANENT_WRITE_ERRNOS:
+                self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=True,
+                           started=item.claimed_at)
+            elif self._storage.is_storage_error(exc):
                 self._storage.trip(self._storage.problem() or _describe(exc))
                 self._release([item], "storage unavailable")
             else:
@@ -602,6 +669,23 @@ class Daemon:
         log.info("job done", job_id=job.id, path=job.rel_path, output=str(item.target),
                  seconds=round(time.monotonic() - item.claimed_at, 3),
                  latency_s=round(time.time() - job.arrived_at, 3))
+
+    def _superseded_before_write(self, item: _Item) -> bool:
+        """Whether the file went on to other content while this job was computed; its
+        output would then land over the newer one's (A -> B -> A in quick succession)."""
+        job = item.job
+        try:
+            latest = self._queue.latest_sha256(job.rel_path)
+        except QueueError as exc:
+            log.warning("cannot check for a newer version; writing", job_id=job.id,
+                        error=_describe(exc))
+            return False
+        if latest is None or latest == job.sha256:
+            return False
+        self._fail(job, f"superseded: the file changed to other content ({latest[:12]}) before "
+                   "this output was written; that content is a job of its own",
+                   permanent=True, started=item.claimed_at)
+        return True
 
     # ---- job outcomes
 
@@ -739,7 +823,9 @@ class Daemon:
         try:
             new = load_config(source)
             check_config(new)
-            prepare_folders(new)
+            # Never created on reload: a missing watch folder is a typo or an unmounted
+            # share, and a fresh local folder would hide either.
+            prepare_folders(new, create_watch_folder=False)
         except (ConfigError, StartupError) as exc:
             log.error("reload refused; keeping the running configuration and model",
                       reason=str(exc))
@@ -771,7 +857,7 @@ class Daemon:
             log.info("model reloaded", model=colorizer.model_name, sha256=colorizer.model_sha256,
                      backend=colorizer.backend_name, device=colorizer.device)
         self._layout = _layout(new)
-        self._storage = StorageGuard(new.watch.input_dir, new.output.dir)
+        self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
         self.config = new
         if new.watch != old.watch or new.output.dir != old.output.dir:
             self._restart_watcher(new, old)
@@ -864,9 +950,19 @@ def check_config(cfg: Config) -> None:
                 f"{where}); put the database on a local disk", EXIT_CONFIG)
 
 
-def prepare_folders(cfg: Config) -> None:
-    """Create the watch, output and state folders when missing (first run from the repo)."""
-    for what, folder in (("watch folder", cfg.watch.input_dir), ("output folder", cfg.output.dir),
+def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
+    """Create the watch, output and state folders when missing (first run from the repo).
+
+    With ``create_watch_folder=False`` (a reload) a missing watch folder is a
+    configuration error (exit 78) instead.
+    """
+    watch = cfg.watch.input_dir
+    if not create_watch_folder and not watch.is_dir():
+        where = f" (watch.input_dir in {cfg.source})" if cfg.source else " (watch.input_dir)"
+        reason = "is not a folder" if watch.exists() else "does not exist"
+        raise StartupError(f"{watch}: watch folder {reason}{where}; a reload does not create it",
+                           EXIT_CONFIG)
+    for what, folder in (("watch folder", watch), ("output folder", cfg.output.dir),
                          ("state folder", cfg.daemon.state_dir)):
         if folder.is_dir():
             continue
@@ -916,6 +1012,20 @@ def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
             log.debug("cannot list source folder", folder=str(folder), error=_describe(exc))
             cache[folder] = []
     return cache[folder]
+
+
+def _drop_frames(error: BaseException) -> None:
+    """Clear the locals of the finished frames an error's traceback holds (and its causes'):
+    a failed decode's frames hold the whole file's bytes for as long as the error lives."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        pending += [exc.__cause__, exc.__context__]
 
 
 def _ping_interval(watchdog_s: float | None) -> float | None:

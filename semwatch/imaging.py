@@ -397,8 +397,16 @@ def _tiff_header(path: Path, fh: Any) -> tuple[int, int]:
 
 
 def _decode_tiff(path: Path, data: bytes, max_pixels: int, page_index: int) -> _Decoded:
+    # Our own stream, closed on the way out: tifffile's objects form reference cycles that
+    # would otherwise keep the whole file's bytes until the cyclic garbage collector runs.
+    with io.BytesIO(data) as stream:
+        return _decode_tiff_stream(path, stream, data, max_pixels, page_index)
+
+
+def _decode_tiff_stream(path: Path, stream: io.BytesIO, data: bytes, max_pixels: int,
+                        page_index: int) -> _Decoded:
     try:
-        tf = tifffile.TiffFile(io.BytesIO(data))
+        tf = tifffile.TiffFile(stream)
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types on malformed files
         raise ImageError(path, f"not a readable TIFF: {_describe(exc)}", permanent=True) from exc
     with tf:
@@ -668,7 +676,14 @@ def _open_pillow(path: Path, fh: Any, kind: str) -> Image.Image:
 
 
 def _decode_pillow(path: Path, data: bytes, kind: str, max_pixels: int, page: int) -> _Decoded:
-    image = _open_pillow(path, io.BytesIO(data), kind)
+    # Closed on the way out, as for TIFF: nothing may keep the file's bytes alive.
+    with io.BytesIO(data) as stream:
+        return _decode_pillow_stream(path, _open_pillow(path, stream, kind), kind, max_pixels,
+                                     page)
+
+
+def _decode_pillow_stream(path: Path, image: Image.Image, kind: str, max_pixels: int,
+                          page: int) -> _Decoded:
     width, height = image.size
     _check_pixels(path, height, width, max_pixels)
     warnings: tuple[str, ...] = ()

@@ -123,8 +123,9 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
     recovered = []
     for _ in range(2):
         daemon = site.start()
-        running = wait_until(lambda: site.jobs(JobState.RUNNING), 120, "a batch in flight",
-                             interval=0.02)
+        # Killed once work is under way: these attempts count (merely claimed ones do not).
+        running = wait_until(lambda: [j for j in site.jobs(JobState.RUNNING) if j.attempt_started],
+                             120, "a batch in flight", interval=0.02)
         daemon.kill()
         assert running
         recovered.append(len(site.jobs(JobState.RUNNING)))

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import gc
+import shutil
+import tempfile
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,14 +17,18 @@ import pytest
 from semwatch.config import Config, DaemonConfig, EngineConfig, OutputConfig, WatchConfig
 from semwatch.daemon import (
     EXIT_CONFIG,
+    Daemon,
     OutputLayout,
     StartupError,
     StorageGuard,
+    _Item,
     _ping_interval,
     check_config,
     prepare_folders,
 )
+from semwatch.imaging import read_image
 from semwatch.model import default_model_path
+from semwatch.queue import JobState, SqlJobQueue
 
 
 @pytest.fixture
@@ -37,6 +47,8 @@ def test_output_path_mirrors_the_source_path(roots) -> None:
     # A second source with the same stem keeps its extension (DESIGN.md).
     assert layout.target("x.png", ["x.png", "x.tif"]) == outbox / "x.png.tif"
     assert layout.target("x.tif", ["x.png", "x.tif"]) == outbox / "x.tif"
+    # ...also when only the extension's case differs (they once wrote one output).
+    assert layout.target("x.TIF", ["x.tif", "x.TIF"]) == outbox / "x.TIF.tif"
     assert OutputLayout(inbox, outbox, "png").target("d/y.tif") == outbox / "d" / "y.png"
 
 
@@ -84,6 +96,55 @@ def test_storage_guard_pauses_until_the_output_share_is_back(roots) -> None:
     assert not guard.ready(), "looks again only every recheck_seconds"
     clock.now += 5
     assert guard.ready() and guard.paused_reason is None
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path):
+    """A folder on another file system than tmp_path (tmpfs), or a skip."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system (/dev/shm) to move the output folder to")
+    folder = Path(tempfile.mkdtemp(dir=shm, prefix="semwatch-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_storage_guard_pauses_when_the_output_file_system_changes(
+        roots, tmp_path: Path, other_filesystem: Path) -> None:
+    """A share mounted at output.dir itself leaves the empty local mount point when it goes."""
+    inbox, _ = roots
+    # The output path leads to another file system, as a mount point does; re-pointing the
+    # link is what an unmount and a mount do to the path (no privileges needed).
+    share, mount_point = other_filesystem, tmp_path / "local-mount-point"
+    mount_point.mkdir()
+    output = tmp_path / "output"
+    output.symlink_to(share, target_is_directory=True)
+    clock = FakeClock()
+    guard = StorageGuard(inbox, output, min_free_bytes=0, recheck_seconds=10, clock=clock)
+    assert guard.ready()
+
+    output.unlink()
+    output.symlink_to(mount_point, target_is_directory=True)  # unmounted
+    assert "file system changed since start" in guard.problem()
+    assert not guard.ready()
+    output.unlink()
+    output.symlink_to(share, target_is_directory=True)  # mounted again
+    clock.now += 10
+    assert guard.ready() and guard.paused_reason is None
+
+
+def test_storage_guard_takes_a_share_mounted_anew_for_the_share(
+        roots, tmp_path: Path, other_filesystem: Path) -> None:
+    inbox, _ = roots
+    output = tmp_path / "output"
+    output.mkdir()  # a plain folder at start...
+    guard = StorageGuard(inbox, output, min_free_bytes=0)
+    assert guard.problem() is None
+    output.rmdir()
+    output.symlink_to(other_filesystem, target_is_directory=True)  # ...a share on it later
+    assert guard.problem() is None
+    # A reload keeps what was learnt about folders it did not change.
+    assert guard.for_roots(inbox, output)._devices == guard._devices
 
 
 def test_storage_guard_reasons(roots) -> None:
@@ -152,6 +213,58 @@ def test_prepare_folders_creates_what_a_first_run_needs(tmp_path: Path, tiny_mod
     config = _config(tmp_path, model=tiny_model)
     prepare_folders(config)
     assert all(p.is_dir() for p in (tmp_path / "in", tmp_path / "out", tmp_path / "var"))
+
+
+def test_a_reload_never_creates_the_watch_folder(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGHUP with a wrong input_dir is refused like any broken configuration."""
+    config = _config(tmp_path, model=tiny_model)
+    prepare_folders(config)
+    config.source.write_text(f'[watch]\ninput_dir = "typo"\n[engine]\nmodel = "{tiny_model}"\n')
+    daemon = Daemon(config, env={})
+    assert daemon._reloaded_config() is None
+    assert not (tmp_path / "typo").exists()
+    with pytest.raises(StartupError, match="watch folder does not exist") as info:
+        prepare_folders(dataclasses.replace(config, watch=WatchConfig(input_dir=tmp_path / "typo")),
+                        create_watch_folder=False)
+    assert info.value.exit_code == EXIT_CONFIG
+
+
+def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_model: Path) -> None:
+    """A big file that fails to decode once stayed in memory until the cyclic GC ran."""
+    config = _config(tmp_path, model=tiny_model)
+    big = tmp_path / "big.tif"
+    with big.open("wb") as f:
+        f.write(b"II*\x00" + b"\x00" * 12)  # a TIFF signature, then nothing a TIFF needs
+        f.truncate(64 << 20)  # read whole before the decoder can tell
+    daemon = Daemon(config, env={})
+    daemon._queue = queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60,
+                                        max_attempts=3, retry_backoff=1)
+    pool = ThreadPoolExecutor(1)
+    gc.disable()  # what the cycle waits for; collections come rarely on a busy daemon
+    tracemalloc.start()
+    try:
+        queue.enqueue("big.tif", "0" * 64, 64 << 20, 1.0)
+        (job,) = queue.claim(daemon._owner, 1)
+        future = pool.submit(read_image, big)
+        future.exception()  # wait
+        item = _Item(job, big, tmp_path / "big-out.tif", time.monotonic(), decode=future)
+        del future
+        assert daemon._take_decoded(item) is False
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+        pool.shutdown()
+        queue.close()
+    assert peak > 60 << 20  # the file was read...
+    assert held < 8 << 20, f"{held / 2**20:.0f} MiB still held after the failure was recorded"
+    failed = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3,
+                         retry_backoff=1)
+    try:
+        job = failed.get(job.id)
+        assert job.state is JobState.FAILED and "TIFF" in job.error
+    finally:
+        failed.close()
 
 
 def test_watchdog_is_fed_well_within_its_interval() -> None:
