@@ -1115,10 +1115,14 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time) -> JobQueue:
-    """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs."""
+def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time,
+               read_only: bool = False) -> JobQueue:
+    """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs.
+
+    ``read_only`` (reports): an existing database only, never created, migrated or written.
+    """
     path = sqlite_path(cfg.database_url)
-    if path is not None:
+    if path is not None and not read_only:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -1131,7 +1135,7 @@ def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time) -> J
                              "PostgreSQL (queue.database_url)")
     return SqlJobQueue(cfg.database_url, lease_seconds=cfg.lease_seconds,
                        max_attempts=cfg.max_attempts, retry_backoff=cfg.retry_backoff,
-                       clock=clock)
+                       clock=clock, read_only=read_only)
 
 
 # --------------------------------------------------------------------------- one daemon

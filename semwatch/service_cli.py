@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -84,19 +85,40 @@ def run_command(config_path: Path | None) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def _open_existing_queue(config: Config):
-    """The queue database, without creating one when the service has never run."""
-    from semwatch.queue import QueueError, open_queue, sqlite_path
+def _open_existing_queue(config: Config, *, read_only: bool = False):
+    """The queue database, without creating one when the service has never run.
 
-    try:
+    ``read_only`` (status): no write lock, no migration, no write access needed, so it
+    answers at once while the daemon writes.
+    """
+    from semwatch.queue import open_queue, sqlite_path
+
+    with _one_line_errors(config):
         path = sqlite_path(config.queue.database_url)
         if path is not None and not path.is_file():
             raise click.ClickException(
                 f"{path}: no queue database yet; the service has not run with this "
                 "configuration (check --config / queue.database_url)")
-        return open_queue(config.queue)
+        return open_queue(config.queue, read_only=read_only)
+
+
+@contextmanager
+def _one_line_errors(config: Config) -> Iterator[None]:
+    """Any trouble with the database (down, damaged pages) becomes one error line naming
+    it, never a traceback; the traceback goes to the debug log."""
+    from semwatch.queue import QueueError
+
+    try:
+        yield
+    except click.ClickException:
+        raise
     except QueueError as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - damaged rows raise anything while read
+        log.debug("queue access failed", exc_info=exc)
+        raise click.ClickException(
+            f"{_database(config)}: cannot read the queue: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())} (is the database damaged?)") from None
 
 
 @click.command("status", context_settings=CONTEXT)
@@ -120,10 +142,11 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
     _console_logging(config)
     from semwatch.queue import JobState
 
-    queue = _open_existing_queue(config)
+    queue = _open_existing_queue(config, read_only=True)
     try:
-        stats = queue.stats()
-        failed = [] if as_json else queue.jobs(JobState.FAILED, limit=10)
+        with _one_line_errors(config):
+            stats = queue.stats()
+            failed = [] if as_json else queue.jobs(JobState.FAILED, limit=10)
     finally:
         queue.close()
     if as_json:
@@ -273,9 +296,11 @@ def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | No
     _console_logging(config)
     queue = _open_existing_queue(config) if _db_exists(config) else _create_queue(config)
     try:
-        report = enqueue_paths(config, paths, again=again, queue=queue)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        with _one_line_errors(config):
+            try:
+                report = enqueue_paths(config, paths, again=again, queue=queue)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
     finally:
         queue.close()
     for line in report.errors:
@@ -296,12 +321,10 @@ def _db_exists(config: Config) -> bool:
 
 
 def _create_queue(config: Config):
-    from semwatch.queue import QueueError, open_queue
+    from semwatch.queue import open_queue
 
-    try:
+    with _one_line_errors(config):
         return open_queue(config.queue)
-    except QueueError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- retry
@@ -325,18 +348,24 @@ def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path 
     _console_logging(config)
     queue = _open_existing_queue(config)
     try:
-        if all_failed:
-            count = queue.retry(failed=True)
-            not_failed: list[int] = []
-        else:
-            from semwatch.queue import JobState
-
-            jobs = {job_id: queue.get(job_id) for job_id in job_ids}
-            not_failed = [i for i, job in jobs.items() if job is None or job.state != JobState.FAILED]
-            count = queue.retry(list(job_ids))
+        with _one_line_errors(config):
+            count, not_failed = _retry(queue, job_ids, all_failed)
     finally:
         queue.close()
     click.echo(f"re-queued {count} failed job{'s' if count != 1 else ''}")
     if not_failed:
         click.echo("not failed or unknown, left alone: " + ", ".join(map(str, not_failed)), err=True)
         sys.exit(1)
+
+
+def _retry(queue, job_ids: Sequence[int], all_failed: bool) -> tuple[int, list[int]]:
+    """(jobs re-queued, ids given that are not standing failures)."""
+    if all_failed:
+        return queue.retry(failed=True), []
+    from semwatch.queue import JobState
+
+    jobs = {job_id: queue.get(job_id) for job_id in job_ids}
+    # A superseded failure is history: its version is no longer the file's content.
+    not_failed = [i for i, job in jobs.items()
+                  if job is None or job.state != JobState.FAILED or job.superseded_by is not None]
+    return queue.retry(list(job_ids)), not_failed

@@ -3,6 +3,8 @@ real SQLite queue (no daemon needed; these commands must not import PyTorch)."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,61 @@ def test_status_before_the_service_ever_ran_says_so(site: Site) -> None:
     assert result.returncode == 1
     assert "no queue database yet" in result.stderr
     assert not site.database.exists(), "status must not create the database"
+
+
+def test_status_answers_while_the_daemon_writes(site: Site) -> None:
+    _images(site, "a.png", "b.png")
+    site.cli("enqueue", str(site.inbox))
+    writer = sqlite3.connect(site.database, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the daemon in the middle of a write...
+        writer.execute("UPDATE files SET seen_at = seen_at + 1")
+        started = time.monotonic()
+        status = site.status()  # ...which once held status up 30 s, then failed
+        assert time.monotonic() - started < 20
+        assert status["counts"]["pending"] == 2
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_status_never_turns_an_empty_file_into_a_database(site: Site) -> None:
+    site.database.parent.mkdir()
+    site.database.write_bytes(b"")  # e.g. a database path created by mistake
+    result = site.cli("status", check=False)
+    assert result.returncode == 1
+    assert "not a semwatch queue database (an empty file (0 bytes))" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert site.database.stat().st_size == 0, "status turned the file into a database"
+
+
+def _damage_pages(database: Path) -> None:
+    """Overwrite every other page past the schema with garbage, as a failing disk would."""
+    raw = sqlite3.connect(database)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    data = bytearray(database.read_bytes())
+    for page in range(3, len(data) // page_size, 2):
+        start = page * page_size + 16
+        data[start:start + page_size - 32] = b"\xa5" * (page_size - 32)
+    database.write_bytes(bytes(data))
+
+
+def test_status_on_a_damaged_database_is_one_error_line(site: Site) -> None:
+    site.database.parent.mkdir()
+    queue = site.queue()
+    try:
+        queue.enqueue_many((f"run/{i:05d}.tif", f"{i:064x}", i, 1.0, 0.0) for i in range(3000))
+    finally:
+        queue.close()
+    _damage_pages(site.database)
+    for args in (("status",), ("status", "--json")):
+        result = site.cli(*args, check=False)
+        assert result.returncode == 1, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert str(site.database) in lines[0] and "malformed" in lines[0], lines[0]
 
 
 def test_enqueue_backfills_a_folder_once_and_again_on_request(site: Site) -> None:
