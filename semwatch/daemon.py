@@ -643,7 +643,7 @@ class Daemon:
                         provenance=provenance, jpeg_quality=cfg.jpeg_quality)
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
-                self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=True,
+                self._fail(job, _write_failure(item.target, exc), permanent=True,
                            started=item.claimed_at)
             elif self._storage.is_storage_error(exc):
                 self._storage.trip(self._storage.problem() or _describe(exc))
@@ -1012,6 +1012,16 @@ def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
             log.debug("cannot list source folder", folder=str(folder), error=_describe(exc))
             cache[folder] = []
     return cache[folder]
+
+
+def _write_failure(target: Path, exc: OSError) -> str:
+    """One readable line; a name too long for the file system is shortened in it."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return f"cannot write {target}: {_describe(exc)}"
+    name = target.name
+    shown = name if len(name) <= 60 else f"{name[:30]}…{name[-20:]}"
+    return (f"cannot write the output: {exc.strerror} ({len(os.fsencode(name))}-byte name "
+            f"{shown} in {target.parent})")
 
 
 def _drop_frames(error: BaseException) -> None:

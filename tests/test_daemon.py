@@ -7,8 +7,10 @@ into starting Python + torch, which is why related checks share one daemon run.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -36,6 +38,9 @@ from semwatch.model import GeneratorConfig, build_generator, save_generator
 from semwatch.queue import JobState
 
 pytestmark = pytest.mark.slow
+
+# A file name stem that leaves room for its own extension, but not for a second one.
+LONG = "L" * 251
 
 
 @pytest.fixture
@@ -112,6 +117,65 @@ def test_arrivals_are_colorized_exactly_once_also_while_stopped(make_site, polli
     assert daemon.stop() == 0
 
 
+def test_a_file_name_that_is_not_utf8_does_not_stop_intake(make_site) -> None:
+    """`bad\\xff.tif` once stopped every watcher pass: nothing else was ever queued."""
+    site = make_site()
+    with open(os.fsencode(site.inbox) + b"/bad\xff.tif", "wb") as f:
+        f.write(tiff_bytes(gray_image(1)))
+    for i in range(3):
+        write_atomically(site.inbox / f"good{i}.png", png_bytes(gray_image(10 + i)))
+    daemon = site.start()
+    counts = site.wait_settled(4)
+    assert counts == {"pending": 0, "running": 0, "done": 3, "failed": 1}
+    (failure,) = site.status()["recent_failures"]
+    assert failure["path"] == "bad\\xff.tif" and "not valid UTF-8" in failure["error"]
+    assert os.path.exists(os.fsencode(site.inbox) + b"/bad\xff.tif")  # never touched
+    write_atomically(site.inbox / "later.png", png_bytes(gray_image(20)))
+    assert site.wait_settled(5)["done"] == 4
+    assert daemon.stop() == 0
+
+
+def _source_sha(output: Path) -> str | None:
+    try:
+        return provenance(output)["source"]["sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_outputs_follow_each_files_current_content(make_site) -> None:
+    site = make_site()
+    # Two sources whose names differ only in the extension's case: two outputs.
+    lower, upper = site.inbox / "x.tif", site.inbox / "x.TIF"
+    write_atomically(lower, tiff_bytes(gray_image(1)))
+    write_atomically(upper, tiff_bytes(gray_image(2)))
+    daemon = site.start()
+    site.wait_settled(2)
+    assert names(site.outputs(), site.outbox) == {"x.tif", "x.TIF.tif"}
+    assert _source_sha(site.outbox / "x.tif") == sha256_of(lower)
+    assert _source_sha(site.outbox / "x.TIF.tif") == sha256_of(upper)
+
+    # Content A -> B -> A at one path: the output ends as A's.
+    path, output = site.inbox / "a.png", site.outbox / "a.tif"
+    versions = [png_bytes(gray_image(30)), png_bytes(gray_image(31))]
+    for data in (versions[0], versions[1], versions[0]):
+        write_atomically(path, data)
+        wait_until(lambda: _source_sha(output) == sha256_of(path), 60,
+                   "the output of the file's current content")
+    jobs = [j for j in site.jobs() if j.rel_path == "a.png"]
+    assert len(jobs) == 2 and all(j.state == JobState.DONE for j in jobs)  # A's job re-ran
+
+    # A slow writer's partial file fails; the complete file's success makes that history.
+    slow = site.inbox / "slow.tif"
+    write_atomically(slow, tiff_bytes(gray_image(40, 256, 256))[:9000])
+    wait_until(lambda: site.counts()["failed"] == 1, 60, "the partial file's failure")
+    write_atomically(slow, tiff_bytes(gray_image(40, 256, 256)))
+    wait_until(lambda: _source_sha(site.outbox / "slow.tif") == sha256_of(slow), 60,
+               "the complete file's output")
+    status = site.status()
+    assert status["counts"]["failed"] == 0 and status["recent_failures"] == []
+    assert daemon.stop() == 0
+
+
 # --------------------------------------------------------------------------- crashes
 
 
@@ -145,6 +209,25 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
     assert daemon.stop() == 0
 
 
+def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
+    """An operator's kills while jobs wait for their batch to fill once failed good files."""
+    site = make_site()
+    # A long fill wait: the claimed job waits there, deterministically not started.
+    site.write_config(queue={"max_attempts": 2}, engine={"batch_size": 4, "max_batch_wait": 120.0})
+    write_atomically(site.inbox / "good.png", png_bytes(gray_image(1)))
+    for _ in range(3):  # more kills than max_attempts
+        daemon = site.start()
+        (claimed,) = wait_until(lambda: site.jobs(JobState.RUNNING), 120, "the job claimed")
+        assert claimed.attempt_started is None
+        daemon.kill()
+    site.write_config(engine={"max_batch_wait": 0.3})
+    daemon = site.start()
+    site.wait_settled(1)
+    (job,) = site.jobs()
+    assert (job.state, job.attempts) == (JobState.DONE, 1), job
+    assert daemon.stop() == 0
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
@@ -158,6 +241,10 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None
         "text.tif": b"this is not an image, it is a text file\n" * 20,
         "huge.tif": huge_header_tiff(),
         "volume.tif": tiff_bytes(np.zeros((2, 3, 32, 32, 3), np.uint8), photometric="rgb"),
+        "stack4d.tif": tiff_bytes(np.zeros((3, 64, 64, 5), np.uint16)),
+        "nan.tif": tiff_bytes(np.full((48, 64), np.nan, np.float32)),
+        # Its output name (beside LONG.tif: LONG.png.tif) is 259 bytes: too long, every time.
+        LONG + ".png": png_bytes(gray_image(8)),
     }
     colored = np.stack([gray_image(5), gray_image(6), np.full((96, 128), 30, np.uint8)], axis=-1)
     good = {
@@ -165,9 +252,10 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None
         "good16.tif": tiff_bytes(good16),
         "float32.tif": tiff_bytes(gray_image(7).astype(np.float32) / 255.0 * 3.5 - 1.0),
         "rgb.png": png_bytes(colored),
+        LONG + ".tif": tiff_bytes(gray_image(9)),
     }
     for name, data in {**bad, **good}.items():
-        write_atomically(site.inbox / name, data)
+        (site.inbox / name).write_bytes(data)  # before the start: no need for a temp name
 
     daemon = site.start()
     site.wait_settled(len(bad) + len(good))
@@ -179,6 +267,9 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None
         assert job.attempts == 1, f"{name}: an undecodable file is not retried"
         assert job.error and "\n" not in job.error and len(job.error) < 300, job.error
     assert "(2, 3, 32, 32, 3)" in jobs["volume.tif"].error
+    assert "(3, 64, 64, 5)" in jobs["stack4d.tif"].error
+    assert "no finite pixel" in jobs["nan.tif"].error
+    assert "File name too long" in jobs[LONG + ".png"].error
     for name in good:
         assert jobs[name].state == JobState.DONE, (name, jobs[name].error)
     assert provenance(site.outbox / "float32.tif")["source"]["dtype"] == "float32"
@@ -192,6 +283,30 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None
     table = site.cli("status").stdout
     assert "failed" in table and "huge.tif" in table
     assert daemon.stop() == 0
+
+
+def test_special_files_swapped_in_after_queueing_fail_alone(make_site, tmp_path: Path) -> None:
+    """A FIFO once blocked the service forever; a symlink swapped in was followed out."""
+    site = make_site()
+    for name in ("fifo.png", "outside.png", "good.png"):
+        write_atomically(site.inbox / name, png_bytes(gray_image(len(name))))
+    site.cli("enqueue", str(site.inbox))  # queued while the service is down...
+    (site.inbox / "fifo.png").unlink()  # ...then swapped
+    os.mkfifo(site.inbox / "fifo.png")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(gray_image(99)))
+    (site.inbox / "outside.png").unlink()
+    (site.inbox / "outside.png").symlink_to(secret)
+    daemon = site.start()
+    site.wait_settled(3)
+    jobs = {job.rel_path: job for job in site.jobs()}
+    assert jobs["good.png"].state == JobState.DONE
+    assert jobs["fifo.png"].state == JobState.FAILED
+    assert "not a regular file (a FIFO)" in jobs["fifo.png"].error
+    assert jobs["outside.png"].state == JobState.FAILED
+    assert "leads outside the watched folder" in jobs["outside.png"].error
+    assert names(site.outputs(), site.outbox) == {"good.tif"}
+    assert daemon.alive() and daemon.stop() == 0
 
 
 # --------------------------------------------------------------------------- systemd
@@ -311,6 +426,16 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     write_atomically(site.inbox / "three.png", png_bytes(gray_image(3)))
     site.wait_settled(3)
     assert provenance(site.outbox / "three.tif")["model"]["sha256"] == retrained
+
+    # A watch folder that does not exist is refused like a broken config, never created.
+    site.write_config(watch={"input_dir": "inbox-typo"})
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("reload refused; keeping the running configuration and model", timeout=120)
+    assert not (site.root / "inbox-typo").exists()
+    assert any("inbox-typo" in e.get("reason", "") for e in daemon.events()
+               if e.get("event") == "reload refused; keeping the running configuration and model")
+    write_atomically(site.inbox / "four.png", png_bytes(gray_image(4)))
+    site.wait_settled(4)
     assert daemon.alive()
     assert daemon.stop() == 0
 
@@ -339,6 +464,54 @@ def test_missing_output_share_pauses_without_using_attempts(make_site) -> None:
     site.wait_settled(4, timeout=60)
     assert site.counts()["done"] == 4
     assert daemon.has_event("storage available again, resuming")
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> None:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "semwatch-test",
+                                 str(folder)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a file system here: {result.stderr.strip()}")
+        mounted.append(folder)
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _umount(folder: Path) -> None:
+    subprocess.run(["umount", str(folder)], check=True, capture_output=True)
+
+
+def test_unmounting_a_share_mounted_at_the_output_folder_pauses(make_site, mount_tmpfs) -> None:
+    """The local mount point left behind once received the outputs."""
+    site = make_site()
+    site.outbox.mkdir()
+    mount_tmpfs(site.outbox)
+    daemon = site.start()
+    daemon.wait_ready()
+    write_atomically(site.inbox / "before.png", png_bytes(gray_image(1)))
+    site.wait_settled(1)
+
+    _umount(site.outbox)  # the share goes away; its empty mount point folder stays
+    write_atomically(site.inbox / "during.png", png_bytes(gray_image(2)))
+    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts",
+                      timeout=60)
+    wait_until(lambda: site.counts()["pending"] == 1, 30, "the job pending")
+    time.sleep(1.0)
+    assert site.counts()["pending"] == 1 and site.jobs(JobState.PENDING)[0].attempts == 0
+    assert list(site.outbox.iterdir()) == [], "outputs went to the local disk"
+    assert any("file system changed" in e.get("reason", "") for e in daemon.events()
+               if e.get("event", "").startswith("output paused"))
+
+    mount_tmpfs(site.outbox)  # mounted again (a new device id, as NFS/SMB get too)
+    site.wait_settled(2, timeout=60)
+    assert (site.outbox / "during.tif").is_file()
     assert daemon.stop() == 0
 
 
