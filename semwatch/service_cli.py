@@ -117,7 +117,7 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - damaged rows raise anything while read
         log.debug("queue access failed", exc_info=exc)
         raise click.ClickException(
-            f"{_database(config)}: cannot read the queue: {type(exc).__name__}: "
+            f"{_database(config)}: cannot use the queue: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())} (is the database damaged?)") from None
 
 
@@ -250,9 +250,13 @@ def _walk_files(folder: Path) -> Iterator[Path]:
 
 
 def _hash_into(watcher, path: Path, records: list, report: EnqueueReport) -> None:
-    from semwatch.watcher import sha256_file
+    from semwatch.watcher import name_problem, printable_name, sha256_file
 
     rel = watcher.relpath(path)
+    problem = name_problem(rel)
+    if problem is not None:
+        report.errors.append(f"{printable_name(str(path))}: {problem}")
+        return
     try:
         st = path.stat()
         digest = sha256_file(path)

@@ -102,7 +102,7 @@ def printable_name(rel: str) -> str:
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
-def _name_problem(rel: str) -> str | None:
+def name_problem(rel: str) -> str | None:
     """Why a path cannot be queued under its own name (None: it can)."""
     try:
         rel.encode("utf-8")
@@ -363,7 +363,7 @@ class Watcher:
         if current != key:
             self._restart_or_drop(rel, current)
             return None
-        problem = _name_problem(rel)
+        problem = name_problem(rel)
         if problem is not None:
             self._record_failure(rel, key, problem)
             self._forget(rel, key)  # a rename is a new path; this one cannot change

@@ -153,9 +153,10 @@ def test_same_stem_in_one_folder_keeps_both(tmp_path, tiny_model):
     src.mkdir()
     Image.fromarray(textured_gray(40, 40)).save(src / "x.png")
     tifffile.imwrite(src / "x.tif", textured_gray(40, 40))
+    tifffile.imwrite(src / "x.TIF", textured_gray(40, 40, seed=1))  # the extension's case too
     out = tmp_path / "out"
     assert colorize([src], out, tiny_model).returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["x.png.tif", "x.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["x.TIF.tif", "x.png.tif", "x.tif"]
 
 
 def test_existing_output_needs_overwrite(tmp_path, tiny_model):

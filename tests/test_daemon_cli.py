@@ -3,6 +3,7 @@ real SQLite queue (no daemon needed; these commands must not import PyTorch)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -128,6 +129,17 @@ def test_enqueue_refuses_paths_outside_the_watch_folder(site: Site, tmp_path: Pa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2
     assert "notes.txt: not picked up" in errors[0] and "missing.png: no such file" in errors[1]
+
+
+def test_enqueue_names_a_file_whose_name_is_not_utf8_and_queues_the_rest(site: Site) -> None:
+    _images(site, "run/a.png", "run/b.png")
+    with open(os.fsencode(site.inbox) + b"/run/bad\xff.png", "wb") as f:
+        f.write(png_bytes(gray_image(9)))
+    result = site.cli("enqueue", str(site.inbox / "run"), check=False)
+    assert result.returncode == 1 and "queued 2 of 2 images" in result.stdout
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "bad\\xff.png" in error and "not valid UTF-8" in error
+    assert "Traceback" not in result.stderr
 
 
 def test_retry_failed_jobs_and_the_readable_status(site: Site) -> None:
