@@ -661,8 +661,14 @@ class SqlJobQueue(JobQueue):
         )
         with self._transaction("note_unchanged", write=True) as conn:
             updated = conn.execute(stmt).rowcount
+            # Readable again with the content that is done (after an unreadable spell):
+            # the failure recorded meanwhile is history.
+            superseded = self._supersede_failures(conn, rel_path) if updated else 0
         if not updated:
             log.warning("touch of a path the queue does not know; ignored", path=rel_path)
+        elif superseded:
+            log.info("earlier failures of the file superseded", path=rel_path,
+                     failures=superseded)
 
     def latest_sha256(self, rel_path: str) -> str | None:
         query = sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path)

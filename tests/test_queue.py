@@ -658,9 +658,12 @@ def test_record_failure_shows_a_file_that_cannot_be_queued(queue: SqlJobQueue,
     (real,) = queue.claim(owner, 1)
     queue.complete(owner, real.id, "out/locked.tif")
     assert queue.stats().counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}
-    # Unreadable again later: a new incident shows again.
+    # Unreadable again later: a new incident shows again...
     assert queue.record_failure("locked.tif", 12, 3.0, "cannot read: I/O error")
     assert queue.stats().counts["failed"] == 1
+    # ...until the file is readable with the content that is done (a touch, no new job).
+    queue.note_unchanged("locked.tif", 12, 4.0)
+    assert queue.stats().counts["failed"] == 0
 
 
 # ------------------------------------------------------------------ read-only (status)
