@@ -98,7 +98,8 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> s
 
 
 def printable_name(rel: str) -> str:
-    """A path as it can be stored and shown: bytes that are not UTF-8 as \\xNN escapes."""
+    """A path (or a message quoting one) as it can be stored and shown: bytes that are not
+    UTF-8 as \\xNN escapes."""
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
@@ -391,7 +392,7 @@ class Watcher:
 
     def _record_failure(self, rel: str, key: tuple[int, float], reason: str) -> None:
         """Shown by `semwatch status` as a failed job; logged when new, not at every scan."""
-        name = printable_name(rel)
+        name, reason = printable_name(rel), printable_name(reason)  # messages may quote the name
         if self._queue.record_failure(name, key[0], key[1], reason):
             self._log.warning("file not queued", path=name, reason=reason)
         else:
