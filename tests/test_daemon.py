@@ -187,6 +187,7 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
     recovered = []
     for _ in range(2):
         daemon = site.start()
+        daemon.wait_ready()  # past its start-up recovery of the previous run's jobs
         # Killed once work is under way: these attempts count (merely claimed ones do not).
         running = wait_until(lambda: [j for j in site.jobs(JobState.RUNNING) if j.attempt_started],
                              120, "a batch in flight", interval=0.02)
@@ -217,7 +218,10 @@ def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
     write_atomically(site.inbox / "good.png", png_bytes(gray_image(1)))
     for _ in range(3):  # more kills than max_attempts
         daemon = site.start()
-        (claimed,) = wait_until(lambda: site.jobs(JobState.RUNNING), 120, "the job claimed")
+        daemon.wait_ready()  # past its start-up recovery: a RUNNING job is this run's claim
+        (claimed,) = wait_until(lambda: site.jobs(JobState.RUNNING) or site.jobs(JobState.FAILED),
+                                120, "the job claimed")
+        assert claimed.state == JobState.RUNNING, f"kills failed a good file: {claimed.error}"
         assert claimed.attempt_started is None
         daemon.kill()
     site.write_config(engine={"max_batch_wait": 0.3})
