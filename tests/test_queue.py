@@ -537,10 +537,10 @@ def test_a_claim_that_never_started_costs_no_attempt(queue: SqlJobQueue,
     for _ in range(5):  # more kills than max_attempts
         gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token=os.urandom(16).hex())
         (claimed,) = queue.claim(gone, 1)
-        assert claimed.attempts == 1 and claimed.attempt_started is None
         assert queue.recover() == 1
         back = queue.get(job_id)
         assert (back.state, back.attempts) == (JobState.PENDING, 0), back
+        assert claimed.attempts == 1 and claimed.attempt_started is None  # provisional
     # An expired lease of an unstarted claim is given back the same way.
     stalled = Owner(host="other-host", pid=1, token="6" * 32)
     queue.claim(stalled, 1)
@@ -614,11 +614,11 @@ def test_a_completed_newer_version_supersedes_earlier_failures(queue: SqlJobQueu
     (full,) = queue.claim(owner, 1)
     queue.complete(owner, full.id, "out/slow.tif")
 
-    assert queue.get(partial.id).superseded_by == full.id
-    assert queue.get(partial.id).state is JobState.FAILED  # kept as history
     stats = queue.stats()
     assert stats.counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}
     assert stats.recent_failures == [] and queue.jobs(JobState.FAILED) == []
+    assert queue.get(partial.id).superseded_by == full.id
+    assert queue.get(partial.id).state is JobState.FAILED  # kept as history
     assert queue.retry(failed=True) == 0 and queue.retry([partial.id]) == 0
 
 
