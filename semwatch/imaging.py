@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import tifffile
@@ -1095,13 +1095,15 @@ def build_provenance(
     device: str,
     chroma_size: int,
     refinement: Mapping[str, Any] | None = None,
+    hints: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
     ``refinement``: the engine's colour post-processing settings (hue coherence, guided
-    filter), which change the output as much as the model does.
+    filter), which change the output as much as the model does. ``hints``: the colour
+    hints given ({"x", "y", "color"} each), recorded only when there were any.
     """
-    return {
+    record = {
         "semwatch": {
             "version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1121,6 +1123,9 @@ def build_provenance(
             "databar_row": image.databar_row,
         }
     }
+    if hints:
+        record["semwatch"]["hints"] = [dict(h) for h in hints]
+    return record
 
 
 # --------------------------------------------------------------------------- helpers
