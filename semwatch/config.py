@@ -73,6 +73,7 @@ class EngineConfig:
     region_hue: float = 0.0
     region_size: int = 192
     region_scale: float = 150.0
+    chroma_gain: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,7 @@ _POSITIVE = {
     ("engine", "max_pixels"), ("daemon", "shutdown_timeout"), ("daemon", "decode_threads"),
     ("daemon", "write_threads"), ("trainer", "image_size"), ("trainer", "batch_size"),
     ("trainer", "decoder_width"), ("engine", "region_size"), ("engine", "region_scale"),
+    ("engine", "chroma_gain"),
 }
 _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),

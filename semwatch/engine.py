@@ -171,11 +171,12 @@ class Refinement:
     region_hue: float = 0.0  # semwatch.regions: dominant hue per region; 0 = off
     region_size: int = 192  # long side at which the regions are found
     region_scale: float = 150.0  # Felzenszwalb scale (larger: larger regions)
+    chroma_gain: float = 1.0  # predicted chroma x this (calibration), before the hints
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Refinement":
         return cls(cfg.hue_scale, cfg.guide_radius, cfg.guide_eps, cfg.region_hue, cfg.region_size,
-                   cfg.region_scale)
+                   cfg.region_scale, cfg.chroma_gain)
 
     @property
     def regions(self) -> RegionSettings:
@@ -347,6 +348,8 @@ class Colorizer:
     def _refine(self, ab: torch.Tensor, guide: torch.Tensor, points: list[HintPoint]) -> torch.Tensor:
         """The colour refinements on one down-scaled prediction (2, h, w)."""
         settings = self.refinement.regions
+        if self.refinement.chroma_gain != 1.0:
+            ab = ab * self.refinement.chroma_gain
         if settings.strength > 0 or points:
             labels = segment(guide, settings)
             ab = spread_hints(apply_dominant_hue(ab, labels, settings.strength), labels, points)

@@ -101,13 +101,13 @@ def test_engine_refinements_come_from_the_config_and_are_recorded(tmp_path, tiny
     Image.fromarray(textured_gray(120, 160)).save(source)
     config = tmp_path / "site.toml"
     config.write_text("[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\nregion_hue = 0.5\n"
-                      "region_size = 96\nregion_scale = 80.0\n")
+                      "region_size = 96\nregion_scale = 80.0\nchroma_gain = 0.8\n")
     out = tmp_path / "out"
     result = colorize([source], out, tiny_model, "--config", str(config))
     assert result.returncode == 0, result.stderr
     record = provenance_of(out / "a.tif")["semwatch"]
     assert record["refinement"] == {"hue_scale": 0.15, "guide_radius": 4, "guide_eps": 0.02, "region_hue": 0.5,
-                                    "region_size": 96, "region_scale": 80.0}
+                                    "region_size": 96, "region_scale": 80.0, "chroma_gain": 0.8}
 
 
 def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model):

@@ -51,7 +51,7 @@ METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_int
                "region_coherence_truth"}
 REPORT_KEYS = {"model", "model_sha256", "split", "images", "skipped_gray", "skipped_unreadable",
                "chroma_size", "hue_scale", "guide_radius", "guide_eps", "region_hue", "region_size",
-               "region_scale", "metrics", "gray_baseline", "hints", "hint_seed"}
+               "region_scale", "chroma_gain", "metrics", "gray_baseline", "hints", "hint_seed"}
 
 
 def colour_image(height: int, width: int, seed: int) -> np.ndarray:

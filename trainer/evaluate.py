@@ -91,6 +91,7 @@ class EvaluationReport:
     region_hue: float = 0.0
     region_size: int = 0
     region_scale: float = 0.0
+    chroma_gain: float = 1.0
     hints: list[HintResult] = field(default_factory=list)  # --hints: one row per count
     hint_seed: int = 0
 
@@ -373,7 +374,8 @@ def format_table(report: EvaluationReport) -> str:
         f"model {report.model} (sha256 {report.model_sha256[:12]})",
         f"split {report.split}: {report.images} images{skipped}; chroma size {report.chroma_size}, "
         f"hue scale {report.hue_scale:g}, guide radius {report.guide_radius} (eps {report.guide_eps:g}), "
-        f"region hue {report.region_hue:g} (size {report.region_size}, scale {report.region_scale:g})",
+        f"region hue {report.region_hue:g} (size {report.region_size}, scale {report.region_scale:g}), "
+        f"chroma gain {report.chroma_gain:g}",
         "",
         f"{'':{width}}  {'model':>10}  {'gray':>10}",
     ]
@@ -429,6 +431,10 @@ def _load_cli_config(config_path: Path | None) -> Config:
               help="Lightness-guided filter radius (0 = off). Default: engine.guide_radius.")
 @click.option("--region-hue", type=click.FloatRange(0.0, 1.0), default=None,
               help="Dominant hue per region, 0 (off) to 1. Default: engine.region_hue.")
+@click.option("--region-scale", type=click.FloatRange(min=1.0), default=None,
+              help="Region size preference (Felzenszwalb scale). Default: engine.region_scale.")
+@click.option("--chroma-gain", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Predicted chroma x this. Default: engine.chroma_gain.")
 @click.option("--hints", "hints_text", default=None, metavar="N[,N...]",
               help="Also colorize with N simulated hints per image (from the truth, fixed seed) and report "
                    "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.")
@@ -452,6 +458,8 @@ def evaluate_command(
     hue_scale: float | None,
     guide_radius: int | None,
     region_hue: float | None,
+    region_scale: float | None,
+    chroma_gain: float | None,
     hints_text: str | None,
     hint_seed: int,
     device: str | None,
@@ -477,7 +485,8 @@ def evaluate_command(
             backend=config.engine.backend,
             chroma_size=chroma_size or config.engine.chroma_size,
             batch_size=batch_size or config.engine.batch_size,
-            refinement=_refinement(config, hue_scale=hue_scale, guide_radius=guide_radius, region_hue=region_hue),
+            refinement=_refinement(config, hue_scale=hue_scale, guide_radius=guide_radius, region_hue=region_hue,
+                                   region_scale=region_scale, chroma_gain=chroma_gain),
         )
         report = evaluate(colorizer, paths, split=split, progress=not quiet, hint_counts=_hint_counts(hints_text),
                           hint_seed=hint_seed)
