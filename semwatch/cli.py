@@ -149,10 +149,11 @@ def colorize_command(
 ) -> None:
     """Colorize INPUT files and folders (recursively) into --output-dir, once.
 
-    Outputs keep the input's size, its gray levels as their lightness, its vendor metadata,
-    and a provenance record (source and model SHA-256). A file named directly is written as
-    DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder. Nothing is
-    overwritten without --overwrite. A file that cannot be read is reported in one line and
+    Outputs keep the input's size, its gray levels as their lightness, its acquisition
+    metadata, and a provenance record (source and model SHA-256); sidecar metadata files
+    (output.sidecars: x.txt beside x.tif) are copied beside them. A file named directly is
+    written as DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder.
+    Nothing is overwritten without --overwrite. A file that cannot be read is reported in one line and
     the rest go on; the exit code is 1 if any input failed.
     """
     config = load_cli_config(config_path)
@@ -187,7 +188,8 @@ def colorize_command(
     log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
              device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
     failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
-                         config.output.jpeg_quality, progress=not quiet)
+                         config.output.jpeg_quality, progress=not quiet,
+                         sidecars=config.output.sidecars)
     done = len(tasks) - failures
     seconds = time.perf_counter() - started
     click.echo(f"colorized {done} of {len(tasks)} images, {failures} failed, "
@@ -197,8 +199,8 @@ def colorize_command(
 
 
 def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_quality: int,
-              *, progress: bool = True) -> int:
-    """Decode, colorize and write every task; returns how many failed.
+              *, progress: bool = True, sidecars: Sequence[str] = ()) -> int:
+    """Decode, colorize and write every task (and copy its sidecars); returns how many failed.
 
     Decoding of the next batch and writing of the previous one run in threads beside the
     network, so the CPU or GPU is not idle during file I/O.
@@ -255,7 +257,7 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                     continue
                 for (task, item), rgb in zip(good, rgbs):
                     pending_writes.append((task, writers.submit(
-                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality)))
+                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars)))
             still = []
             for task, future in pending_writes:
                 if future.done():
@@ -271,8 +273,10 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
     return failures
 
 
-def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -> None:
+def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int,
+               sidecars: Sequence[str]) -> None:
     from semwatch.imaging import build_provenance, write_image
+    from semwatch.sidecars import copy_sidecars
 
     provenance = build_provenance(
         image, source_path=str(task.source), model_name=colorizer.model_name,
@@ -282,6 +286,7 @@ def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -
     )
     write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
                 jpeg_quality=jpeg_quality)
+    copy_sidecars(task.source, task.target, sidecars)
 
 
 def _finish_write(task: Task, future: Future, report) -> None:
