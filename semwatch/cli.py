@@ -153,8 +153,8 @@ def colorize_command(
     metadata, and a provenance record (source and model SHA-256); sidecar metadata files
     (output.sidecars: x.txt beside x.tif) are copied beside them. A file named directly is
     written as DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder.
-    Nothing is overwritten without --overwrite. A file that cannot be read is reported in one line and
-    the rest go on; the exit code is 1 if any input failed.
+    Nothing is overwritten without --overwrite. A file that cannot be read is reported in one
+    line and the rest go on; the exit code is 1 if any input failed.
     """
     config = load_cli_config(config_path)
     configure_logging(config.logging.level, "console" if config.logging.format == "auto"

@@ -1124,7 +1124,7 @@ def read_provenance(path: Path) -> dict | None:
 
 def _tiff_provenance(path: Path) -> dict | None:
     with tifffile.TiffFile(path) as tf:
-        tags = tf.pages.first.tags
+        tags = tf.pages[0].tags
         xmp = tags.get(700)
         if xmp is not None:
             record = provenance_from_xmp(xmp.value)

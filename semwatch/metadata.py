@@ -344,7 +344,7 @@ def _imagej_series_tags(
 ) -> tuple[TagTuple, ...]:
     """ImageJ keeps its description and IJMetadata on the first page only, for the whole
     stack: a later page that is colorized carries them from there."""
-    first = tf.pages.first
+    first = tf.pages[0]
     if page.index == 0 or not first.is_imagej:
         return _imagej_metadata_tags(path, page, page.index)
     description = first.tags.get(_DESCRIPTION_TAG)
@@ -601,8 +601,9 @@ def provenance_from_xmp(packet: bytes | str) -> dict | None:
         raise ValueError(f"XMP packet is not well-formed XML: {exc}") from exc
     qualified = f"{{{XMP_NAMESPACE}}}{_XMP_PROPERTY}"
     texts = [element.text or "" for element in root.iter(qualified)]
-    texts += [description.get(qualified) for description in root.iter(f"{{{_RDF_NAMESPACE}}}Description")
-              if description.get(qualified) is not None]
+    for description in root.iter(f"{{{_RDF_NAMESPACE}}}Description"):
+        if description.get(qualified) is not None:  # the attribute form of the property
+            texts.append(description.get(qualified))
     if not texts:
         return None
     record = json.loads(texts[0])

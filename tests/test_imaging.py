@@ -39,7 +39,7 @@ from semwatch.imaging import (
     sweep_temp_files,
     write_image,
 )
-from semwatch.metadata import provenance_from_xmp
+from semwatch.metadata import LAYOUT_TAGS, provenance_from_xmp
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sem-real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/sem-real not present")
@@ -603,6 +603,8 @@ def test_real_vendor_tags_are_copied_byte_identical(
             assert page.tags[296].value == source.pages[0].tags[296].value
             if 34665 in source.pages[0].tags:  # FEI's EXIF IFD (ImageUniqueID)
                 assert page.tags[34665].value == source.pages[0].tags[34665].value
+            carried = {tag.code for tag in source.pages[0].tags.values()} - set(LAYOUT_TAGS)
+            assert carried <= {tag.code for tag in page.tags.values()}
         assert np.array_equal(page.asarray()[..., 1], image.gray)
     assert read_provenance(out)["semwatch"]["source"]["sha256"] == image.sha256
 

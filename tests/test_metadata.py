@@ -21,7 +21,13 @@ from PIL import Image, TiffImagePlugin
 
 import semwatch
 from semwatch.imaging import build_provenance, read_image, read_provenance, write_image
-from semwatch.metadata import IMAGEJ_LAYOUT_KEYS, LAYOUT_TAGS, XMP_NAMESPACE, provenance_from_xmp
+from semwatch.metadata import (
+    IMAGEJ_LAYOUT_KEYS,
+    LAYOUT_TAGS,
+    XMP_NAMESPACE,
+    append_sub_ifds,
+    provenance_from_xmp,
+)
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
@@ -84,7 +90,9 @@ def raw_ifd(path: Path) -> dict[int, list[tuple[int, int, object]]]:
         size = struct.calcsize("<" + fmt) * n
         where = at + 8 if size <= 4 else struct.unpack(order + "I", data[at + 8 : at + 12])[0]
         raw = data[where : where + size]
-        value = raw if dtype in (1, 2, 6, 7) else struct.unpack(f"{order}{n * len(fmt)}{fmt[0]}", raw)
+        if dtype not in (1, 2, 6, 7):
+            raw = struct.unpack(f"{order}{n * len(fmt)}{fmt[0]}", raw)
+        value = raw
         ifd.setdefault(code, []).append((dtype, n, value))
     return ifd
 
@@ -328,3 +336,18 @@ def test_provenance_of_outputs_written_before_the_xmp_packet(tmp_path: Path) -> 
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, gray(), description="not ours", metadata=None)
     assert read_provenance(plain) is None
+
+
+def test_sub_ifds_are_appended_to_bigtiff_outputs_too(tmp_path: Path) -> None:
+    # tifffile writes BigTIFF for outputs over ~4 GB; the sub-IFDs then need 64-bit offsets.
+    sub_ifds = read_image(pillow_exif_tiff(tmp_path / "jeol.tif")).metadata.sub_ifds
+    out = tmp_path / "big.tif"
+    with out.open("xb+") as fh:
+        tifffile.imwrite(fh, np.zeros((8, 8, 3), np.uint8), photometric="rgb", bigtiff=True)
+        append_sub_ifds(fh, sub_ifds)
+    with tifffile.TiffFile(out) as tf, tifffile.TiffFile(tmp_path / "jeol.tif") as src:
+        assert tf.is_bigtiff
+        assert tf.pages[0].tags[34853].value == src.pages[0].tags[34853].value
+        exif = tf.pages[0].tags[34665].value
+        assert exif["BodySerialNumber"] == "SN-4711" and "InteroperabilityTag" in exif
+        assert tf.pages[0].asarray().shape == (8, 8, 3)
