@@ -43,7 +43,6 @@ from semwatch.imaging import (
 )
 from semwatch.log import configure_logging, get_logger
 from semwatch.notify import Notifier, watchdog_interval
-from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
 from semwatch.queue import (
     DaemonLock,
     Job,
@@ -56,6 +55,7 @@ from semwatch.queue import (
     open_queue,
     sqlite_path,
 )
+from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
 
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer
