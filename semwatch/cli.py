@@ -154,11 +154,12 @@ def colorize_command(
 ) -> None:
     """Colorize INPUT files and folders (recursively) into --output-dir, once.
 
-    Outputs keep the input's size, its gray levels as their lightness, its vendor metadata,
-    and a provenance record (source and model SHA-256). A file named directly is written as
-    DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder. Nothing is
-    overwritten without --overwrite. A file that cannot be read is reported in one line and
-    the rest go on; the exit code is 1 if any input failed.
+    Outputs keep the input's size, its gray levels as their lightness, its acquisition
+    metadata, and a provenance record (source and model SHA-256); sidecar metadata files
+    (output.sidecars: x.txt beside x.tif) are copied beside them. A file named directly is
+    written as DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder.
+    Nothing is overwritten without --overwrite. A file that cannot be read is reported in one
+    line and the rest go on; the exit code is 1 if any input failed.
 
     With --hints FILE (one input image), the colours of the points in FILE steer the
     colour: the object each point falls in takes that colour. The hints are recorded in the
@@ -197,7 +198,8 @@ def colorize_command(
     log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
              device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
     failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
-                         config.output.jpeg_quality, progress=not quiet, hints=hints)
+                         config.output.jpeg_quality, progress=not quiet, hints=hints,
+                         sidecars=config.output.sidecars)
     done = len(tasks) - failures
     seconds = time.perf_counter() - started
     click.echo(f"colorized {done} of {len(tasks)} images, {failures} failed, "
@@ -221,9 +223,10 @@ def _load_hints_for(hints_file: Path | None, tasks: Sequence[Task]) -> list | No
 
 
 def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_quality: int,
-              *, progress: bool = True, hints: Sequence | None = None) -> int:
-    """Decode, colorize and write every task; returns how many failed. ``hints`` (one task
-    only) steer that image's colour.
+              *, progress: bool = True, hints: Sequence | None = None,
+              sidecars: Sequence[str] = ()) -> int:
+    """Decode, colorize and write every task (and copy its sidecars); returns how many failed.
+    ``hints`` (one task only) steer that image's colour.
 
     Decoding of the next batch and writing of the previous one run in threads beside the
     network, so the CPU or GPU is not idle during file I/O.
@@ -283,7 +286,7 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                     continue
                 for (task, item), rgb in zip(good, rgbs):
                     pending_writes.append((task, writers.submit(
-                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, hints)))
+                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars, hints)))
             still = []
             for task, future in pending_writes:
                 if future.done():
@@ -315,8 +318,10 @@ def _fitting_hints(good: list, hints: Sequence, report, bar) -> list:
     return kept
 
 
-def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int, hints=None) -> None:
+def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int,
+               sidecars: Sequence[str], hints=None) -> None:
     from semwatch.imaging import build_provenance, write_image
+    from semwatch.sidecars import copy_sidecars
 
     provenance = build_provenance(
         image, source_path=str(task.source), model_name=colorizer.model_name,
@@ -327,6 +332,7 @@ def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int, h
     )
     write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
                 jpeg_quality=jpeg_quality)
+    copy_sidecars(task.source, task.target, sidecars)
 
 
 def _finish_write(task: Task, future: Future, report) -> None:

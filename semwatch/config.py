@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -46,6 +47,8 @@ class OutputConfig:
     dir: Path = Path("outbox")
     format: Literal["tiff", "png", "jpeg"] = "tiff"
     jpeg_quality: int = 95
+    # Suffixes of sidecar metadata files copied beside the output (semwatch.sidecars).
+    sidecars: tuple[str, ...] = (".txt", ".hdr")
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,8 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: engine.region_hue = {instance.region_hue}: must be in [0, 1]")
     if section == "output" and not 1 <= instance.jpeg_quality <= 100:
         raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
+    if section == "output":
+        _check_sidecars(instance.sidecars, where)
     if section == "trainer" and not 0.0 <= instance.val_fraction < 1.0:
         raise ConfigError(f"{where}: trainer.val_fraction = {instance.val_fraction}: must be in [0, 1)")
     if section == "trainer" and not 0.0 < instance.crop_min <= 1.0:
@@ -295,6 +300,23 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: trainer.hint_none_share = {instance.hint_none_share}: must be in [0, 1]")
     if section == "trainer" and instance.hint_mean_points < 1.0:
         raise ConfigError(f"{where}: trainer.hint_mean_points = {instance.hint_mean_points}: must be >= 1")
+
+
+_SIDECAR_SUFFIX = re.compile(r"^\.[A-Za-z0-9_-]+$")
+
+
+def _check_sidecars(suffixes: tuple[str, ...], where: str) -> None:
+    # Imported here: the image suffixes live with the decoders, which most commands that
+    # only read the configuration (status, enqueue) never load otherwise.
+    from semwatch.imaging import SUPPORTED_SUFFIXES
+
+    for suffix in suffixes:
+        if not _SIDECAR_SUFFIX.match(suffix):
+            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is not a file suffix "
+                              'like ".txt" (a dot, then letters or digits)')
+        if suffix.lower() in SUPPORTED_SUFFIXES:
+            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is an image suffix; "
+                              "images are colorized, not copied as sidecars")
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

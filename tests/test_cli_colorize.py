@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 
 from conftest import sem_real_files
 from helpers import bomb_tiff_bytes, max_lightness_error, raw_tiff_tag, textured_gray
-from semwatch.imaging import read_image
+from semwatch.imaging import read_image, read_provenance
 from semwatch.model import file_sha256
 
 VENDOR_TAGS = (34680, 34682, 34118)
@@ -33,13 +32,9 @@ def colorize(inputs, out: Path, model: Path, *extra: str) -> subprocess.Complete
 
 
 def provenance_of(path: Path) -> dict:
-    if path.suffix == ".tif":
-        with tifffile.TiffFile(path) as tif:
-            return json.loads(tif.pages[0].description)
-    with Image.open(path) as im:
-        if path.suffix == ".png":
-            return json.loads(im.text["semwatch"])
-        return json.loads(im.info["comment"])
+    record = read_provenance(path)
+    assert record is not None, f"{path}: no provenance record"
+    return record
 
 
 def check_output(source: Path, output: Path, model: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from conftest import SEM_REAL
 from semwatch.color import rgb_to_lab
 from semwatch.config import EngineConfig, load_config_file
 from semwatch.engine import Colorizer
-from semwatch.imaging import read_image
+from semwatch.imaging import read_image, read_provenance
 from semwatch.model import default_model_path, file_sha256, read_generator_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(tmp_path: Path, 
     output = tmp_path / "out" / (source.stem + ".tif")
     with tifffile.TiffFile(output) as tif:
         rgb = tif.pages[0].asarray()
-        record = json.loads(tif.pages[0].description)["semwatch"]
+    record = read_provenance(output)["semwatch"]
     assert record["model"]["sha256"] == file_sha256(default_model_path())
     bar = read_image(source).databar_row
     assert bar is not None

@@ -269,8 +269,9 @@ def test_training_with_hints_widens_a_one_channel_init(tmp_path: Path) -> None:
 
 
 def _tiff_provenance(path: Path) -> dict:
-    with tifffile.TiffFile(path) as tf:
-        return json.loads(tf.pages[0].description)["semwatch"]
+    from semwatch.imaging import read_provenance
+
+    return read_provenance(path)["semwatch"]
 
 
 def test_colorize_hints_cli_records_them_and_rejects_bad_files(hint_model: Path, tmp_path: Path) -> None:

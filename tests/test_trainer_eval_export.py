@@ -24,6 +24,7 @@ from helpers import max_lightness_error
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import TrainerConfig
 from semwatch.engine import Colorizer
+from semwatch.imaging import read_provenance
 from semwatch.model import (
     GeneratorConfig,
     LoadedGenerator,
@@ -368,7 +369,7 @@ def test_exported_model_colorizes_through_semwatch_cli(tmp_path: Path, checkpoin
     assert proc.returncode == 0, proc.stderr
     with tifffile.TiffFile(out_dir / "sem.tif") as tif:
         rgb = tif.pages[0].asarray()
-        provenance = json.loads(tif.pages[0].description)["semwatch"]
+    provenance = read_provenance(out_dir / "sem.tif")["semwatch"]
     assert rgb.shape == (70, 90, 3)
     assert max_lightness_error(rgb, gray) <= 1.0
     assert provenance["model"] == {"name": "exported", "sha256": file_sha256(model_file)}
