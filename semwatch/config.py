@@ -72,11 +72,11 @@ class EngineConfig:
     threads: int = 0
     guide_radius: int = 8
     guide_eps: float = 0.01
-    hue_scale: float = 0.2
-    region_hue: float = 0.0
+    hue_scale: float = 0.0
+    region_hue: float = 1.0
     region_size: int = 192
-    region_scale: float = 150.0
-    chroma_gain: float = 1.0
+    region_scale: float = 400.0
+    chroma_gain: float = 0.95
 
 
 @dataclass(frozen=True)
