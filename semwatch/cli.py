@@ -132,6 +132,10 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
               help="Where the network runs. Default: engine.device.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass. Default: engine.batch_size.")
+@click.option("--hints", "hints_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help='Colour hints for one input image: a JSON file {"hints": [{"x": 120, "y": 340, '
+              '"color": "#e0b030"}, ...]}, x and y in the image\'s pixels (origin top-left); the '
+              "colour's hue and saturation are used, the image keeps its own gray as lightness.")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
@@ -143,23 +147,30 @@ def colorize_command(
     chroma_size: int | None,
     device: str | None,
     batch_size: int | None,
+    hints_file: Path | None,
     overwrite: bool,
     quiet: bool,
     config_path: Path | None,
 ) -> None:
     """Colorize INPUT files and folders (recursively) into --output-dir, once.
 
-    Outputs keep the input's size, its gray levels as their lightness, its vendor metadata,
-    and a provenance record (source and model SHA-256). A file named directly is written as
-    DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder. Nothing is
-    overwritten without --overwrite. A file that cannot be read is reported in one line and
-    the rest go on; the exit code is 1 if any input failed.
+    Outputs keep the input's size, its gray levels as their lightness, its acquisition
+    metadata, and a provenance record (source and model SHA-256); sidecar metadata files
+    (output.sidecars: x.txt beside x.tif) are copied beside them. A file named directly is
+    written as DIR/<stem>.<ext>; a folder's files keep their paths relative to that folder.
+    Nothing is overwritten without --overwrite. A file that cannot be read is reported in one
+    line and the rest go on; the exit code is 1 if any input failed.
+
+    With --hints FILE (one input image), the colours of the points in FILE steer the
+    colour: the object each point falls in takes that colour. The hints are recorded in the
+    output's provenance.
     """
     config = load_cli_config(config_path)
     configure_logging(config.logging.level, "console" if config.logging.format == "auto"
                       else config.logging.format)
     fmt = fmt or config.output.format
     tasks = plan_tasks(inputs, output_dir, fmt)
+    hints = _load_hints_for(hints_file, tasks)
     existing = [t.target for t in tasks if t.target.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -187,7 +198,8 @@ def colorize_command(
     log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
              device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
     failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
-                         config.output.jpeg_quality, progress=not quiet)
+                         config.output.jpeg_quality, progress=not quiet, hints=hints,
+                         sidecars=config.output.sidecars)
     done = len(tasks) - failures
     seconds = time.perf_counter() - started
     click.echo(f"colorized {done} of {len(tasks)} images, {failures} failed, "
@@ -196,9 +208,25 @@ def colorize_command(
         sys.exit(1)
 
 
+def _load_hints_for(hints_file: Path | None, tasks: Sequence[Task]) -> list | None:
+    """The hints of --hints FILE (one input image only), or None; UsageError on bad files."""
+    if hints_file is None:
+        return None
+    from semwatch.hints import HintError, load_hints
+
+    if len(tasks) != 1:
+        raise click.UsageError(f"--hints {hints_file}: hints are for one input image, got {len(tasks)}")
+    try:
+        return load_hints(hints_file)
+    except HintError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_quality: int,
-              *, progress: bool = True) -> int:
-    """Decode, colorize and write every task; returns how many failed.
+              *, progress: bool = True, hints: Sequence | None = None,
+              sidecars: Sequence[str] = ()) -> int:
+    """Decode, colorize and write every task (and copy its sidecars); returns how many failed.
+    ``hints`` (one task only) steer that image's colour.
 
     Decoding of the next batch and writing of the previous one run in threads beside the
     network, so the CPU or GPU is not idle during file I/O.
@@ -244,9 +272,12 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                     for warning in item.warnings:
                         log.warning(warning, path=str(task.source))
                     good.append((task, item))
+            if good and hints:
+                good = _fitting_hints(good, hints, report, bar)
             if good:
                 try:
-                    rgbs = colorizer.colorize([item for _, item in good])
+                    rgbs = colorizer.colorize([item for _, item in good],
+                                              hints=[hints] * len(good) if hints else None)
                 except Exception as exc:  # noqa: BLE001
                     log.exception("colorization failed", files=len(good))
                     for task, _ in good:
@@ -255,7 +286,7 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                     continue
                 for (task, item), rgb in zip(good, rgbs):
                     pending_writes.append((task, writers.submit(
-                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality)))
+                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars, hints)))
             still = []
             for task, future in pending_writes:
                 if future.done():
@@ -271,17 +302,37 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
     return failures
 
 
-def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int) -> None:
+def _fitting_hints(good: list, hints: Sequence, report, bar) -> list:
+    """The decoded tasks whose image holds every hint; the others are reported."""
+    from semwatch.hints import HintError, check_hints_fit
+
+    kept = []
+    for task, item in good:
+        try:
+            check_hints_fit(hints, *item.gray.shape, source=str(task.source))
+        except HintError as exc:
+            report(task, str(exc))
+            bar.update(1)
+            continue
+        kept.append((task, item))
+    return kept
+
+
+def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int,
+               sidecars: Sequence[str], hints=None) -> None:
     from semwatch.imaging import build_provenance, write_image
+    from semwatch.sidecars import copy_sidecars
 
     provenance = build_provenance(
         image, source_path=str(task.source), model_name=colorizer.model_name,
         model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
         device=colorizer.device, chroma_size=colorizer.chroma_size,
         refinement=colorizer.refinement.as_dict(),
+        hints=[h.as_record() for h in hints] if hints else None,
     )
     write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
                 jpeg_quality=jpeg_quality)
+    copy_sidecars(task.source, task.target, sidecars)
 
 
 def _finish_write(task: Task, future: Future, report) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -46,6 +47,8 @@ class OutputConfig:
     dir: Path = Path("outbox")
     format: Literal["tiff", "png", "jpeg"] = "tiff"
     jpeg_quality: int = 95
+    # Suffixes of sidecar metadata files copied beside the output (semwatch.sidecars).
+    sidecars: tuple[str, ...] = (".txt", ".hdr")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,11 @@ class EngineConfig:
     threads: int = 0
     guide_radius: int = 8
     guide_eps: float = 0.01
-    hue_scale: float = 0.2
+    hue_scale: float = 0.0
+    region_hue: float = 1.0
+    region_size: int = 192
+    region_scale: float = 400.0
+    chroma_gain: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -107,9 +114,13 @@ class TrainerConfig:
     crop_min: float = 0.5  # smallest random crop side / short side of the (cached) image
     cache_images: bool = True  # keep decoded, down-scaled training images in RAM
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision (CUDA only; always off on CPU)
+    amp: bool = True  # mixed precision: fp16 on CUDA, bf16 on a CPU with native bf16
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (quick runs, benchmarks)
     sample_images: int = 4  # validation images shown in samples/<stage>_<epoch>.png
+    # Colour hints (trainer/hints.py): train a 4-channel generator on simulated hints.
+    hints: bool = False
+    hint_none_share: float = 0.3  # share of training items with no hint
+    hint_mean_points: float = 8.0  # mean number of hints on the others (geometric)
 
 
 @dataclass(frozen=True)
@@ -249,11 +260,13 @@ _POSITIVE = {
     ("queue", "max_attempts"), ("engine", "batch_size"), ("engine", "chroma_size"),
     ("engine", "max_pixels"), ("daemon", "shutdown_timeout"), ("daemon", "decode_threads"),
     ("daemon", "write_threads"), ("trainer", "image_size"), ("trainer", "batch_size"),
-    ("trainer", "decoder_width"),
+    ("trainer", "decoder_width"), ("engine", "region_size"), ("engine", "region_scale"),
+    ("engine", "chroma_gain"),
 }
 _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
-    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("engine", "hue_scale"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
+    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("engine", "hue_scale"),
+    ("engine", "region_hue"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
     ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
     ("trainer", "max_steps_per_epoch"), ("trainer", "sample_images"), ("trainer", "pretrain_lr"),
     ("trainer", "lr_g"), ("trainer", "lr_d"),
@@ -273,12 +286,37 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
             f"{where}: engine.chroma_size = {instance.chroma_size}: must be a multiple of 32 "
             "(the generator's stride)"
         )
+    if section == "engine" and instance.region_hue > 1:
+        raise ConfigError(f"{where}: engine.region_hue = {instance.region_hue}: must be in [0, 1]")
     if section == "output" and not 1 <= instance.jpeg_quality <= 100:
         raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
+    if section == "output":
+        _check_sidecars(instance.sidecars, where)
     if section == "trainer" and not 0.0 <= instance.val_fraction < 1.0:
         raise ConfigError(f"{where}: trainer.val_fraction = {instance.val_fraction}: must be in [0, 1)")
     if section == "trainer" and not 0.0 < instance.crop_min <= 1.0:
         raise ConfigError(f"{where}: trainer.crop_min = {instance.crop_min}: must be in (0, 1]")
+    if section == "trainer" and not 0.0 <= instance.hint_none_share <= 1.0:
+        raise ConfigError(f"{where}: trainer.hint_none_share = {instance.hint_none_share}: must be in [0, 1]")
+    if section == "trainer" and instance.hint_mean_points < 1.0:
+        raise ConfigError(f"{where}: trainer.hint_mean_points = {instance.hint_mean_points}: must be >= 1")
+
+
+_SIDECAR_SUFFIX = re.compile(r"^\.[A-Za-z0-9_-]+$")
+
+
+def _check_sidecars(suffixes: tuple[str, ...], where: str) -> None:
+    # Imported here: the image suffixes live with the decoders, which most commands that
+    # only read the configuration (status, enqueue) never load otherwise.
+    from semwatch.imaging import SUPPORTED_SUFFIXES
+
+    for suffix in suffixes:
+        if not _SIDECAR_SUFFIX.match(suffix):
+            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is not a file suffix "
+                              'like ".txt" (a dot, then letters or digits)')
+        if suffix.lower() in SUPPORTED_SUFFIXES:
+            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is an image suffix; "
+                              "images are colorized, not copied as sidecars")
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

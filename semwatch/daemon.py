@@ -56,6 +56,7 @@ from semwatch.queue import (
     open_queue,
     sqlite_path,
 )
+from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
 
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer
@@ -424,7 +425,8 @@ class Daemon:
         from semwatch.watcher import Watcher, WatcherError
 
         watcher = Watcher(cfg.watch, self._queue, output_dir=cfg.output.dir,
-                          on_enqueued=lambda n: self._wake.set())
+                          on_enqueued=lambda n: self._wake.set(),
+                          sidecars=cfg.output.sidecars, on_sidecar=self._sidecar_settled)
         try:
             watcher.start()
         except WatcherError as exc:
@@ -641,6 +643,9 @@ class Daemon:
                 chroma_size=info.chroma_size, refinement=info.refinement)
             write_image(item.target, rgb, fmt=cfg.format, metadata=image.metadata,
                         provenance=provenance, jpeg_quality=cfg.jpeg_quality)
+            # After the output: a sidecar that settles from now on finds the output there
+            # (_sidecar_settled), one that came earlier is in this listing.
+            sidecars = copy_sidecars(item.source, item.target, cfg.sidecars)
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
                 self._fail(job, _write_failure(item.target, exc), permanent=True,
@@ -668,7 +673,23 @@ class Daemon:
             self._leases.discard(job.id)
         log.info("job done", job_id=job.id, path=job.rel_path, output=str(item.target),
                  seconds=round(time.monotonic() - item.claimed_at, 3),
-                 latency_s=round(time.time() - job.arrived_at, 3))
+                 latency_s=round(time.time() - job.arrived_at, 3), sidecars=sidecars)
+
+    def _sidecar_settled(self, rel_path: str) -> None:
+        """Watcher thread: a sidecar arrived or changed. Copy it beside the outputs already
+        written for its image; an image still queued gets it when its output is written.
+        Raises (the watcher logs and retries at its next scan) when it cannot be copied."""
+        # Not onto a missing root, nor into an unmounted share's local mount point.
+        problem = self._storage.problem()
+        if problem is not None:
+            raise OSError(f"storage unavailable: {problem}")
+        source = self._layout.source(rel_path)
+        names = os.listdir(source.parent)
+        folder = PurePosixPath(rel_path).parent
+        for image in image_names(source.name, names):
+            target = self._layout.target(str(folder / image), names)
+            if target.is_file() and copy_sidecar(source, sidecar_target(target, source.name)):
+                log.info("sidecar copied", path=rel_path, output=str(target))
 
     def _superseded_before_write(self, item: _Item) -> bool:
         """Whether the file went on to other content while this job was computed; its

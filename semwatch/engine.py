@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.coherence import HueCoherence
 from semwatch.guided import GuidedFilter
+from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
+from semwatch.regions import RegionSettings, apply_dominant_hue, segment, spread_hints
 
 if TYPE_CHECKING:
     from semwatch.config import EngineConfig
@@ -46,6 +48,9 @@ CANVAS_STEPS = 4
 
 class EngineError(RuntimeError):
     """The engine cannot be set up as configured (device, backend, model)."""
+
+
+HintsPerImage = Sequence[Sequence[Hint]] | None
 
 
 class GrayLike(Protocol):
@@ -80,7 +85,7 @@ class Plan:
 
 
 class Backend(abc.ABC):
-    """Runs the generator on a batch: (N, 1, H, W) normalised L -> (N, 2, H, W) ab/110."""
+    """Runs the generator on a batch: (N, C, H, W) normalised L (+ hint planes) -> (N, 2, H, W) ab/110."""
 
     name: str
     device: torch.device
@@ -163,10 +168,19 @@ class Refinement:
     hue_scale: float = 0.0  # semwatch.coherence; 0 = off
     guide_radius: int = 0  # semwatch.guided; 0 = off
     guide_eps: float = 0.01
+    region_hue: float = 0.0  # semwatch.regions: dominant hue per region; 0 = off
+    region_size: int = 192  # long side at which the regions are found
+    region_scale: float = 150.0  # Felzenszwalb scale (larger: larger regions)
+    chroma_gain: float = 1.0  # predicted chroma x this (calibration), before the hints
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Refinement":
-        return cls(cfg.hue_scale, cfg.guide_radius, cfg.guide_eps)
+        return cls(cfg.hue_scale, cfg.guide_radius, cfg.guide_eps, cfg.region_hue, cfg.region_size,
+                   cfg.region_scale, cfg.chroma_gain)
+
+    @property
+    def regions(self) -> RegionSettings:
+        return RegionSettings(self.region_hue, self.region_size, self.region_scale)
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -260,14 +274,21 @@ class Colorizer:
 
     # -- public API -------------------------------------------------------------------
 
-    def colorize(self, images: Sequence[GrayLike]) -> list[np.ndarray]:
-        """(H, W, 3) uint8 sRGB for each image, in order."""
-        return [self._compose(image, pred) for image, pred in zip(images, self._predict(images))]
+    @property
+    def takes_hints(self) -> bool:
+        """Whether the network itself sees hints (a 4-channel generator). Hints given to
+        any model still colour the regions they fall in (:func:`semwatch.regions.spread_hints`)."""
+        return self.generator.config.in_channels > 1
 
-    def predict_ab(self, images: Sequence[GrayLike]) -> list[torch.Tensor]:
+    def colorize(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[np.ndarray]:
+        """(H, W, 3) uint8 sRGB for each image, in order; ``hints``: one list per image
+        (points in the image's pixels; points in the data bar are ignored with a warning)."""
+        return [self._compose(image, pred) for image, pred in zip(images, self._predict(images, hints))]
+
+    def predict_ab(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[torch.Tensor]:
         """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
         result = []
-        for image, pred in zip(images, self._predict(images)):
+        for image, pred in zip(images, self._predict(images, hints)):
             height, width = image.gray.shape
             ab = torch.zeros((2, height, width), device=self.device_obj)
             rows = self._colour_rows(image)
@@ -286,34 +307,62 @@ class Colorizer:
             return height
         return max(0, int(row))
 
-    def _predict(self, images: Sequence[GrayLike]) -> list[Prediction | None]:
+    def _predict(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[Prediction | None]:
         """Low-resolution prediction per image; None for images that are all data bar."""
+        if hints is not None and len(hints) != len(images):
+            raise ValueError(f"{len(hints)} hint lists for {len(images)} images")
         results: list[Prediction | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[tuple[int, Plan]]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[tuple[int, Plan, list[HintPoint]]]] = defaultdict(list)
         for i, image in enumerate(images):
             self._check(image)
             rows = self._colour_rows(image)
             if rows == 0:
                 continue
             plan = plan_image(rows, image.gray.shape[1], self.chroma_size)
-            groups[plan.canvas].append((i, plan))
+            points = self._hint_points(hints[i] if hints is not None else (), plan)
+            groups[plan.canvas].append((i, plan, points))
         for members in groups.values():
             for chunk in _chunks(members, self.batch_size):
-                batch = torch.stack([self._network_input(images[i], plan) for i, plan in chunk])
+                batch = torch.stack([self._network_input(images[i], plan, points) for i, plan, points in chunk])
                 out = self.backend(batch).float() * AB_SCALE
-                for (i, plan), ab, x in zip(chunk, out, batch):
+                for (i, plan, points), ab, x in zip(chunk, out, batch):
                     h, w = plan.small
                     guide = (x[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
-                    results[i] = Prediction(self.coherence.apply(ab[:, :h, :w]), guide)
+                    results[i] = Prediction(self._refine(ab[:, :h, :w], guide, points), guide)
         return results
+
+    def _hint_points(self, hints: Sequence[Hint], plan: Plan) -> list[HintPoint]:
+        """Hints in the down-scaled image's pixels; those in the data bar are dropped."""
+        points = []
+        scale_y = plan.small[0] / plan.height
+        scale_x = plan.small[1] / plan.width
+        for hint in hints:
+            if hint.y >= plan.height:
+                log.warning("hint in the data bar ignored", x=hint.x, y=hint.y, databar_row=plan.height)
+                continue
+            row = min(plan.small[0] - 1, int(hint.y * scale_y))
+            col = min(plan.small[1] - 1, int(hint.x * scale_x))
+            points.append(HintPoint(row, col, hint.a, hint.b))
+        return points
+
+    def _refine(self, ab: torch.Tensor, guide: torch.Tensor, points: list[HintPoint]) -> torch.Tensor:
+        """The colour refinements on one down-scaled prediction (2, h, w)."""
+        settings = self.refinement.regions
+        if self.refinement.chroma_gain != 1.0:
+            ab = ab * self.refinement.chroma_gain
+        if settings.strength > 0 or points:
+            labels = segment(guide, settings)
+            ab = spread_hints(apply_dominant_hue(ab, labels, settings.strength), labels, points)
+        return self.coherence.apply(ab)
 
     def _check(self, image: GrayLike) -> None:
         gray = image.gray
         if gray.dtype != np.uint8 or gray.ndim != 2:
             raise ValueError(f"expected a 2-D uint8 gray image, got {gray.dtype} {gray.shape}")
 
-    def _network_input(self, image: GrayLike, plan: Plan) -> torch.Tensor:
-        """(1, canvas_h, canvas_w): down-scaled, L/50 - 1, edge-padded to the canvas."""
+    def _network_input(self, image: GrayLike, plan: Plan, points: Sequence[HintPoint] = ()) -> torch.Tensor:
+        """(C, canvas_h, canvas_w): down-scaled L/50 - 1, edge-padded to the canvas; for a
+        hint-taking network, then the hint planes (zero in the padding)."""
         gray = _as_tensor(image.gray[: plan.height], self.device_obj)
         x = gray.to(torch.float32).div_(255.0)[None, None]
         if plan.small != (plan.height, plan.width):
@@ -324,7 +373,10 @@ class Colorizer:
         pad_w = plan.canvas[1] - plan.small[1]
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        return x[0]
+        if not self.takes_hints:
+            return x[0]
+        planes = hint_planes(points, *plan.canvas, device=self.device_obj)
+        return torch.cat((x[0], planes))
 
     def _upsample(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if tuple(x.shape[-2:]) == (height, width):

@@ -15,7 +15,8 @@ that gray; colored RGB as its Rec.601 luma (the weights of Pillow's "L" mode, on
 values), with a warning; 16-bit and float through a robust percentile window recorded in
 `Window`.
 
-Writing: RGB uint8 to TIFF (vendor tags copied byte-identical), PNG or JPEG, always through a
+Writing: RGB uint8 to TIFF (the source page's acquisition metadata carried by the deny-list
+rule of `semwatch.metadata`, the provenance in the XMP packet), PNG or JPEG, always through a
 temporary file in the target folder that is fsynced and renamed, so a reader never sees a
 partial output.
 """
@@ -31,12 +32,11 @@ import os
 import re
 import secrets
 import stat
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import tifffile
@@ -44,6 +44,16 @@ from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
 from semwatch import __version__
 from semwatch.log import get_logger
+from semwatch.metadata import (
+    OUTPUT_BYTEORDER,
+    SubIFD,
+    append_sub_ifds,
+    carried_tags,
+    provenance_from_json,
+    provenance_from_xmp,
+    provenance_xmp,
+    raw_tag_bytes,
+)
 
 log = get_logger(__name__)
 
@@ -61,29 +71,8 @@ _SUFFIX_KIND = MappingProxyType(
 )
 _KIND_NAMES = MappingProxyType({"tiff": "TIFF", "png": "PNG", "jpeg": "JPEG", "bmp": "BMP"})
 
-# Vendor tags whose values are carried into the output. Codes 65000-65535 are the TIFF
-# "reusable private" range that instrument software uses for its own blobs.
-_VENDOR_TAGS = MappingProxyType(
-    {
-        34118: "CZ_SEM",
-        34680: "FEI_SFEG",
-        34682: "FEI_HELIOS",
-        34683: "FEI_TITAN",
-        51023: "FibicsXML",
-        65027: "JEOL_Header",
-    }
-)
-_PRIVATE_RANGE = range(65000, 65536)
 _FEI_TAGS = (34682, 34680, 34683)
 _ZEISS_TAG = 34118
-# TIFF field type -> struct format of one value. IFD pointers (13, 18) are absent on
-# purpose: a pointer copied into another file points at garbage.
-_TIFF_FIELD_FORMATS = MappingProxyType(
-    {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i", 10: "ii",
-     11: "f", 12: "d"}
-)
-_BYTE_FIELD_TYPES = frozenset({1, 2, 6, 7})
-
 _PHOTOMETRIC_MINISWHITE = 0
 _PHOTOMETRIC_MINISBLACK = 1
 _PHOTOMETRIC_RGB = 2
@@ -134,14 +123,17 @@ class Window:
 
 @dataclass(frozen=True)
 class SourceMetadata:
-    """What is carried from the source into the output unchanged.
+    """What is carried from the source into the output (rules: semwatch.metadata).
 
-    extratags: tifffile extratags tuples (code, dtype, count, value, writeonce). Byte-sized
-        field types (BYTE, ASCII, SBYTE, UNDEFINED) hold the stored bytes verbatim; wider
-        numeric types hold their decoded values, so they are re-encoded in the output's byte
-        order (byte-identical whenever source and output byte order agree, as for every
-        little-endian file). An ASCII value stored without its terminating NUL gains one on
-        writing (tifffile enforces what TIFF requires).
+    extratags: tifffile extratags tuples (code, dtype, count, value, writeonce): every tag of
+        the source page except those describing its pixel layout, with the ImageDescription
+        minus its layout keys. Byte-sized field types (BYTE, ASCII, SBYTE, UNDEFINED) hold
+        the stored bytes verbatim; wider numeric types hold their decoded values, so they are
+        re-encoded in the output's byte order (byte-identical whenever source and output
+        byte order agree, as for every little-endian file). An ASCII value stored without
+        its terminating NUL gains one on writing (tifffile enforces what TIFF requires).
+    xmp: the source's XMP packet, to which the writer adds the provenance.
+    sub_ifds: the source's EXIF and GPS IFDs, appended to the output by the writer.
     resolution: (x, y) pixels per unit: TIFF rationals as (numerator, denominator) or floats
         (PNG/JPEG dpi, unit 2 = inch).
     fields: parsed vendor fields. FEI: {section: {key: value}} from the INI-like tag, numbers
@@ -150,6 +142,8 @@ class SourceMetadata:
     """
 
     extratags: tuple = ()
+    xmp: bytes | None = None
+    sub_ifds: tuple[SubIFD, ...] = ()
     resolution: tuple | None = None
     resolution_unit: int | None = None
     vendor: str | None = None
@@ -543,15 +537,7 @@ def _apply_palette(indices: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, tu
 
 def _tiff_metadata(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> SourceMetadata:
     tags = page.tags
-    extratags = []
-    for tag in tags.values():
-        if tag.code not in _VENDOR_TAGS and tag.code not in _PRIVATE_RANGE:
-            continue
-        copied = _extratag(tag, data, tf.byteorder)
-        if copied is None:
-            log.warning("tiff_tag_not_copied", path=str(path), code=tag.code, dtype=int(tag.dtype))
-        else:
-            extratags.append(copied)
+    carried = carried_tags(path, tf, page, data)
 
     resolution = None
     xres, yres = tags.get(282), tags.get(283)
@@ -568,12 +554,14 @@ def _tiff_metadata(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) ->
     fei = next((tags.get(code) for code in _FEI_TAGS if code in tags), None)
     if fei is not None:
         vendor = "fei"
-        fields = _parse_fei_metadata(_raw_tag_bytes(fei, data))
+        fields = _parse_fei_metadata(raw_tag_bytes(fei, data, tf.byteorder, tf.tiff.offsetsize))
     elif _ZEISS_TAG in tags:
         vendor = "zeiss"
         fields = _zeiss_fields(path, tags[_ZEISS_TAG])
     return SourceMetadata(
-        extratags=tuple(extratags),
+        extratags=carried.extratags,
+        xmp=carried.xmp,
+        sub_ifds=carried.sub_ifds,
         resolution=resolution,
         resolution_unit=unit,
         vendor=vendor,
@@ -585,26 +573,6 @@ def _rational(value: Any) -> tuple[int, int] | float:
     if isinstance(value, tuple) and len(value) == 2:
         return int(value[0]), int(value[1])
     return float(value)
-
-
-def _raw_tag_bytes(tag: Any, data: bytes) -> bytes:
-    fmt = _TIFF_FIELD_FORMATS[int(tag.dtype)]
-    size = struct.calcsize("<" + fmt) * tag.count
-    return data[tag.valueoffset : tag.valueoffset + size]
-
-
-def _extratag(tag: Any, data: bytes, byteorder: str) -> tuple | None:
-    dtype = int(tag.dtype)
-    fmt = _TIFF_FIELD_FORMATS.get(dtype)
-    if fmt is None:
-        return None
-    raw = _raw_tag_bytes(tag, data)
-    if len(raw) != struct.calcsize("<" + fmt) * tag.count:
-        return None  # value runs past the end of the file
-    if dtype in _BYTE_FIELD_TYPES:
-        return (tag.code, dtype, tag.count, raw, True)
-    values = struct.unpack(f"{byteorder}{tag.count * len(fmt)}{fmt[0]}", raw)
-    return (tag.code, dtype, tag.count, values, True)
 
 
 _INI_SECTION = re.compile(r"^\[(?P<name>[^\]]+)\]$")
@@ -1003,24 +971,24 @@ def write_image(
 ) -> None:
     """Write an RGB uint8 HxWx3 image atomically (temp file, fsync, rename, fsync folder).
 
-    I/O failures propagate as OSError with their errno (ENOSPC: disk full) after the
-    temporary file is removed; a reader never sees a partial file under `path`.
+    The provenance goes into the TIFF's XMP packet (`read_provenance` reads it back), a PNG
+    text chunk `semwatch` or the JPEG comment. I/O failures propagate as OSError with their
+    errno (ENOSPC: disk full) after the temporary file is removed; a reader never sees a
+    partial file under `path`.
     """
     path = Path(path)
     if fmt not in FORMAT_EXTENSIONS:
         raise ValueError(f"unknown output format {fmt!r} (one of {', '.join(FORMAT_EXTENSIONS)})")
     _check_rgb(path, rgb)
-    # A space before each colon: tifffile takes any ImageDescription holding '"shape":' for
-    # its own array metadata and then fails on tifffile.imread (the record has a source
-    # "shape"). '"shape" :' is the same JSON to every parser and is not mistaken.
-    description = json.dumps(provenance, ensure_ascii=True, separators=(",", " :"))
+    record = json.dumps(provenance, ensure_ascii=True, separators=(",", ":"))
     metadata = metadata or SourceMetadata()
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     temp = folder / _temp_name(path.name)
     try:
-        with temp.open("xb") as fh:
-            _encode(fh, np.ascontiguousarray(rgb), fmt, metadata, description, jpeg_quality)
+        # Readable too: the EXIF/GPS IFDs are patched in after tifffile has written the file.
+        with temp.open("xb+") as fh:
+            _encode(fh, np.ascontiguousarray(rgb), fmt, metadata, record, jpeg_quality)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)
@@ -1047,23 +1015,10 @@ def _temp_name(name: str) -> str:
 
 
 def _encode(
-    fh: Any, rgb: np.ndarray, fmt: str, metadata: SourceMetadata, description: str, quality: int
+    fh: Any, rgb: np.ndarray, fmt: str, metadata: SourceMetadata, record: str, quality: int
 ) -> None:
     if fmt == "tiff":
-        resolution = metadata.resolution
-        tifffile.imwrite(
-            fh,
-            rgb,
-            photometric="rgb",
-            planarconfig="contig",
-            compression=None,
-            description=description,
-            metadata=None,
-            software=f"semwatch {__version__}",
-            resolution=resolution,
-            resolutionunit=metadata.resolution_unit if resolution else None,
-            extratags=metadata.extratags,
-        )
+        _encode_tiff(fh, rgb, metadata, record)
         return
     image = Image.fromarray(rgb)
     options: dict[str, Any] = {}
@@ -1072,12 +1027,36 @@ def _encode(
         options["dpi"] = dpi
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
-        info.add_text("semwatch", description)
+        info.add_text("semwatch", record)
         image.save(fh, format="PNG", pnginfo=info, compress_level=1, **options)
     else:
         image.save(
-            fh, format="JPEG", quality=quality, comment=description.encode("ascii"), **options
+            fh, format="JPEG", quality=quality, comment=record.encode("ascii"), **options
         )
+
+
+def _encode_tiff(fh: Any, rgb: np.ndarray, metadata: SourceMetadata, record: str) -> None:
+    resolution = metadata.resolution
+    xmp = provenance_xmp(record, metadata.xmp)
+    extratags = (*metadata.extratags, (700, 1, len(xmp), xmp, True))
+    # The source's Software tag is part of its record and travels in extratags; only an
+    # output without one names semwatch (the provenance names it in any case).
+    has_software = any(tag[0] == 305 for tag in metadata.extratags)
+    tifffile.imwrite(
+        fh,
+        rgb,
+        photometric="rgb",
+        planarconfig="contig",
+        compression=None,
+        description=None,  # the source's, if any, is in extratags
+        metadata=None,  # no tifffile shape record: the carried description is the only one
+        software=False if has_software else f"semwatch {__version__}",
+        resolution=resolution,
+        resolutionunit=metadata.resolution_unit if resolution else None,
+        extratags=extratags,
+        byteorder=OUTPUT_BYTEORDER,
+    )
+    append_sub_ifds(fh, metadata.sub_ifds)
 
 
 def _dpi(metadata: SourceMetadata) -> tuple[float, float] | None:
@@ -1203,13 +1182,15 @@ def build_provenance(
     device: str,
     chroma_size: int,
     refinement: Mapping[str, Any] | None = None,
+    hints: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
     ``refinement``: the engine's colour post-processing settings (hue coherence, guided
-    filter), which change the output as much as the model does.
+    filter), which change the output as much as the model does. ``hints``: the colour
+    hints given ({"x", "y", "color"} each), recorded only when there were any.
     """
-    return {
+    record = {
         "semwatch": {
             "version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1229,6 +1210,44 @@ def build_provenance(
             "databar_row": image.databar_row,
         }
     }
+    if hints:
+        record["semwatch"]["hints"] = [dict(h) for h in hints]
+    return record
+
+
+def read_provenance(path: Path) -> dict | None:
+    """The provenance record of an output written by `write_image` ({"semwatch": {...}}), or
+    None when the file carries none.
+
+    TIFF: the XMP packet's semwatch:provenance; outputs written before the XMP packet have
+    the record as JSON in their ImageDescription. PNG: the text chunk `semwatch`. JPEG: the
+    comment. Raises OSError when the file cannot be read, ImageError when it is not an
+    image, ValueError when the record is there but damaged.
+    """
+    path = Path(path)
+    with path.open("rb") as fh:
+        kind = _sniff(path, fh.read(16))
+    if kind == "tiff":
+        return _tiff_provenance(path)
+    with Image.open(path) as image:
+        if kind == "png":
+            return provenance_from_json(image.text.get("semwatch"))
+        return provenance_from_json(image.info.get("comment"))
+
+
+def _tiff_provenance(path: Path) -> dict | None:
+    with tifffile.TiffFile(path) as tf:
+        tags = tf.pages[0].tags
+        xmp = tags.get(700)
+        if xmp is not None:
+            record = provenance_from_xmp(xmp.value)
+            if record is not None:
+                return record
+        for description in tags.getall(270, ()):
+            record = provenance_from_json(description.value)
+            if record is not None:
+                return record
+    return None
 
 
 # --------------------------------------------------------------------------- helpers

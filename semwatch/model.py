@@ -26,6 +26,8 @@ FORMAT_NAME = "semwatch-generator"
 FORMAT_VERSION = 1
 # Every input side must be a multiple of this (five stride-2 stages in the encoder).
 STRIDE = 32
+# Input channels: L alone (automatic), or L + hint a + hint b + hint mask (semwatch.hints).
+INPUT_CHANNELS = (1, 4)
 
 
 class ModelError(ValueError):
@@ -55,6 +57,8 @@ class GeneratorConfig:
         config = cls(**data)
         if config.encoder != "resnet18":
             raise ValueError(f"unsupported encoder {config.encoder!r}")
+        if config.in_channels not in INPUT_CHANNELS:
+            raise ValueError(f"in_channels must be one of {INPUT_CHANNELS}, got {config.in_channels}")
         if config.decoder_width < 8 or config.decoder_width % 4:
             raise ValueError(f"decoder_width must be a multiple of 4 and >= 8, got {config.decoder_width}")
         return config
@@ -84,9 +88,10 @@ class UpStage(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """ResNet18 encoder (1-channel stem), U-Net decoder, tanh output of ab/110.
+    """ResNet18 encoder, U-Net decoder, tanh output of ab/110.
 
-    Input: (N, 1, H, W) with L/50 - 1, H and W multiples of 32. Output: (N, 2, H, W).
+    Input: (N, in_channels, H, W), H and W multiples of 32: L/50 - 1, then (when
+    ``in_channels`` is 4) hint a/110, hint b/110 and the hint mask. Output: (N, 2, H, W).
     """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
@@ -121,6 +126,35 @@ class UNetGenerator(nn.Module):
         y = self.up1(y, f1)
         y = self.up0(y, x)
         return torch.tanh(self.head(y))
+
+    @property
+    def takes_hints(self) -> bool:
+        return self.config.in_channels > 1
+
+
+def widen_input(model: UNetGenerator, in_channels: int) -> UNetGenerator:
+    """A copy of ``model`` that takes ``in_channels`` inputs; the new channels start at zero.
+
+    Zero weights make the widened network answer exactly like the original whatever the
+    new channels hold, so fine-tuning starts from the old model's colour and learns to use
+    the hints (Zhang et al. 2017 widen the same way). The input enters the network twice:
+    the encoder's stem and the full-resolution decoder stage, whose input is
+    ``cat(features, x)`` (the input's channels last).
+    """
+    old = model.config.in_channels
+    if in_channels == old:
+        return model
+    if in_channels < old:
+        raise ValueError(f"cannot narrow a generator from {old} to {in_channels} input channels")
+    config = GeneratorConfig(**{**model.config.to_dict(), "in_channels": in_channels})
+    wide = UNetGenerator(config)
+    state = model.state_dict()
+    for key in ("stem.0.weight", "up0.conv.0.weight"):
+        weight = state[key]
+        extra = torch.zeros(weight.shape[0], in_channels - old, *weight.shape[2:], dtype=weight.dtype)
+        state[key] = torch.cat((weight, extra), dim=1)
+    wide.load_state_dict(state, strict=True)
+    return wide.train(model.training)
 
 
 def build_generator(

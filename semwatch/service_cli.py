@@ -212,7 +212,8 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
     """
     from semwatch.watcher import Watcher
 
-    watcher = Watcher(config.watch, queue, output_dir=config.output.dir)
+    watcher = Watcher(config.watch, queue, output_dir=config.output.dir,
+                      sidecars=config.output.sidecars)
     root = watcher.root
     resolved = [Path(os.path.abspath(p)) for p in paths]
     for given, path in zip(paths, resolved):
@@ -232,8 +233,8 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
         elif path.is_file():
             if watcher.is_ignored(path):
                 report.errors.append(f"{given}: not picked up by semwatch (hidden or temporary "
-                                     "name, inside the output folder, or not matching "
-                                     "watch.patterns)")
+                                     "name, inside the output folder, not matching "
+                                     "watch.patterns, or a sidecar of output.sidecars)")
             else:
                 _hash_into(watcher, path, records, report)
         else:

@@ -5,7 +5,8 @@ against the queue's (rel_path, size, mtime). A candidate is *ready* once its siz
 mtime stayed the same for ``settle_seconds`` measured on this host's monotonic clock (the
 microscope PC's clock may be skewed, so mtime is only ever compared for equality). Only
 ready files are hashed; a hash equal to the path's latest known content is a touch, not a
-job. The watched folder is only ever read.
+job. Sidecar metadata files (``sidecars``: `x.txt` beside `x.tif`) settle the same way but are
+never jobs: once ready they are handed to ``on_sidecar``. The watched folder is only ever read.
 
 One file never holds up the others: whatever goes wrong on one file's way to the queue
 (a name that is not UTF-8, a file that cannot be read, any unexpected error) is logged and
@@ -160,6 +161,8 @@ class Watcher:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_enqueued: Callable[[int], None] | None = None,
+        sidecars: Iterable[str] = (),
+        on_sidecar: Callable[[str], None] | None = None,
     ) -> None:
         if not cfg.patterns:
             raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, "
@@ -174,6 +177,10 @@ class Watcher:
         self._output_rel = self._output_rel_of(output_dir)
         self._wanted = _compile_globs(cfg.patterns)
         self._temporary = _compile_globs(TEMPORARY_PATTERNS)
+        # Sidecar suffixes are never jobs, whatever the patterns say; they are watched only
+        # when someone takes them (on_sidecar, called from the worker thread with rel_path).
+        self._sidecar_suffixes = frozenset(suffix.lower() for suffix in sidecars)
+        self._on_sidecar = on_sidecar
         self._tick = max(0.05, min(1.0, cfg.settle_seconds / 4))
 
         self._lock = threading.Lock()  # guards the three collections below
@@ -369,6 +376,9 @@ class Watcher:
             self._record_failure(rel, key, problem)
             self._forget(rel, key)  # a rename is a new path; this one cannot change
             return None
+        if self._is_sidecar(rel):
+            self._settle_sidecar(rel, key)
+            return None
         try:
             sha256 = sha256_file(path)
         except FileNotFoundError:
@@ -389,6 +399,16 @@ class Watcher:
             self._forget(rel, key)
             return None
         return (rel, sha256, key[0], key[1], arrived_at)
+
+    def _settle_sidecar(self, rel: str, key: tuple[int, float]) -> None:
+        try:
+            self._on_sidecar(rel)
+        except Exception:
+            # Not resolved: the next scan finds it again and retries.
+            self._log.exception("sidecar handling failed, retrying at the next scan", path=rel)
+            self._restart_or_drop(rel, None)
+            return
+        self._forget(rel, key)
 
     def _record_failure(self, rel: str, key: tuple[int, float], reason: str) -> None:
         """Shown by `semwatch status` as a failed job; logged when new, not at every scan."""
@@ -475,7 +495,7 @@ class Watcher:
 
     def _on_file_event(self, path: str) -> None:
         rel = self._rel_of(path)
-        if rel is None or self._ignored_name(rel):
+        if rel is None or self._ignored_name(rel, self._watched_name):
             return
         key = self._stat_key(path)
         if key is not None:
@@ -573,7 +593,7 @@ class Watcher:
                 if self._cfg.recursive and not self._in_output(rel):
                     stack.append((entry.path, rel))
                 return None
-            if not self._wanted_name(name):
+            if not self._watched_name(name):
                 return None
             st = self._regular_stat(entry.path, entry.stat(follow_symlinks=False))
         except OSError:
@@ -626,13 +646,24 @@ class Watcher:
         return out is not None and (rel == out or rel.startswith(out + "/"))
 
     def _wanted_name(self, name: str) -> bool:
-        return self._temporary.match(name) is None and self._wanted.match(name) is not None
+        """A name that becomes a job."""
+        return (self._temporary.match(name) is None and self._wanted.match(name) is not None
+                and not self._is_sidecar(name))
+
+    def _watched_name(self, name: str) -> bool:
+        """A name that becomes a candidate: a job's, or a sidecar's when one is taken."""
+        if self._on_sidecar is not None and self._is_sidecar(name):
+            return self._temporary.match(name) is None
+        return self._wanted_name(name)
+
+    def _is_sidecar(self, rel: str) -> bool:
+        return os.path.splitext(rel)[1].lower() in self._sidecar_suffixes
 
     def _ignored_dir(self, rel: str) -> bool:
         return any(part.startswith(".") for part in rel.split("/")) or self._in_output(rel)
 
-    def _ignored_name(self, rel: str) -> bool:
+    def _ignored_name(self, rel: str, accept: Callable[[str], bool] | None = None) -> bool:
         parts = rel.split("/")
         if not self._cfg.recursive and len(parts) > 1:
             return True
-        return self._ignored_dir(rel) or not self._wanted_name(parts[-1])
+        return self._ignored_dir(rel) or not (accept or self._wanted_name)(parts[-1])

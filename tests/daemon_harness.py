@@ -23,7 +23,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from semwatch.imaging import TEMP_PREFIX
+from semwatch.imaging import TEMP_PREFIX, read_provenance
 from semwatch.queue import Job, JobState, SqlJobQueue
 
 CLI = [sys.executable, "-c", "from semwatch.cli import main; main()"]
@@ -50,9 +50,10 @@ def sha256_of(path: Path) -> str:
 
 
 def provenance(path: Path) -> dict:
-    """The semwatch provenance record of an output TIFF."""
-    with tifffile.TiffFile(path) as tf:
-        return json.loads(tf.pages[0].description)["semwatch"]
+    """The semwatch provenance record of an output."""
+    record = read_provenance(path)
+    assert record is not None, f"{path}: no provenance record"
+    return record["semwatch"]
 
 
 def temp_files(root: Path) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from PIL import Image
 
 from conftest import sem_real_files
 from helpers import bomb_tiff_bytes, max_lightness_error, raw_tiff_tag, textured_gray
-from semwatch.imaging import read_image
+from semwatch.imaging import read_image, read_provenance
 from semwatch.model import file_sha256
 
 VENDOR_TAGS = (34680, 34682, 34118)
@@ -33,13 +32,9 @@ def colorize(inputs, out: Path, model: Path, *extra: str) -> subprocess.Complete
 
 
 def provenance_of(path: Path) -> dict:
-    if path.suffix == ".tif":
-        with tifffile.TiffFile(path) as tif:
-            return json.loads(tif.pages[0].description)
-    with Image.open(path) as im:
-        if path.suffix == ".png":
-            return json.loads(im.text["semwatch"])
-        return json.loads(im.info["comment"])
+    record = read_provenance(path)
+    assert record is not None, f"{path}: no provenance record"
+    return record
 
 
 def check_output(source: Path, output: Path, model: Path) -> None:
@@ -100,12 +95,14 @@ def test_engine_refinements_come_from_the_config_and_are_recorded(tmp_path, tiny
     source = tmp_path / "a.png"
     Image.fromarray(textured_gray(120, 160)).save(source)
     config = tmp_path / "site.toml"
-    config.write_text("[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\n")
+    config.write_text("[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\nregion_hue = 0.5\n"
+                      "region_size = 96\nregion_scale = 80.0\nchroma_gain = 0.8\n")
     out = tmp_path / "out"
     result = colorize([source], out, tiny_model, "--config", str(config))
     assert result.returncode == 0, result.stderr
     record = provenance_of(out / "a.tif")["semwatch"]
-    assert record["refinement"] == {"hue_scale": 0.15, "guide_radius": 4, "guide_eps": 0.02}
+    assert record["refinement"] == {"hue_scale": 0.15, "guide_radius": 4, "guide_eps": 0.02, "region_hue": 0.5,
+                                    "region_size": 96, "region_scale": 80.0, "chroma_gain": 0.8}
 
 
 def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model):

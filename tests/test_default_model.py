@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from conftest import SEM_REAL
 from semwatch.color import rgb_to_lab
 from semwatch.config import EngineConfig, load_config_file
 from semwatch.engine import Colorizer
-from semwatch.imaging import read_image
+from semwatch.imaging import read_image, read_provenance
 from semwatch.model import default_model_path, file_sha256, read_generator_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(tmp_path: Path, 
     output = tmp_path / "out" / (source.stem + ".tif")
     with tifffile.TiffFile(output) as tif:
         rgb = tif.pages[0].asarray()
-        record = json.loads(tif.pages[0].description)["semwatch"]
+    record = read_provenance(output)["semwatch"]
     assert record["model"]["sha256"] == file_sha256(default_model_path())
     bar = read_image(source).databar_row
     assert bar is not None
@@ -79,3 +78,43 @@ def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(tmp_path: Path, 
     chroma = torch.hypot(lab[1], lab[2])
     assert float(chroma.mean()) > 4.0, f"{name}: mean chroma {float(chroma.mean()):.2f}: looks gray"
     assert np.ptp(rgb[bar:].astype(int), axis=2).max() == 0  # the data bar stays gray
+
+
+def test_bundled_model_takes_colour_hints() -> None:
+    config, card = read_generator_metadata(default_model_path())
+    assert config.in_channels == 4  # L + hint a, b + mask
+    assert card["name"] == "semwatch-default-v2"
+    assert card["evaluation"]["hints"], "the card's evaluation has the simulated-hint table"
+
+
+@pytest.mark.realdata
+def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared_data: Path) -> None:
+    import json
+    import math
+
+    source = SEM_REAL / "pollen-hibiscus-300x.png"
+    hints = [{"x": 768, "y": 640, "color": "#e0b030"},  # a spiky grain: yellow
+             {"x": 1920, "y": 1100, "color": "#c040a0"},  # the large grain: magenta
+             {"x": 200, "y": 400, "color": "#3060d0"}]  # the background ring: blue
+    hint_file = tmp_path / "hints.json"
+    hint_file.write_text(json.dumps({"hints": hints}))
+    config = tmp_path / "config.toml"
+    config.write_text('[engine]\ndevice = "cpu"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "semwatch", "colorize", str(source), "--output-dir", str(tmp_path / "out"),
+         "--config", str(config), "--hints", str(hint_file), "-q"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / "out" / (source.stem + ".tif")
+    rgb = tifffile.imread(output)
+    lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255)[0]
+    from semwatch.hints import color_to_ab
+
+    for hint in hints:
+        x, y = hint["x"], hint["y"]
+        patch = lab[1:, y - 8:y + 8, x - 8:x + 8].reshape(2, -1).mean(dim=1)
+        a, b = color_to_ab(hint["color"])
+        turn = abs(math.remainder(math.atan2(float(patch[1]), float(patch[0])) - math.atan2(b, a), 2 * math.pi))
+        assert turn < math.radians(20), f"{hint}: hue off by {math.degrees(turn):.0f} degrees"
+    assert read_provenance(output)["semwatch"]["hints"] == hints

@@ -39,9 +39,11 @@ from semwatch.imaging import (
     output_name,
     read_header,
     read_image,
+    read_provenance,
     sweep_temp_files,
     write_image,
 )
+from semwatch.metadata import LAYOUT_TAGS, provenance_from_xmp
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sem-real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/sem-real not present")
@@ -705,12 +707,17 @@ def test_real_vendor_tags_are_copied_byte_identical(
     with tifffile.TiffFile(out) as tf:
         page = tf.pages[0]
         assert page.shape == (*image.gray.shape, 3) and page.photometric == 2
-        assert 320 not in page.tags and 34665 not in page.tags  # structural tags stay behind
+        assert 320 not in page.tags  # the palette describes the source's pixels only
         source = tifffile.TiffFile(REAL / name)
         with source:
             assert page.tags[282].value == source.pages[0].tags[282].value
             assert page.tags[296].value == source.pages[0].tags[296].value
+            if 34665 in source.pages[0].tags:  # FEI's EXIF IFD (ImageUniqueID)
+                assert page.tags[34665].value == source.pages[0].tags[34665].value
+            carried = {tag.code for tag in source.pages[0].tags.values()} - set(LAYOUT_TAGS)
+            assert carried <= {tag.code for tag in page.tags.values()}
         assert np.array_equal(page.asarray()[..., 1], image.gray)
+    assert read_provenance(out)["semwatch"]["source"]["sha256"] == image.sha256
 
 
 # --------------------------------------------------------------------------- writing
@@ -749,20 +756,22 @@ def test_provenance_is_readable_from_tiff_png_and_jpeg(tmp_path: Path) -> None:
         write_image(out, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance)
         if fmt == "tiff":
             with tifffile.TiffFile(out) as tf:
-                read_back[fmt] = tf.pages[0].description
-                assert tf.pages[0].tags[305].value == f"semwatch {semwatch.__version__}"
-            # The record's source "shape" must not pass for tifffile's own array metadata.
+                xmp = tf.pages[0].tags[700].value
+                assert b'xmlns:semwatch="http://ns.semwatch.org/1.0/"' in xmp
+                read_back[fmt] = provenance_from_xmp(xmp)
+                assert 270 not in tf.pages[0].tags  # tifffile's shape record is not carried
             assert np.array_equal(tifffile.imread(out), rgb)
         else:
             with Image.open(out) as written:
                 assert written.size == (60, 40) and written.mode == "RGB"
                 if fmt == "png":
-                    read_back[fmt] = written.text["semwatch"]
+                    read_back[fmt] = json.loads(written.text["semwatch"])
                 else:
-                    read_back[fmt] = written.info["comment"].decode()
+                    read_back[fmt] = json.loads(written.info["comment"].decode())
                 assert written.info["dpi"] == pytest.approx((300, 300), rel=1e-3)  # 118.11/cm
-    for fmt, text in read_back.items():
-        record = json.loads(text)["semwatch"]
+        assert read_provenance(out) == read_back[fmt]
+    for fmt, written_record in read_back.items():
+        record = written_record["semwatch"]
         assert record["version"] == semwatch.__version__
         assert record["created"].endswith("+00:00")
         assert record["source"] == {

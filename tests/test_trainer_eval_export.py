@@ -24,6 +24,7 @@ from helpers import max_lightness_error
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import TrainerConfig
 from semwatch.engine import Colorizer
+from semwatch.imaging import read_provenance
 from semwatch.model import (
     GeneratorConfig,
     LoadedGenerator,
@@ -47,9 +48,11 @@ from trainer.export import export_command
 from trainer.rundir import run_facts, write_run_config
 
 TINY = GeneratorConfig(decoder_width=8)
-METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_intersection"}
+METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_intersection", "region_coherence",
+               "region_coherence_truth"}
 REPORT_KEYS = {"model", "model_sha256", "split", "images", "skipped_gray", "skipped_unreadable",
-               "chroma_size", "hue_scale", "guide_radius", "guide_eps", "metrics", "gray_baseline"}
+               "chroma_size", "hue_scale", "guide_radius", "guide_eps", "region_hue", "region_size",
+               "region_scale", "chroma_gain", "metrics", "gray_baseline", "hints", "hint_seed"}
 
 
 def colour_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -165,6 +168,7 @@ def test_evaluate_json_on_a_checkpoint(truth_dir: Path, checkpoint: Path, config
     assert baseline["ab_mae"] == pytest.approx(abs_sum / count, abs=0.05)
     assert baseline["colorfulness"] == 0.0
     assert baseline["hist_intersection"] == 0.0
+    assert baseline["region_coherence"] == 0.0  # no hue at all
     assert baseline["colorfulness_truth"] == report["metrics"]["colorfulness_truth"] > 20
 
 
@@ -180,7 +184,7 @@ def test_evaluate_table_on_a_generator_file(truth_dir: Path, tiny_colorizer: Col
     assert report.images == 2  # a.png and c.tif: the first two files in path order
     text = format_table(report)
     assert "model tiny-random" in text and "2 images" in text
-    for label in ("ab MAE", "PSNR", "colorfulness", "histogram intersection", "gray"):
+    for label in ("ab MAE", "PSNR", "colorfulness", "histogram intersection", "region hue coherence", "gray"):
         assert label in text
     assert f"{report.metrics.ab_mae:.2f}" in text and f"{report.gray_baseline.ab_mae:.2f}" in text
 
@@ -217,6 +221,7 @@ def test_evaluate_an_oracle_scores_near_perfect(tmp_path: Path) -> None:
     assert report.metrics.psnr > 40
     assert report.gray_baseline.ab_mae == pytest.approx((a + abs(b)) / 2, abs=1.0)
     assert report.metrics.colorfulness == pytest.approx(report.metrics.colorfulness_truth, rel=0.05)
+    assert report.metrics.region_coherence > 0.99  # one hue everywhere
 
 
 def test_split_val_is_the_training_split(truth_dir: Path, tiny_model: Path, config_file: Path) -> None:
@@ -364,7 +369,7 @@ def test_exported_model_colorizes_through_semwatch_cli(tmp_path: Path, checkpoin
     assert proc.returncode == 0, proc.stderr
     with tifffile.TiffFile(out_dir / "sem.tif") as tif:
         rgb = tif.pages[0].asarray()
-        provenance = json.loads(tif.pages[0].description)["semwatch"]
+    provenance = read_provenance(out_dir / "sem.tif")["semwatch"]
     assert rgb.shape == (70, 90, 3)
     assert max_lightness_error(rgb, gray) <= 1.0
     assert provenance["model"] == {"name": "exported", "sha256": file_sha256(model_file)}

@@ -74,6 +74,11 @@ def _common_options(func: Callable) -> Callable:
                      help="Share of DATA held out for validation, by a hash of each relative path [0.1]."),
         click.option("--batch-size", type=int, default=None, help="Images per optimizer step and process [16]."),
         click.option("--image-size", type=int, default=None, help="Side of the square training crops, pixels [256]."),
+        click.option("--crop-min", type=float, default=None,
+                     help="Smallest random crop side as a share of the image's short side; 1.0 = whole short "
+                          "side, so the network sees objects whole [0.5]."),
+        click.option("--hints/--no-hints", default=None,
+                     help="Train a generator that also takes colour hints (simulated from the truth) [no]."),
         click.option("--lr", type=float, default=None,
                      help="Base learning rate of every network in the stage(s) run (pretrain_lr, lr_g, lr_d) [2e-4]."),
         click.option("--decoder-width", type=int, default=None,
@@ -83,7 +88,8 @@ def _common_options(func: Callable) -> Callable:
         click.option("--max-steps-per-epoch", type=int, default=None,
                      help="Cap on optimizer steps per epoch, for quick runs and benchmarks; 0 = whole epoch."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                     help="Where to train; auto = CUDA when available. Mixed precision is used on CUDA only."),
+                     help="Where to train; auto = CUDA when available. Mixed precision: float16 on CUDA, "
+                          "bfloat16 on a CPU with native bf16."),
         click.option("--tensorboard/--no-tensorboard", default=False,
                      help="Also write scalars and sample grids to RUN/tensorboard (tensorboard --logdir RUN)."),
     ]
@@ -129,7 +135,8 @@ def _overrides(options: dict[str, Any], epochs_key: Sequence[str]) -> dict[str, 
         "decoder_width": "decoder_width", "workers": "workers", "seed": "seed",
         "max_steps_per_epoch": "max_steps_per_epoch", "device": "device", "lambda_l1": "lambda_l1",
         "gan_loss": "gan_loss", "patience": "patience", "pretrained_encoder": "pretrained_encoder",
-        "pretrain_epochs": "pretrain_epochs", "gan_epochs": "gan_epochs",
+        "pretrain_epochs": "pretrain_epochs", "gan_epochs": "gan_epochs", "crop_min": "crop_min",
+        "hints": "hints",
     }
     out: dict[str, Any] = {}
     for option, key in mapping.items():

@@ -32,8 +32,11 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from semwatch.color import ab_to_target, l_to_input, rgb_to_lab
+from semwatch.color import AB_SCALE, ab_to_target, l_to_input, rgb_to_lab
+from semwatch.hints import hint_planes
 from semwatch.log import get_logger
+
+from trainer.hints import HintSimulation, sample_points
 
 log = get_logger(__name__)
 
@@ -193,7 +196,10 @@ def downscale_for_cache(rgb: np.ndarray, max_short_side: int) -> np.ndarray:
 
 
 class ColorDataset(Dataset):
-    """Items are (L input (1, S, S), ab target (2, S, S)) float32 tensors, S = image_size.
+    """Items are (input (C, S, S), ab target (2, S, S)) float32 tensors, S = image_size.
+
+    C is 1 (L alone) or, with ``hints``, 4: L and the hint planes of
+    :func:`semwatch.hints.hint_planes`, simulated from the item's own truth.
 
     Call :meth:`set_epoch` before iterating a new epoch (before the DataLoader iterator is
     created, so that worker processes get it): the augmentation depends on it.
@@ -206,8 +212,10 @@ class ColorDataset(Dataset):
         *,
         seed: int = 0,
         cache_short_side: int | None = None,
+        hints: HintSimulation | None = None,
     ):
         self.records = list(records)
+        self.hints = hints
         self.crop = crop
         self.seed = seed
         self.epoch = 0
@@ -247,7 +255,15 @@ class ColorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         l_input, ab_target = ab_l_from_rgb(self.rgb_crop(index).unsqueeze(0))
-        return l_input[0], ab_target[0]
+        if self.hints is None:
+            return l_input[0], ab_target[0]
+        # Its own stream, so switching hints on does not change the crops an epoch sees.
+        rng = np.random.default_rng([self.seed, self.epoch, index, 0x41])
+        count = self.hints.count(rng)
+        size = ab_target.shape[-2:]
+        points = sample_points(ab_target[0] * AB_SCALE, count, rng, patch_max=self.hints.patch_max) if count else []
+        planes = hint_planes(points, *size)
+        return torch.cat((l_input[0], planes)), ab_target[0]
 
 
 def _centre_square(rgb: torch.Tensor) -> torch.Tensor:
@@ -312,8 +328,13 @@ def build_datasets(
     crop_min: float = 0.5,
     cache: bool = True,
     threads: int = 2,
+    hints: HintSimulation | None = None,
 ) -> tuple[ColorDataset, ColorDataset, DataSummary]:
-    """Train and validation datasets from ``root`` (validation: split by hash, or ``val_dir``)."""
+    """Train and validation datasets from ``root`` (validation: split by hash, or ``val_dir``).
+
+    With ``hints``, training items carry simulated hints and validation items empty hint
+    planes: validation measures the automatic colour, the product's default.
+    """
     root = Path(root)
     if not 0.0 < crop_min <= 1.0:
         raise ValueError(f"crop_min must be in (0, 1], got {crop_min}")
@@ -356,10 +377,12 @@ def build_datasets(
         val_root=str(val_dir.resolve()) if val_dir else None,
     )
     train_ds = ColorDataset(
-        train_records, CropConfig(image_size, crop_min, augment=True), seed=seed, cache_short_side=cache_side
+        train_records, CropConfig(image_size, crop_min, augment=True), seed=seed, cache_short_side=cache_side,
+        hints=hints,
     )
     val_ds = ColorDataset(
-        val_records, CropConfig(image_size, crop_min, augment=False), seed=seed, cache_short_side=cache_side
+        val_records, CropConfig(image_size, crop_min, augment=False), seed=seed, cache_short_side=cache_side,
+        hints=HintSimulation(none_share=1.0) if hints is not None else None,
     )
     return train_ds, val_ds, summary
 

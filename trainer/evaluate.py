@@ -17,7 +17,9 @@ table). Prediction and truth then differ in chroma only, up to the 8-bit quantis
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,14 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semwatch.color import gray_levels_to_l, rgb_to_lab
+from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
+from semwatch.hints import Hint
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import LoadedGenerator, ModelError, file_sha256
 from trainer.checkpoint import CheckpointError, load_any_generator
 from trainer.data import DataError, is_really_gray, list_images, load_rgb, split_of
-from trainer.metrics import ab_histogram, colorfulness, histogram_intersection, psnr
+from trainer.hints import sample_points
+from trainer.metrics import ab_histogram, colorfulness, histogram_intersection, psnr, region_hue_coherence
 
 log = get_logger(__name__)
 
@@ -57,6 +61,17 @@ class MetricSet:
     colorfulness: float  # Hasler-Suesstrunk, 0..255 scale, mean over images
     colorfulness_truth: float  # the same figure for the truth images
     hist_intersection: float  # pooled ab histograms, prediction vs truth, in [0, 1]
+    region_coherence: float = float("nan")  # metrics.region_hue_coherence, mean over images
+    region_coherence_truth: float = float("nan")  # the same figure for the truth itself
+
+
+@dataclass(frozen=True)
+class HintResult:
+    """ab MAE and PSNR with ``points`` simulated hints per image (0: automatic)."""
+
+    points: int
+    ab_mae: float
+    psnr: float
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,12 @@ class EvaluationReport:
     guide_eps: float
     metrics: MetricSet
     gray_baseline: MetricSet
+    region_hue: float = 0.0
+    region_size: int = 0
+    region_scale: float = 0.0
+    chroma_gain: float = 1.0
+    hints: list[HintResult] = field(default_factory=list)  # --hints: one row per count
+    hint_seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,17 +109,30 @@ class _Accumulator:
     colorfulness: float = 0.0
     images: int = 0
     hist: torch.Tensor | None = None
+    coherence: float = 0.0
+    coherence_images: int = 0  # images whose truth has coloured regions
 
-    def add(self, rgb: torch.Tensor, lab: torch.Tensor, truth_rgb: torch.Tensor, truth_lab: torch.Tensor) -> None:
-        """rgb / truth_rgb (3, H, W) float in [0, 1]; lab / truth_lab (3, H, W) Lab."""
+    def add(self, rgb: torch.Tensor, lab: torch.Tensor, truth_rgb: torch.Tensor, truth_lab: torch.Tensor,
+            *, full: bool = True) -> None:
+        """rgb / truth_rgb (3, H, W) float in [0, 1]; lab / truth_lab (3, H, W) Lab.
+        ``full`` False: only the error figures (ab MAE, PSNR), for the hint passes."""
         ab, ab_true = lab[1:], truth_lab[1:]
         self.abs_error += float((ab - ab_true).abs().sum(dtype=torch.float64))
         self.ab_values += ab.numel()
         self.psnr += float(psnr(rgb, truth_rgb)[0])
-        self.colorfulness += float(colorfulness(rgb)[0])
         self.images += 1
+        if not full:
+            return
+        self.colorfulness += float(colorfulness(rgb)[0])
         hist = ab_histogram(ab, chroma_min=HIST_CHROMA_MIN, bin_size=HIST_BIN_SIZE)
         self.hist = hist if self.hist is None else self.hist + hist
+        self.add_coherence(ab, ab_true)
+
+    def add_coherence(self, ab: torch.Tensor, ab_true: torch.Tensor) -> None:
+        value = region_hue_coherence(ab, ab_true)
+        if not math.isnan(value):
+            self.coherence += value
+            self.coherence_images += 1
 
     def result(self, truth: "_Accumulator") -> MetricSet:
         assert self.images and self.hist is not None and truth.hist is not None
@@ -108,6 +142,8 @@ class _Accumulator:
             colorfulness=self.colorfulness / self.images,
             colorfulness_truth=truth.colorfulness / truth.images,
             hist_intersection=histogram_intersection(self.hist, truth.hist),
+            region_coherence=self.coherence / max(self.coherence_images, 1),
+            region_coherence_truth=truth.coherence / max(truth.coherence_images, 1),
         )
 
 
@@ -209,12 +245,47 @@ def _batches(items: Iterator[tuple[Path, np.ndarray]], size: int) -> Iterator[li
         yield batch
 
 
-def _measure(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], totals: _Totals) -> None:
-    """Colorize one batch of truths through the engine and add every figure to the totals."""
-    device = colorizer.device_obj
+def simulated_hints(path: Path, truth_lab: torch.Tensor, count: int, seed: int) -> list[Hint]:
+    """``count`` hints for one truth image, the same for a given (seed, file name, count):
+    uniform positions, each the mean a,b of the truth's 3x3 square around it (as
+    ``trainer.hints.sample_points``), with that square's mean sRGB as the recorded colour."""
+    digest = hashlib.sha256(f"{seed}:{path.name}:{count}".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    points = sample_points(truth_lab[1:], count, rng)
+    hints = []
+    for point in points:
+        lab = torch.tensor([float(truth_lab[0, point.row, point.col]), point.a, point.b]).view(1, 3, 1, 1)
+        rgb = (lab_to_rgb(lab)[0, :, 0, 0].clamp(0, 1) * 255 + 0.5).long().tolist()
+        colour = "#" + "".join(f"{c:02x}" for c in rgb)
+        hints.append(Hint(float(point.col), float(point.row), point.a, point.b, colour))
+    return hints
+
+
+def _truth_tensors(batch: list[tuple[Path, np.ndarray]], device: torch.device
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     truths = [rgb_u8_to_tensor(rgb, device) for _, rgb in batch]
     truth_labs = [rgb_to_lab(t[None])[0] for t in truths]
     grays = [gray_from_lightness(lab[0]) for lab in truth_labs]
+    return truths, truth_labs, grays
+
+
+def _measure_hints(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], counts: Sequence[int],
+                   totals: dict[int, _Accumulator], seed: int) -> None:
+    """ab MAE and PSNR of the batch colorized with each number of simulated hints."""
+    device = colorizer.device_obj
+    truths, truth_labs, grays = _truth_tensors(batch, device)
+    images = [GrayImage(gray.cpu().numpy()) for gray in grays]
+    for count in counts:
+        hints = [simulated_hints(path, lab, count, seed) for (path, _), lab in zip(batch, truth_labs)]
+        for truth, truth_lab, predicted in zip(truths, truth_labs, colorizer.colorize(images, hints=hints)):
+            pred = rgb_u8_to_tensor(predicted, device)
+            totals[count].add(pred, rgb_to_lab(pred[None])[0], truth, truth_lab, full=False)
+
+
+def _measure(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], totals: _Totals) -> None:
+    """Colorize one batch of truths through the engine and add every figure to the totals."""
+    device = colorizer.device_obj
+    truths, truth_labs, grays = _truth_tensors(batch, device)
     predictions = colorizer.colorize([GrayImage(gray.cpu().numpy()) for gray in grays])
     for truth, truth_lab, gray, predicted in zip(truths, truth_labs, grays, predictions):
         pred = rgb_u8_to_tensor(predicted, device)
@@ -226,6 +297,7 @@ def _measure(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], totals:
         totals.truth.images += 1
         truth_hist = ab_histogram(truth_lab[1:], chroma_min=HIST_CHROMA_MIN, bin_size=HIST_BIN_SIZE)
         totals.truth.hist = truth_hist if totals.truth.hist is None else totals.truth.hist + truth_hist
+        totals.truth.add_coherence(truth_lab[1:], truth_lab[1:])
 
 
 def evaluate(
@@ -234,13 +306,23 @@ def evaluate(
     *,
     split: str = "all",
     progress: bool = True,
+    hint_counts: Sequence[int] = (),
+    hint_seed: int = 0,
 ) -> EvaluationReport:
-    """Evaluate ``colorizer`` on the truth images ``paths`` (gray ones are skipped, counted)."""
+    """Evaluate ``colorizer`` on the truth images ``paths`` (gray ones are skipped, counted).
+
+    ``hint_counts``: also colorize every image with that many simulated hints (from the
+    truth, seeded by ``hint_seed`` and the file name) and report ab MAE and PSNR per count.
+    """
     totals = _Totals()
+    counts = sorted({int(c) for c in hint_counts if int(c) > 0})
+    hint_totals = {count: _Accumulator() for count in counts}
     with tqdm(total=len(paths), desc="evaluate", unit="img", file=sys.stderr,
               disable=not progress) as bar:
         for batch in _batches(_load_truths(paths, totals), colorizer.batch_size):
             _measure(colorizer, batch, totals)
+            if counts:
+                _measure_hints(colorizer, batch, counts, hint_totals, hint_seed)
             bar.set_postfix(skipped=totals.skipped_gray + totals.skipped_unreadable, refresh=False)
             bar.update(totals.files_seen - bar.n)
         bar.update(totals.files_seen - bar.n)
@@ -260,7 +342,17 @@ def evaluate(
         **colorizer.refinement.as_dict(),
         metrics=totals.model.result(totals.truth),
         gray_baseline=totals.gray.result(totals.truth),
+        hints=_hint_rows(hint_counts, totals.model, hint_totals),
+        hint_seed=hint_seed,
     )
+
+
+def _hint_rows(requested: Sequence[int], automatic: _Accumulator, totals: dict[int, _Accumulator]) -> list[HintResult]:
+    rows = []
+    for count in sorted({int(c) for c in requested}):
+        acc = automatic if count == 0 else totals[count]
+        rows.append(HintResult(count, acc.abs_error / max(acc.ab_values, 1), acc.psnr / max(acc.images, 1)))
+    return rows
 
 
 def format_table(report: EvaluationReport) -> str:
@@ -271,6 +363,8 @@ def format_table(report: EvaluationReport) -> str:
         ("PSNR RGB (dB)", m.psnr, g.psnr, "{:.2f}"),
         ("colorfulness (truth {:.1f})".format(m.colorfulness_truth), m.colorfulness, g.colorfulness, "{:.1f}"),
         ("ab histogram intersection (0..1)", m.hist_intersection, g.hist_intersection, "{:.3f}"),
+        ("region hue coherence (truth {:.3f})".format(m.region_coherence_truth), m.region_coherence,
+         g.region_coherence, "{:.3f}"),
     ]
     width = max(len(r[0]) for r in rows)
     skipped = f", skipped {report.skipped_gray} gray"
@@ -279,23 +373,39 @@ def format_table(report: EvaluationReport) -> str:
     lines = [
         f"model {report.model} (sha256 {report.model_sha256[:12]})",
         f"split {report.split}: {report.images} images{skipped}; chroma size {report.chroma_size}, "
-        f"hue scale {report.hue_scale:g}, guide radius {report.guide_radius} (eps {report.guide_eps:g})",
+        f"hue scale {report.hue_scale:g}, guide radius {report.guide_radius} (eps {report.guide_eps:g}), "
+        f"region hue {report.region_hue:g} (size {report.region_size}, scale {report.region_scale:g}), "
+        f"chroma gain {report.chroma_gain:g}",
         "",
         f"{'':{width}}  {'model':>10}  {'gray':>10}",
     ]
     for label, model_value, gray_value, spec in rows:
         lines.append(f"{label:{width}}  {spec.format(model_value):>10}  {spec.format(gray_value):>10}")
+    if report.hints:
+        lines += ["", f"simulated hints (seed {report.hint_seed}): ab MAE (x gray) and PSNR",
+                  f"{'hints':>6}  {'ab MAE':>8}  {'x gray':>7}  {'PSNR':>7}"]
+        for row in report.hints:
+            lines.append(f"{row.points:>6}  {row.ab_mae:>8.2f}  {row.ab_mae / g.ab_mae:>6.2f}x  {row.psnr:>7.2f}")
+        lines.append(f"{'gray':>6}  {g.ab_mae:>8.2f}  {1.0:>6.2f}x  {g.psnr:>7.2f}")
     return "\n".join(lines)
 
 
-def _refinement(config: Config, hue_scale: float | None, guide_radius: int | None) -> Refinement:
-    """The engine's refinements from the config, with the command line's on top."""
+def _refinement(config: Config, **given: Any) -> Refinement:
+    """The engine's refinements from the config, with the command line's (not None) on top."""
     refinement = Refinement.from_config(config.engine)
-    if hue_scale is not None:
-        refinement = dataclasses.replace(refinement, hue_scale=hue_scale)
-    if guide_radius is not None:
-        refinement = dataclasses.replace(refinement, guide_radius=guide_radius)
-    return refinement
+    return dataclasses.replace(refinement, **{k: v for k, v in given.items() if v is not None})
+
+
+def _hint_counts(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected counts like 0,1,5,10,20", param_hint="--hints") from None
+    if any(c < 0 for c in counts):
+        raise click.BadParameter(f"{text!r}: counts must be >= 0", param_hint="--hints")
+    return counts
 
 
 def _load_cli_config(config_path: Path | None) -> Config:
@@ -319,6 +429,16 @@ def _load_cli_config(config_path: Path | None) -> Config:
               help="Hue coherence neighbourhood (fraction of the long side, 0 = off). Default: engine.hue_scale.")
 @click.option("--guide-radius", type=click.IntRange(min=0), default=None,
               help="Lightness-guided filter radius (0 = off). Default: engine.guide_radius.")
+@click.option("--region-hue", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Dominant hue per region, 0 (off) to 1. Default: engine.region_hue.")
+@click.option("--region-scale", type=click.FloatRange(min=1.0), default=None,
+              help="Region size preference (Felzenszwalb scale). Default: engine.region_scale.")
+@click.option("--chroma-gain", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Predicted chroma x this. Default: engine.chroma_gain.")
+@click.option("--hints", "hints_text", default=None, metavar="N[,N...]",
+              help="Also colorize with N simulated hints per image (from the truth, fixed seed) and report "
+                   "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.")
+@click.option("--hint-seed", type=int, default=0, show_default=True, help="Seed of the simulated hints.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="Where the network runs. Default: engine.device.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -337,6 +457,11 @@ def evaluate_command(
     chroma_size: int | None,
     hue_scale: float | None,
     guide_radius: int | None,
+    region_hue: float | None,
+    region_scale: float | None,
+    chroma_gain: float | None,
+    hints_text: str | None,
+    hint_seed: int,
     device: str | None,
     batch_size: int | None,
     limit: int | None,
@@ -344,8 +469,9 @@ def evaluate_command(
     config_path: Path | None,
 ) -> None:
     """Colorize the ground-truth colour images in DATA with MODEL through the daemon's engine
-    and report ab MAE, PSNR, colorfulness and ab-histogram intersection, beside the gray
-    baseline. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
+    and report ab MAE, PSNR, colorfulness, ab-histogram intersection and region hue
+    coherence, beside the gray baseline (and the truth's own coherence); with --hints, the
+    error with simulated colour hints. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
     """
     config = _load_cli_config(config_path)
     configure_logging(config.logging.level,
@@ -359,9 +485,11 @@ def evaluate_command(
             backend=config.engine.backend,
             chroma_size=chroma_size or config.engine.chroma_size,
             batch_size=batch_size or config.engine.batch_size,
-            refinement=_refinement(config, hue_scale, guide_radius),
+            refinement=_refinement(config, hue_scale=hue_scale, guide_radius=guide_radius, region_hue=region_hue,
+                                   region_scale=region_scale, chroma_gain=chroma_gain),
         )
-        report = evaluate(colorizer, paths, split=split, progress=not quiet)
+        report = evaluate(colorizer, paths, split=split, progress=not quiet, hint_counts=_hint_counts(hints_text),
+                          hint_seed=hint_seed)
     except (EvaluationError, DataError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     log.info("evaluated", model=report.model, images=report.images,

@@ -45,8 +45,9 @@ from tqdm import tqdm
 
 from semwatch.color import target_to_ab
 from semwatch.config import TrainerConfig
+from semwatch.hardware import cpu_has_native_bf16
 from semwatch.log import get_logger
-from semwatch.model import GeneratorConfig, UNetGenerator, build_generator
+from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
 
 from trainer.checkpoint import (
     CheckpointError,
@@ -59,6 +60,7 @@ from trainer.checkpoint import (
 )
 from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
 from trainer.discriminator import build_patchgan
+from trainer.hints import HintSimulation
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag, unwrap, wrap_model
 from trainer.losses import discriminator_loss, gan_loss, l1_ab
 from trainer.metrics import ab_histogram, histogram_intersection
@@ -188,13 +190,22 @@ def _is_finished(stage: Stage, epoch: int, bad_epochs: int, config: TrainerConfi
 
 
 def _amp_enabled(config: TrainerConfig, env: DistEnv) -> bool:
+    """float16 autocast with gradient scaling: CUDA only."""
     return config.amp and env.device.type == "cuda"
 
 
+def _cpu_bf16(config: TrainerConfig, env: DistEnv) -> bool:
+    """bfloat16 autocast on a CPU that computes it natively (about 2x a float32 step on
+    AVX-512 BF16); bf16 keeps float32's range, so it needs no gradient scaling."""
+    return config.amp and env.device.type == "cpu" and cpu_has_native_bf16()
+
+
 def _autocast(config: TrainerConfig, env: DistEnv) -> contextlib.AbstractContextManager:
-    if not _amp_enabled(config, env):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if _amp_enabled(config, env):
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if _cpu_bf16(config, env):
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _seed_everything(seed: int) -> None:
@@ -216,11 +227,22 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
             log.warning("decoder_width comes from the --init model", init=str(spec.init),
                         model=gen_config.decoder_width, configured=config.decoder_width)
         log.info("generator initialised", init=str(spec.init), source=info["source"], stage=info["stage"])
+        wanted = _in_channels(config)
+        if gen_config.in_channels > wanted:
+            raise TrainingError(f"{spec.init}: this generator takes colour hints; set trainer.hints = true")
+        if gen_config.in_channels != wanted:
+            model = widen_input(model, wanted)
+            gen_config = model.config
+            log.info("generator input widened for hints", init=str(spec.init), in_channels=wanted)
         return model.train(), gen_config
-    gen_config = GeneratorConfig(decoder_width=config.decoder_width)
+    gen_config = GeneratorConfig(decoder_width=config.decoder_width, in_channels=_in_channels(config))
     if spec.stage == "gan":
         log.warning("GAN stage starts from a random generator (no --init and no stage 1)")
     return build_generator(gen_config, pretrained_encoder=config.pretrained_encoder), gen_config
+
+
+def _in_channels(config: TrainerConfig) -> int:
+    return 4 if config.hints else 1
 
 
 def _new_state(spec: StageSpec, env: DistEnv, generator: nn.Module, gen_config: GeneratorConfig,
@@ -362,6 +384,8 @@ def _gan_step(state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: T
     assert state.discriminator is not None and state.opt_d is not None and state.scaler_d is not None
     with _autocast(config, env):
         fake = state.generator(l_in)
+    # The discriminator judges (L, ab) pairs: hints are the generator's input, not the image's.
+    l_in = l_in[:, :1]
     # Discriminator: real pairs against the generator's current output (no gradient to G).
     _set_requires_grad(state.discriminator, True)
     state.opt_d.zero_grad(set_to_none=True)
@@ -535,10 +559,11 @@ Datasets = tuple[ColorDataset, ColorDataset, DataSummary]
 
 def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None) -> Datasets:
     """Scan and cache the training images once (both stages of a run share the result)."""
+    hints = HintSimulation(config.hint_none_share, config.hint_mean_points) if config.hints else None
     datasets = build_datasets(
         data, image_size=config.image_size, val_fraction=config.val_fraction, val_dir=val_dir,
         seed=config.seed, crop_min=config.crop_min, cache=config.cache_images,
-        threads=max(1, min(4, config.workers or 1)),
+        threads=max(1, min(4, config.workers or 1)), hints=hints,
     )
     log.info("data", **datasets[2].as_dict())
     return datasets

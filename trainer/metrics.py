@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 
 # A PSNR of identical images is infinite; a finite cap keeps means and JSON well-defined.
@@ -113,3 +115,65 @@ def ab_mae(ab_pred: torch.Tensor, ab_true: torch.Tensor) -> float:
     if ab_pred.numel() == 0:
         raise ValueError("ab_mae: empty input")
     return float((ab_pred.float() - ab_true.float()).abs().mean())
+
+
+# Region hue coherence (trainer evaluate): the truth is cut into the regions its colorist
+# painted as one colour at a fixed size, so the figure does not depend on image size.
+COHERENCE_SIZE = 256  # long side of the evaluation copy
+COHERENCE_SCALE = 300.0  # Felzenszwalb scale on the truth's ab / 100 (about 12 regions per image)
+COHERENCE_MIN_SIZE = 200  # smallest region, pixels at COHERENCE_SIZE
+COHERENCE_CHROMA_MIN = 5.0  # a region "has colour in the truth" above this mean chroma
+# Predicted pixels paler than this (Lab chroma) have no hue to agree on: they do not count,
+# so a gray prediction scores 0, not the agreement of its rounding noise.
+HUE_CHROMA_MIN = 2.0
+
+
+def truth_regions(ab_true: torch.Tensor) -> torch.Tensor:
+    """Labels (h, w) of the regions painted as one colour, from the truth's ab (2, h, w)."""
+    from skimage.segmentation import felzenszwalb
+
+    image = (ab_true.float() / 100.0).permute(1, 2, 0).cpu().numpy().astype(np.float64)
+    labels = felzenszwalb(image, scale=COHERENCE_SCALE, sigma=0.5, min_size=COHERENCE_MIN_SIZE, channel_axis=-1)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def region_hue_coherence(ab_pred: torch.Tensor, ab_true: torch.Tensor) -> float:
+    """How much one hue each painted region of the truth gets in the prediction, in [0, 1].
+
+    Both ab (2, H, W) are shrunk to a long side of :data:`COHERENCE_SIZE`; the truth is
+    segmented into its painted regions (:func:`truth_regions`); in each region with colour
+    in the truth, the chroma-weighted mean resultant length of the predicted hue
+    (|sum of predicted ab vectors| / sum of their lengths: 1 = one hue, 0 = hues cancel
+    or no colour at all; pixels below :data:`HUE_CHROMA_MIN` have no hue and do not
+    count); the mean over regions weighted by area. Scaling all predicted
+    chroma by one factor does not change it; rainbow patches inside a region lower it.
+    Measured on the truth itself it gives the painting's own coherence.
+    """
+    if ab_pred.shape != ab_true.shape:
+        raise ValueError(f"region_hue_coherence: shapes differ, {tuple(ab_pred.shape)} vs {tuple(ab_true.shape)}")
+    pred, true = _shrink(ab_pred.float().cpu()), _shrink(ab_true.float().cpu())
+    labels = truth_regions(true).reshape(-1)
+    count = int(labels.max()) + 1
+    area = torch.bincount(labels, minlength=count).double()
+    true_chroma = torch.bincount(labels, weights=torch.hypot(true[0], true[1]).reshape(-1).double(), minlength=count)
+    coloured = true_chroma / area.clamp(min=1) > COHERENCE_CHROMA_MIN
+    if not bool(coloured.any()):
+        return float("nan")
+    pa, pb = pred[0].reshape(-1).double(), pred[1].reshape(-1).double()
+    pale = torch.hypot(pa, pb) < HUE_CHROMA_MIN
+    pa, pb = pa.masked_fill(pale, 0.0), pb.masked_fill(pale, 0.0)
+    sum_a = torch.bincount(labels, weights=pa, minlength=count)
+    sum_b = torch.bincount(labels, weights=pb, minlength=count)
+    length = torch.bincount(labels, weights=torch.hypot(pa, pb), minlength=count)
+    resultant = torch.hypot(sum_a, sum_b) / length.clamp(min=1e-9)
+    weights = area * coloured
+    return float((resultant * weights).sum() / weights.sum())
+
+
+def _shrink(ab: torch.Tensor) -> torch.Tensor:
+    height, width = ab.shape[-2:]
+    scale = COHERENCE_SIZE / max(height, width)
+    if scale >= 1.0:
+        return ab
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.nn.functional.interpolate(ab[None], size=size, mode="area")[0]

@@ -177,7 +177,7 @@ def sample_grid(l_input: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Ten
     """Rows of gray | predicted | truth, uint8 (H, W, 3); inputs in network units, (N, ., S, S)."""
     from torchvision.utils import make_grid
 
-    lightness = input_to_l(l_input.float().cpu())
+    lightness = input_to_l(l_input[:, :1].float().cpu())  # hint planes, if any, are not shown
     zeros = torch.zeros_like(ab_true.float().cpu())
     tiles = []
     for ab in (zeros, ab_pred.float().cpu(), ab_true.float().cpu()):
