@@ -27,6 +27,7 @@ import re
 import socket
 import statistics
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -363,7 +364,10 @@ class SqlJobQueue(JobQueue):
 
     def __init__(self, database_url: str, *, lease_seconds: float, max_attempts: int,
                  retry_backoff: float, clock: Callable[[], float] = time.time,
-                 hostname: str | None = None) -> None:
+                 hostname: str | None = None, read_only: bool = False) -> None:
+        """``read_only``: for reports (`semwatch status`, the web UI's queue page): the
+        database is opened read-only (SQLite ``mode=ro``), never created or migrated, and
+        takes no write lock, so it answers while the daemon writes."""
         if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
             raise QueueError(f"invalid queue settings: lease_seconds={lease_seconds}, "
                              f"max_attempts={max_attempts}, retry_backoff={retry_backoff}")
@@ -376,9 +380,13 @@ class SqlJobQueue(JobQueue):
         self._backoff = float(retry_backoff)
         self._clock = clock
         self._host = hostname or socket.gethostname()
+        self._read_only = read_only
         self._engine = self._create_engine(url)
         try:
-            self._migrate()
+            if read_only:
+                self._check_schema(url)
+            else:
+                self._migrate()
         except BaseException:
             self._engine.dispose()
             raise
@@ -386,15 +394,39 @@ class SqlJobQueue(JobQueue):
     # ---- plumbing
 
     def _create_engine(self, url: URL) -> Engine:
+        if self._read_only and self._dialect == "sqlite":
+            url = _sqlite_read_only_url(url)
         try:
             # Long-lived daemon against a server: test pooled connections before use.
             engine = sa.create_engine(url, pool_pre_ping=self._dialect != "sqlite")
         except (NoSuchModuleError, ImportError) as exc:
             raise QueueError(f"{self._where}: cannot load the database driver: {exc}") from exc
         if self._dialect == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
+            on_connect = _sqlite_on_connect_read_only if self._read_only else _sqlite_on_connect
+            event.listen(engine, "connect", on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
+        elif self._read_only:
+            event.listen(engine, "connect", _postgresql_on_connect_read_only)
         return engine
+
+    def _check_schema(self, url: URL) -> None:
+        """What a read-only open checks instead of migrating: a semwatch queue at exactly
+        this code's schema version."""
+        with self._transaction("schema check", write=False) as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(_VERSION.name):
+                raise QueueError(f"{self._where}: {_not_a_queue(url)}")
+            stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
+        if stored is None:
+            raise QueueError(f"{self._where}: schema_version table is empty: the database is "
+                             "damaged")
+        if int(stored) > SCHEMA_VERSION:
+            raise QueueError(f"{self._where}: database schema version {stored} is newer than "
+                             f"this semwatch understands ({SCHEMA_VERSION}); upgrade semwatch")
+        if int(stored) < SCHEMA_VERSION:
+            raise QueueError(f"{self._where}: database schema version {stored} is older than "
+                             f"this semwatch's ({SCHEMA_VERSION}); the service upgrades it at "
+                             "its next start (restart it after upgrading semwatch)")
 
     def _migrate(self) -> None:
         with self._transaction("schema migration", write=True) as conn:
@@ -829,6 +861,44 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
                     journal_mode=mode)
 
 
+def _sqlite_on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    # No journal_mode or synchronous: both would write. query_only backs up mode=ro.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA query_only = ON")
+    finally:
+        cursor.close()
+
+
+def _postgresql_on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    finally:
+        cursor.close()
+    dbapi_conn.commit()
+
+
+def _sqlite_read_only_url(url: URL) -> URL:
+    """The same SQLite file as a read-only URI (``file:...?mode=ro``): never created,
+    never written, no write access needed."""
+    path = os.path.abspath(url.database or "")
+    return url.set(database=f"file:{urllib.parse.quote(path)}",
+                   query={**url.query, "mode": "ro", "uri": "true"})
+
+
+def _not_a_queue(url: URL) -> str:
+    path = sqlite_path(url.render_as_string(hide_password=False))
+    try:
+        empty = path is not None and path.stat().st_size == 0
+    except OSError:
+        empty = False
+    what = "an empty file (0 bytes)" if empty else "no schema_version table"
+    return f"not a semwatch queue database ({what}); check queue.database_url"
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     # dialect: writes take the write lock at BEGIN, so a read-then-write transaction never
     # fails on lock upgrade; reads get a deferred BEGIN and a consistent WAL snapshot.
@@ -860,10 +930,14 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time) -> JobQueue:
-    """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs."""
+def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time,
+               read_only: bool = False) -> JobQueue:
+    """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs.
+
+    ``read_only`` (reports): an existing database only, never created, migrated or written.
+    """
     path = sqlite_path(cfg.database_url)
-    if path is not None:
+    if path is not None and not read_only:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -876,7 +950,7 @@ def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time) -> J
                              "PostgreSQL (queue.database_url)")
     return SqlJobQueue(cfg.database_url, lease_seconds=cfg.lease_seconds,
                        max_attempts=cfg.max_attempts, retry_backoff=cfg.retry_backoff,
-                       clock=clock)
+                       clock=clock, read_only=read_only)
 
 
 # --------------------------------------------------------------------------- one daemon
