@@ -305,6 +305,9 @@ def _save_refined(ctx: AppContext, source: Source, result: service.Colorized) ->
     fmt = _SUFFIX_FORMATS.get(source.output.suffix.lower(), ctx.config.output.format)
     target = queue_view.refined_target(source.output)
     st.subheader("Save the refined result")
+    saved = st.session_state.pop("cz_saved", None)
+    if saved:
+        st.success(saved)
     st.write(f"Writes `{target}` beside the service's automatic output `{source.output.name}`, "
              "which stays as it is.")
     confirmed = True
@@ -328,4 +331,8 @@ def _write(ctx: AppContext, target: Path, result: service.Colorized, fmt: str) -
         st.error(f"Cannot write {target}: {exc.strerror or exc}")
         return
     log.info("refined result saved", path=str(target), hints=len(result.hints))
-    st.success(f"Saved {target}")
+    # Rerun so the page shows the files as they are now (replacing one needs a tick).
+    st.session_state["cz_saved"] = f"Saved {target}"
+    st.session_state.pop("cz_confirm_refined", None)
+    st.session_state.pop("cz_confirm_replace", None)
+    st.rerun()
