@@ -63,10 +63,15 @@ def render(ctx: AppContext) -> None:
     result = _current_result(ctx, source)
     if result is None:
         return
-    _show_images(ctx, source, result)
-    _hint_list(source)
-    _show_acquisition(source.image)
-    _downloads(ctx, source, result)
+    after = _show_images(ctx, source, result)
+    compare, details = st.columns(2)
+    with compare:
+        st.markdown("**Compare** (drag across the image)")
+        st.iframe(widgets.compare_html(source.gray_preview, after), height="content")
+    with details:
+        _hint_list(source)
+        _show_acquisition(source.image)
+        _downloads(ctx, source, result)
     if source.job_id is not None:
         _save_refined(ctx, source, result)
 
@@ -199,11 +204,11 @@ def _current_result(ctx: AppContext, source: Source) -> service.Colorized | None
     return result
 
 
-def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> None:
+def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> np.ndarray:
+    """Gray original beside the clickable result; returns the result's preview."""
     state = st.session_state
-    height, width = result.rgb.shape[:2]
-    after = widgets.preview(result.rgb, ctx.config.app.preview_size)
-    scale = after.shape[1] / width
+    after = _result_preview(ctx, result)
+    scale = after.shape[1] / result.rgb.shape[1]
     controls = st.columns([2, 2, 3], vertical_alignment="bottom")
     color = controls[0].color_picker("Colour of the next hint", DEFAULT_HINT_COLOR, key="cz_color")
     controls[1].button("Clear hints", on_click=_clear_hints, disabled=not state["cz_hints"])
@@ -214,7 +219,7 @@ def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> 
         st.warning(notice)
     left, right = st.columns(2)
     left.markdown("**Gray original**")
-    left.image(source.gray_preview, width="stretch")
+    left.image(source.gray_preview, width="stretch", output_format="JPEG")
     with right:
         st.markdown("**Colorized** (click to add a hint)")
         points = [(h.x * scale, h.y * scale, h.color) for h in state["cz_hints"]]
@@ -222,8 +227,17 @@ def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> 
     if click is not None and click.stamp != state.get("cz_click_stamp"):
         state["cz_click_stamp"] = click.stamp
         _add_hint(source, click, color)
-    st.markdown("**Compare** (drag across the image)")
-    st.iframe(widgets.compare_html(source.gray_preview, after), height="content")
+    return after
+
+
+def _result_preview(ctx: AppContext, result: service.Colorized) -> np.ndarray:
+    """The result scaled to app.preview_size, once per result (every rerun shows it)."""
+    state = st.session_state
+    cached = state.get("cz_preview")
+    if cached is None or cached[0] is not result:
+        cached = (result, widgets.preview(result.rgb, ctx.config.app.preview_size))
+        state["cz_preview"] = cached
+    return cached[1]
 
 
 def _add_hint(source: Source, click: widgets.Click, color: str) -> None:

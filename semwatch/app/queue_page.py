@@ -83,7 +83,7 @@ def _recent(ctx: AppContext, jobs: list[Job]) -> None:
         for index, job in enumerate(done):
             with cols[index % 4]:
                 _done_card(ctx, job)
-    st.dataframe(
+    st.table(  # static HTML: renders at once, also in a screenshot or a text browser
         {
             "id": [job.id for job in jobs],
             "file": [job.rel_path for job in jobs],
@@ -92,7 +92,7 @@ def _recent(ctx: AppContext, jobs: list[Job]) -> None:
             "arrived": [_time(job.arrived_at) for job in jobs],
             "output or error": [job.error or job.output_path or "" for job in jobs],
         },
-        hide_index=True, width="stretch",
+        hide_index=True,
     )
 
 

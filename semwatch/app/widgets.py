@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-MARKER_RADIUS = 7  # displayed pixels
+MARKER_FRACTION = 0.02  # marker radius as a share of the preview's long side
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,15 @@ def draw_markers(rgb: np.ndarray, points: Sequence[tuple[float, float, str]]) ->
         return rgb
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
-    r = MARKER_RADIUS
+    # Sized to the preview, so a marker stays visible when the browser shrinks it to fit.
+    r = max(5, round(MARKER_FRACTION * max(rgb.shape[:2])))
+    font = ImageFont.load_default(size=2 * r)
     for number, (x, y, color) in enumerate(points, start=1):
         box = (x - r, y - r, x + r, y + r)
-        draw.ellipse(box, fill=color, outline="black", width=3)
-        draw.ellipse((x - r + 2, y - r + 2, x + r - 2, y + r - 2), outline="white", width=1)
-        draw.text((x + r + 2, y - r), str(number), fill="white", stroke_width=2, stroke_fill="black")
+        draw.ellipse(box, fill=color, outline="black", width=max(2, r // 4))
+        draw.ellipse((x - r + 2, y - r + 2, x + r - 2, y + r - 2), outline="white", width=max(1, r // 6))
+        draw.text((x + r + 2, y - r), str(number), fill="white", font=font,
+                  stroke_width=max(1, r // 5), stroke_fill="black")
     return np.asarray(image)
 
 
