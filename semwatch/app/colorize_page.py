@@ -103,6 +103,8 @@ def _load_upload(ctx: AppContext, uploaded: Any) -> str | None:
     """Decode a new upload into the page's source; the error text when it cannot be."""
     cap = ctx.config.app.max_upload_mb
     if uploaded.size > cap * 1024 * 1024:
+        log.warning("upload refused: over the cap", name=uploaded.name, size=uploaded.size,
+                    max_upload_mb=cap)
         _set_source(None)
         return (f"{uploaded.name} is {uploaded.size / 1024 / 1024:.1f} MB: uploads are limited "
                 f"to {cap} MB (app.max_upload_mb in the configuration).")
@@ -111,8 +113,13 @@ def _load_upload(ctx: AppContext, uploaded: Any) -> str | None:
             image = service.decode_upload(uploaded.getvalue(), uploaded.name,
                                           max_pixels=ctx.config.engine.max_pixels)
     except ImageError as exc:
+        log.warning("upload refused: not an image", name=uploaded.name, reason=exc.reason)
         _set_source(None)
         return f"{uploaded.name} is not an image semwatch can read: {exc.reason}"
+    except OSError as exc:  # the private temporary folder could not be written
+        log.error("cannot stage the upload", name=uploaded.name, error=str(exc))
+        _set_source(None)
+        return f"Cannot read {uploaded.name} on the server: {exc.strerror or exc}"
     _set_source(_make_source(ctx, image, name=uploaded.name, source_path=uploaded.name))
     return None
 
@@ -125,6 +132,7 @@ def _open_requested_job(ctx: AppContext) -> None:
     try:
         job = queue_view.get_job(ctx.config, int(job_id))
     except QueueError as exc:
+        log.warning("cannot read the queue", error=str(exc))
         st.error(f"Cannot read the queue: {exc}")
         return
     if job is None or job.state != JobState.DONE:
@@ -136,6 +144,7 @@ def _open_requested_job(ctx: AppContext) -> None:
         with st.spinner(f"Reading {job.rel_path}..."):
             image = service.decode_file(path, max_pixels=ctx.config.engine.max_pixels)
     except (ValueError, ImageError) as exc:
+        log.warning("cannot open a job's source", job_id=job.id, error=str(exc))
         st.error(f"Cannot open job {job.id}'s source: {exc}")
         return
     if output is None:
@@ -193,6 +202,7 @@ def _current_result(ctx: AppContext, source: Source) -> service.Colorized | None
         with st.spinner("Colorizing..."):
             result = service.colorize(colorizer, source.image, hints, source_path=source.source_path)
     except HintError as exc:
+        log.warning("hint refused", error=str(exc))
         st.error(str(exc))
         return None
     except Exception as exc:  # noqa: BLE001 - the page says what failed; the log has the trace

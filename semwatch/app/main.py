@@ -11,7 +11,7 @@ import streamlit as st
 
 from semwatch.app.context import COLORIZE_PAGE, QUEUE_PAGE
 from semwatch.config import ConfigError, load_config
-from semwatch.log import configure_logging
+from semwatch.log import configure_logging, get_logger
 
 
 def _main() -> None:
@@ -19,6 +19,7 @@ def _main() -> None:
     try:
         config = load_config()
     except ConfigError as exc:
+        get_logger(__name__).error("configuration error", error=str(exc))
         st.error(f"Configuration error: {exc}")
         st.stop()
     configure_logging(config.logging.level,

@@ -47,6 +47,7 @@ def _body(ctx: AppContext) -> None:
                 "run with this configuration. Once it has, its jobs appear here.")
         return
     except QueueError as exc:
+        log.warning("cannot read the queue", error=str(exc))
         st.error(f"Cannot read the queue: {exc}")
         return
     _summary(snapshot)
@@ -144,6 +145,7 @@ def _retry(ctx: AppContext, job_ids: list[int]) -> None:
     try:
         count = queue_view.retry_failed(ctx.config, job_ids)
     except QueueError as exc:
+        log.warning("retry from the web UI failed", job_ids=job_ids, error=str(exc))
         st.error(f"Retry failed: {exc}")
         return
     log.info("failed jobs re-queued from the web UI", count=count, job_ids=job_ids)
