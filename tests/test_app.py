@@ -322,3 +322,21 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     at.button(key="cz_replace").click().run()
     assert automatic.read_bytes() != automatic_bytes
     assert "hints" in provenance_of_tiff(automatic.read_bytes())["semwatch"]
+
+
+def test_the_model_is_loaded_once_and_shared_by_sessions(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from semwatch.app import service
+
+    config = write_app_config(tmp_path, tiny_model)
+    # chroma_size 96: engine settings no other test uses, so the shared cache starts empty.
+    config.write_text(config.read_text().replace("chroma_size = 128", "chroma_size = 96"))
+    monkeypatch.setenv("SEMWATCH_CONFIG", str(config))
+    loads = []
+    real = service.load_colorizer
+    monkeypatch.setattr(service, "load_colorizer", lambda engine: loads.append(engine) or real(engine))
+    first = upload(new_app(), "a.png", png_bytes(seed=1))
+    second = upload(new_app(), "b.png", png_bytes(seed=2))  # another browser session
+    assert len(loads) == 1
+    assert first.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+    assert second.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
