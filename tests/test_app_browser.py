@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 120.0
-WAIT = 120.0  # colorizing on a busy 2-core machine
+WAIT = 300.0  # colorizing on a busy 2-core machine
 
 
 def _need_browser() -> None:

@@ -135,7 +135,8 @@ def _failures(ctx: AppContext, failed: list[Job]) -> None:
         _retry(ctx, [job.id for job in failed])
     for job in failed:
         row = st.columns([6, 1], vertical_alignment="center")
-        row[0].markdown(f"**{job.id}** `{job.rel_path}` · {job.attempts} attempts · "
+        row[0].markdown(f"**{job.id}** `{job.rel_path}` · {job.attempts} "
+                        f"attempt{'s' if job.attempts != 1 else ''} · "
                         f"{job.error or 'no reason recorded'}")
         if row[1].button("Retry", key=f"q_retry_{job.id}"):
             _retry(ctx, [job.id])
