@@ -291,7 +291,7 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     config = load_config(app_config)
     automatic = config.output.dir / "grain.tif"
     automatic_bytes = automatic.read_bytes()
-    at = new_app()
+    at = upload(new_app(), "earlier.png", png_bytes())  # still in the uploader afterwards
     at.switch_page("pages/queue.py").run()
     at.button(key=f"q_refine_{ids['grain.png']}").click().run()
     assert not at.exception, at.exception
@@ -303,6 +303,7 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     clicks.at(50, 40, 160, 120)
     at.run()
     assert len(at.session_state["cz_hints"]) == 1
+    assert at.session_state["cz_source"].job_id == ids["grain.png"]
 
     at.button(key="cz_save_refined").click().run()
     refined = config.output.dir / "grain.refined.tif"

@@ -153,7 +153,9 @@ def _open_requested_job(ctx: AppContext) -> None:
     if image.sha256 != job.sha256:
         st.warning(f"{job.rel_path} has changed since job {job.id} colorized it; you are "
                    "refining its current content.")
-    st.session_state["cz_upload_id"] = None
+    # A file still in the uploader is not new: it must not replace the job's source.
+    held = st.session_state.get("cz_upload")
+    st.session_state["cz_upload_id"] = getattr(held, "file_id", None)
     _set_source(_make_source(ctx, image, name=Path(job.rel_path).name, source_path=str(path),
                              job_id=job.id, output=output))
 
