@@ -341,3 +341,38 @@ def test_the_model_is_loaded_once_and_shared_by_sessions(
     assert len(loads) == 1
     assert first.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
     assert second.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+
+
+def _fei_tiff(height: int = 240, width: int = 320, image_rows: int = 200) -> bytes:
+    """An FEI-style TIFF: the instrument's text tag says the image is ``image_rows`` tall,
+    so the rows below are the data bar; with the settings the page summarises."""
+    import tifffile
+
+    text = (f"[Beam]\r\nHV=5000\r\n[EBeam]\r\nHFW=1.2e-05\r\nWD=0.004\r\n[Scan]\r\n"
+            f"PixelWidth=3.75e-08\r\n[Detectors]\r\nName=TLD\r\nMode=SE\r\n"
+            f"[Image]\r\nResolutionX={width}\r\nResolutionY={image_rows}\r\n"
+            f"MagCanvasRealWidth=0.12\r\n").encode() + b"\0"
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, textured_gray(height, width, seed=4),
+                     extratags=[(34682, 2, len(text), text, True)])
+    return buffer.getvalue()
+
+
+def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
+        app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "fei.tif", _fei_tiff())
+    assert not at.error, texts(at.error)
+    table = at.table[0].value
+    summary = dict(zip(table["setting"], table["value"]))
+    assert summary == {"Pixel size": "37.5 nm", "High voltage": "5 kV",
+                       "Magnification": "10,000 x", "Horizontal field width": "12 µm",
+                       "Working distance": "4.00 mm", "Detector": "TLD (SE)"}
+    assert "Data bar detected: rows 200-239 (40 rows)" in texts(at.markdown)
+    clicks.at(100, 110, 160, 120)  # y 220 in the image: inside the bar
+    at.run()
+    assert at.session_state["cz_hints"] == []
+    assert "in the data bar" in texts(at.warning)
+    # Below the bar's top the result stays the gray input.
+    rgb = result_rgb(at)
+    gray = textured_gray(240, 320, seed=4)
+    assert all(np.array_equal(rgb[200:, :, c], gray[200:]) for c in range(3))
