@@ -274,7 +274,7 @@ def main() -> None:
                   f"the engine's part {statistics.median(inside):.2f} s "
                   f"(medians of {len(hint_times)})")
             body = driver.find_element("tag name", "body").text
-            print("hints on the page:", [l for l in body.splitlines() if l[:1].isdigit() and ". x " in l])
+            print("hints on the page:", [l for l in body.splitlines() if l.startswith("Hint ")])
             if args.screenshots:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 driver.set_window_size(1400, 1500)  # images, slider, hints and metadata

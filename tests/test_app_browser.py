@@ -11,6 +11,7 @@ absence is a failure: .ci/run installs them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -163,10 +164,12 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     _text_appears(browser, "Hints (1")
     _text_appears(browser, "Download grains.refined.tif")
     body = browser.find_element(By.TAG_NAME, "body").text
-    assert "1. x " in body and "Remove" in body
+    assert "Hint 1: x " in body and "Remove" in body, body
     # The click was scaled from displayed to image pixels: about a third of 640 x 480.
-    line = next(l for l in body.splitlines() if l.startswith("1. x "))
-    x, y = (int(part.split()[-1]) for part in line.split("·")[0][3:].split(","))
+    match = re.search(r"Hint 1: x (\d+), y (\d+)", body)
+    assert match, body
+    x, y = int(match.group(1)), int(match.group(2))
+    line = match.group(0)
     assert abs(x - 640 / 3) < 640 * 0.03 and abs(y - 480 / 3) < 480 * 0.03, line
     shot = _screenshot(browser, tmp_path, "app-colorize.png")
     with Image.open(shot) as picture:

@@ -285,7 +285,7 @@ def _hint_list(source: Source) -> None:
         row[0].markdown(
             f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #333;'
             f'background:{hint.color};vertical-align:middle"></span> '
-            f"{index + 1}. x {int(hint.x)}, y {int(hint.y)} · `{hint.color}`",
+            f"Hint {index + 1}: x {int(hint.x)}, y {int(hint.y)} · `{hint.color}`",
             unsafe_allow_html=True)
         row[1].button("Remove", key=f"cz_remove_{source.token}_{index}_{hint.x}_{hint.y}",
                       on_click=_remove_hint, args=(index,))
