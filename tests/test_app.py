@@ -39,6 +39,24 @@ class _KeptStorage(MemoryMediaFileStorage):
         _KeptStorage.stores.append(self)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The app script configures logging in this process (as it does in its server); put
+    the previous set-up back so later tests' log capture (capsys) still works."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def app_config(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     config = write_app_config(tmp_path, tiny_model)

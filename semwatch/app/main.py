@@ -14,6 +14,12 @@ from semwatch.config import ConfigError, load_config
 from semwatch.log import configure_logging, get_logger
 
 
+@st.cache_resource(show_spinner=False)
+def _configure_logging(level: str, fmt: str) -> None:
+    # Once per process (and again only if the settings change), not at every rerun.
+    configure_logging(level, fmt)  # type: ignore[arg-type]
+
+
 def _main() -> None:
     st.set_page_config(page_title="semwatch", layout="wide")
     try:
@@ -22,8 +28,8 @@ def _main() -> None:
         get_logger(__name__).error("configuration error", error=str(exc))
         st.error(f"Configuration error: {exc}")
         st.stop()
-    configure_logging(config.logging.level,
-                      "console" if config.logging.format == "auto" else config.logging.format)
+    _configure_logging(config.logging.level,
+                       "console" if config.logging.format == "auto" else config.logging.format)
     pages = [
         st.Page(COLORIZE_PAGE, title="Colorize", icon=":material/palette:", default=True),
         st.Page(QUEUE_PAGE, title="Queue", icon=":material/list:"),
