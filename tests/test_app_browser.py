@@ -163,6 +163,8 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
 
     _text_appears(browser, "Hints (1")
     _text_appears(browser, "Download grains.refined.tif")
+    # Streamlit streams elements as the script runs and fades new ones in: wait for the row.
+    _text_appears(browser, "Hint 1: x ")
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Hint 1: x " in body and "Remove" in body, body
     # The click was scaled from displayed to image pixels: about a third of 640 x 480.
