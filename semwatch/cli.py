@@ -51,6 +51,7 @@ def main() -> None:
     semwatch colorize  colorize files or folders once
     semwatch run       the watch-folder service (what systemd starts)
     semwatch status    what the service's queue holds
+    semwatch app       the web UI (colorize with hints, watch the queue)
     """
 
 
@@ -347,10 +348,12 @@ def _finish_write(task: Task, future: Future, report) -> None:
 
 
 def _register_service_commands() -> None:
-    """The service's subcommands live in their own module (run, status, enqueue, retry)."""
+    """The service's subcommands live in their own modules (run, status, enqueue, retry;
+    the web UI's app)."""
+    from semwatch.app.launch import app_command
     from semwatch.service_cli import enqueue_command, retry_command, run_command, status_command
 
-    for command in (run_command, status_command, enqueue_command, retry_command):
+    for command in (run_command, status_command, enqueue_command, retry_command, app_command):
         main.add_command(command)
 
 

@@ -88,6 +88,19 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class AppConfig:
+    """The web UI (`semwatch app`, semwatch/app/)."""
+
+    # Loopback by default: binding to a network address is the admin's explicit choice.
+    host: str = "127.0.0.1"
+    port: int = 8501
+    max_upload_mb: int = 200  # uploads above this are refused (server and page)
+    # Long side, in pixels, of the copies shown in the browser (and clicked for hints); the
+    # full-resolution image is colorized and downloaded. Keeps each page update small.
+    preview_size: int = 1024
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json"] = "auto"
@@ -131,6 +144,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    app: AppConfig = field(default_factory=AppConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # The file this came from (None: built-in defaults); relative paths were resolved
     # against its folder.
@@ -262,6 +276,7 @@ _POSITIVE = {
     ("daemon", "write_threads"), ("trainer", "image_size"), ("trainer", "batch_size"),
     ("trainer", "decoder_width"), ("engine", "region_size"), ("engine", "region_scale"),
     ("engine", "chroma_gain"),
+    ("app", "max_upload_mb"), ("app", "preview_size"),
 }
 _NON_NEGATIVE = {
     ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
@@ -288,6 +303,10 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         )
     if section == "engine" and instance.region_hue > 1:
         raise ConfigError(f"{where}: engine.region_hue = {instance.region_hue}: must be in [0, 1]")
+    if section == "app" and not 1 <= instance.port <= 65535:
+        raise ConfigError(f"{where}: app.port = {instance.port}: must be 1-65535")
+    if section == "app" and not instance.host:
+        raise ConfigError(f"{where}: app.host must not be empty (127.0.0.1: this machine only)")
     if section == "output" and not 1 <= instance.jpeg_quality <= 100:
         raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
     if section == "output":

@@ -436,9 +436,9 @@ class SqlJobQueue(JobQueue):
     def __init__(self, database_url: str, *, lease_seconds: float, max_attempts: int,
                  retry_backoff: float, clock: Callable[[], float] = time.time,
                  hostname: str | None = None, read_only: bool = False) -> None:
-        """``read_only``: for reports (`semwatch status`): the database is opened read-only
-        (SQLite ``mode=ro``), never created or migrated, and takes no write lock, so it
-        answers while the daemon writes and needs no write access."""
+        """``read_only``: for reports (`semwatch status`, the web UI's queue page): the
+        database is opened read-only (SQLite ``mode=ro``), never created or migrated, and
+        takes no write lock, so it answers while the daemon writes."""
         if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
             raise QueueError(f"invalid queue settings: lease_seconds={lease_seconds}, "
                              f"max_attempts={max_attempts}, retry_backoff={retry_backoff}")

@@ -1,0 +1,111 @@
+"""The one place the web UI decodes, colorizes and writes images.
+
+The daemon and `semwatch colorize` run the same three steps (cli.run_tasks / _write_one):
+imaging.read_image -> Colorizer.colorize -> imaging.write_image with build_provenance. When
+they move into one shared pipeline module, this module is the only part of the UI that
+switches to it. No Streamlit here: the pages hold the state, this holds the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Sequence
+
+import numpy as np
+
+from semwatch.config import EngineConfig
+from semwatch.engine import Colorizer
+from semwatch.hints import Hint, check_hints_fit
+from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage, build_provenance, read_image, write_image
+from semwatch.log import get_logger
+
+log = get_logger(__name__)
+
+# One colorization at a time per process: sessions share one model (loaded once), and two
+# at once on a small CPU would only split its cores and both answer late.
+_ENGINE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Colorized:
+    """One colorized image: the decoded source, its RGB result and what steered it."""
+
+    image: DecodedImage
+    rgb: np.ndarray
+    hints: tuple[Hint, ...]
+    source_path: str  # as recorded in the provenance: the upload's name or the source file
+    seconds: float  # time in the engine (lock wait excluded)
+
+
+def load_colorizer(engine: EngineConfig) -> Colorizer:
+    """The service's engine, with the service's settings (refinements included)."""
+    started = time.perf_counter()
+    colorizer = Colorizer.from_config(engine)
+    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
+             device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
+    return colorizer
+
+
+def decode_upload(data: bytes, name: str, *, max_pixels: int) -> DecodedImage:
+    """Decode uploaded bytes like a file of the service (ImageError when it is not an image).
+
+    read_image reads, hashes and decodes a path, so the upload is written to a private
+    temporary folder first and removed at once.
+    """
+    safe_name = PurePath(name).name or "upload"
+    with tempfile.TemporaryDirectory(prefix="semwatch-upload-") as folder:
+        path = Path(folder) / safe_name
+        path.write_bytes(data)
+        image = read_image(path, max_pixels=max_pixels)
+    return dataclasses.replace(image, path=Path(safe_name))
+
+
+def decode_file(path: Path, *, max_pixels: int) -> DecodedImage:
+    """Decode a file of the watch folder (a finished job's source)."""
+    return read_image(path, max_pixels=max_pixels)
+
+
+def colorize(colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *,
+             source_path: str) -> Colorized:
+    """Colorize one decoded image; ``hints`` in the image's pixels (HintError if outside)."""
+    hints = tuple(hints)
+    check_hints_fit(hints, *image.gray.shape, source=source_path)
+    with _ENGINE_LOCK:
+        started = time.perf_counter()
+        rgb = colorizer.colorize([image], hints=[list(hints)] if hints else None)[0]
+        seconds = time.perf_counter() - started
+    log.info("colorized in the web UI", source=source_path, hints=len(hints),
+             shape=list(image.gray.shape), seconds=round(seconds, 3))
+    return Colorized(image, rgb, hints, source_path, seconds)
+
+
+def provenance(result: Colorized, colorizer: Colorizer) -> dict[str, Any]:
+    """The provenance record of a UI result (the same record as the service's outputs)."""
+    return build_provenance(
+        result.image, source_path=result.source_path, model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
+        device=colorizer.device, chroma_size=colorizer.chroma_size,
+        refinement=colorizer.refinement.as_dict(),
+        hints=[h.as_record() for h in result.hints] or None,
+    )
+
+
+def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str,
+          jpeg_quality: int = 95) -> None:
+    """Write a result atomically with the source's metadata and the provenance."""
+    write_image(target, result.rgb, fmt=fmt, metadata=result.image.metadata,
+                provenance=provenance(result, colorizer), jpeg_quality=jpeg_quality)
+
+
+def encode(result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """A download's bytes: the same writer as the service's outputs (so the same tags and
+    provenance), into a private temporary folder, read back."""
+    with tempfile.TemporaryDirectory(prefix="semwatch-download-") as folder:
+        target = Path(folder) / f"result{FORMAT_EXTENSIONS[fmt]}"
+        write(target, result, colorizer, fmt=fmt, jpeg_quality=jpeg_quality)
+        return target.read_bytes()

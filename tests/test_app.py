@@ -1,0 +1,396 @@
+"""The web UI through streamlit.testing.v1.AppTest: real pages, real engine (a tiny random
+model), real queue database. The click component is a browser-side custom component that
+AppTest cannot drive, so the hint tests replace its wrapper (semwatch.app.widgets.click_point)
+with a function returning the click a browser would send."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("streamlit")
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
+
+from app_harness import png_bytes, provenance_of_tiff, tiff_rgb, write_app_config  # noqa: E402
+from helpers import max_lightness_error, textured_gray  # noqa: E402
+from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
+from semwatch.config import load_config  # noqa: E402
+from semwatch.imaging import read_image, write_image  # noqa: E402
+from semwatch.queue import JobState, Owner, open_queue  # noqa: E402
+
+TIMEOUT = 180  # seconds per script run: the machine may be busy training
+
+
+class _KeptStorage(MemoryMediaFileStorage):
+    """AppTest drops its media store after each run; this one keeps them for the test."""
+
+    stores: list[MemoryMediaFileStorage] = []
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint)
+        _KeptStorage.stores.append(self)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The app script configures logging in this process (as it does in its server); put
+    the previous set-up back so later tests' log capture (capsys) still works."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    config = write_app_config(tmp_path, tiny_model)
+    monkeypatch.setenv("SEMWATCH_CONFIG", str(config))
+    _KeptStorage.stores = []
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", _KeptStorage)
+    return config
+
+
+class FakeClicks:
+    """Stands in for the browser's click component: returns the click queued last."""
+
+    def __init__(self) -> None:
+        self.click: widgets.Click | None = None
+        self.shown: list[np.ndarray] = []
+        self.stamp = 0
+
+    def __call__(self, image: np.ndarray, *, key: str) -> widgets.Click | None:
+        self.shown.append(image)
+        return self.click
+
+    def at(self, x: float, y: float, width: float, height: float) -> None:
+        self.stamp += 1
+        self.click = widgets.Click(x, y, width, height, self.stamp)
+
+
+@pytest.fixture
+def clicks(monkeypatch: pytest.MonkeyPatch) -> FakeClicks:
+    fake = FakeClicks()
+    monkeypatch.setattr(widgets, "click_point", fake)
+    return fake
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key="cz_upload").set_value((name, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def download_bytes(at: AppTest) -> bytes:
+    button = at.download_button(key="cz_download")
+    name = button.proto.url.rsplit("/", 1)[-1]
+    for store in reversed(_KeptStorage.stores):
+        try:
+            return store.get_file(name).content
+        except Exception:  # noqa: BLE001 - not in this run's store: look at the previous
+            continue
+    raise AssertionError(f"no media file {name}")
+
+
+def result_rgb(at: AppTest) -> np.ndarray:
+    return at.session_state["cz_result"][1].rgb
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_both_pages_render_and_the_queue_page_says_there_is_no_database(app_config: Path) -> None:
+    at = new_app()
+    assert at.title[0].value == "Colorize"
+    assert "Upload a scanning electron microscope image" in texts(at.info)
+    at.switch_page("pages/queue.py").run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Queue"
+    assert "No queue database yet" in texts(at.info)
+    assert not (app_config.parent / "var" / "semwatch.db").exists()  # looking creates nothing
+
+
+# --------------------------------------------------------------------------- colorize
+
+
+def test_upload_colorize_and_download_tiff_and_png(app_config: Path) -> None:
+    data = png_bytes(240, 320)
+    at = upload(new_app(), "sample.png", data)
+    assert not at.error, texts(at.error)
+    assert "does not take hints itself" in texts(at.info)  # the tiny model has 1 input channel
+
+    tiff = download_bytes(at)
+    assert at.download_button(key="cz_download").label == "Download sample.tif"
+    rgb = tiff_rgb(tiff)
+    assert rgb.shape == (240, 320, 3) and rgb.dtype == np.uint8
+    assert max_lightness_error(rgb, textured_gray(240, 320)) <= 1.0
+    record = provenance_of_tiff(tiff)["semwatch"]
+    assert record["source"]["path"] == "sample.png"
+    assert record["source"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert "hints" not in record
+
+    at.radio(key="cz_format").set_value("PNG").run()
+    png = download_bytes(at)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.mode == "RGB" and image.size == (320, 240)
+        assert np.array_equal(np.asarray(image), rgb)
+
+
+def test_oversize_upload_is_refused_with_a_message(app_config: Path) -> None:
+    too_big = b"\0" * (1024 * 1024 + 1)  # app.max_upload_mb = 1 in this configuration
+    at = upload(new_app(), "huge.tif", too_big)
+    assert "uploads are limited to 1 MB" in texts(at.error)
+    assert at.session_state["cz_source"] is None
+    assert not at.download_button
+
+
+def test_non_image_upload_gets_a_clear_message(app_config: Path) -> None:
+    at = upload(new_app(), "notes.png", b"these are my notes, not an image\n")
+    message = texts(at.error)
+    assert "notes.png is not an image semwatch can read" in message
+    assert not at.download_button
+    # A real image afterwards replaces the message with a result.
+    at = upload(at, "sample.png", png_bytes())
+    assert not at.error and at.download_button
+
+
+def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "sample.png", png_bytes(240, 320))
+    before = result_rgb(at).copy()
+    at.color_picker(key="cz_color").set_value("#00c000")
+    # The browser shows the 256-px preview at 160 px wide: a click at (40, 30) there is
+    # (80, 60) in the 320x240 image.
+    clicks.at(39.5, 29.5, 160, 120)
+    at.run()
+    assert not at.exception, at.exception
+    hints = at.session_state["cz_hints"]
+    assert [(h.x, h.y, h.color) for h in hints] == [(80.0, 60.0, "#00c000")]
+    after = result_rgb(at)
+    assert after.shape == before.shape
+    assert np.abs(after.astype(int) - before.astype(int)).max() > 20
+    assert max_lightness_error(after, textured_gray(240, 320)) <= 1.0
+    # The same click repeated by the component on the next rerun is not a second hint.
+    at.run()
+    assert len(at.session_state["cz_hints"]) == 1
+    record = provenance_of_tiff(download_bytes(at))["semwatch"]
+    assert record["hints"] == [{"x": 80, "y": 60, "color": "#00c000"}]
+    assert at.download_button(key="cz_download").label == "Download sample.refined.tif"
+
+    # Remove it again: the automatic colours come back.
+    remove = [b for b in at.button if b.label == "Remove"]
+    assert len(remove) == 1
+    remove[0].click().run()
+    assert at.session_state["cz_hints"] == []
+    assert np.array_equal(result_rgb(at), before)
+
+
+def test_clear_removes_every_hint(app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "sample.png", png_bytes(240, 320))
+    for x in (10, 100):
+        clicks.at(x, 20, 256, 192)
+        at.run()
+    assert len(at.session_state["cz_hints"]) == 2
+    next(b for b in at.button if b.label == "Clear hints").click().run()
+    assert at.session_state["cz_hints"] == []
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def _service_database(config_path: Path, *, outside: Path) -> dict[str, int]:
+    """A queue as the daemon leaves it: one job done (output in outbox), one done whose
+    recorded output lies outside the output folder, one failed, one pending."""
+    config = load_config(config_path)
+    inbox, outbox = config.watch.input_dir, config.output.dir
+    gray = textured_gray(120, 160, seed=3)
+    Image.fromarray(gray).save(inbox / "grain.png")
+    output = outbox / "grain.tif"
+    write_image(output, np.dstack([gray, np.roll(gray, 7, axis=1), gray]), fmt="tiff",
+                metadata=None, provenance={"semwatch": {}})
+    write_image(outside, np.zeros((8, 8, 3), np.uint8), fmt="tiff", metadata=None,
+                provenance={"semwatch": {}})
+    source_sha = hashlib.sha256((inbox / "grain.png").read_bytes()).hexdigest()
+    owner = Owner.current()
+    queue = open_queue(config.queue)
+    try:
+        ids = {}
+        now = time.time()
+        for name, sha in (("grain.png", source_sha), ("evil.png", "e" * 64), ("bad.png", "b" * 64)):
+            ids[name] = queue.enqueue(name, sha, 10, now, arrived_at=now - 5)
+        claimed = {job.rel_path: job for job in queue.claim(owner, 10)}
+        queue.complete(owner, claimed["grain.png"].id, str(output))
+        queue.complete(owner, claimed["evil.png"].id, str(outside))
+        queue.fail(owner, claimed["bad.png"].id, "bad.png: cannot decode PNG: truncated", permanent=True)
+        ids["waiting.png"] = queue.enqueue("waiting.png", "w" * 64, 10, now)
+    finally:
+        queue.close()
+    return ids
+
+
+def test_queue_page_reads_jobs_read_only_and_retries_a_failure(app_config: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "secret.tif"
+    ids = _service_database(app_config, outside=outside)
+    config = load_config(app_config)
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Pending"], metrics["Running"], metrics["Done"], metrics["Failed"]) == ("1", "0", "2", "1")
+    # Only the output inside the output folder is previewed; the other has no preview.
+    assert len(at.image) == 1
+    assert f"{ids['grain.png']}: grain.png" in at.image[0].captions[0]
+    assert f"{ids['evil.png']}: evil.png (no preview)" in texts(at.caption)
+    assert "cannot decode PNG: truncated" in texts(at.markdown)
+
+    at.button(key=f"q_retry_{ids['bad.png']}").click().run()
+    assert not at.exception, at.exception
+    assert "Re-queued 1 failed job." in texts(at.success)
+    queue = open_queue(config.queue, read_only=True)
+    try:
+        assert queue.get(ids["bad.png"]).state == JobState.PENDING
+    finally:
+        queue.close()
+
+
+def test_queue_page_answers_while_the_daemon_holds_the_write_lock(app_config: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    _service_database(app_config, outside=tmp_path / "x.tif")
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    database = app_config.parent / "var" / "semwatch.db"
+    writer = sqlite3.connect(database, timeout=1)
+    writer.execute("BEGIN IMMEDIATE")  # what the daemon holds while it claims or completes
+    try:
+        started = time.perf_counter()
+        at.run()
+        elapsed = time.perf_counter() - started
+    finally:
+        writer.rollback()
+        writer.close()
+    assert not at.exception and not at.error, texts(at.error)
+    assert {m.label: m.value for m in at.metric}["Done"] == "2"
+    assert elapsed < 10  # a writing open would wait for the 30 s busy timeout
+
+
+# --------------------------------------------------------------------------- refine
+
+
+def test_refine_a_finished_job_saves_beside_the_automatic_output(
+        app_config: Path, tmp_path: Path, clicks: FakeClicks) -> None:
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    config = load_config(app_config)
+    automatic = config.output.dir / "grain.tif"
+    automatic_bytes = automatic.read_bytes()
+    at = upload(new_app(), "earlier.png", png_bytes())  # still in the uploader afterwards
+    at.switch_page("pages/queue.py").run()
+    at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Colorize"
+    assert f"job {ids['grain.png']}" in texts(at.caption)
+    # AppTest keeps requesting the page it was last switched to; the browser's URL follows
+    # st.switch_page.
+    at.switch_page("pages/colorize.py")
+    clicks.at(50, 40, 160, 120)
+    at.run()
+    assert len(at.session_state["cz_hints"]) == 1
+    assert at.session_state["cz_source"].job_id == ids["grain.png"]
+
+    at.button(key="cz_save_refined").click().run()
+    refined = config.output.dir / "grain.refined.tif"
+    assert refined.is_file() and f"Saved {refined}" in texts(at.success)
+    assert automatic.read_bytes() == automatic_bytes  # the automatic output is untouched
+    record = provenance_of_tiff(refined.read_bytes())["semwatch"]
+    assert record["source"]["path"] == str(config.watch.input_dir / "grain.png")
+    assert len(record["hints"]) == 1
+    decoded = read_image(config.watch.input_dir / "grain.png")
+    assert tiff_rgb(refined.read_bytes()).shape == decoded.gray.shape + (3,)
+
+    # Saving again would replace the refined file: that needs a tick first; replacing the
+    # automatic output needs its own.
+    assert at.button(key="cz_save_refined").disabled
+    assert at.button(key="cz_replace").disabled
+    at.checkbox(key="cz_confirm_replace").check().run()
+    at.button(key="cz_replace").click().run()
+    assert automatic.read_bytes() != automatic_bytes
+    assert "hints" in provenance_of_tiff(automatic.read_bytes())["semwatch"]
+
+
+def test_the_model_is_loaded_once_and_shared_by_sessions(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from semwatch.app import service
+
+    config = write_app_config(tmp_path, tiny_model)
+    # chroma_size 96: engine settings no other test uses, so the shared cache starts empty.
+    config.write_text(config.read_text().replace("chroma_size = 128", "chroma_size = 96"))
+    monkeypatch.setenv("SEMWATCH_CONFIG", str(config))
+    loads = []
+    real = service.load_colorizer
+    monkeypatch.setattr(service, "load_colorizer", lambda engine: loads.append(engine) or real(engine))
+    first = upload(new_app(), "a.png", png_bytes(seed=1))
+    second = upload(new_app(), "b.png", png_bytes(seed=2))  # another browser session
+    assert len(loads) == 1
+    assert first.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+    assert second.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+
+
+def _fei_tiff(height: int = 240, width: int = 320, image_rows: int = 200) -> bytes:
+    """An FEI-style TIFF: the instrument's text tag says the image is ``image_rows`` tall,
+    so the rows below are the data bar; with the settings the page summarises."""
+    import tifffile
+
+    text = (f"[Beam]\r\nHV=5000\r\n[EBeam]\r\nHFW=1.2e-05\r\nWD=0.004\r\n[Scan]\r\n"
+            f"PixelWidth=3.75e-08\r\n[Detectors]\r\nName=TLD\r\nMode=SE\r\n"
+            f"[Image]\r\nResolutionX={width}\r\nResolutionY={image_rows}\r\n"
+            f"MagCanvasRealWidth=0.12\r\n").encode() + b"\0"
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, textured_gray(height, width, seed=4),
+                     extratags=[(34682, 2, len(text), text, True)])
+    return buffer.getvalue()
+
+
+def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
+        app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "fei.tif", _fei_tiff())
+    assert not at.error, texts(at.error)
+    table = at.table[0].value
+    summary = dict(zip(table["setting"], table["value"]))
+    assert summary == {"Pixel size": "37.5 nm", "High voltage": "5 kV",
+                       "Magnification": "10,000 x", "Horizontal field width": "12 µm",
+                       "Working distance": "4.00 mm", "Detector": "TLD (SE)"}
+    assert "Data bar detected: rows 200-239 (40 rows)" in texts(at.markdown)
+    clicks.at(100, 110, 160, 120)  # y 220 in the image: inside the bar
+    at.run()
+    assert at.session_state["cz_hints"] == []
+    assert "in the data bar" in texts(at.warning)
+    # Below the bar's top the result stays the gray input.
+    rgb = result_rgb(at)
+    gray = textured_gray(240, 320, seed=4)
+    assert all(np.array_equal(rgb[200:, :, c], gray[200:]) for c in range(3))
