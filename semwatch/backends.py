@@ -214,7 +214,10 @@ def make_backend(
     if name not in ("auto", "eager", "tensorrt"):
         raise EngineError(f"unknown backend {name!r} (auto, eager or tensorrt)")
     if name == "tensorrt":
-        raise EngineError("engine.backend = 'tensorrt' is not available in this build of semwatch; "
-                          "use 'auto' or 'eager'")
+        from semwatch.tensorrt import TensorRTBackend, detect_toolchain
+
+        toolchain = detect_toolchain(device)  # one-line EngineError naming what is missing
+        return TensorRTBackend(generator, device, resolve_precision(precision, device),
+                               cache_dir=cache_dir, toolchain=toolchain)
     return EagerBackend(generator, device, resolve_precision(precision, device),
                         resolve_channels_last(channels_last, device))

@@ -37,7 +37,7 @@ from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the
 )
 from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.coherence import HueCoherence
-from semwatch.fullres import CPU_STRIP_ROWS, FullResolution
+from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
@@ -177,9 +177,7 @@ class Colorizer:
         self.coherence = HueCoherence(refinement.hue_scale)
         self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
-        # Strips keep the CPU's intermediates in cache; a GPU takes the image in one go.
-        strip_rows = CPU_STRIP_ROWS if self.device_obj.type == "cpu" else 0
-        self.fullres = FullResolution(self.lut, self._l_table, strip_rows)
+        self.fullres = FullResolution(self.lut, self._l_table)
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
