@@ -195,7 +195,10 @@ class EagerBackend(Backend):
         # The input stays float32: the model's stages cast it to their own dtype.
         x = batch.to(self.device, non_blocking=True)
         if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            # .to, not .contiguous: with one channel both layouts count as contiguous and
+            # .contiguous keeps NCHW strides, so the decoder's concatenation with the
+            # input came out NCHW and was copied back to NHWC (12 % of the network's time).
+            x = x.to(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self.model(x)
 
