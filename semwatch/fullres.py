@@ -34,12 +34,16 @@ class FullResolution:
 
     def rgb_into(self, out: torch.Tensor, gray: torch.Tensor, planes: torch.Tensor) -> None:
         """Fill ``out`` (rows, W, 3) uint8 from ``gray`` (rows, W) uint8 and the planes."""
+        torch.index_select(self.lut.table, 0, self.index(gray, planes).view(-1), out=out.view(-1, 3))
+
+    def index(self, gray: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+        """(rows, W) int32 chroma-table index of every pixel (:meth:`ChromaLUT.index` of
+        the full-resolution ab)."""
         n = self.lut.n
         bins, levels = self._expand(gray, self._in_bins(planes))
         bins.clamp_(0.0, n - 0.5)  # then truncation is the floor, into 0..n-1
         index = levels.mul_(n * n)
-        index.add_(bins[0].to(torch.int32), alpha=n).add_(bins[1].to(torch.int32))
-        torch.index_select(self.lut.table, 0, index.view(-1), out=out.view(-1, 3))
+        return index.add_(bins[0].to(torch.int32), alpha=n).add_(bins[1].to(torch.int32))
 
     def ab(self, gray: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
         """(2, rows, W) ab in Lab units: what :meth:`rgb_into` quantises into the table."""
