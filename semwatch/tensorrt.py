@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-ENGINE_SUFFIX = ".ep"  # torch.export's ExportedProgram archive
+ENGINE_SUFFIX = ".pt2"  # a torch.export archive (what torch_tensorrt.save writes)
 
 CompileFn = Callable[[nn.Module, torch.Tensor], nn.Module]
 SaveFn = Callable[[nn.Module, Path, torch.Tensor], None]
