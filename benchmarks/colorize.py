@@ -1,29 +1,54 @@
-"""End-to-end colorization speed for one large SEM image: decode -> engine -> TIFF write.
+"""End-to-end colorization speed for one large SEM image, step by step: fp32 against the
+new defaults, in one run.
 
-    python benchmarks/colorize.py [--image FILE] [--model FILE] [--chroma-size 384 512 ...]
+    python benchmarks/colorize.py [--image FILE] [--model FILE] [--chroma-size 512]
+                                  [--repeats 7] [--warmup 2] [--threads N]
+                                  [--pipeline-images 12] [--pipeline-runs 3]
 
-Prints the machine, the one-off set-up cost (model load + chroma table), and for each chroma
-size the median seconds per image of each step and of the whole sequence, over --repeats
-runs after --warmup runs. Speed does not depend on the weights, so without the bundled
-model a randomly initialised generator of the default architecture is timed.
+Three engine configurations, all with the service's refinements, batch of 1:
+
+- before:   fp32, NCHW, and the whole-image full-resolution step this project had before
+            issue 13 (kept here only as the yardstick),
+- fp32:     precision = "fp32", channels_last = false (today's engine otherwise),
+- defaults: the engine's defaults (precision and channels_last "auto": bf16 where the CPU
+            computes it natively, channels-last).
+
+They run in turn, run after run (before, fp32, defaults, before, ...), so a change in the
+machine's load touches all three alike. Each step is timed inside the real call path:
+decode, network input (down-scale), network, refinements at the network's resolution
+(hue coherence, regions; then the guided filter's coefficients), the full-resolution step
+(up-sampling, filter, chroma table), TIFF write. Printed: the median seconds per image of
+every step, the median of the per-run ratio defaults/fp32 and defaults/before, the engine's
+CPU seconds per image (less sensitive to other processes than wall time), and the largest
+difference of the delivered ab (before the 8-bit chroma table) from fp32. Then the same
+three through `semwatch colorize`'s own pipeline (run_tasks: decode and write threads
+overlapping the engine, batches of 4) on --pipeline-images copies of the image.
+Speed does not depend on the weights: without the bundled model, a randomly initialised
+generator of the default architecture is timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from machine import describe_machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "sem-real" / "pollen-hibiscus-300x.png"
+STEPS = ["decode", "network input", "network", "refinements", "filter coefficients",
+         "full resolution", "engine, other", "write"]
 
 
 def synthetic_image(folder: Path) -> Path:
@@ -53,74 +78,210 @@ def model_file(given: Path | None, folder: Path) -> tuple[Path, str]:
     return path, "random weights, default architecture (no bundled model yet)"
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+class StepClock:
+    """Seconds spent in each named step during one image."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, step: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[step] += time.perf_counter() - start
+        return timed
 
 
-def bench_chroma(image_path: Path, model: Path, chroma: int, warmup: int, repeats: int,
-                 out_dir: Path) -> dict[str, float]:
-    from semwatch.engine import Colorizer
+def previous_compose(colorizer, image, pred) -> torch.Tensor:
+    """The full-resolution step as it was before issue 13: whole-image bilinear up-sampling
+    of the filter's coefficients, the filter, then the chroma table (yardstick only)."""
+    gray_all = torch.from_numpy(image.gray)
+    height, width = image.gray.shape
+    rows = colorizer._colour_rows(image)
+    out = torch.empty((height, width, 3), dtype=torch.uint8)
+    if rows and pred is not None:
+        gray = gray_all[:rows]
+        planes = colorizer._low_res_planes(pred)
+        up = F.interpolate(planes[None], size=(rows, width), mode="bilinear", align_corners=False)[0]
+        if planes.shape[0] == 4:
+            a, b = up.chunk(2)
+            up = torch.addcmul(b, a, colorizer._l_table[gray.long()][None])
+        idx = colorizer.lut.index(gray, up)
+        torch.index_select(colorizer.lut.table, 0, idx.reshape(-1), out=out[:rows].view(-1, 3))
+    if rows < height:
+        out[rows:] = gray_all[rows:, :, None]
+    return out
+
+
+class TimedBackend:
+    """The colorizer's backend, called through a timer (name, precision etc. pass through)."""
+
+    def __init__(self, backend, timed_call: Callable):
+        self._backend = backend
+        self._call = timed_call
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._call(batch)
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
+def instrument(colorizer, clock: StepClock, previous: bool) -> None:
+    """Time the engine's steps through its own call path (instance attributes shadow the
+    methods; the backend is wrapped in a timing callable)."""
+    colorizer.backend = TimedBackend(colorizer.backend, clock.wrap("network", colorizer.backend))
+    colorizer._network_input = clock.wrap("network input", colorizer._network_input)
+    colorizer._refine = clock.wrap("refinements", colorizer._refine)
+    low_res = clock.wrap("filter coefficients", colorizer._low_res_planes)
+    colorizer._low_res_planes = low_res
+    if previous:
+        compose = lambda image, pred: previous_compose(colorizer, image, pred)  # noqa: E731
+    else:
+        compose = colorizer._compose
+    colorizer._compose = clock.wrap("full resolution", compose)
+
+
+def run_once(colorizer, clock: StepClock, image_path: Path, target: Path) -> tuple[dict[str, float], float]:
     from semwatch.imaging import build_provenance, read_image, write_image
 
+    clock.seconds.clear()
+    start = time.perf_counter()
+    decoded = read_image(image_path)
+    clock.seconds["decode"] = time.perf_counter() - start
+    engine_start, cpu_start = time.perf_counter(), time.process_time()
+    rgb = colorizer.colorize([decoded])[0]
+    engine = time.perf_counter() - engine_start
+    cpu = time.process_time() - cpu_start
+    provenance = build_provenance(
+        decoded, source_path=str(image_path), model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
+        device=colorizer.device, chroma_size=colorizer.chroma_size,
+        refinement=colorizer.refinement.as_dict())
+    start = time.perf_counter()
+    write_image(target, rgb, fmt="tiff", metadata=decoded.metadata, provenance=provenance)
+    clock.seconds["write"] = time.perf_counter() - start
+    # The filter's coefficients are computed inside the full-resolution call: count them once.
+    clock.seconds["full resolution"] -= clock.seconds["filter coefficients"]
+    parts = ("network input", "network", "refinements", "filter coefficients", "full resolution")
+    clock.seconds["engine, other"] = engine - sum(clock.seconds[p] for p in parts)
+    steps = dict(clock.seconds)
+    steps["engine"] = engine
+    steps["total"] = steps["decode"] + engine + steps["write"]
+    return steps, cpu
+
+
+def pipelined(engines: dict, image: Path, folder: Path, count: int, runs: int) -> None:
+    """``semwatch colorize`` on ``count`` copies of the image: its own run_tasks, decode and
+    write threads overlapping the engine, batches of the CLI's default size (4); seconds
+    per image over the whole run, median of ``runs``, configurations interleaved."""
+    import shutil
+
+    from semwatch.cli import Task, run_tasks
     from semwatch.config import EngineConfig
 
-    # The service's defaults (refinements included), one image per batch.
-    settings = EngineConfig(model=model, device="cpu", chroma_size=chroma, batch_size=1)
-    colorizer, setup = timed(lambda: Colorizer.from_config(settings))
-    samples: dict[str, list[float]] = {"decode": [], "engine": [], "write": [], "total": []}
-    target = out_dir / f"out-{chroma}.tif"
-    for run in range(warmup + repeats):
-        decoded, t_decode = timed(lambda: read_image(image_path))
-        rgb, t_engine = timed(lambda: colorizer.colorize([decoded])[0])
-        provenance = build_provenance(
-            decoded, source_path=str(image_path), model_name=colorizer.model_name,
-            model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-            device=colorizer.device, chroma_size=chroma, refinement=colorizer.refinement.as_dict())
-        _, t_write = timed(lambda: write_image(target, rgb, fmt="tiff", metadata=decoded.metadata,
-                                               provenance=provenance))
-        if run >= warmup:
-            samples["decode"].append(t_decode)
-            samples["engine"].append(t_engine)
-            samples["write"].append(t_write)
-            samples["total"].append(t_decode + t_engine + t_write)
-    result = {k: statistics.median(v) for k, v in samples.items()}
-    result["setup"] = setup
-    return result
+    sources = folder / "many"
+    sources.mkdir(exist_ok=True)
+    tasks = []
+    for i in range(count):
+        source = sources / f"{i:03d}{image.suffix}"
+        shutil.copyfile(image, source)
+        tasks.append(Task(source, folder / "out" / f"{i:03d}.tif"))
+    per_image: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        for name, colorizer in engines.items():
+            colorizer.batch_size = EngineConfig.batch_size
+            start = time.perf_counter()
+            failures = run_tasks(tasks, colorizer, "tiff", EngineConfig.max_pixels, 95, progress=False)
+            per_image[name].append((time.perf_counter() - start) / count)
+            colorizer.batch_size = 1
+            if failures:
+                raise SystemExit(f"{failures} images failed")
+    ratios = {base: statistics.median(a / b for a, b in zip(per_image["defaults"], per_image[base]))
+              for base in ("fp32", "before")}
+    print(f"semwatch colorize, {count} images, batches of {EngineConfig.batch_size}, decode/write "
+          f"overlapped (s per image, median of {runs}): " +
+          ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in per_image.items()) +
+          f"; defaults/fp32 {ratios['fp32']:.2f}, defaults/before {ratios['before']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--chroma-size", type=int, nargs="+", default=[512])
+    parser.add_argument("--chroma-size", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--pipeline-images", type=int, default=12,
+                        help="images for the `semwatch colorize` part (0: skip it)")
+    parser.add_argument("--pipeline-runs", type=int, default=3)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from semwatch.config import EngineConfig
+    from semwatch.engine import Colorizer
+    from semwatch.imaging import read_image
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         image = args.image or (DEFAULT_IMAGE if DEFAULT_IMAGE.is_file() else synthetic_image(folder))
         model, model_desc = model_file(args.model, folder)
-        from semwatch.imaging import read_image
-
         decoded = read_image(image)
+        defaults = EngineConfig(model=model, device="cpu", chroma_size=args.chroma_size, batch_size=1)
+        fp32 = dataclasses.replace(defaults, precision="fp32", channels_last=False)
+        configs = {"before": (fp32, True), "fp32": (fp32, False), "defaults": (defaults, False)}
+        engines, clocks, setup = {}, {}, {}
+        for name, (cfg, previous) in configs.items():
+            start = time.perf_counter()
+            engines[name] = Colorizer.from_config(cfg)
+            setup[name] = time.perf_counter() - start
+            clocks[name] = StepClock()
+            instrument(engines[name], clocks[name], previous)
         print(f"machine: {describe_machine()}")
         print(f"image:   {image.name} {decoded.gray.shape[1]}x{decoded.gray.shape[0]} "
               f"{decoded.source_dtype}, data bar from row {decoded.databar_row}")
-        print(f"model:   {model_desc}")
-        print(f"runs:    median of {args.repeats} after {args.warmup} warm-up, batch of 1, "
-              "sequential (no overlap of decode/compute/write)")
-        print(f"{'chroma':>6} {'setup s':>8} {'decode s':>9} {'engine s':>9} {'write s':>8} "
-              f"{'total s/img':>12}")
-        for chroma in args.chroma_size:
-            r = bench_chroma(image, model, chroma, args.warmup, args.repeats, folder)
-            print(f"{chroma:>6} {r['setup']:>8.2f} {r['decode']:>9.3f} {r['engine']:>9.3f} "
-                  f"{r['write']:>8.3f} {r['total']:>12.3f}")
-            sys.stdout.flush()
+        print(f"model:   {model_desc}; chroma_size {args.chroma_size}, service refinements")
+        print(f"engines: before = fp32 NCHW + previous full-res step; fp32 = precision fp32, "
+              f"channels_last false; defaults = precision {engines['defaults'].precision}, "
+              f"channels_last auto")
+        print(f"runs:    median of {args.repeats} after {args.warmup} warm-up, configurations "
+              "interleaved, batch of 1, steps sequential (no decode/write overlap)")
+        sys.stdout.flush()
+        samples = {name: defaultdict(list) for name in configs}
+        for run in range(args.warmup + args.repeats):
+            for name in configs:
+                steps, cpu = run_once(engines[name], clocks[name], image, folder / f"{name}.tif")
+                if run >= args.warmup:
+                    for step, seconds in steps.items():
+                        samples[name][step].append(seconds)
+                    samples[name]["engine CPU s"].append(cpu)
+
+        def median(name: str, step: str) -> float:
+            return statistics.median(samples[name][step])
+
+        def ratio(step: str, base: str) -> float:
+            pairs = zip(samples["defaults"][step], samples[base][step])
+            return statistics.median(a / b for a, b in pairs if b > 0)
+
+        header = f"{'step (s per image)':<22} {'before':>8} {'fp32':>8} {'defaults':>9} " \
+                 f"{'defaults/fp32':>14} {'defaults/before':>16}"
+        print(header)
+        print("-" * len(header))
+        for step in [*STEPS, "engine", "engine CPU s", "total"]:
+            print(f"{step:<22} {median('before', step):>8.3f} {median('fp32', step):>8.3f} "
+                  f"{median('defaults', step):>9.3f} {ratio(step, 'fp32'):>14.2f} "
+                  f"{ratio(step, 'before'):>16.2f}")
+        print(f"set-up (model load + chroma table), s: " +
+              ", ".join(f"{name} {seconds:.2f}" for name, seconds in setup.items()))
+        if args.pipeline_images:
+            pipelined(engines, image, folder, args.pipeline_images, args.pipeline_runs)
+        reference = engines["fp32"].predict_ab([decoded])[0]
+        delivered = engines["defaults"].predict_ab([decoded])[0]
+        print(f"largest |ab(defaults) - ab(fp32)| before the chroma table: "
+              f"{(delivered - reference).abs().max().item():.3f} Lab units")
     return 0
 
 

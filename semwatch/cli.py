@@ -52,6 +52,7 @@ def main() -> None:
     semwatch run       the watch-folder service (what systemd starts)
     semwatch status    what the service's queue holds
     semwatch app       the web UI (colorize with hints, watch the queue)
+    semwatch compile   build the TensorRT engines ahead (backend = "tensorrt")
     """
 
 
@@ -197,7 +198,8 @@ def colorize_command(
     except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
-             device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
+             device=colorizer.device, backend=colorizer.backend_name, precision=colorizer.precision,
+             seconds=round(time.perf_counter() - started, 2))
     failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
                          config.output.jpeg_quality, progress=not quiet, hints=hints,
                          sidecars=config.output.sidecars)
@@ -345,6 +347,54 @@ def _finish_write(task: Task, future: Future, report) -> None:
     except Exception as exc:  # noqa: BLE001
         log.exception("unexpected error writing", path=str(task.target))
         report(task, f"cannot write {task.target}: {type(exc).__name__}: {exc}")
+
+
+def _parse_shape(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, int]]:
+    shapes = []
+    for value in values:
+        height, sep, width = value.lower().partition("x")
+        if not (sep and height.isdigit() and width.isdigit()) or int(height) % 32 or int(width) % 32:
+            raise click.BadParameter(f"{value!r}: expected HEIGHTxWIDTH, multiples of 32 (e.g. 384x512)")
+        shapes.append((int(height), int(width)))
+    return shapes
+
+
+@main.command("compile", context_settings=CONTEXT)
+@click.option("--shape", "shapes", multiple=True, callback=_parse_shape, metavar="HxW",
+              help="Only this canvas shape (repeatable). Default: every canvas shape of "
+              "engine.chroma_size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per engine call. Default: engine.batch_size (what the service uses).")
+@config_option
+def compile_command(shapes: list[tuple[int, int]], batch_size: int | None, config_path: Path | None) -> None:
+    """Compile the TensorRT engines the service will use, ahead of its first batches.
+
+    One static-shape engine per canvas shape at engine.batch_size and engine.precision,
+    for engine.model on this machine's GPU, saved in engine.cache_dir (default: "engines"
+    in daemon.state_dir). Engines already there for the same model, shape, batch,
+    precision, TensorRT version and GPU are only checked. Without this, the service
+    compiles each shape on its first use (minutes each). Needs a CUDA GPU and the tensorrt
+    extra: pip install 'semwatch[tensorrt]'.
+    """
+    config = load_cli_config(config_path)
+    configure_logging(config.logging.level, "console" if config.logging.format == "auto"
+                      else config.logging.format)
+    from semwatch.engine import EngineError
+    from semwatch.model import ModelError
+    from semwatch.tensorrt import compile_engines
+
+    if config.engine.backend != "tensorrt":
+        click.echo(f"note: engine.backend is {config.engine.backend!r}; the service uses these "
+                   "engines only with backend = \"tensorrt\"", err=True)
+    try:
+        results = compile_engines(config.engine, shapes or None, batch_size)
+    except (ModelError, EngineError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in results:
+        click.echo(f"{r.status:<8} {r.shape[0]}x{r.shape[1]} batch {r.batch} {r.precision} "
+                   f"{r.seconds:7.1f} s  {r.path}")
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
 
 
 def _register_service_commands() -> None:

@@ -77,6 +77,12 @@ class EngineConfig:
     region_size: int = 192
     region_scale: float = 400.0
     chroma_gain: float = 0.95
+    # How the network runs (semwatch/backends.py): its dtype (auto: bf16 on a CPU with
+    # native bf16, fp16 on CUDA, else fp32) and NHWC memory layout (auto: on).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
+    # Compiled TensorRT engines (backend = "tensorrt"); None: <daemon.state_dir>/engines.
+    cache_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -353,7 +359,11 @@ def resolve_paths(config: Config, base: Path) -> Config:
         queue=dataclasses.replace(
             config.queue, database_url=_resolve_sqlite_url(config.queue.database_url, base)
         ),
-        engine=dataclasses.replace(config.engine, model=fix(config.engine.model)),
+        engine=dataclasses.replace(
+            config.engine, model=fix(config.engine.model),
+            # The service's state folder is where it may write (systemd ReadWritePaths).
+            cache_dir=fix(config.engine.cache_dir) or fix(config.daemon.state_dir) / "engines",
+        ),
         daemon=dataclasses.replace(config.daemon, state_dir=fix(config.daemon.state_dir)),
         trainer=dataclasses.replace(
             config.trainer, pretrained_encoder=fix(config.trainer.pretrained_encoder)

@@ -9,16 +9,15 @@ out gray. Between prediction and up-sampling, two optional refinements: hue made
 at object scale (:mod:`semwatch.coherence`, ``hue_scale``) and a lightness-guided filter
 that puts colour edges on gray edges (:mod:`semwatch.guided`, ``guide_radius``).
 
-The network call sits behind :class:`Backend`, so the eager PyTorch backend and a compiled
-one (TensorRT) are interchangeable; everything around it runs on the backend's device.
+The network call sits behind :class:`Backend` (:mod:`semwatch.backends`: eager PyTorch in
+fp32/bf16/fp16, or TensorRT), so they are interchangeable; everything around it runs on the
+backend's device in float32, and the full-resolution step is :mod:`semwatch.fullres`.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import math
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the engine's API
+    Backend,
+    ChannelsLastSetting,
+    EagerBackend,
+    EngineError,
+    make_backend,
+    resolve_device,
+)
 from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.coherence import HueCoherence
+from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
 from semwatch.regions import RegionSettings, apply_dominant_hue, segment, spread_hints
+from semwatch.transfer import synchronize, to_device, to_host
 
 if TYPE_CHECKING:
     from semwatch.config import EngineConfig
@@ -44,10 +53,6 @@ log = get_logger(__name__)
 # Canvas sides are multiples of chroma_size / CANVAS_STEPS (rounded up to the stride):
 # at most CANVAS_STEPS**2 distinct batch shapes, at most ~25% padding on the short side.
 CANVAS_STEPS = 4
-
-
-class EngineError(RuntimeError):
-    """The engine cannot be set up as configured (device, backend, model)."""
 
 
 HintsPerImage = Sequence[Sequence[Hint]] | None
@@ -84,58 +89,6 @@ class Plan:
     canvas: tuple[int, int]  # the padded batch shape
 
 
-class Backend(abc.ABC):
-    """Runs the generator on a batch: (N, C, H, W) normalised L (+ hint planes) -> (N, 2, H, W) ab/110."""
-
-    name: str
-    device: torch.device
-
-    @abc.abstractmethod
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-    def prepare(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> None:
-        """Called once with the canvas shapes that will be used (compile-ahead hook)."""
-
-
-class EagerBackend(Backend):
-    """Plain PyTorch, CPU or CUDA, under ``inference_mode``."""
-
-    name = "eager"
-
-    def __init__(self, generator: LoadedGenerator, device: torch.device):
-        self.device = device
-        self.model = generator.model.to(device).eval()
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` is CUDA when a GPU is usable, else the CPU; ``cuda`` without a GPU is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("engine.device = 'cuda' but no CUDA GPU is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise EngineError(f"unknown device {device!r} (auto, cpu or cuda)")
-    return torch.device(device)
-
-
-def make_backend(name: str, generator: LoadedGenerator, device: torch.device) -> Backend:
-    """The backend for ``name``: ``auto`` and ``eager`` are eager PyTorch here."""
-    if name in ("auto", "eager"):
-        return EagerBackend(generator, device)
-    if name == "tensorrt":
-        raise EngineError(
-            "engine.backend = 'tensorrt' is not available in this build of semwatch; "
-            "use 'auto' or 'eager'"
-        )
-    raise EngineError(f"unknown backend {name!r} (auto, eager or tensorrt)")
-
-
 def plan_image(height: int, width: int, chroma_size: int) -> Plan:
     """Down-scale so the long side is ``chroma_size`` (never up), pick the canvas bucket."""
     if height < 1 or width < 1:
@@ -150,6 +103,14 @@ def plan_image(height: int, width: int, chroma_size: int) -> Plan:
         return math.ceil(steps * unit / STRIDE) * STRIDE
 
     return Plan(height, width, (small_h, small_w), (bucket(small_h), bucket(small_w)))
+
+
+def canvas_shapes(chroma_size: int) -> list[tuple[int, int]]:
+    """Every batch shape :func:`plan_image` can choose at ``chroma_size`` (what a
+    compile-ahead backend builds engines for)."""
+    unit = chroma_size / CANVAS_STEPS
+    sides = sorted({math.ceil(k * unit / STRIDE) * STRIDE for k in range(1, CANVAS_STEPS + 1)})
+    return [(h, w) for h in sides for w in sides]
 
 
 def _gray_float_to_l(gray: torch.Tensor) -> torch.Tensor:
@@ -198,13 +159,17 @@ class Colorizer:
         chroma_size: int = 512,
         batch_size: int = 4,
         refinement: Refinement = Refinement(),
+        precision: str = "auto",
+        channels_last: ChannelsLastSetting = "auto",
+        cache_dir: Path | None = None,
     ):
         if chroma_size % STRIDE or chroma_size < STRIDE:
             raise EngineError(f"chroma_size must be a positive multiple of {STRIDE}, got {chroma_size}")
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         self.device_obj = resolve_device(device)
-        self.backend = make_backend(backend, generator, self.device_obj)
+        self.backend = make_backend(backend, generator, self.device_obj, precision=precision,
+                                    channels_last=channels_last, cache_dir=cache_dir)
         self.generator = generator
         self.chroma_size = chroma_size
         self.batch_size = batch_size
@@ -213,6 +178,7 @@ class Colorizer:
         self.coherence = HueCoherence(refinement.hue_scale)
         self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
+        self.fullres = FullResolution(self.lut, self._l_table)
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
@@ -225,6 +191,9 @@ class Colorizer:
         chroma_size: int = 512,
         batch_size: int = 4,
         refinement: Refinement = Refinement(),
+        precision: str = "auto",
+        channels_last: ChannelsLastSetting = "auto",
+        cache_dir: Path | None = None,
     ) -> "Colorizer":
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
         model_path = Path(path) if path is not None else default_model_path()
@@ -236,7 +205,8 @@ class Colorizer:
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
         return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
-                   batch_size=batch_size, refinement=refinement)
+                   batch_size=batch_size, refinement=refinement, precision=precision,
+                   channels_last=channels_last, cache_dir=cache_dir)
 
     @classmethod
     def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
@@ -244,7 +214,8 @@ class Colorizer:
             torch.set_num_threads(cfg.threads)
         return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
                              chroma_size=cfg.chroma_size, batch_size=cfg.batch_size,
-                             refinement=Refinement.from_config(cfg))
+                             refinement=Refinement.from_config(cfg), precision=cfg.precision,
+                             channels_last=cfg.channels_last, cache_dir=cfg.cache_dir)
 
     @property
     def model_name(self) -> str:
@@ -266,11 +237,14 @@ class Colorizer:
     def device(self) -> str:
         return str(self.device_obj)
 
+    @property
+    def precision(self) -> str:
+        """The network's numbers: fp32, bf16 or fp16 (``auto`` resolved)."""
+        return self.backend.precision
+
     def canvas_shapes(self) -> list[tuple[int, int]]:
         """Every batch shape this Colorizer can use (for compile-ahead backends)."""
-        unit = self.chroma_size / CANVAS_STEPS
-        sides = sorted({math.ceil(k * unit / STRIDE) * STRIDE for k in range(1, CANVAS_STEPS + 1)})
-        return [(h, w) for h in sides for w in sides]
+        return canvas_shapes(self.chroma_size)
 
     # -- public API -------------------------------------------------------------------
 
@@ -283,7 +257,9 @@ class Colorizer:
     def colorize(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 sRGB for each image, in order; ``hints``: one list per image
         (points in the image's pixels; points in the data bar are ignored with a warning)."""
-        return [self._compose(image, pred) for image, pred in zip(images, self._predict(images, hints))]
+        rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, self._predict(images, hints))]
+        synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
+        return [rgb.numpy() for rgb in rgbs]
 
     def predict_ab(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[torch.Tensor]:
         """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
@@ -378,44 +354,34 @@ class Colorizer:
         planes = hint_planes(points, *plan.canvas, device=self.device_obj)
         return torch.cat((x[0], planes))
 
-    def _upsample(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == (height, width):
-            return x
-        return F.interpolate(x[None], size=(height, width), mode="bilinear",
-                             align_corners=False)[0]
+    def _low_res_planes(self, pred: Prediction) -> torch.Tensor:
+        """What the full-resolution step expands: the guided filter's coefficients
+        (4, h, w), computed at the network's resolution, or the ab itself (2, h, w)."""
+        if not self.smoothing.enabled:
+            return pred.ab
+        return self.smoothing.coefficients(pred.guide, pred.ab)
 
     def _full_ab(self, pred: Prediction, gray: torch.Tensor) -> torch.Tensor:
         """Full-resolution ab for the colour rows ``gray`` (uint8, on the device)."""
-        height, width = gray.shape
-        if not self.smoothing.enabled:
-            return self._upsample(pred.ab, height, width)
-        coefficients = self.smoothing.coefficients(pred.guide, pred.ab)
-        guide = self._l_table[gray.long()]
-        return self.smoothing.apply(self._upsample(coefficients, height, width), guide)
+        return self.fullres.ab(gray, self._low_res_planes(pred))
 
-    def _compose(self, image: GrayLike, pred: Prediction | None) -> np.ndarray:
-        """Full-resolution RGB: chroma table above the bar, plain gray in it."""
-        gray_np = image.gray
-        height, width = gray_np.shape
+    def _compose(self, image: GrayLike, pred: Prediction | None) -> torch.Tensor:
+        """Full-resolution RGB (H, W, 3) uint8 on the device: chroma table above the bar,
+        plain gray in it."""
+        height, width = image.gray.shape
         rows = self._colour_rows(image)
         out = torch.empty((height, width, 3), dtype=torch.uint8, device=self.device_obj)
-        gray = _as_tensor(gray_np, self.device_obj)
+        gray = _as_tensor(image.gray, self.device_obj)
         if rows and pred is not None:
-            ab = self._full_ab(pred, gray[:rows])
-            idx = self.lut.index(gray[:rows], ab)
-            torch.index_select(self.lut.table, 0, idx.reshape(-1), out=out[:rows].view(-1, 3))
+            self.fullres.rgb_into(out[:rows], gray[:rows], self._low_res_planes(pred))
         if rows < height:
             out[rows:] = gray[rows:, :, None]
-        return out.cpu().numpy() if out.device.type != "cpu" else out.numpy()
+        return out
 
 
 def _as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A tensor view of a (possibly read-only) array; the engine never writes to its input."""
-    if not array.flags.writeable:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(array).to(device)
-    return torch.from_numpy(array).to(device)
+    """The image on the engine's device (a view on the CPU; pinned, asynchronous on a GPU)."""
+    return to_device(array, device)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -66,6 +66,8 @@ def test_unknown_section(tmp_path):
         ("[engine]\nbatch_size = 0\n", "engine.batch_size = 0"),
         ("[engine]\nchroma_size = 500\n", "engine.chroma_size = 500"),
         ("[queue]\nmax_attempts = 2.5\n", "queue.max_attempts = 2.5"),
+        ("[engine]\nprecision = 'fp8'\n", "engine.precision = 'fp8'"),
+        ("[engine]\nchannels_last = 'yes'\n", "engine.channels_last = 'yes'"),
     ],
 )
 def test_bad_values_name_key_value_and_file(tmp_path, text, key):
@@ -125,3 +127,17 @@ def test_lookup_order(tmp_path, monkeypatch):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         find_config_file(tmp_path / "nope.toml")
+
+
+def test_engine_precision_and_layout_keys(tmp_path):
+    engine = load_config_file(write(tmp_path, '[engine]\nprecision = "fp32"\nchannels_last = false\n')).engine
+    assert (engine.precision, engine.channels_last) == ("fp32", False)
+    engine = load_config_file(write(tmp_path, '[engine]\nchannels_last = "auto"\n')).engine
+    assert (engine.precision, engine.channels_last) == ("auto", "auto")
+
+
+def test_engine_cache_dir_defaults_to_the_state_folder(tmp_path):
+    config = load_config_file(write(tmp_path, '[daemon]\nstate_dir = "/srv/state"\n'))
+    assert config.engine.cache_dir == Path("/srv/state/engines")
+    config = load_config_file(write(tmp_path, '[engine]\ncache_dir = "trt"\n'))
+    assert config.engine.cache_dir == tmp_path / "trt"

@@ -487,6 +487,9 @@ def evaluate_command(
             batch_size=batch_size or config.engine.batch_size,
             refinement=_refinement(config, hue_scale=hue_scale, guide_radius=guide_radius, region_hue=region_hue,
                                    region_scale=region_scale, chroma_gain=chroma_gain),
+            precision=config.engine.precision,  # the service's numbers, as it would colour them
+            channels_last=config.engine.channels_last,
+            cache_dir=config.engine.cache_dir,
         )
         report = evaluate(colorizer, paths, split=split, progress=not quiet, hint_counts=_hint_counts(hints_text),
                           hint_seed=hint_seed)
