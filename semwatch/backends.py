@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]
 ChannelsLastSetting = Literal["auto"] | bool
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
@@ -116,8 +115,8 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 # fine gray-level steps (bf16 keeps 8 significant bits: half a gray level of L/50 - 1).
 # Measured with the bundled model on the sem-real images, the delivered ab differs from
 # fp32 by up to 1.9 Lab units with every stage in bf16 (12 at the network's output, where
-# the refinements have not yet smoothed it), by at most 0.35 with these three in float32;
-# they hold 12 % of the network's multiply-adds. fp16 keeps 11 bits and runs whole.
+# the refinements have not yet smoothed it), by at most 0.53 with these three in float32;
+# they hold 12 % of the network's multiply-adds. fp16 keeps 11 bits and runs whole (0.16).
 FULL_PRECISION_STAGES = ("stem", "pool", "layer1")
 
 

@@ -211,7 +211,10 @@ class TensorRTBackend(Backend):
         if n < size:  # static shapes: pad with copies of the last image, drop their answers
             x = torch.cat((x, x[-1:].expand(size - n, -1, -1, -1)))
         with torch.inference_mode():
-            return engine(x)[:n]
+            out = engine(x)
+        if isinstance(out, (tuple, list)):  # a compiled graph may return its one output boxed
+            out = out[0]
+        return out[:n]
 
     def compile_ahead(self, shapes: Iterable[tuple[int, int]]) -> list[CompileResult]:
         """Load or compile the engine of every shape (``semwatch compile``)."""

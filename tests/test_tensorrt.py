@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from structlog.testing import capture_logs
 import torch
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
 from helpers import textured_gray
 from semwatch import tensorrt
@@ -132,10 +132,8 @@ def test_a_gpu_name_with_odd_characters_makes_a_safe_file_name():
 # -- compile, cache, reload -------------------------------------------------------------
 
 
-def logged_events(entries: list[dict]) -> str:
-    """The captured log lines as one text (structlog.testing.capture_logs: independent of
-    which stream an earlier test's configure_logging bound the console logger to)."""
-    return "\n".join(" ".join(str(v) for v in entry.values()) for entry in entries)
+def events(logs: list[dict]) -> str:
+    return " | ".join(f"{entry['log_level']}: {entry['event']}" for entry in logs)
 
 
 def test_compiles_each_canvas_shape_once_then_loads_from_the_cache(tiny_model, tmp_path, stand_in):
@@ -144,14 +142,14 @@ def test_compiles_each_canvas_shape_once_then_loads_from_the_cache(tiny_model, t
     assert first.backend_name == "tensorrt" and first.precision == "fp32"
     assert stand_in.count("compile") == 0  # nothing compiled at start-up
     batch = images((60, 64), (30, 62), (64, 60))  # canvases 64x64 (two images) and 32x64
-    with capture_logs() as entries:
+    with capture_logs() as logs:
         out = first.colorize(batch)
     compiles = [c for c in stand_in.calls if c[0] == "compile"]
     assert sorted(c[1] for c in compiles) == [(2, 1, 32, 64), (2, 1, 64, 64)]  # static batch 2
     assert all(c[2] == torch.float32 for c in compiles)
     assert {p.name for p in cache.iterdir()} == {first.backend.engine_path(s).name
                                                  for s in [(32, 64), (64, 64)]}
-    assert "compiling a TensorRT engine" in logged_events(entries)
+    assert events(logs).count("info: compiling a TensorRT engine") == 2
 
     again = Colorizer.from_config(engine_config(tiny_model, cache))  # e.g. the next start
     assert [np.array_equal(a, b) for a, b in zip(again.colorize(batch), out)] == [True] * 3
@@ -208,10 +206,10 @@ def test_an_unreadable_cache_file_is_compiled_again(tiny_model, tmp_path, stand_
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path))
     path = colorizer.backend.engine_path((64, 64))
     path.write_bytes(b"not an exported program")
-    with capture_logs() as entries:
+    with capture_logs() as logs:
         colorizer.colorize(images((64, 64)))
     assert stand_in.count("compile") == 1
-    assert "cannot be loaded; compiling it again" in logged_events(entries)
+    assert "warning: cached TensorRT engine cannot be loaded; compiling it again" in events(logs)
     assert path.stat().st_size > 100
     torch.export.load(str(path))  # the replacement is whole
 
@@ -220,13 +218,13 @@ def test_a_failed_compilation_runs_that_shape_in_eager_pytorch(tiny_model, tmp_p
     fake = StandIn(fail_compile=True)
     monkeypatch.setattr(tensorrt, "detect_toolchain", lambda device: fake.toolchain)
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path))
-    with capture_logs() as entries:
+    with capture_logs() as logs:
         out = colorizer.colorize(images((64, 64), (64, 60)))
     eager = Colorizer.from_config(engine_config(tiny_model, tmp_path, backend="eager", channels_last=False))
     for got, want in zip(out, eager.colorize(images((64, 64), (64, 60)))):
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert fake.count("compile") == 1  # not retried for every batch
-    assert "TensorRT compilation failed; this canvas shape runs in eager PyTorch" in logged_events(entries)
+    assert "error: TensorRT compilation failed; this canvas shape runs in eager PyTorch" in events(logs)
     assert not list(tmp_path.iterdir())
 
 
@@ -234,9 +232,9 @@ def test_an_engine_that_cannot_be_saved_still_runs(tiny_model, tmp_path, monkeyp
     fake = StandIn(fail_save=True)
     monkeypatch.setattr(tensorrt, "detect_toolchain", lambda device: fake.toolchain)
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path))
-    with capture_logs() as entries:
+    with capture_logs() as logs:
         colorizer.colorize(images((64, 64)))
-    assert "not saved; it will be compiled again next start" in logged_events(entries)
+    assert "warning: compiled TensorRT engine not saved; it will be compiled again next start" in events(logs)
     assert not list(tmp_path.iterdir())  # no partial file left behind
 
 
