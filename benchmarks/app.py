@@ -25,8 +25,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 from machine import describe_machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,9 +93,13 @@ def start_app(root: Path) -> tuple[subprocess.Popen, str]:
     config.write_text(text)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = (root / "app.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "semwatch", "app", "--port", str(port),
-                                "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                               env=env, cwd=root)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "semwatch", "app", "--port", str(port), "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=root,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -116,10 +118,18 @@ def browser(width: int = 1400, height: int = 1250):
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--window-size={width},{height}",
-                 f"--user-data-dir={tempfile.mkdtemp(prefix='semwatch-chromium-')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='semwatch-chromium-')}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
@@ -128,7 +138,8 @@ def wait_text(driver, text: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
-        lambda d: text in d.find_element("tag name", "body").text)
+        lambda d: text in d.find_element("tag name", "body").text
+    )
 
 
 def engine_in_page(driver) -> float:
@@ -146,7 +157,8 @@ def upload(driver, url: str, image: Path) -> float:
     from selenium.webdriver.support.ui import WebDriverWait
 
     field = WebDriverWait(driver, WAIT).until(
-        ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+        ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))
+    )
     started = time.perf_counter()
     field.send_keys(str(image))
     wait_text(driver, "Colorized in")
@@ -157,7 +169,6 @@ def upload(driver, url: str, image: Path) -> float:
 def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -165,8 +176,9 @@ def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
     # Streamlit's picker: a swatch button opening a popover with a hex field; the value is
     # sent when the popover closes.
     driver.find_element(By.CSS_SELECTOR, "[data-testid=stColorPicker] button").click()
-    field = WebDriverWait(driver, 10).until(ec.element_to_be_clickable(
-        (By.CSS_SELECTOR, "[data-testid=stColorPickerPopover] input")))
+    field = WebDriverWait(driver, 10).until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=stColorPickerPopover] input"))
+    )
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys(color, Keys.ENTER)
     field.send_keys(Keys.ESCAPE)
@@ -178,7 +190,8 @@ def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
     size = img.size
     started = time.perf_counter()
     ActionChains(driver).move_to_element_with_offset(
-        img, int(size["width"] * (fx - 0.5)), int(size["height"] * (fy - 0.5))).click().perform()
+        img, int(size["width"] * (fx - 0.5)), int(size["height"] * (fy - 0.5))
+    ).click().perform()
     driver.switch_to.default_content()
     wait_text(driver, f"Hints ({count}")
     return time.perf_counter() - started
@@ -206,16 +219,28 @@ def queue_fixture(root: Path) -> None:
         queue.claim(owner, 1)
         target = outbox / (Path(name).stem + ".tif")
         rgb = colorizer.colorize([decoded])[0]
-        write_image(target, rgb, fmt="tiff", metadata=decoded.metadata, provenance=build_provenance(
-            decoded, source_path=str(inbox / name), model_name=colorizer.model_name,
-            model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-            device=colorizer.device, chroma_size=colorizer.chroma_size))
+        write_image(
+            target,
+            rgb,
+            fmt="tiff",
+            metadata=decoded.metadata,
+            provenance=build_provenance(
+                decoded,
+                source_path=str(inbox / name),
+                model_name=colorizer.model_name,
+                model_sha256=colorizer.model_sha256,
+                backend=colorizer.backend_name,
+                device=colorizer.device,
+                chroma_size=colorizer.chroma_size,
+            ),
+        )
         queue.complete(owner, job_id, str(target))
     (inbox / "truncated.tif").write_bytes((SAMPLES / "zeiss-sem-512.tif").read_bytes()[:5000])
     bad = queue.enqueue("truncated.tif", "f" * 64, 5000, now)
     queue.claim(owner, 1)
-    queue.fail(owner, bad, "truncated.tif: cannot decode TIFF: file is truncated (5000 bytes)",
-               permanent=True)
+    queue.fail(
+        owner, bad, "truncated.tif: cannot decode TIFF: file is truncated (5000 bytes)", permanent=True
+    )
     queue.enqueue("incoming/new-frame.tif", "a" * 64, 1, now)
     queue.close()
 
@@ -249,8 +274,10 @@ def main() -> None:
     engine, load = engine_seconds(args.image, args.repeats)
     print(f"engine: {engine:.2f} s per {size} image (median of {args.repeats}; model load {load:.1f} s)")
     page, inside = page_seconds(args.image, args.repeats)
-    print(f"page script after an upload (AppTest, no browser): {page:.2f} s, of which the "
-          f"engine {inside:.2f} s (medians of {args.repeats})")
+    print(
+        f"page script after an upload (AppTest, no browser): {page:.2f} s, of which the "
+        f"engine {inside:.2f} s (medians of {args.repeats})"
+    )
 
     with tempfile.TemporaryDirectory(prefix="semwatch-app-bench-") as folder:
         root = Path(folder)
@@ -263,18 +290,22 @@ def main() -> None:
             for _ in range(args.repeats):
                 times.append(upload(driver, url, args.image))
                 inside.append(engine_in_page(driver))
-            print(f"UI, upload -> result + download ready: {statistics.median(times):.2f} s; "
-                  f"the engine's part in the page {statistics.median(inside):.2f} s "
-                  f"(medians of {args.repeats}; bare engine above {engine:.2f} s)")
+            print(
+                f"UI, upload -> result + download ready: {statistics.median(times):.2f} s; "
+                f"the engine's part in the page {statistics.median(inside):.2f} s "
+                f"(medians of {args.repeats}; bare engine above {engine:.2f} s)"
+            )
             hint_times, inside = [], []
             for n, (fx, fy, color) in enumerate(HINTS, start=1):
                 hint_times.append(click_hint(driver, fx, fy, color, n))
                 inside.append(engine_in_page(driver))
-            print(f"UI, click a hint -> re-colorized page: {statistics.median(hint_times):.2f} s; "
-                  f"the engine's part {statistics.median(inside):.2f} s "
-                  f"(medians of {len(hint_times)})")
+            print(
+                f"UI, click a hint -> re-colorized page: {statistics.median(hint_times):.2f} s; "
+                f"the engine's part {statistics.median(inside):.2f} s "
+                f"(medians of {len(hint_times)})"
+            )
             body = driver.find_element("tag name", "body").text
-            print("hints on the page:", [l for l in body.splitlines() if l.startswith("Hint ")])
+            print("hints on the page:", [line for line in body.splitlines() if line.startswith("Hint ")])
             if args.screenshots:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 driver.set_window_size(1400, 1500)  # images, slider, hints and metadata

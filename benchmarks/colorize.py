@@ -36,19 +36,26 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from machine import describe_machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "sem-real" / "pollen-hibiscus-300x.png"
-STEPS = ["decode", "network input", "network", "refinements", "filter coefficients",
-         "full resolution", "engine, other", "write"]
+STEPS = [
+    "decode",
+    "network input",
+    "network",
+    "refinements",
+    "filter coefficients",
+    "full resolution",
+    "engine, other",
+    "write",
+]
 
 
 def synthetic_image(folder: Path) -> Path:
@@ -91,6 +98,7 @@ class StepClock:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[step] += time.perf_counter() - start
+
         return timed
 
 
@@ -156,10 +164,15 @@ def run_once(colorizer, clock: StepClock, image_path: Path, target: Path) -> tup
     engine = time.perf_counter() - engine_start
     cpu = time.process_time() - cpu_start
     provenance = build_provenance(
-        decoded, source_path=str(image_path), model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-        device=colorizer.device, chroma_size=colorizer.chroma_size,
-        refinement=colorizer.refinement.as_dict())
+        decoded,
+        source_path=str(image_path),
+        model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256,
+        backend=colorizer.backend_name,
+        device=colorizer.device,
+        chroma_size=colorizer.chroma_size,
+        refinement=colorizer.refinement.as_dict(),
+    )
     start = time.perf_counter()
     write_image(target, rgb, fmt="tiff", metadata=decoded.metadata, provenance=provenance)
     clock.seconds["write"] = time.perf_counter() - start
@@ -199,12 +212,16 @@ def pipelined(engines: dict, image: Path, folder: Path, count: int, runs: int) -
             colorizer.batch_size = 1
             if failures:
                 raise SystemExit(f"{failures} images failed")
-    ratios = {base: statistics.median(a / b for a, b in zip(per_image["defaults"], per_image[base]))
-              for base in ("fp32", "before")}
-    print(f"semwatch colorize, {count} images, batches of {EngineConfig.batch_size}, decode/write "
-          f"overlapped (s per image, median of {runs}): " +
-          ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in per_image.items()) +
-          f"; defaults/fp32 {ratios['fp32']:.2f}, defaults/before {ratios['before']:.2f}")
+    ratios = {
+        base: statistics.median(a / b for a, b in zip(per_image["defaults"], per_image[base]))
+        for base in ("fp32", "before")
+    }
+    print(
+        f"semwatch colorize, {count} images, batches of {EngineConfig.batch_size}, decode/write "
+        f"overlapped (s per image, median of {runs}): "
+        + ", ".join(f"{name} {statistics.median(v):.3f}" for name, v in per_image.items())
+        + f"; defaults/fp32 {ratios['fp32']:.2f}, defaults/before {ratios['before']:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--pipeline-images", type=int, default=12,
-                        help="images for the `semwatch colorize` part (0: skip it)")
+    parser.add_argument(
+        "--pipeline-images", type=int, default=12, help="images for the `semwatch colorize` part (0: skip it)"
+    )
     parser.add_argument("--pipeline-runs", type=int, default=3)
     args = parser.parse_args(argv)
     if args.threads:
@@ -241,14 +259,20 @@ def main(argv: list[str] | None = None) -> int:
             clocks[name] = StepClock()
             instrument(engines[name], clocks[name], previous)
         print(f"machine: {describe_machine()}")
-        print(f"image:   {image.name} {decoded.gray.shape[1]}x{decoded.gray.shape[0]} "
-              f"{decoded.source_dtype}, data bar from row {decoded.databar_row}")
+        print(
+            f"image:   {image.name} {decoded.gray.shape[1]}x{decoded.gray.shape[0]} "
+            f"{decoded.source_dtype}, data bar from row {decoded.databar_row}"
+        )
         print(f"model:   {model_desc}; chroma_size {args.chroma_size}, service refinements")
-        print(f"engines: before = fp32 NCHW + previous full-res step; fp32 = precision fp32, "
-              f"channels_last false; defaults = precision {engines['defaults'].precision}, "
-              f"channels_last auto")
-        print(f"runs:    median of {args.repeats} after {args.warmup} warm-up, configurations "
-              "interleaved, batch of 1, steps sequential (no decode/write overlap)")
+        print(
+            f"engines: before = fp32 NCHW + previous full-res step; fp32 = precision fp32, "
+            f"channels_last false; defaults = precision {engines['defaults'].precision}, "
+            f"channels_last auto"
+        )
+        print(
+            f"runs:    median of {args.repeats} after {args.warmup} warm-up, configurations "
+            "interleaved, batch of 1, steps sequential (no decode/write overlap)"
+        )
         sys.stdout.flush()
         samples = {name: defaultdict(list) for name in configs}
         for run in range(args.warmup + args.repeats):
@@ -266,22 +290,30 @@ def main(argv: list[str] | None = None) -> int:
             pairs = zip(samples["defaults"][step], samples[base][step])
             return statistics.median(a / b for a, b in pairs if b > 0)
 
-        header = f"{'step (s per image)':<22} {'before':>8} {'fp32':>8} {'defaults':>9} " \
-                 f"{'defaults/fp32':>14} {'defaults/before':>16}"
+        header = (
+            f"{'step (s per image)':<22} {'before':>8} {'fp32':>8} {'defaults':>9} "
+            f"{'defaults/fp32':>14} {'defaults/before':>16}"
+        )
         print(header)
         print("-" * len(header))
         for step in [*STEPS, "engine", "engine CPU s", "total"]:
-            print(f"{step:<22} {median('before', step):>8.3f} {median('fp32', step):>8.3f} "
-                  f"{median('defaults', step):>9.3f} {ratio(step, 'fp32'):>14.2f} "
-                  f"{ratio(step, 'before'):>16.2f}")
-        print(f"set-up (model load + chroma table), s: " +
-              ", ".join(f"{name} {seconds:.2f}" for name, seconds in setup.items()))
+            print(
+                f"{step:<22} {median('before', step):>8.3f} {median('fp32', step):>8.3f} "
+                f"{median('defaults', step):>9.3f} {ratio(step, 'fp32'):>14.2f} "
+                f"{ratio(step, 'before'):>16.2f}"
+            )
+        print(
+            "set-up (model load + chroma table), s: "
+            + ", ".join(f"{name} {seconds:.2f}" for name, seconds in setup.items())
+        )
         if args.pipeline_images:
             pipelined(engines, image, folder, args.pipeline_images, args.pipeline_runs)
         reference = engines["fp32"].predict_ab([decoded])[0]
         delivered = engines["defaults"].predict_ab([decoded])[0]
-        print(f"largest |ab(defaults) - ab(fp32)| before the chroma table: "
-              f"{(delivered - reference).abs().max().item():.3f} Lab units")
+        print(
+            f"largest |ab(defaults) - ab(fp32)| before the chroma table: "
+            f"{(delivered - reference).abs().max().item():.3f} Lab units"
+        )
     return 0
 
 

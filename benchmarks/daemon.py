@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from machine import describe_machine  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,14 +89,20 @@ class Site:
             f'[engine]\nmodel = "{self.model}"\nchroma_size = {self.chroma_size}\n'
             f"batch_size = {self.batch_size}\n"
             f'[daemon]\nstate_dir = "var"\n'
-            f'[logging]\nlevel = "{log_level}"\nformat = "json"\n')
+            f'[logging]\nlevel = "{log_level}"\nformat = "json"\n'
+        )
         return config
 
     def start(self, config: Path) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"daemon-{time.time_ns()}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([*CLI, "run", "--config", str(config)], cwd=self.root,
-                                    stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [*CLI, "run", "--config", str(config)],
+                cwd=self.root,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
         return proc, log
 
 
@@ -158,10 +163,10 @@ def engine_throughput(colorizer, images: list, batch_size: int) -> tuple[float, 
     # Warm-up: the first few batches are up to twice as slow (kernel selection, and the
     # allocator growing its heap for full-size images instead of mmap'ing each one).
     for start in range(0, min(len(images), 4 * batch_size), batch_size):
-        colorizer.colorize(images[start:start + batch_size])
+        colorizer.colorize(images[start : start + batch_size])
     t0, c0 = time.perf_counter(), cpu_seconds()
     for start in range(0, len(images), batch_size):
-        colorizer.colorize(images[start:start + batch_size])
+        colorizer.colorize(images[start : start + batch_size])
     return len(images) / (time.perf_counter() - t0), (cpu_seconds() - c0) / len(images)
 
 
@@ -183,8 +188,7 @@ def daemon_throughput(site: Site, staged: list[Path]) -> tuple[float, float, flo
         for path in staged:
             os.rename(drop / path.name, site.inbox / path.name)
         engine = sa.create_engine(f"sqlite:///{site.database}")
-        query = sa.text("SELECT count(*), min(enqueued_at), max(finished_at) FROM jobs "
-                        "WHERE state = 'done'")
+        query = sa.text("SELECT count(*), min(enqueued_at), max(finished_at) FROM jobs WHERE state = 'done'")
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             with engine.connect() as conn:
@@ -213,13 +217,16 @@ def run_throughput(args: argparse.Namespace, work: Path, model: Path) -> None:
     from semwatch.imaging import read_image
 
     height, width = args.size
-    print(f"\n== throughput: {args.images} images {width}x{height} 8-bit TIFF dropped at once, "
-          f"chroma_size {args.chroma_size}, batch_size {args.batch_size}")
+    print(
+        f"\n== throughput: {args.images} images {width}x{height} 8-bit TIFF dropped at once, "
+        f"chroma_size {args.chroma_size}, batch_size {args.batch_size}"
+    )
     staged = make_images(work / "staged", args.images, height, width)
     # The daemon's engine settings exactly (refinements included): the site's config.toml
     # sets only model, chroma_size and batch_size, the rest are the defaults.
-    colorizer = Colorizer.from_config(EngineConfig(model=model, chroma_size=args.chroma_size,
-                                                   batch_size=args.batch_size))
+    colorizer = Colorizer.from_config(
+        EngineConfig(model=model, chroma_size=args.chroma_size, batch_size=args.batch_size)
+    )
     decoded = [read_image(p) for p in staged]
     # Called the way the daemon calls it: from one worker thread, the model loaded on the
     # main thread. (It matters on a busy CPU: libgomp spin-waits at full count for the main
@@ -229,17 +236,18 @@ def run_throughput(args: argparse.Namespace, work: Path, model: Path) -> None:
     for repeat in range(args.repeats):
         # Same images, same batches, right before the daemon run: on a shared machine the
         # load of the moment affects both alike.
-        rate, cpu = compute_thread.submit(engine_throughput, colorizer, decoded,
-                                          args.batch_size).result()
+        rate, cpu = compute_thread.submit(engine_throughput, colorizer, decoded, args.batch_size).result()
         engine_rates.append(rate)
         engine_cpu.append(cpu)
         site = Site(work / f"throughput{repeat}", model, args.chroma_size, args.batch_size)
         rate, seconds, cpu = daemon_throughput(site, staged)
         daemon_rates.append(rate)
         daemon_cpu.append(cpu)
-        print(f"  run {repeat + 1}: engine {engine_rates[-1]:.2f} img/s "
-              f"({engine_cpu[-1]:.2f} CPU s/img), daemon {rate:.2f} img/s ({cpu:.2f} CPU s/img; "
-              f"{args.images} images in {seconds:.1f} s)")
+        print(
+            f"  run {repeat + 1}: engine {engine_rates[-1]:.2f} img/s "
+            f"({engine_cpu[-1]:.2f} CPU s/img), daemon {rate:.2f} img/s ({cpu:.2f} CPU s/img; "
+            f"{args.images} images in {seconds:.1f} s)"
+        )
     engine, daemon = statistics.median(engine_rates), statistics.median(daemon_rates)
     e_cpu, d_cpu = statistics.median(engine_cpu), statistics.median(daemon_cpu)
     print(f"engine alone (median)       {engine:.2f} images/s   {e_cpu:.2f} CPU s/image")
@@ -281,8 +289,12 @@ def build_processed_tree(site: Site, files: int) -> None:
     # Benchmark set-up only: mark them processed in one statement rather than 100k claims.
     engine = sa.create_engine(f"sqlite:///{site.database}")
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE jobs SET state = 'done', attempts = 1, "
-                             "finished_at = :now, output_path = rel_path"), {"now": now})
+        conn.execute(
+            sa.text(
+                "UPDATE jobs SET state = 'done', attempts = 1, finished_at = :now, output_path = rel_path"
+            ),
+            {"now": now},
+        )
     engine.dispose()
 
 
@@ -306,15 +318,16 @@ def scan_in_process(site: Site, model: Path, chroma_size: int, repeats: int = 3)
             times.append(result.seconds)
             if result.candidates:
                 raise SystemExit(f"scan found {result.candidates} candidates; expected none")
-            print(f"  scan: {result.files_seen} files in {result.seconds:.2f} s, peak +"
-                  f"{peaks[-1]:.0f} MB, retained +{retained[-1]:.0f} MB "
-                  f"(idle baseline {baseline:.0f} MB)")
+            print(
+                f"  scan: {result.files_seen} files in {result.seconds:.2f} s, peak +"
+                f"{peaks[-1]:.0f} MB, retained +{retained[-1]:.0f} MB "
+                f"(idle baseline {baseline:.0f} MB)"
+            )
     finally:
         queue.close()
     del colorizer
     print(f"start-up scan time (median)          {statistics.median(times):.2f} s   (target <= 30 s)")
-    print(f"memory the scan adds, peak (median)  {statistics.median(peaks):.0f} MB   "
-          "(target <= 200 MB)")
+    print(f"memory the scan adds, peak (median)  {statistics.median(peaks):.0f} MB   (target <= 200 MB)")
 
 
 def scan_in_daemon(site: Site) -> None:
@@ -335,11 +348,15 @@ def scan_in_daemon(site: Site) -> None:
         after = rss_mb(proc.pid)
     finally:
         stop(proc)
-    print(f"  daemon: start-up scan of {scan['files_seen']} files in {scan['seconds']:.2f} s; "
-          f"RSS {before:.0f} MB before it, peak {max(samples):.0f} MB during it, "
-          f"{after:.0f} MB after it")
-    print(f"daemon RSS added by its start-up scan: peak {max(samples) - before:+.0f} MB, "
-          f"after {after - before:+.0f} MB")
+    print(
+        f"  daemon: start-up scan of {scan['files_seen']} files in {scan['seconds']:.2f} s; "
+        f"RSS {before:.0f} MB before it, peak {max(samples):.0f} MB during it, "
+        f"{after:.0f} MB after it"
+    )
+    print(
+        f"daemon RSS added by its start-up scan: peak {max(samples) - before:+.0f} MB, "
+        f"after {after - before:+.0f} MB"
+    )
 
 
 def run_scan(args: argparse.Namespace, work: Path, model: Path) -> None:
@@ -382,8 +399,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="daemon runs (medians over them)")
     parser.add_argument("--scan-files", type=int, default=100_000)
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where to build the sites (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to build the sites (default: a temporary folder)"
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-scan", action="store_true")
     args = parser.parse_args()

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -70,19 +71,23 @@ def resolve_precision(setting: str, device: torch.device, *, native_bf16: bool |
         if setting == "auto":
             return torch.float16
         if setting == "bf16" and not torch.cuda.is_bf16_supported():
-            raise EngineError("engine.precision = 'bf16' but this GPU does not compute bf16; "
-                              "use 'auto' (fp16) or 'fp32'")
+            raise EngineError(
+                "engine.precision = 'bf16' but this GPU does not compute bf16; use 'auto' (fp16) or 'fp32'"
+            )
         return DTYPES[setting]
     native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
     if setting == "auto":
         return torch.bfloat16 if native else torch.float32
     if setting == "fp16":
-        raise EngineError("engine.precision = 'fp16' is for CUDA GPUs; on the CPU use 'auto', "
-                          "'bf16' or 'fp32'")
+        raise EngineError(
+            "engine.precision = 'fp16' is for CUDA GPUs; on the CPU use 'auto', 'bf16' or 'fp32'"
+        )
     if setting == "bf16" and not native:
         flags = " or ".join(sorted(NATIVE_BF16_FLAGS))
-        raise EngineError(f"engine.precision = 'bf16' but this CPU has no native bf16 ({flags}) "
-                          "and would emulate it, slower than fp32; use 'auto' or 'fp32'")
+        raise EngineError(
+            f"engine.precision = 'bf16' but this CPU has no native bf16 ({flags}) "
+            "and would emulate it, slower than fp32; use 'auto' or 'fp32'"
+        )
     return DTYPES[setting]
 
 
@@ -105,8 +110,10 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     try:
         return fuse(model)  # traces and works on a deep copy
     except Exception as exc:  # noqa: BLE001 - fx raises many types for untraceable code
-        log.warning("batch norms not folded (model cannot be traced); running it as it is",
-                    error=f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "batch norms not folded (model cannot be traced); running it as it is",
+            error=f"{type(exc).__name__}: {exc}",
+        )
         return copy.deepcopy(model)
 
 
@@ -162,8 +169,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
-    def prepare(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> None:
-        """Called once with the canvas shapes that will be used (compile-ahead hook)."""
+    def prepare(self, shapes: Sequence[tuple[int, int]], batch_size: int) -> None:  # noqa: B027
+        """Called once with the canvas shapes that will be used (compile-ahead hook); an
+        optional hook, not abstract: eager back-ends have nothing to prepare."""
 
     @property
     def precision(self) -> str:
@@ -175,8 +183,13 @@ class EagerBackend(Backend):
 
     name = "eager"
 
-    def __init__(self, generator: "LoadedGenerator", device: torch.device,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+    def __init__(
+        self,
+        generator: LoadedGenerator,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ):
         self.device = device
         self.dtype = dtype
         self.channels_last = channels_last
@@ -204,7 +217,7 @@ class EagerBackend(Backend):
 
 def make_backend(
     name: str,
-    generator: "LoadedGenerator",
+    generator: LoadedGenerator,
     device: torch.device,
     *,
     precision: str = "fp32",
@@ -219,7 +232,9 @@ def make_backend(
         from semwatch.tensorrt import TensorRTBackend, detect_toolchain
 
         toolchain = detect_toolchain(device)  # one-line EngineError naming what is missing
-        return TensorRTBackend(generator, device, resolve_precision(precision, device),
-                               cache_dir=cache_dir, toolchain=toolchain)
-    return EagerBackend(generator, device, resolve_precision(precision, device),
-                        resolve_channels_last(channels_last, device))
+        return TensorRTBackend(
+            generator, device, resolve_precision(precision, device), cache_dir=cache_dir, toolchain=toolchain
+        )
+    return EagerBackend(
+        generator, device, resolve_precision(precision, device), resolve_channels_last(channels_last, device)
+    )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -121,23 +121,54 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
 
 @main.command("colorize", context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the colorized images (created if missing).")
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Generator file (.safetensors). Default: engine.model, else the bundled model.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "png", "jpeg"]), default=None,
-              help="Output format. Default: output.format (tiff).")
-@click.option("--chroma-size", type=int, default=None,
-              help="Long side, in pixels, of the copy the network colors (multiple of 32). "
-              "Default: engine.chroma_size.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where the network runs. Default: engine.device.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per forward pass. Default: engine.batch_size.")
-@click.option("--hints", "hints_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help='Colour hints for one input image: a JSON file {"hints": [{"x": 120, "y": 340, '
-              '"color": "#e0b030"}, ...]}, x and y in the image\'s pixels (origin top-left); the '
-              "colour's hue and saturation are used, the image keeps its own gray as lightness.")
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the colorized images (created if missing).",
+)
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Generator file (.safetensors). Default: engine.model, else the bundled model.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tiff", "png", "jpeg"]),
+    default=None,
+    help="Output format. Default: output.format (tiff).",
+)
+@click.option(
+    "--chroma-size",
+    type=int,
+    default=None,
+    help="Long side, in pixels, of the copy the network colors (multiple of 32). "
+    "Default: engine.chroma_size.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Where the network runs. Default: engine.device.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per forward pass. Default: engine.batch_size.",
+)
+@click.option(
+    "--hints",
+    "hints_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='Colour hints for one input image: a JSON file {"hints": [{"x": 120, "y": 340, '
+    '"color": "#e0b030"}, ...]}, x and y in the image\'s pixels (origin top-left); the '
+    "colour's hue and saturation are used, the image keeps its own gray as lightness.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
@@ -168,8 +199,9 @@ def colorize_command(
     output's provenance.
     """
     config = load_cli_config(config_path)
-    configure_logging(config.logging.level, "console" if config.logging.format == "auto"
-                      else config.logging.format)
+    configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
     fmt = fmt or config.output.format
     tasks = plan_tasks(inputs, output_dir, fmt)
     hints = _load_hints_for(hints_file, tasks)
@@ -188,25 +220,42 @@ def colorize_command(
     started = time.perf_counter()
     try:
         # The service's own engine settings (refinements included), with the options on top.
-        colorizer = Colorizer.from_config(dataclasses.replace(
-            engine_cfg,
-            model=model if model is not None else engine_cfg.model,
-            device=device or engine_cfg.device,
-            chroma_size=chroma_size or engine_cfg.chroma_size,
-            batch_size=batch_size or engine_cfg.batch_size,
-        ))
+        colorizer = Colorizer.from_config(
+            dataclasses.replace(
+                engine_cfg,
+                model=model if model is not None else engine_cfg.model,
+                device=device or engine_cfg.device,
+                chroma_size=chroma_size or engine_cfg.chroma_size,
+                batch_size=batch_size or engine_cfg.batch_size,
+            )
+        )
     except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
-    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
-             device=colorizer.device, backend=colorizer.backend_name, precision=colorizer.precision,
-             seconds=round(time.perf_counter() - started, 2))
-    failures = run_tasks(tasks, colorizer, fmt, config.engine.max_pixels,
-                         config.output.jpeg_quality, progress=not quiet, hints=hints,
-                         sidecars=config.output.sidecars)
+    log.info(
+        "model loaded",
+        model=colorizer.model_name,
+        sha256=colorizer.model_sha256[:12],
+        device=colorizer.device,
+        backend=colorizer.backend_name,
+        precision=colorizer.precision,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    failures = run_tasks(
+        tasks,
+        colorizer,
+        fmt,
+        config.engine.max_pixels,
+        config.output.jpeg_quality,
+        progress=not quiet,
+        hints=hints,
+        sidecars=config.output.sidecars,
+    )
     done = len(tasks) - failures
     seconds = time.perf_counter() - started
-    click.echo(f"colorized {done} of {len(tasks)} images, {failures} failed, "
-               f"in {seconds:.1f} s -> {output_dir}", err=True)
+    click.echo(
+        f"colorized {done} of {len(tasks)} images, {failures} failed, in {seconds:.1f} s -> {output_dir}",
+        err=True,
+    )
     if failures:
         sys.exit(1)
 
@@ -225,9 +274,17 @@ def _load_hints_for(hints_file: Path | None, tasks: Sequence[Task]) -> list | No
         raise click.UsageError(str(exc)) from None
 
 
-def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_quality: int,
-              *, progress: bool = True, hints: Sequence | None = None,
-              sidecars: Sequence[str] = ()) -> int:
+def run_tasks(
+    tasks: Sequence[Task],
+    colorizer,
+    fmt: str,
+    max_pixels: int,
+    jpeg_quality: int,
+    *,
+    progress: bool = True,
+    hints: Sequence | None = None,
+    sidecars: Sequence[str] = (),
+) -> int:
     """Decode, colorize and write every task (and copy its sidecars); returns how many failed.
     ``hints`` (one task only) steer that image's colour.
 
@@ -257,9 +314,11 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
             log.exception("unexpected error decoding", path=str(task.source))
             return RuntimeError(f"{task.source}: {type(exc).__name__}: {exc}")
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders, \
-            ThreadPoolExecutor(max_workers=2, thread_name_prefix="write") as writers:
-        batches = [list(tasks[i:i + batch_size]) for i in range(0, len(tasks), batch_size)]
+    with (
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="write") as writers,
+    ):
+        batches = [list(tasks[i : i + batch_size]) for i in range(0, len(tasks), batch_size)]
         pending_writes: list[tuple[Task, Future]] = []
         next_decoded = [decoders.submit(decode, t) for t in batches[0]] if batches else []
         for index, batch in enumerate(batches):
@@ -279,8 +338,9 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                 good = _fitting_hints(good, hints, report, bar)
             if good:
                 try:
-                    rgbs = colorizer.colorize([item for _, item in good],
-                                              hints=[hints] * len(good) if hints else None)
+                    rgbs = colorizer.colorize(
+                        [item for _, item in good], hints=[hints] * len(good) if hints else None
+                    )
                 except Exception as exc:  # noqa: BLE001
                     log.exception("colorization failed", files=len(good))
                     for task, _ in good:
@@ -288,8 +348,14 @@ def run_tasks(tasks: Sequence[Task], colorizer, fmt: str, max_pixels: int, jpeg_
                         bar.update(1)
                     continue
                 for (task, item), rgb in zip(good, rgbs):
-                    pending_writes.append((task, writers.submit(
-                        _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars, hints)))
+                    pending_writes.append(
+                        (
+                            task,
+                            writers.submit(
+                                _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars, hints
+                            ),
+                        )
+                    )
             still = []
             for task, future in pending_writes:
                 if future.done():
@@ -321,20 +387,26 @@ def _fitting_hints(good: list, hints: Sequence, report, bar) -> list:
     return kept
 
 
-def _write_one(task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int,
-               sidecars: Sequence[str], hints=None) -> None:
+def _write_one(
+    task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int, sidecars: Sequence[str], hints=None
+) -> None:
     from semwatch.imaging import build_provenance, write_image
     from semwatch.sidecars import copy_sidecars
 
     provenance = build_provenance(
-        image, source_path=str(task.source), model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-        device=colorizer.device, chroma_size=colorizer.chroma_size,
+        image,
+        source_path=str(task.source),
+        model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256,
+        backend=colorizer.backend_name,
+        device=colorizer.device,
+        chroma_size=colorizer.chroma_size,
         refinement=colorizer.refinement.as_dict(),
         hints=[h.as_record() for h in hints] if hints else None,
     )
-    write_image(task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance,
-                jpeg_quality=jpeg_quality)
+    write_image(
+        task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance, jpeg_quality=jpeg_quality
+    )
     copy_sidecars(task.source, task.target, sidecars)
 
 
@@ -349,7 +421,9 @@ def _finish_write(task: Task, future: Future, report) -> None:
         report(task, f"cannot write {task.target}: {type(exc).__name__}: {exc}")
 
 
-def _parse_shape(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, int]]:
+def _parse_shape(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[int, int]]:
     shapes = []
     for value in values:
         height, sep, width = value.lower().partition("x")
@@ -360,11 +434,20 @@ def _parse_shape(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 
 
 @main.command("compile", context_settings=CONTEXT)
-@click.option("--shape", "shapes", multiple=True, callback=_parse_shape, metavar="HxW",
-              help="Only this canvas shape (repeatable). Default: every canvas shape of "
-              "engine.chroma_size.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per engine call. Default: engine.batch_size (what the service uses).")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    callback=_parse_shape,
+    metavar="HxW",
+    help="Only this canvas shape (repeatable). Default: every canvas shape of engine.chroma_size.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per engine call. Default: engine.batch_size (what the service uses).",
+)
 @config_option
 def compile_command(shapes: list[tuple[int, int]], batch_size: int | None, config_path: Path | None) -> None:
     """Compile the TensorRT engines the service will use, ahead of its first batches.
@@ -377,22 +460,28 @@ def compile_command(shapes: list[tuple[int, int]], batch_size: int | None, confi
     extra: pip install 'semwatch[tensorrt]'.
     """
     config = load_cli_config(config_path)
-    configure_logging(config.logging.level, "console" if config.logging.format == "auto"
-                      else config.logging.format)
+    configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
     from semwatch.engine import EngineError
     from semwatch.model import ModelError
     from semwatch.tensorrt import compile_engines
 
     if config.engine.backend != "tensorrt":
-        click.echo(f"note: engine.backend is {config.engine.backend!r}; the service uses these "
-                   "engines only with backend = \"tensorrt\"", err=True)
+        click.echo(
+            f"note: engine.backend is {config.engine.backend!r}; the service uses these "
+            'engines only with backend = "tensorrt"',
+            err=True,
+        )
     try:
         results = compile_engines(config.engine, shapes or None, batch_size)
     except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     for r in results:
-        click.echo(f"{r.status:<8} {r.shape[0]}x{r.shape[1]} batch {r.batch} {r.precision} "
-                   f"{r.seconds:7.1f} s  {r.path}")
+        click.echo(
+            f"{r.status:<8} {r.shape[0]}x{r.shape[1]} batch {r.batch} {r.precision} "
+            f"{r.seconds:7.1f} s  {r.path}"
+        )
     if any(r.status == "failed" for r in results):
         sys.exit(1)
 

@@ -96,9 +96,7 @@ def _lab_to_linear_rgb(lab: torch.Tensor) -> torch.Tensor:
     def finv(t: torch.Tensor) -> torch.Tensor:
         return torch.where(t > delta, t**3, 3 * delta**2 * (t - 4 / 29))
 
-    xyz = torch.stack(
-        (finv(fx) * _WHITE[0], finv(fy) * _WHITE[1], finv(fz) * _WHITE[2]), dim=-1
-    )
+    xyz = torch.stack((finv(fx) * _WHITE[0], finv(fy) * _WHITE[1], finv(fz) * _WHITE[2]), dim=-1)
     matrix = torch.tensor(_XYZ_TO_RGB, dtype=lab.dtype, device=lab.device)
     return xyz @ matrix.T
 
@@ -128,8 +126,9 @@ class ChromaLUT:
     def _build(self) -> torch.Tensor:
         spec = self.spec
         lightness = gray_levels_to_l()
-        boundary = _boundary_chroma(lightness.float(), spec.hue_bins, spec.limit * 1.5,
-                                    spec.search_steps)  # (256, hue_bins + 1)
+        boundary = _boundary_chroma(
+            lightness.float(), spec.hue_bins, spec.limit * 1.5, spec.search_steps
+        )  # (256, hue_bins + 1)
         axis = torch.linspace(-spec.limit, spec.limit, self.n, dtype=torch.float64)
         lab_l, a, b = torch.meshgrid(lightness, axis, axis, indexing="ij")
         chroma = torch.hypot(a, b)
@@ -158,9 +157,7 @@ class ChromaLUT:
         return self.table.index_select(0, idx.reshape(-1)).reshape(*gray_u8.shape, 3)
 
 
-def _boundary_chroma(
-    lightness: torch.Tensor, hue_bins: int, search_max: float, steps: int
-) -> torch.Tensor:
+def _boundary_chroma(lightness: torch.Tensor, hue_bins: int, search_max: float, steps: int) -> torch.Tensor:
     """Largest in-sRGB chroma per (L, hue sample), by bisection: (len(L), hue_bins + 1).
 
     The last column repeats the first (hue 360 = 0) so neighbours never wrap.

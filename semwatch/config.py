@@ -14,9 +14,10 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,21 +277,44 @@ def _coerce(hint: Any, value: Any) -> Any:
 
 
 _POSITIVE = {
-    ("watch", "poll_interval"), ("watch", "scan_interval"), ("queue", "lease_seconds"),
-    ("queue", "max_attempts"), ("engine", "batch_size"), ("engine", "chroma_size"),
-    ("engine", "max_pixels"), ("daemon", "shutdown_timeout"), ("daemon", "decode_threads"),
-    ("daemon", "write_threads"), ("trainer", "image_size"), ("trainer", "batch_size"),
-    ("trainer", "decoder_width"), ("engine", "region_size"), ("engine", "region_scale"),
+    ("watch", "poll_interval"),
+    ("watch", "scan_interval"),
+    ("queue", "lease_seconds"),
+    ("queue", "max_attempts"),
+    ("engine", "batch_size"),
+    ("engine", "chroma_size"),
+    ("engine", "max_pixels"),
+    ("daemon", "shutdown_timeout"),
+    ("daemon", "decode_threads"),
+    ("daemon", "write_threads"),
+    ("trainer", "image_size"),
+    ("trainer", "batch_size"),
+    ("trainer", "decoder_width"),
+    ("engine", "region_size"),
+    ("engine", "region_scale"),
     ("engine", "chroma_gain"),
-    ("app", "max_upload_mb"), ("app", "preview_size"),
+    ("app", "max_upload_mb"),
+    ("app", "preview_size"),
 }
 _NON_NEGATIVE = {
-    ("watch", "settle_seconds"), ("queue", "retry_backoff"), ("engine", "max_batch_wait"),
-    ("engine", "threads"), ("engine", "guide_radius"), ("engine", "guide_eps"), ("engine", "hue_scale"),
-    ("engine", "region_hue"), ("trainer", "workers"), ("trainer", "pretrain_epochs"),
-    ("trainer", "gan_epochs"), ("trainer", "lambda_l1"), ("trainer", "patience"),
-    ("trainer", "max_steps_per_epoch"), ("trainer", "sample_images"), ("trainer", "pretrain_lr"),
-    ("trainer", "lr_g"), ("trainer", "lr_d"),
+    ("watch", "settle_seconds"),
+    ("queue", "retry_backoff"),
+    ("engine", "max_batch_wait"),
+    ("engine", "threads"),
+    ("engine", "guide_radius"),
+    ("engine", "guide_eps"),
+    ("engine", "hue_scale"),
+    ("engine", "region_hue"),
+    ("trainer", "workers"),
+    ("trainer", "pretrain_epochs"),
+    ("trainer", "gan_epochs"),
+    ("trainer", "lambda_l1"),
+    ("trainer", "patience"),
+    ("trainer", "max_steps_per_epoch"),
+    ("trainer", "sample_images"),
+    ("trainer", "pretrain_lr"),
+    ("trainer", "lr_g"),
+    ("trainer", "lr_d"),
 }
 
 
@@ -337,11 +361,15 @@ def _check_sidecars(suffixes: tuple[str, ...], where: str) -> None:
 
     for suffix in suffixes:
         if not _SIDECAR_SUFFIX.match(suffix):
-            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is not a file suffix "
-                              'like ".txt" (a dot, then letters or digits)')
+            raise ConfigError(
+                f"{where}: output.sidecars: {suffix!r} is not a file suffix "
+                'like ".txt" (a dot, then letters or digits)'
+            )
         if suffix.lower() in SUPPORTED_SUFFIXES:
-            raise ConfigError(f"{where}: output.sidecars: {suffix!r} is an image suffix; "
-                              "images are colorized, not copied as sidecars")
+            raise ConfigError(
+                f"{where}: output.sidecars: {suffix!r} is an image suffix; "
+                "images are colorized, not copied as sidecars"
+            )
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
@@ -360,7 +388,8 @@ def resolve_paths(config: Config, base: Path) -> Config:
             config.queue, database_url=_resolve_sqlite_url(config.queue.database_url, base)
         ),
         engine=dataclasses.replace(
-            config.engine, model=fix(config.engine.model),
+            config.engine,
+            model=fix(config.engine.model),
             # The service's state folder is where it may write (systemd ReadWritePaths).
             cache_dir=fix(config.engine.cache_dir) or fix(config.daemon.state_dir) / "engines",
         ),
@@ -375,7 +404,7 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix):
         return url
-    rest = url[len(prefix):]
+    rest = url[len(prefix) :]
     if not rest or rest.startswith("/") or rest == ":memory:":
         return url
     return prefix + str(base / rest)

@@ -24,13 +24,14 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.imaging import (
@@ -88,8 +89,7 @@ WRITE_BACKLOG_BATCHES = 2
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # Write errors that the same output path will meet every time: retrying only repeats the
 # colorization (e.g. "File name too long" for x.png.tif beside x.tif at 255 bytes).
-PERMANENT_WRITE_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR,
-                                    errno.EILSEQ})
+PERMANENT_WRITE_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EILSEQ})
 
 
 class StartupError(RuntimeError):
@@ -171,14 +171,14 @@ class StorageGuard:
     def paused_reason(self) -> str | None:
         return self._reason
 
-    def for_roots(self, input_root: Path, output_root: Path) -> "StorageGuard":
+    def for_roots(self, input_root: Path, output_root: Path) -> StorageGuard:
         """A guard for (reloaded) folders that remembers the file systems of unchanged ones,
         so a reload while a share is unmounted does not take its mount point for it."""
-        guard = StorageGuard(input_root, output_root, self.min_free_bytes,
-                             self.recheck_seconds, self.clock)
+        guard = StorageGuard(input_root, output_root, self.min_free_bytes, self.recheck_seconds, self.clock)
         with self._lock:
-            guard._devices = {root: device for root, device in self._devices.items()
-                              if root in (input_root, output_root)}
+            guard._devices = {
+                root: device for root, device in self._devices.items() if root in (input_root, output_root)
+            }
         return guard
 
     def problem(self) -> str | None:
@@ -187,8 +187,9 @@ class StorageGuard:
             return f"{self.input_root}: watch folder unavailable (share unmounted?)"
         if not self.output_root.is_dir():
             return f"{self.output_root}: output folder missing (share unmounted?)"
-        moved = (self._filesystem_change(self.input_root, "watch folder")
-                 or self._filesystem_change(self.output_root, "output folder"))
+        moved = self._filesystem_change(self.input_root, "watch folder") or self._filesystem_change(
+            self.output_root, "output folder"
+        )
         if moved is not None:
             return moved
         if not os.access(self.output_root, os.W_OK | os.X_OK):
@@ -199,8 +200,10 @@ class StorageGuard:
             return f"{self.output_root}: cannot check free space: {exc.strerror or exc}"
         free = st.f_bavail * st.f_frsize
         if free < self.min_free_bytes:
-            return (f"{self.output_root}: disk nearly full ({free // 2**20} MiB free, "
-                    f"need {self.min_free_bytes // 2**20} MiB)")
+            return (
+                f"{self.output_root}: disk nearly full ({free // 2**20} MiB free, "
+                f"need {self.min_free_bytes // 2**20} MiB)"
+            )
         return None
 
     def _filesystem_change(self, root: Path, what: str) -> str | None:
@@ -216,11 +219,17 @@ class StorageGuard:
             if device != parent:
                 self._devices[root] = device  # a mount point again: the share is back
         if device != parent:
-            log.info(f"the {what} is a mount point of another device: taken as the share "
-                     "mounted again", path=str(root), device=device, was=known)
+            log.info(
+                f"the {what} is a mount point of another device: taken as the share mounted again",
+                path=str(root),
+                device=device,
+                was=known,
+            )
             return None
-        return (f"{root}: the {what}'s file system changed since start (device {known} -> "
-                f"{device}): share unmounted?")
+        return (
+            f"{root}: the {what}'s file system changed since start (device {known} -> "
+            f"{device}): share unmounted?"
+        )
 
     def is_storage_error(self, exc: BaseException) -> bool:
         """Whether a failed write means "storage unavailable" rather than "bad job"."""
@@ -235,8 +244,11 @@ class StorageGuard:
                 return
             self._reason = " ".join(reason.split())
             self._next_check = self.clock() + self.recheck_seconds
-        log.error("output paused: storage unavailable; jobs released without using attempts",
-                  reason=self._reason, recheck_seconds=self.recheck_seconds)
+        log.error(
+            "output paused: storage unavailable; jobs released without using attempts",
+            reason=self._reason,
+            recheck_seconds=self.recheck_seconds,
+        )
 
     def ready(self) -> bool:
         """True when work may be claimed; while paused, looks again every recheck_seconds."""
@@ -273,9 +285,15 @@ class EngineInfo:
     refinement: Mapping[str, float]  # as recorded in the provenance
 
     @classmethod
-    def of(cls, colorizer: "Colorizer") -> "EngineInfo":
-        return cls(colorizer.model_name, colorizer.model_sha256, colorizer.backend_name,
-                   colorizer.device, colorizer.chroma_size, colorizer.refinement.as_dict())
+    def of(cls, colorizer: Colorizer) -> EngineInfo:
+        return cls(
+            colorizer.model_name,
+            colorizer.model_sha256,
+            colorizer.backend_name,
+            colorizer.device,
+            colorizer.chroma_size,
+            colorizer.refinement.as_dict(),
+        )
 
 
 @dataclass
@@ -316,8 +334,9 @@ class _Leases:
 class Daemon:
     """`semwatch run`: one instance per process; `run()` returns the exit code."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, notifier: Notifier | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
         self._env = dict(os.environ if env is None else env)
         self._notifier = notifier if notifier is not None else Notifier.from_env(self._env)
@@ -376,8 +395,11 @@ class Daemon:
             log.warning("second stop request: giving up on work in flight", reason=reason)
         else:
             self._stop_deadline = time.monotonic() + self.config.daemon.shutdown_timeout
-            log.info("stopping: finishing the batch in flight", reason=reason,
-                     shutdown_timeout=self.config.daemon.shutdown_timeout)
+            log.info(
+                "stopping: finishing the batch in flight",
+                reason=reason,
+                shutdown_timeout=self.config.daemon.shutdown_timeout,
+            )
             self._stop.set()
         self._wake.set()
 
@@ -408,8 +430,13 @@ class Daemon:
         except QueueError as exc:
             raise StartupError(str(exc)) from None
         swept = sweep_temp_files(cfg.output.dir)
-        log.info("queue open", database=_where(cfg.queue.database_url), recovered_jobs=recovered,
-                 temp_files_swept=swept, owner_pid=self._owner.pid)
+        log.info(
+            "queue open",
+            database=_where(cfg.queue.database_url),
+            recovered_jobs=recovered,
+            temp_files_swept=swept,
+            owner_pid=self._owner.pid,
+        )
         self._colorizer = load_colorizer(cfg)
         daemon_cfg = cfg.daemon
         self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
@@ -418,15 +445,25 @@ class Daemon:
         self._notifier.ready(self._status_text() if self._notifier.enabled else None)
         self._next_recover = time.monotonic() + RECOVER_INTERVAL_SECONDS
         self._watcher = self._start_watcher(cfg)
-        log.info("semwatch daemon ready", input=str(cfg.watch.input_dir), output=str(cfg.output.dir),
-                 batch_size=cfg.engine.batch_size, watchdog_ping_s=self._watchdog_every)
+        log.info(
+            "semwatch daemon ready",
+            input=str(cfg.watch.input_dir),
+            output=str(cfg.output.dir),
+            batch_size=cfg.engine.batch_size,
+            watchdog_ping_s=self._watchdog_every,
+        )
 
-    def _start_watcher(self, cfg: Config) -> "Watcher":
+    def _start_watcher(self, cfg: Config) -> Watcher:
         from semwatch.watcher import Watcher, WatcherError
 
-        watcher = Watcher(cfg.watch, self._queue, output_dir=cfg.output.dir,
-                          on_enqueued=lambda n: self._wake.set(),
-                          sidecars=cfg.output.sidecars, on_sidecar=self._sidecar_settled)
+        watcher = Watcher(
+            cfg.watch,
+            self._queue,
+            output_dir=cfg.output.dir,
+            on_enqueued=lambda n: self._wake.set(),
+            sidecars=cfg.output.sidecars,
+            on_sidecar=self._sidecar_settled,
+        )
         try:
             watcher.start()
         except WatcherError as exc:
@@ -456,8 +493,10 @@ class Daemon:
             except _ShutdownTimeout:
                 raise
             except Exception:
-                log.exception("error in the daemon loop; continuing after a pause",
-                              pause_seconds=LOOP_ERROR_SLEEP_SECONDS)
+                log.exception(
+                    "error in the daemon loop; continuing after a pause",
+                    pause_seconds=LOOP_ERROR_SLEEP_SECONDS,
+                )
                 self._after_loop_error(carry)
                 carry = []
                 self._sleep(LOOP_ERROR_SLEEP_SECONDS)
@@ -520,8 +559,9 @@ class Daemon:
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
-        return read_image(item.source, max_pixels=self.config.engine.max_pixels,
-                          inside=self._layout.input_root)
+        return read_image(
+            item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root
+        )
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.
@@ -547,10 +587,16 @@ class Daemon:
             if rgb is not None:
                 self._submit_write(item, rgb, info)
                 written += 1
-        log.info("batch", jobs=len(items), decoded=len(decoded), colorized=written,
-                 decode_wait_s=round(decode_s, 3), compute_s=round(compute_s, 3),
-                 images_per_s=round(written / compute_s, 2) if compute_s > 0 else None,
-                 model=info.model_name)
+        log.info(
+            "batch",
+            jobs=len(items),
+            decoded=len(decoded),
+            colorized=written,
+            decode_wait_s=round(decode_s, 3),
+            compute_s=round(compute_s, 3),
+            images_per_s=round(written / compute_s, 2) if compute_s > 0 else None,
+            model=info.model_name,
+        )
         return upcoming
 
     def _take_decoded(self, item: _Item) -> bool:
@@ -567,10 +613,14 @@ class Daemon:
         image = future.result()
         if image.sha256 != item.job.sha256:
             queued = item.job.sha256[:12] or "unreadable"
-            self._fail(item.job, "superseded: the file changed after it was queued "
-                       f"(queued {queued}, now {image.sha256[:12]}); "
-                       "its new content is a job of its own", permanent=True,
-                       started=item.claimed_at)
+            self._fail(
+                item.job,
+                "superseded: the file changed after it was queued "
+                f"(queued {queued}, now {image.sha256[:12]}); "
+                "its new content is a job of its own",
+                permanent=True,
+                started=item.claimed_at,
+            )
             return False
         for warning in image.warnings:
             log.warning("input warning", path=item.job.rel_path, job_id=item.job.id, warning=warning)
@@ -584,16 +634,13 @@ class Daemon:
                 self._storage.trip(problem)
                 self._release([item], "storage unavailable")
                 return
-            self._fail(item.job, error.reason, permanent=error.permanent,
-                       started=item.claimed_at)
+            self._fail(item.job, error.reason, permanent=error.permanent, started=item.claimed_at)
             return
         # One image must not stop the service.
-        log.error("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id,
-                  exc_info=error)
-        self._fail(item.job, f"decode failed: {_describe(error)}", permanent=False,
-                   started=item.claimed_at)
+        log.error("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id, exc_info=error)
+        self._fail(item.job, f"decode failed: {_describe(error)}", permanent=False, started=item.claimed_at)
 
-    def _colorize(self, colorizer: "Colorizer", items: list[_Item]) -> list[Any]:
+    def _colorize(self, colorizer: Colorizer, items: list[_Item]) -> list[Any]:
         """One batched forward pass; if it fails, image by image to find the culprit."""
         images = [item.image for item in items]
         try:
@@ -602,11 +649,16 @@ class Daemon:
             raise
         except Exception as exc:  # noqa: BLE001
             if len(items) == 1:
-                self._fail(items[0].job, f"colorization failed: {_describe(exc)}",
-                           permanent=False, started=items[0].claimed_at)
+                self._fail(
+                    items[0].job,
+                    f"colorization failed: {_describe(exc)}",
+                    permanent=False,
+                    started=items[0].claimed_at,
+                )
                 return [None]
-            log.warning("batch colorization failed; retrying image by image",
-                        jobs=len(items), error=_describe(exc))
+            log.warning(
+                "batch colorization failed; retrying image by image", jobs=len(items), error=_describe(exc)
+            )
         results: list[Any] = []
         for item in items:
             results.extend(self._colorize(colorizer, [item]))
@@ -638,42 +690,68 @@ class Daemon:
             return
         try:
             provenance = build_provenance(
-                image, source_path=str(item.source), model_name=info.model_name,
-                model_sha256=info.model_sha256, backend=info.backend, device=info.device,
-                chroma_size=info.chroma_size, refinement=info.refinement)
-            write_image(item.target, rgb, fmt=cfg.format, metadata=image.metadata,
-                        provenance=provenance, jpeg_quality=cfg.jpeg_quality)
+                image,
+                source_path=str(item.source),
+                model_name=info.model_name,
+                model_sha256=info.model_sha256,
+                backend=info.backend,
+                device=info.device,
+                chroma_size=info.chroma_size,
+                refinement=info.refinement,
+            )
+            write_image(
+                item.target,
+                rgb,
+                fmt=cfg.format,
+                metadata=image.metadata,
+                provenance=provenance,
+                jpeg_quality=cfg.jpeg_quality,
+            )
             # After the output: a sidecar that settles from now on finds the output there
             # (_sidecar_settled), one that came earlier is in this listing.
             sidecars = copy_sidecars(item.source, item.target, cfg.sidecars)
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
-                self._fail(job, _write_failure(item.target, exc), permanent=True,
-                           started=item.claimed_at)
+                self._fail(job, _write_failure(item.target, exc), permanent=True, started=item.claimed_at)
             elif self._storage.is_storage_error(exc):
                 self._storage.trip(self._storage.problem() or _describe(exc))
                 self._release([item], "storage unavailable")
             else:
-                self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=False,
-                           started=item.claimed_at)
+                self._fail(
+                    job,
+                    f"cannot write {item.target}: {_describe(exc)}",
+                    permanent=False,
+                    started=item.claimed_at,
+                )
             return
         except Exception as exc:  # noqa: BLE001
             log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
-            self._fail(job, f"cannot write {item.target}: {_describe(exc)}", permanent=False,
-                       started=item.claimed_at)
+            self._fail(
+                job, f"cannot write {item.target}: {_describe(exc)}", permanent=False, started=item.claimed_at
+            )
             return
         try:
             self._queue.complete(self._owner, job.id, str(item.target))
         except Exception as exc:  # noqa: BLE001
             # The output exists; the lease will expire and the job re-run onto the same file.
-            log.error("output written but job not marked done", job_id=job.id,
-                      path=job.rel_path, error=_describe(exc))
+            log.error(
+                "output written but job not marked done",
+                job_id=job.id,
+                path=job.rel_path,
+                error=_describe(exc),
+            )
             return
         finally:
             self._leases.discard(job.id)
-        log.info("job done", job_id=job.id, path=job.rel_path, output=str(item.target),
-                 seconds=round(time.monotonic() - item.claimed_at, 3),
-                 latency_s=round(time.time() - job.arrived_at, 3), sidecars=sidecars)
+        log.info(
+            "job done",
+            job_id=job.id,
+            path=job.rel_path,
+            output=str(item.target),
+            seconds=round(time.monotonic() - item.claimed_at, 3),
+            latency_s=round(time.time() - job.arrived_at, 3),
+            sidecars=sidecars,
+        )
 
     def _sidecar_settled(self, rel_path: str) -> None:
         """Watcher thread: a sidecar arrived or changed. Copy it beside the outputs already
@@ -698,14 +776,17 @@ class Daemon:
         try:
             latest = self._queue.latest_sha256(job.rel_path)
         except QueueError as exc:
-            log.warning("cannot check for a newer version; writing", job_id=job.id,
-                        error=_describe(exc))
+            log.warning("cannot check for a newer version; writing", job_id=job.id, error=_describe(exc))
             return False
         if latest is None or latest == job.sha256:
             return False
-        self._fail(job, f"superseded: the file changed to other content ({latest[:12]}) before "
-                   "this output was written; that content is a job of its own",
-                   permanent=True, started=item.claimed_at)
+        self._fail(
+            job,
+            f"superseded: the file changed to other content ({latest[:12]}) before "
+            "this output was written; that content is a job of its own",
+            permanent=True,
+            started=item.claimed_at,
+        )
         return True
 
     # ---- job outcomes
@@ -715,14 +796,25 @@ class Daemon:
         try:
             state = self._queue.fail(self._owner, job.id, reason, permanent=permanent)
         except Exception as exc:  # noqa: BLE001
-            log.error("job failure not recorded", job_id=job.id, path=job.rel_path,
-                      reason=reason, error=_describe(exc))
+            log.error(
+                "job failure not recorded",
+                job_id=job.id,
+                path=job.rel_path,
+                reason=reason,
+                error=_describe(exc),
+            )
             return
         finally:
             self._leases.discard(job.id)
-        log.warning("job failed", job_id=job.id, path=job.rel_path, error=reason,
-                    permanent=permanent, state=state.value,
-                    seconds=round(time.monotonic() - started, 3))
+        log.warning(
+            "job failed",
+            job_id=job.id,
+            path=job.rel_path,
+            error=reason,
+            permanent=permanent,
+            state=state.value,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def _release(self, items: Sequence[_Item], why: str) -> None:
         """Give claimed, unfinished jobs back without using an attempt."""
@@ -737,8 +829,9 @@ class Daemon:
         try:
             self._queue.release(self._owner, ids)
         except Exception as exc:  # noqa: BLE001
-            log.error("leases not released; they expire after lease_seconds", job_ids=ids,
-                      error=_describe(exc))
+            log.error(
+                "leases not released; they expire after lease_seconds", job_ids=ids, error=_describe(exc)
+            )
             return
         for job_id in ids:
             self._leases.discard(job_id)
@@ -812,9 +905,12 @@ class Daemon:
         if stage is None or now - stage[1] <= self.config.queue.lease_seconds:
             return False
         if not self._stall_logged:
-            log.error("stage hung longer than lease_seconds; no more watchdog pings or lease "
-                      "renewals (systemd restarts the daemon, the jobs are recovered)",
-                      stage=stage[0], seconds=round(now - stage[1], 1))
+            log.error(
+                "stage hung longer than lease_seconds; no more watchdog pings or lease "
+                "renewals (systemd restarts the daemon, the jobs are recovered)",
+                stage=stage[0],
+                seconds=round(now - stage[1], 1),
+            )
             self._stall_logged = True
         return True
 
@@ -848,14 +944,13 @@ class Daemon:
             # share, and a fresh local folder would hide either.
             prepare_folders(new, create_watch_folder=False)
         except (ConfigError, StartupError) as exc:
-            log.error("reload refused; keeping the running configuration and model",
-                      reason=str(exc))
+            log.error("reload refused; keeping the running configuration and model", reason=str(exc))
             return None
-        restart_only = [name for name in ("queue", "daemon")
-                        if getattr(new, name) != getattr(self.config, name)]
+        restart_only = [
+            name for name in ("queue", "daemon") if getattr(new, name) != getattr(self.config, name)
+        ]
         if restart_only:
-            log.warning("changed sections take effect at the next restart",
-                        sections=restart_only)
+            log.warning("changed sections take effect at the next restart", sections=restart_only)
             new = dataclasses.replace(new, queue=self.config.queue, daemon=self.config.daemon)
         return new
 
@@ -869,14 +964,22 @@ class Daemon:
         except _ShutdownTimeout:
             raise
         except Exception as exc:  # noqa: BLE001 - keep serving with the model we have
-            log.error("model reload failed; keeping the current model",
-                      model=self._colorizer.model_name, sha256=self._colorizer.model_sha256,
-                      reason=str(exc) if isinstance(exc, StartupError) else _describe(exc))
+            log.error(
+                "model reload failed; keeping the current model",
+                model=self._colorizer.model_name,
+                sha256=self._colorizer.model_sha256,
+                reason=str(exc) if isinstance(exc, StartupError) else _describe(exc),
+            )
             new = dataclasses.replace(new, engine=old.engine)
         else:
             self._colorizer = colorizer
-            log.info("model reloaded", model=colorizer.model_name, sha256=colorizer.model_sha256,
-                     backend=colorizer.backend_name, device=colorizer.device)
+            log.info(
+                "model reloaded",
+                model=colorizer.model_name,
+                sha256=colorizer.model_sha256,
+                backend=colorizer.backend_name,
+                device=colorizer.device,
+            )
         self._layout = _layout(new)
         self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
         self.config = new
@@ -889,8 +992,7 @@ class Daemon:
         try:
             self._watcher = self._start_watcher(new)
         except StartupError as exc:
-            log.error("new watch settings unusable; watching with the previous ones",
-                      reason=str(exc))
+            log.error("new watch settings unusable; watching with the previous ones", reason=str(exc))
             self._watcher = self._start_watcher(old)
 
     # ---- shutdown
@@ -908,8 +1010,10 @@ class Daemon:
         leftover = self._leases.snapshot()
         if leftover:
             if code != 0:
-                log.error("shutdown_timeout passed; releasing unfinished jobs",
-                          shutdown_timeout=self.config.daemon.shutdown_timeout)
+                log.error(
+                    "shutdown_timeout passed; releasing unfinished jobs",
+                    shutdown_timeout=self.config.daemon.shutdown_timeout,
+                )
             self._release_ids(leftover, "shutdown")
         if code == 0:
             for pool in (self._decoders, self._writers, self._compute):
@@ -949,8 +1053,11 @@ def check_config(cfg: Config) -> None:
     where = f" (in {cfg.source})" if cfg.source else ""
     input_dir, output_dir = cfg.watch.input_dir.resolve(), cfg.output.dir.resolve()
     if input_dir == output_dir:
-        raise StartupError(f"watch.input_dir and output.dir are the same folder {input_dir}"
-                           f"{where}; colorized files would be colorized again", EXIT_CONFIG)
+        raise StartupError(
+            f"watch.input_dir and output.dir are the same folder {input_dir}"
+            f"{where}; colorized files would be colorized again",
+            EXIT_CONFIG,
+        )
     model = cfg.engine.model
     if model is None:
         from semwatch.model import default_model_path
@@ -959,7 +1066,9 @@ def check_config(cfg: Config) -> None:
             raise StartupError(
                 f"no model: engine.model is not set{where} and the bundled default model "
                 f"({default_model_path()}) is not installed; set engine.model = "
-                '"/path/to/generator.safetensors" in the [engine] section', EXIT_CONFIG)
+                '"/path/to/generator.safetensors" in the [engine] section',
+                EXIT_CONFIG,
+            )
     elif not model.is_file():
         raise StartupError(f"{model}: model file not found (engine.model{where})", EXIT_CONFIG)
     db = sqlite_path(cfg.queue.database_url)
@@ -968,7 +1077,9 @@ def check_config(cfg: Config) -> None:
         if fs_type is not None and is_network_fs_type(fs_type):
             raise StartupError(
                 f"{db}: SQLite on a network filesystem ({fs_type}) is refused (queue.database_url"
-                f"{where}); put the database on a local disk", EXIT_CONFIG)
+                f"{where}); put the database on a local disk",
+                EXIT_CONFIG,
+            )
 
 
 def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
@@ -981,10 +1092,12 @@ def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
     if not create_watch_folder and not watch.is_dir():
         where = f" (watch.input_dir in {cfg.source})" if cfg.source else " (watch.input_dir)"
         reason = "is not a folder" if watch.exists() else "does not exist"
-        raise StartupError(f"{watch}: watch folder {reason}{where}; a reload does not create it",
-                           EXIT_CONFIG)
-    for what, folder in (("watch folder", watch), ("output folder", cfg.output.dir),
-                         ("state folder", cfg.daemon.state_dir)):
+        raise StartupError(f"{watch}: watch folder {reason}{where}; a reload does not create it", EXIT_CONFIG)
+    for what, folder in (
+        ("watch folder", watch),
+        ("output folder", cfg.output.dir),
+        ("state folder", cfg.daemon.state_dir),
+    ):
         if folder.is_dir():
             continue
         try:
@@ -994,7 +1107,7 @@ def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
         log.info(f"created the {what}", path=str(folder))
 
 
-def load_colorizer(cfg: Config) -> "Colorizer":
+def load_colorizer(cfg: Config) -> Colorizer:
     """The engine for cfg.engine; errors become one-line StartupErrors."""
     from semwatch.engine import Colorizer, EngineError
     from semwatch.model import ModelError
@@ -1007,9 +1120,15 @@ def load_colorizer(cfg: Config) -> "Colorizer":
     except EngineError as exc:
         # e.g. the GPU driver not loaded yet at boot: a restart may help.
         raise StartupError(str(exc)) from None
-    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256,
-             backend=colorizer.backend_name, device=colorizer.device,
-             chroma_size=colorizer.chroma_size, seconds=round(time.monotonic() - started, 2))
+    log.info(
+        "model loaded",
+        model=colorizer.model_name,
+        sha256=colorizer.model_sha256,
+        backend=colorizer.backend_name,
+        device=colorizer.device,
+        chroma_size=colorizer.chroma_size,
+        seconds=round(time.monotonic() - started, 2),
+    )
     return colorizer
 
 
@@ -1041,8 +1160,10 @@ def _write_failure(target: Path, exc: OSError) -> str:
         return f"cannot write {target}: {_describe(exc)}"
     name = target.name
     shown = name if len(name) <= 60 else f"{name[:30]}…{name[-20:]}"
-    return (f"cannot write the output: {exc.strerror} ({len(os.fsencode(name))}-byte name "
-            f"{shown} in {target.parent})")
+    return (
+        f"cannot write the output: {exc.strerror} ({len(os.fsencode(name))}-byte name "
+        f"{shown} in {target.parent})"
+    )
 
 
 def _drop_frames(error: BaseException) -> None:

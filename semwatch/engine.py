@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the
     make_backend,
     resolve_device,
 )
-from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.coherence import HueCoherence
+from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
@@ -116,8 +117,9 @@ def canvas_shapes(chroma_size: int) -> list[tuple[int, int]]:
 def _gray_float_to_l(gray: torch.Tensor) -> torch.Tensor:
     """sRGB gray in [0, 1] -> CIE L (the L of (g, g, g))."""
     linear = torch.where(gray <= 0.04045, gray / 12.92, ((gray + 0.055) / 1.055) ** 2.4)
-    f = torch.where(linear > 216 / 24389, linear.clamp(min=1e-12) ** (1 / 3),
-                    (24389 / 27 * linear + 16) / 116)
+    f = torch.where(
+        linear > 216 / 24389, linear.clamp(min=1e-12) ** (1 / 3), (24389 / 27 * linear + 16) / 116
+    )
     return 116 * f - 16
 
 
@@ -135,9 +137,16 @@ class Refinement:
     chroma_gain: float = 1.0  # predicted chroma x this (calibration), before the hints
 
     @classmethod
-    def from_config(cls, cfg: "EngineConfig") -> "Refinement":
-        return cls(cfg.hue_scale, cfg.guide_radius, cfg.guide_eps, cfg.region_hue, cfg.region_size,
-                   cfg.region_scale, cfg.chroma_gain)
+    def from_config(cls, cfg: EngineConfig) -> Refinement:
+        return cls(
+            cfg.hue_scale,
+            cfg.guide_radius,
+            cfg.guide_eps,
+            cfg.region_hue,
+            cfg.region_size,
+            cfg.region_scale,
+            cfg.chroma_gain,
+        )
 
     @property
     def regions(self) -> RegionSettings:
@@ -168,8 +177,14 @@ class Colorizer:
         if batch_size < 1:
             raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         self.device_obj = resolve_device(device)
-        self.backend = make_backend(backend, generator, self.device_obj, precision=precision,
-                                    channels_last=channels_last, cache_dir=cache_dir)
+        self.backend = make_backend(
+            backend,
+            generator,
+            self.device_obj,
+            precision=precision,
+            channels_last=channels_last,
+            cache_dir=cache_dir,
+        )
         self.generator = generator
         self.chroma_size = chroma_size
         self.batch_size = batch_size
@@ -194,7 +209,7 @@ class Colorizer:
         precision: str = "auto",
         channels_last: ChannelsLastSetting = "auto",
         cache_dir: Path | None = None,
-    ) -> "Colorizer":
+    ) -> Colorizer:
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
         model_path = Path(path) if path is not None else default_model_path()
         if path is None and not model_path.is_file():
@@ -204,18 +219,33 @@ class Colorizer:
             )
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
-        return cls(generator, device=dev, backend=backend, chroma_size=chroma_size,
-                   batch_size=batch_size, refinement=refinement, precision=precision,
-                   channels_last=channels_last, cache_dir=cache_dir)
+        return cls(
+            generator,
+            device=dev,
+            backend=backend,
+            chroma_size=chroma_size,
+            batch_size=batch_size,
+            refinement=refinement,
+            precision=precision,
+            channels_last=channels_last,
+            cache_dir=cache_dir,
+        )
 
     @classmethod
-    def from_config(cls, cfg: "EngineConfig") -> "Colorizer":
+    def from_config(cls, cfg: EngineConfig) -> Colorizer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return cls.from_file(cfg.model, device=cfg.device, backend=cfg.backend,
-                             chroma_size=cfg.chroma_size, batch_size=cfg.batch_size,
-                             refinement=Refinement.from_config(cfg), precision=cfg.precision,
-                             channels_last=cfg.channels_last, cache_dir=cfg.cache_dir)
+        return cls.from_file(
+            cfg.model,
+            device=cfg.device,
+            backend=cfg.backend,
+            chroma_size=cfg.chroma_size,
+            batch_size=cfg.batch_size,
+            refinement=Refinement.from_config(cfg),
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            cache_dir=cfg.cache_dir,
+        )
 
     @property
     def model_name(self) -> str:
@@ -257,7 +287,9 @@ class Colorizer:
     def colorize(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 sRGB for each image, in order; ``hints``: one list per image
         (points in the image's pixels; points in the data bar are ignored with a warning)."""
-        rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, self._predict(images, hints))]
+        rgbs = [
+            to_host(self._compose(image, pred)) for image, pred in zip(images, self._predict(images, hints))
+        ]
         synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
         return [rgb.numpy() for rgb in rgbs]
 
@@ -299,7 +331,9 @@ class Colorizer:
             groups[plan.canvas].append((i, plan, points))
         for members in groups.values():
             for chunk in _chunks(members, self.batch_size):
-                batch = torch.stack([self._network_input(images[i], plan, points) for i, plan, points in chunk])
+                batch = torch.stack(
+                    [self._network_input(images[i], plan, points) for i, plan, points in chunk]
+                )
                 out = self.backend(batch).float() * AB_SCALE
                 for (i, plan, points), ab, x in zip(chunk, out, batch):
                     h, w = plan.small
@@ -342,8 +376,9 @@ class Colorizer:
         gray = _as_tensor(image.gray[: plan.height], self.device_obj)
         x = gray.to(torch.float32).div_(255.0)[None, None]
         if plan.small != (plan.height, plan.width):
-            x = F.interpolate(x, size=plan.small, mode="bilinear", antialias=True,
-                              align_corners=False).clamp_(0.0, 1.0)
+            x = F.interpolate(
+                x, size=plan.small, mode="bilinear", antialias=True, align_corners=False
+            ).clamp_(0.0, 1.0)
         x = l_to_input(_gray_float_to_l(x))
         pad_h = plan.canvas[0] - plan.small[0]
         pad_w = plan.canvas[1] - plan.small[1]

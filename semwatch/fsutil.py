@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TEMP_PREFIX = ".semwatch-tmp-"
 # mkstemp creates 0600; models and run files are read by other users (the service user).

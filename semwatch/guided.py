@@ -33,8 +33,7 @@ class GuidedFilter:
         kernel = 2 * self.radius + 1
 
         def along_rows(x: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool2d(x, (1, kernel), stride=1, padding=(0, self.radius),
-                                count_include_pad=False)
+            return F.avg_pool2d(x, (1, kernel), stride=1, padding=(0, self.radius), count_include_pad=False)
 
         def box(x: torch.Tensor) -> torch.Tensor:
             # Mean over the window's pixels inside the image, as two 1-D passes (2k instead

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -46,7 +47,7 @@ class Hint:
     color: str  # the sRGB colour as given ("#rrggbb"), recorded in the provenance
 
     @classmethod
-    def from_color(cls, x: float, y: float, color: str) -> "Hint":
+    def from_color(cls, x: float, y: float, color: str) -> Hint:
         a, b = color_to_ab(color)
         return cls(float(x), float(y), a, b, normalise_color(color))
 
@@ -65,7 +66,7 @@ def normalise_color(color: str) -> str:
 def color_to_ab(color: str) -> tuple[float, float]:
     """CIELAB (a, b) of an sRGB hex colour."""
     hex_digits = normalise_color(color)[1:]
-    rgb = torch.tensor([int(hex_digits[i:i + 2], 16) / 255.0 for i in (0, 2, 4)]).view(1, 3, 1, 1)
+    rgb = torch.tensor([int(hex_digits[i : i + 2], 16) / 255.0 for i in (0, 2, 4)]).view(1, 3, 1, 1)
     lab = rgb_to_lab(rgb)[0, :, 0, 0]
     return float(lab[1]), float(lab[2])
 

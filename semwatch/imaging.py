@@ -32,11 +32,12 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -57,9 +58,7 @@ from semwatch.metadata import (
 
 log = get_logger(__name__)
 
-FORMAT_EXTENSIONS: Mapping[str, str] = MappingProxyType(
-    {"tiff": ".tif", "png": ".png", "jpeg": ".jpg"}
-)
+FORMAT_EXTENSIONS: Mapping[str, str] = MappingProxyType({"tiff": ".tif", "png": ".png", "jpeg": ".jpg"})
 SUPPORTED_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
 
 # Temporary outputs start with a dot so that watchers and scans (which ignore hidden files)
@@ -195,8 +194,9 @@ def read_header(path: Path) -> tuple[int, int]:
         raise _io_error(path, exc) from exc
 
 
-def read_image(path: Path, *, max_pixels: int = 200_000_000, page: int = 0,
-               inside: Path | None = None) -> DecodedImage:
+def read_image(
+    path: Path, *, max_pixels: int = 200_000_000, page: int = 0, inside: Path | None = None
+) -> DecodedImage:
     """Decode an SEM image to display gray levels, with its metadata and data bar.
 
     Raises ImageError (permanent or transient, see its docstring); a header claiming more
@@ -250,22 +250,24 @@ def _read_source(path: Path, max_pixels: int, inside: Path | None) -> tuple[byte
     # file is refused before it is pulled into memory.
     max_bytes = max_pixels * 16 + (64 << 20)
     try:
-        with open(path, "rb", buffering=0,
-                  opener=lambda name, _flags: _open_regular(Path(name), inside)) as fh:
+        with open(
+            path, "rb", buffering=0, opener=lambda name, _flags: _open_regular(Path(name), inside)
+        ) as fh:
             fd = fh.fileno()
             size = _regular_size(path, os.fstat(fd))
             if size > max_bytes:
-                raise ImageError(
-                    path, f"file is {size} bytes, too large for max_pixels={max_pixels}", True
-                )
+                raise ImageError(path, f"file is {size} bytes, too large for max_pixels={max_pixels}", True)
             # A gigabyte of garbage is refused on its first bytes, not after reading it all.
             kind = _sniff(path, os.pread(fd, 16, 0))
             data = _read_at_most(fh, size, max_bytes)
     except OSError as exc:
         raise _io_error(path, exc) from exc
     if len(data) > max_bytes:
-        raise ImageError(path, f"file grew beyond {max_bytes} bytes while it was read "
-                         f"(max_pixels={max_pixels})", permanent=False)
+        raise ImageError(
+            path,
+            f"file grew beyond {max_bytes} bytes while it was read (max_pixels={max_pixels})",
+            permanent=False,
+        )
     return data, kind
 
 
@@ -285,15 +287,19 @@ def _open_beneath(path: Path, root: Path, flags: int) -> int:
     real_root = os.path.realpath(root)
     rel = os.path.relpath(os.path.realpath(path), real_root)
     if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
-        raise ImageError(path, f"leads outside the watched folder {root} (symbolic link to "
-                         f"{os.path.realpath(path)})", permanent=True)
+        raise ImageError(
+            path,
+            f"leads outside the watched folder {root} (symbolic link to {os.path.realpath(path)})",
+            permanent=True,
+        )
     *folders, name = rel.split(os.sep)
     dir_fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder in folders:
             parent_fd = dir_fd
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=parent_fd)
+            dir_fd = os.open(
+                folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
+            )
             os.close(parent_fd)
         return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
     finally:
@@ -305,9 +311,15 @@ def _regular_size(path: Path, st: os.stat_result) -> int:
         return st.st_size
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(path, "is a directory, not an image file", permanent=True)
-    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if
-            stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
-            if stat.S_ISSOCK(st.st_mode) else "a special file")
+    kind = (
+        "a FIFO"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "a special file"
+    )
     raise ImageError(path, f"not a regular file ({kind}); not read", permanent=True)
 
 
@@ -334,8 +346,7 @@ def _io_error(path: Path, exc: OSError) -> ImageError:
         return ImageError(path, "file not found (it may have been moved or deleted)", False)
     if exc.errno == errno.ELOOP:
         # O_NOFOLLOW met a symlink that appeared after the path was resolved.
-        return ImageError(path, "a symbolic link was swapped in while opening; not followed",
-                          permanent=True)
+        return ImageError(path, "a symbolic link was swapped in while opening; not followed", permanent=True)
     reason = exc.strerror or _describe(exc)
     return ImageError(path, f"cannot read: {reason}", permanent=False)
 
@@ -351,9 +362,7 @@ def _sniff(path: Path, head: bytes) -> str:
         return "jpeg"
     if head.startswith(b"BM"):
         return "bmp"
-    raise ImageError(
-        path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})", permanent=True
-    )
+    raise ImageError(path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})", permanent=True)
 
 
 def _name_warnings(path: Path, kind: str) -> tuple[str, ...]:
@@ -370,7 +379,8 @@ def _check_pixels(path: Path, height: int, width: int, max_pixels: int, depth: i
     if pixels > max_pixels:
         raise ImageError(
             path,
-            f"image is {width}x{height}" + (f"x{depth}" if depth > 1 else "")
+            f"image is {width}x{height}"
+            + (f"x{depth}" if depth > 1 else "")
             + f" = {pixels} pixels, more than max_pixels={max_pixels}",
             permanent=True,
         )
@@ -397,8 +407,9 @@ def _decode_tiff(path: Path, data: bytes, max_pixels: int, page_index: int) -> _
         return _decode_tiff_stream(path, stream, data, max_pixels, page_index)
 
 
-def _decode_tiff_stream(path: Path, stream: io.BytesIO, data: bytes, max_pixels: int,
-                        page_index: int) -> _Decoded:
+def _decode_tiff_stream(
+    path: Path, stream: io.BytesIO, data: bytes, max_pixels: int, page_index: int
+) -> _Decoded:
     try:
         tf = tifffile.TiffFile(stream)
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types on malformed files
@@ -406,9 +417,7 @@ def _decode_tiff_stream(path: Path, stream: io.BytesIO, data: bytes, max_pixels:
     with tf:
         page_count = len(tf.pages)
         if page_index >= page_count:
-            raise ImageError(
-                path, f"page {page_index} requested but the TIFF has {page_count} page(s)", True
-            )
+            raise ImageError(path, f"page {page_index} requested but the TIFF has {page_count} page(s)", True)
         page = tf.pages[page_index]
         _check_pixels(path, page.imagelength, page.imagewidth, max_pixels, page.imagedepth)
         series_shape = _series_shape(tf, page_index) or tuple(page.shape)
@@ -472,8 +481,11 @@ def _tiff_pixels(path: Path, page: Any) -> np.ndarray:
     if photometric == _PHOTOMETRIC_YCBCR and int(page.compression) not in _COMPRESSION_JPEG:
         raise ImageError(path, "unsupported photometric: uncompressed YCbCr", permanent=True)
     if photometric not in (
-        _PHOTOMETRIC_MINISWHITE, _PHOTOMETRIC_MINISBLACK, _PHOTOMETRIC_RGB,
-        _PHOTOMETRIC_PALETTE, _PHOTOMETRIC_YCBCR,
+        _PHOTOMETRIC_MINISWHITE,
+        _PHOTOMETRIC_MINISBLACK,
+        _PHOTOMETRIC_RGB,
+        _PHOTOMETRIC_PALETTE,
+        _PHOTOMETRIC_YCBCR,
     ):
         name = getattr(page.photometric, "name", str(photometric))
         raise ImageError(path, f"unsupported photometric interpretation {name}", permanent=True)
@@ -646,12 +658,10 @@ def _open_pillow(path: Path, fh: Any, kind: str) -> Image.Image:
 def _decode_pillow(path: Path, data: bytes, kind: str, max_pixels: int, page: int) -> _Decoded:
     # Closed on the way out, as for TIFF: nothing may keep the file's bytes alive.
     with io.BytesIO(data) as stream:
-        return _decode_pillow_stream(path, _open_pillow(path, stream, kind), kind, max_pixels,
-                                     page)
+        return _decode_pillow_stream(path, _open_pillow(path, stream, kind), kind, max_pixels, page)
 
 
-def _decode_pillow_stream(path: Path, image: Image.Image, kind: str, max_pixels: int,
-                          page: int) -> _Decoded:
+def _decode_pillow_stream(path: Path, image: Image.Image, kind: str, max_pixels: int, page: int) -> _Decoded:
     width, height = image.size
     _check_pixels(path, height, width, max_pixels)
     warnings: tuple[str, ...] = ()
@@ -781,8 +791,9 @@ def _choose_window(path: Path, pixels: np.ndarray, databar_row: int | None) -> W
     finite = pixels[np.isfinite(pixels)] if pixels.dtype.kind == "f" else pixels
     if not finite.size:
         # All NaN/inf: a black picture colorized would look like a result; it is none.
-        raise ImageError(path, f"no finite pixel (all {pixels.size} values are NaN or "
-                         "infinite)", permanent=True)
+        raise ImageError(
+            path, f"no finite pixel (all {pixels.size} values are NaN or infinite)", permanent=True
+        )
     level = float(finite.flat[0])
     return Window(level, level + 1.0, "constant image")
 
@@ -860,9 +871,7 @@ def find_databar(
     return _find_databar_by_content(gray)
 
 
-def _vendor_databar(
-    fields: Mapping[str, Any], vendor: str | None, height: int
-) -> tuple[bool, int | None]:
+def _vendor_databar(fields: Mapping[str, Any], vendor: str | None, height: int) -> tuple[bool, int | None]:
     """(decided, row): whether the vendor metadata settles the question, and the answer."""
     if vendor != "fei":
         return False, None
@@ -1014,9 +1023,7 @@ def _temp_name(name: str) -> str:
     return prefix + encoded.decode("utf-8", errors="ignore")
 
 
-def _encode(
-    fh: Any, rgb: np.ndarray, fmt: str, metadata: SourceMetadata, record: str, quality: int
-) -> None:
+def _encode(fh: Any, rgb: np.ndarray, fmt: str, metadata: SourceMetadata, record: str, quality: int) -> None:
     if fmt == "tiff":
         _encode_tiff(fh, rgb, metadata, record)
         return
@@ -1030,9 +1037,7 @@ def _encode(
         info.add_text("semwatch", record)
         image.save(fh, format="PNG", pnginfo=info, compress_level=1, **options)
     else:
-        image.save(
-            fh, format="JPEG", quality=quality, comment=record.encode("ascii"), **options
-        )
+        image.save(fh, format="JPEG", quality=quality, comment=record.encode("ascii"), **options)
 
 
 def _encode_tiff(fh: Any, rgb: np.ndarray, metadata: SourceMetadata, record: str) -> None:
@@ -1161,8 +1166,11 @@ def _yields_plain_name(source: PurePath, extension: str, sibling_names: Iterable
     mine = (_plain_name_rank(source.name, extension), source.name)
     for name in sibling_names:
         other = PurePath(name)
-        if (name == source.name or other.suffix.lower() not in SUPPORTED_SUFFIXES
-                or other.stem.lower() != stem):
+        if (
+            name == source.name
+            or other.suffix.lower() not in SUPPORTED_SUFFIXES
+            or other.stem.lower() != stem
+        ):
             continue
         if mine[0] == 2:
             return True  # another extension never takes the plain name from a sibling

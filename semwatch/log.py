@@ -35,8 +35,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (watchdog, sqlalchemy) go to stderr at WARNING.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

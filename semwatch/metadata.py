@@ -31,10 +31,11 @@ import json
 import re
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, Mapping, Sequence
+from typing import Any, BinaryIO
 from xml.sax.saxutils import escape
 
 import tifffile
@@ -56,35 +57,84 @@ OUTPUT_BYTEORDER = "<"
 LAYOUT_TAGS: Mapping[int, str] = MappingProxyType(
     {
         # size, samples, bits, planes
-        254: "NewSubfileType", 255: "SubfileType", 256: "ImageWidth", 257: "ImageLength",
-        258: "BitsPerSample", 277: "SamplesPerPixel", 284: "PlanarConfiguration",
-        338: "ExtraSamples", 339: "SampleFormat", 32995: "Matteing", 32996: "DataType",
+        254: "NewSubfileType",
+        255: "SubfileType",
+        256: "ImageWidth",
+        257: "ImageLength",
+        258: "BitsPerSample",
+        277: "SamplesPerPixel",
+        284: "PlanarConfiguration",
+        338: "ExtraSamples",
+        339: "SampleFormat",
+        32995: "Matteing",
+        32996: "DataType",
         32997: "ImageDepth",
         # compression
-        259: "Compression", 266: "FillOrder", 292: "T4Options", 293: "T6Options",
-        317: "Predictor", 347: "JPEGTables", 512: "JPEGProc", 513: "JPEGInterchangeFormat",
-        514: "JPEGInterchangeFormatLength", 515: "JPEGRestartInterval",
-        517: "JPEGLosslessPredictors", 518: "JPEGPointTransforms", 519: "JPEGQTables",
-        520: "JPEGDCTables", 521: "JPEGACTables", 50674: "LercParameters",
+        259: "Compression",
+        266: "FillOrder",
+        292: "T4Options",
+        293: "T6Options",
+        317: "Predictor",
+        347: "JPEGTables",
+        512: "JPEGProc",
+        513: "JPEGInterchangeFormat",
+        514: "JPEGInterchangeFormatLength",
+        515: "JPEGRestartInterval",
+        517: "JPEGLosslessPredictors",
+        518: "JPEGPointTransforms",
+        519: "JPEGQTables",
+        520: "JPEGDCTables",
+        521: "JPEGACTables",
+        50674: "LercParameters",
         # strips and tiles
-        273: "StripOffsets", 278: "RowsPerStrip", 279: "StripByteCounts", 288: "FreeOffsets",
-        289: "FreeByteCounts", 322: "TileWidth", 323: "TileLength", 324: "TileOffsets",
-        325: "TileByteCounts", 559: "StripRowCounts", 32998: "TileDepth",
+        273: "StripOffsets",
+        278: "RowsPerStrip",
+        279: "StripByteCounts",
+        288: "FreeOffsets",
+        289: "FreeByteCounts",
+        322: "TileWidth",
+        323: "TileLength",
+        324: "TileOffsets",
+        325: "TileByteCounts",
+        559: "StripRowCounts",
+        32998: "TileDepth",
         # what the sample values mean: photometric, colour map, value ranges, YCbCr, inks,
         # colorimetry and the ICC profile (the output is sRGB, whatever the source was)
-        262: "PhotometricInterpretation", 263: "Threshholding", 264: "CellWidth",
-        265: "CellLength", 280: "MinSampleValue", 281: "MaxSampleValue",
-        290: "GrayResponseUnit", 291: "GrayResponseCurve", 301: "TransferFunction",
-        318: "WhitePoint", 319: "PrimaryChromaticities", 320: "ColorMap",
-        321: "HalftoneHints", 332: "InkSet", 333: "InkNames", 334: "NumberOfInks",
-        336: "DotRange", 340: "SMinSampleValue", 341: "SMaxSampleValue",
-        342: "TransferRange", 529: "YCbCrCoefficients", 530: "YCbCrSubSampling",
-        531: "YCbCrPositioning", 532: "ReferenceBlackWhite", 34675: "InterColorProfile",
+        262: "PhotometricInterpretation",
+        263: "Threshholding",
+        264: "CellWidth",
+        265: "CellLength",
+        280: "MinSampleValue",
+        281: "MaxSampleValue",
+        290: "GrayResponseUnit",
+        291: "GrayResponseCurve",
+        301: "TransferFunction",
+        318: "WhitePoint",
+        319: "PrimaryChromaticities",
+        320: "ColorMap",
+        321: "HalftoneHints",
+        332: "InkSet",
+        333: "InkNames",
+        334: "NumberOfInks",
+        336: "DotRange",
+        340: "SMinSampleValue",
+        341: "SMaxSampleValue",
+        342: "TransferRange",
+        529: "YCbCrCoefficients",
+        530: "YCbCrSubSampling",
+        531: "YCbCrPositioning",
+        532: "ReferenceBlackWhite",
+        34675: "InterColorProfile",
         # fax transmission quality
-        326: "BadFaxLines", 327: "CleanFaxData", 328: "ConsecutiveBadFaxLines",
+        326: "BadFaxLines",
+        327: "CleanFaxData",
+        328: "ConsecutiveBadFaxLines",
         # IFD pointers: an offset copied into another file points at garbage (EXIF and GPS
         # are carried as sub-IFDs instead, see SUB_IFD_TAGS)
-        330: "SubIFDs", 400: "GlobalParametersIFD", 34665: "ExifIFD", 34853: "GPSIFD",
+        330: "SubIFDs",
+        400: "GlobalParametersIFD",
+        34665: "ExifIFD",
+        34853: "GPSIFD",
         40965: "InteroperabilityIFD",
     }
 )
@@ -104,9 +154,7 @@ _MAX_IFD_ENTRIES = 1024
 
 # ImageJ description keys that describe the layout of the source's stack and its display
 # (hyperstack dimensions, display range, composite mode); the output is one RGB image.
-IMAGEJ_LAYOUT_KEYS = frozenset(
-    {"images", "slices", "channels", "frames", "min", "max", "hyperstack", "mode"}
-)
+IMAGEJ_LAYOUT_KEYS = frozenset({"images", "slices", "channels", "frames", "min", "max", "hyperstack", "mode"})
 # ImageJ's per-channel display metadata inside IJMetadata (50839).
 _IMAGEJ_DISPLAY_ENTRIES = frozenset({"Ranges", "LUTs", "ranges", "luts"})
 # tifffile's JSON description: these keys are the array's layout.
@@ -116,8 +164,7 @@ _TIFFFILE_LAYOUT_KEYS = frozenset({"shape", "axes"})
 # 64-bit types (16, 17) are absent on purpose: a pointer copied into another file points at
 # garbage, and classic TIFF outputs cannot hold 64-bit fields.
 _TIFF_FIELD_FORMATS = MappingProxyType(
-    {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i", 10: "ii",
-     11: "f", 12: "d"}
+    {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i", 10: "ii", 11: "f", 12: "d"}
 )
 _BYTE_FIELD_TYPES = frozenset({1, 2, 6, 7})
 _TIFF_LONG, _TIFF_IFD, _TIFF_LONG8, _TIFF_IFD8 = 4, 13, 16, 18
@@ -134,7 +181,8 @@ _PROVENANCE_BLOCK = (
     "</rdf:Description>"
 )
 _OUR_BLOCK = re.compile(
-    rb'\s*<rdf:Description rdf:about="" xmlns:semwatch="' + re.escape(XMP_NAMESPACE.encode())
+    rb'\s*<rdf:Description rdf:about="" xmlns:semwatch="'
+    + re.escape(XMP_NAMESPACE.encode())
     + rb'">.*?</rdf:Description>',
     re.DOTALL,
 )
@@ -158,7 +206,7 @@ class SubIFD:
     pointer: int
     pointer_dtype: int
     entries: tuple[TagTuple, ...]
-    children: tuple["SubIFD", ...] = ()
+    children: tuple[SubIFD, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,14 +278,11 @@ class _RawEntry:
     field_at: int
 
 
-def _raw_entries(
-    data: bytes, offset: int, byteorder: str, layout: "_IfdLayout"
-) -> list[_RawEntry] | str:
+def _raw_entries(data: bytes, offset: int, byteorder: str, layout: _IfdLayout) -> list[_RawEntry] | str:
     """The entries of the IFD at `offset`, or the reason they cannot be read."""
     if not 8 <= offset <= len(data) - layout.count_size:
         return f"IFD offset {offset} outside the file"
-    (count,) = struct.unpack(byteorder + layout.count_format,
-                             data[offset : offset + layout.count_size])
+    (count,) = struct.unpack(byteorder + layout.count_format, data[offset : offset + layout.count_size])
     table = offset + layout.count_size
     if count > _MAX_IFD_ENTRIES or table + count * layout.entry_size > len(data):
         return f"{count} IFD entries do not fit in the file"
@@ -245,24 +290,24 @@ def _raw_entries(
     for index in range(count):
         start = table + index * layout.entry_size
         code, dtype, value_count = struct.unpack(
-            byteorder + "HH" + layout.offset_format, data[start : start + 4 + layout.offset_size])
+            byteorder + "HH" + layout.offset_format, data[start : start + 4 + layout.offset_size]
+        )
         entries.append(_RawEntry(code, dtype, value_count, start + 4 + layout.offset_size))
     return entries
 
 
-def _value_bytes(entry: _RawEntry, data: bytes, byteorder: str, layout: "_IfdLayout") -> bytes:
+def _value_bytes(entry: _RawEntry, data: bytes, byteorder: str, layout: _IfdLayout) -> bytes:
     """The entry's value: inside its value field, or where that field points."""
     size = struct.calcsize("<" + _TIFF_FIELD_FORMATS[entry.dtype]) * entry.count
     if size <= layout.offset_size:
         return data[entry.field_at : entry.field_at + size]
-    (value_at,) = struct.unpack(byteorder + layout.offset_format,
-                                data[entry.field_at : entry.field_at + layout.offset_size])
+    (value_at,) = struct.unpack(
+        byteorder + layout.offset_format, data[entry.field_at : entry.field_at + layout.offset_size]
+    )
     return data[value_at : value_at + size]
 
 
-def _entry_tag(
-    entry: _RawEntry, data: bytes, byteorder: str, layout: "_IfdLayout"
-) -> TagTuple | None:
+def _entry_tag(entry: _RawEntry, data: bytes, byteorder: str, layout: _IfdLayout) -> TagTuple | None:
     """The entry as a TagTuple for the output, None for field types it cannot carry."""
     if entry.dtype not in _TIFF_FIELD_FORMATS:
         return None
@@ -293,8 +338,11 @@ def _carried_description(path: Path, tag: TagTuple) -> tuple[TagTuple, ...]:
     elif kind == "ome":
         # The OME-XML's Pixels element describes the source dataset (sizes, type, planes,
         # often of several files); read against an RGB output it would be wrong.
-        log.warning("ome_xml_description_not_carried", path=str(path),
-                    reason="OME-XML describes the source's pixel layout")
+        log.warning(
+            "ome_xml_description_not_carried",
+            path=str(path),
+            reason="OME-XML describes the source's pixel layout",
+        )
         return ()
     if not text:
         return ()
@@ -314,7 +362,8 @@ def _description_kind(text: bytes) -> str:
 def _without_imagej_layout(text: bytes) -> bytes:
     """ImageJ's key=value lines minus IMAGEJ_LAYOUT_KEYS; every other line byte for byte."""
     kept = [
-        line for line in text.split(b"\n")
+        line
+        for line in text.split(b"\n")
         if line.partition(b"=")[0].strip().decode("latin-1") not in IMAGEJ_LAYOUT_KEYS
     ]
     return b"\n".join(kept)
@@ -339,9 +388,7 @@ def _without_tifffile_layout(text: bytes) -> bytes:
     return encoded.encode("ascii")
 
 
-def _imagej_series_tags(
-    path: Path, tf: tifffile.TiffFile, page: Any, data: bytes
-) -> tuple[TagTuple, ...]:
+def _imagej_series_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> tuple[TagTuple, ...]:
     """ImageJ keeps its description and IJMetadata on the first page only, for the whole
     stack: a later page that is colorized carries them from there."""
     first = tf.pages[0]
@@ -367,8 +414,9 @@ def _imagej_metadata_tags(path: Path, page: Any, index: int) -> tuple[TagTuple, 
         log.warning("imagej_metadata_not_carried", path=str(path), error=str(exc))
         return ()
     if not isinstance(value, dict):
-        log.warning("imagej_metadata_not_carried", path=str(path),
-                    error="tifffile could not parse IJMetadata")
+        log.warning(
+            "imagej_metadata_not_carried", path=str(path), error="tifffile could not parse IJMetadata"
+        )
         return ()
     kept = {key: item for key, item in value.items() if key not in _IMAGEJ_DISPLAY_ENTRIES}
     labels = kept.pop("Labels", None)
@@ -384,18 +432,23 @@ def _imagej_metadata_tags(path: Path, page: Any, index: int) -> tuple[TagTuple, 
 
 
 def _read_sub_ifd(
-    path: Path, pointer: _RawEntry, data: bytes, byteorder: str, layout: "_IfdLayout"
+    path: Path, pointer: _RawEntry, data: bytes, byteorder: str, layout: _IfdLayout
 ) -> SubIFD | None:
     """The sub-IFD `pointer` points at, with the sub-IFDs nested in it; None (logged) when it
     cannot be read."""
     name = _IFD_NAMES[pointer.code]
     fmt = {_TIFF_LONG: "I", _TIFF_IFD: "I", _TIFF_LONG8: "Q", _TIFF_IFD8: "Q"}.get(pointer.dtype)
     if fmt is None or pointer.count != 1:
-        log.warning("tiff_sub_ifd_not_copied", path=str(path), ifd=name,
-                    reason=f"pointer of type {pointer.dtype}, count {pointer.count}")
+        log.warning(
+            "tiff_sub_ifd_not_copied",
+            path=str(path),
+            ifd=name,
+            reason=f"pointer of type {pointer.dtype}, count {pointer.count}",
+        )
         return None
-    (offset,) = struct.unpack(byteorder + fmt,
-                              data[pointer.field_at : pointer.field_at + struct.calcsize(fmt)])
+    (offset,) = struct.unpack(
+        byteorder + fmt, data[pointer.field_at : pointer.field_at + struct.calcsize(fmt)]
+    )
     entries = _raw_entries(data, offset, byteorder, layout)
     if isinstance(entries, str):
         log.warning("tiff_sub_ifd_not_copied", path=str(path), ifd=name, reason=entries)
@@ -410,8 +463,7 @@ def _read_sub_ifd(
             continue
         copied = _entry_tag(entry, data, byteorder, layout)
         if copied is None:
-            log.warning("tiff_tag_not_copied", path=str(path), ifd=name, code=entry.code,
-                        dtype=entry.dtype)
+            log.warning("tiff_tag_not_copied", path=str(path), ifd=name, code=entry.code, dtype=entry.dtype)
         else:
             tags.append(copied)
     tags.sort(key=lambda tag: tag[0])
@@ -469,8 +521,9 @@ def append_sub_ifds(fh: BinaryIO, sub_ifds: Sequence[SubIFD]) -> None:
     (version,) = struct.unpack(byteorder + "H", header[2:4])
     layout = _IfdLayout(8 if version == 43 else 4)
     first_at = 8 if version == 43 else 4  # where the header holds the main IFD's offset
-    (ifd_at,) = struct.unpack(byteorder + layout.offset_format,
-                              header[first_at : first_at + layout.offset_size])
+    (ifd_at,) = struct.unpack(
+        byteorder + layout.offset_format, header[first_at : first_at + layout.offset_size]
+    )
     rows, next_ifd = _read_entries(fh, ifd_at, byteorder, layout)
     pointers = {sub.pointer for sub in sub_ifds}
     rows = [(code, row) for code, row in rows if code not in pointers]
@@ -574,9 +627,7 @@ def _ifd_bytes(sub: SubIFD, at: int, byteorder: str, layout: _IfdLayout) -> byte
     return table + bytes(values)
 
 
-def _entry(
-    code: int, dtype: int, count: int, field: bytes, byteorder: str, layout: _IfdLayout
-) -> bytes:
+def _entry(code: int, dtype: int, count: int, field: bytes, byteorder: str, layout: _IfdLayout) -> bytes:
     return struct.pack(byteorder + "HH" + layout.offset_format, code, dtype, count) + field
 
 

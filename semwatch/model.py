@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ class GeneratorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GeneratorConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> GeneratorConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -197,7 +198,7 @@ def load_imagenet_encoder(model: UNetGenerator, path: Path) -> None:
         target = key
         for old, new in mapping.items():
             if key.startswith(old):
-                target = new + key[len(old):]
+                target = new + key[len(old) :]
         encoder_state[target] = conv1 if key == "conv1.weight" else value
     missing, unexpected = model.load_state_dict(encoder_state, strict=False)
     encoder_missing = [k for k in missing if not k.startswith(("up", "head"))]
@@ -265,8 +266,7 @@ def read_generator_metadata(path: Path) -> tuple[GeneratorConfig, dict[str, Any]
         raise ModelError(f"{path}: not a safetensors generator file ({_one_line(exc)})") from exc
     if meta.get("format") != FORMAT_NAME:
         raise ModelError(
-            f"{path}: not a semwatch generator file (format {meta.get('format')!r}, "
-            f"expected {FORMAT_NAME!r})"
+            f"{path}: not a semwatch generator file (format {meta.get('format')!r}, expected {FORMAT_NAME!r})"
         )
     try:
         version = int(meta.get("format_version", ""))
@@ -296,9 +296,7 @@ def load_generator(path: Path, *, device: torch.device | str = "cpu") -> LoadedG
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{path}: cannot read weights ({_one_line(exc)})") from exc
     reference = model.state_dict()
-    state = {
-        k: (v.to(reference[k].dtype) if k in reference else v) for k, v in state.items()
-    }
+    state = {k: (v.to(reference[k].dtype) if k in reference else v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -13,8 +13,8 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from semwatch.log import get_logger
 
@@ -58,7 +58,7 @@ class Notifier:
     _failed: bool = field(default=False, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Notifier":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifier:
         env = os.environ if env is None else env
         return cls(env.get("NOTIFY_SOCKET") or None)
 
@@ -76,9 +76,12 @@ class Notifier:
                 sock.sendto(message.encode(), socket_address(self.address))
         except OSError as exc:
             if not self._failed:
-                log.warning("sd_notify failed", socket=self.address,
-                            error=os.strerror(exc.errno) if exc.errno else str(exc),
-                            transient=exc.errno in (errno.EAGAIN, errno.ENOBUFS))
+                log.warning(
+                    "sd_notify failed",
+                    socket=self.address,
+                    error=os.strerror(exc.errno) if exc.errno else str(exc),
+                    transient=exc.errno in (errno.EAGAIN, errno.ENOBUFS),
+                )
             self._failed = True
             return False
         if self._failed:

@@ -74,11 +74,34 @@ UNKNOWN_CONTENT = ""
 LATENCY_WINDOW_S = 3600.0
 LATENCY_MAX_JOBS = 1000
 
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "9p", "sshfs", "ceph", "ceph-fuse",
-    "glusterfs", "lustre", "gpfs", "afs", "ncpfs", "coda", "davfs", "beegfs", "s3fs",
-    "rclone", "gcsfuse", "moosefs", "mfs", "orangefs",
-})
+NETWORK_FS_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb3",
+        "smbfs",
+        "9p",
+        "sshfs",
+        "ceph",
+        "ceph-fuse",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "afs",
+        "ncpfs",
+        "coda",
+        "davfs",
+        "beegfs",
+        "s3fs",
+        "rclone",
+        "gcsfuse",
+        "moosefs",
+        "mfs",
+        "orangefs",
+    }
+)
 
 
 class QueueError(RuntimeError):
@@ -153,8 +176,16 @@ class JobQueue(abc.ABC):
     """The storage interface of the job queue; see the module docstring for the states."""
 
     @abc.abstractmethod
-    def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
-                arrived_at: float | None = None, again: bool = False) -> int | None:
+    def enqueue(
+        self,
+        rel_path: str,
+        sha256: str,
+        size: int,
+        mtime: float,
+        *,
+        arrived_at: float | None = None,
+        again: bool = False,
+    ) -> int | None:
         """Queue one file version; returns the pending job's id, or None if nothing to do.
 
         Always records (size, mtime, sha256) as the path's latest version. A known version
@@ -263,8 +294,9 @@ class JobQueue(abc.ABC):
     def __enter__(self) -> JobQueue:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -334,13 +366,21 @@ _JOBS: sa.Table = JobRow.__table__  # type: ignore[assignment]
 _FILES: sa.Table = FileRow.__table__  # type: ignore[assignment]
 _VERSION: sa.Table = SchemaVersionRow.__table__  # type: ignore[assignment]
 _JOB_COLUMNS = (
-    _JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.sha256, _JOBS.c.size, _JOBS.c.mtime, _JOBS.c.state,
-    _JOBS.c.attempts, _JOBS.c.arrived_at, _JOBS.c.error, _JOBS.c.output_path,
-    _JOBS.c.attempt_started, _JOBS.c.superseded_by,
+    _JOBS.c.id,
+    _JOBS.c.rel_path,
+    _JOBS.c.sha256,
+    _JOBS.c.size,
+    _JOBS.c.mtime,
+    _JOBS.c.state,
+    _JOBS.c.attempts,
+    _JOBS.c.arrived_at,
+    _JOBS.c.error,
+    _JOBS.c.output_path,
+    _JOBS.c.attempt_started,
+    _JOBS.c.superseded_by,
 )
 # Failed jobs that still stand: not made history by a done job of their path's content.
-_STANDING_FAILURE = sa.and_(_JOBS.c.state == JobState.FAILED.value,
-                            _JOBS.c.superseded_by.is_(None))
+_STANDING_FAILURE = sa.and_(_JOBS.c.state == JobState.FAILED.value, _JOBS.c.superseded_by.is_(None))
 # Merged into transitions out of RUNNING: done/failed keep the owner as history, a job
 # going back to pending forgets it.
 _NO_LEASE: Mapping[str, Any] = MappingProxyType({"lease_until": None})
@@ -348,9 +388,7 @@ _NO_OWNER: Mapping[str, Any] = MappingProxyType(
     {"lease_until": None, "owner_host": None, "owner_pid": None, "owner_token": None}
 )
 # Merged into every transition back to pending: the next attempt starts from scratch.
-_FRESH_ATTEMPT: Mapping[str, Any] = MappingProxyType(
-    {"attempt_started": None, "superseded_by": None}
-)
+_FRESH_ATTEMPT: Mapping[str, Any] = MappingProxyType({"attempt_started": None, "superseded_by": None})
 
 Migration = Callable[[Connection], None]
 
@@ -367,16 +405,20 @@ def _to_schema_2(conn: Connection) -> None:
     _add_column(conn, _JOBS.c.attempt_started)
     _add_column(conn, _JOBS.c.superseded_by)
     # Schema 1 counted an attempt at the claim: its running jobs keep counting it.
-    conn.execute(sa.update(_JOBS).where(_JOBS.c.state == JobState.RUNNING.value)
-                 .values(attempt_started=_JOBS.c.started_at))
+    conn.execute(
+        sa.update(_JOBS)
+        .where(_JOBS.c.state == JobState.RUNNING.value)
+        .values(attempt_started=_JOBS.c.started_at)
+    )
 
 
 # MIGRATIONS[v] upgrades a version-v database to v + 1, inside the migration transaction.
 MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _to_schema_2})
 
 
-def migrate(conn: Connection, *, target: int = SCHEMA_VERSION,
-            steps: Mapping[int, Migration] = MIGRATIONS) -> int:
+def migrate(
+    conn: Connection, *, target: int = SCHEMA_VERSION, steps: Mapping[int, Migration] = MIGRATIONS
+) -> int:
     """Create or upgrade the schema on `conn` (inside a write transaction) to `target`.
 
     Returns the version found (0 for an empty database). A database newer than `target`
@@ -385,8 +427,7 @@ def migrate(conn: Connection, *, target: int = SCHEMA_VERSION,
     inspector = sa.inspect(conn)
     if not inspector.has_table(_VERSION.name):
         if inspector.has_table(_JOBS.name):
-            raise QueueError("has a jobs table but no schema_version table: "
-                             "not a semwatch database")
+            raise QueueError("has a jobs table but no schema_version table: not a semwatch database")
         Base.metadata.create_all(conn)
         conn.execute(sa.insert(_VERSION).values(version=SCHEMA_VERSION))
         found = 0
@@ -397,8 +438,10 @@ def migrate(conn: Connection, *, target: int = SCHEMA_VERSION,
             raise QueueError("schema_version table is empty: the database is damaged")
         found = current = int(stored)
     if current > target:
-        raise QueueError(f"database schema version {current} is newer than this semwatch "
-                         f"understands ({target}); upgrade semwatch or use another database")
+        raise QueueError(
+            f"database schema version {current} is newer than this semwatch "
+            f"understands ({target}); upgrade semwatch or use another database"
+        )
     for version in range(current, target):
         step = steps.get(version)
         if step is None:
@@ -433,15 +476,25 @@ class SqlJobQueue(JobQueue):
     any method concurrently; writes are serialised by the database, not by Python locks.
     """
 
-    def __init__(self, database_url: str, *, lease_seconds: float, max_attempts: int,
-                 retry_backoff: float, clock: Callable[[], float] = time.time,
-                 hostname: str | None = None, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        retry_backoff: float,
+        clock: Callable[[], float] = time.time,
+        hostname: str | None = None,
+        read_only: bool = False,
+    ) -> None:
         """``read_only``: for reports (`semwatch status`, the web UI's queue page): the
         database is opened read-only (SQLite ``mode=ro``), never created or migrated, and
         takes no write lock, so it answers while the daemon writes."""
         if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
-            raise QueueError(f"invalid queue settings: lease_seconds={lease_seconds}, "
-                             f"max_attempts={max_attempts}, retry_backoff={retry_backoff}")
+            raise QueueError(
+                f"invalid queue settings: lease_seconds={lease_seconds}, "
+                f"max_attempts={max_attempts}, retry_backoff={retry_backoff}"
+            )
         url = _parse_url(database_url)
         self._where = url.render_as_string(hide_password=True)
         self._dialect = url.get_backend_name()
@@ -489,28 +542,29 @@ class SqlJobQueue(JobQueue):
                 raise QueueError(f"{self._where}: {_not_a_queue(url)}")
             stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
         if stored is None:
-            raise QueueError(f"{self._where}: schema_version table is empty: the database is "
-                             "damaged")
+            raise QueueError(f"{self._where}: schema_version table is empty: the database is damaged")
         if int(stored) > SCHEMA_VERSION:
-            raise QueueError(f"{self._where}: database schema version {stored} is newer than "
-                             f"this semwatch understands ({SCHEMA_VERSION}); upgrade semwatch")
+            raise QueueError(
+                f"{self._where}: database schema version {stored} is newer than "
+                f"this semwatch understands ({SCHEMA_VERSION}); upgrade semwatch"
+            )
         if int(stored) < SCHEMA_VERSION:
-            raise QueueError(f"{self._where}: database schema version {stored} is older than "
-                             f"this semwatch's ({SCHEMA_VERSION}); the service upgrades it at "
-                             "its next start (restart it after upgrading semwatch)")
+            raise QueueError(
+                f"{self._where}: database schema version {stored} is older than "
+                f"this semwatch's ({SCHEMA_VERSION}); the service upgrades it at "
+                "its next start (restart it after upgrading semwatch)"
+            )
 
     def _migrate(self) -> None:
         with self._transaction("schema migration", write=True) as conn:
             if self._dialect == "postgresql":  # dialect: SQLite's IMMEDIATE lock suffices
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
-                             {"key": _PG_MIGRATION_LOCK})
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
             try:
                 found = migrate(conn)
             except QueueError as exc:
                 raise QueueError(f"{self._where}: {exc}") from None
         if found == 0:
-            log.info("queue database created", database=self._where,
-                     schema_version=SCHEMA_VERSION)
+            log.info("queue database created", database=self._where, schema_version=SCHEMA_VERSION)
 
     @contextmanager
     def _transaction(self, what: str, *, write: bool) -> Iterator[Connection]:
@@ -530,11 +584,20 @@ class SqlJobQueue(JobQueue):
 
     # ---- arrival
 
-    def enqueue(self, rel_path: str, sha256: str, size: int, mtime: float, *,
-                arrived_at: float | None = None, again: bool = False) -> int | None:
+    def enqueue(
+        self,
+        rel_path: str,
+        sha256: str,
+        size: int,
+        mtime: float,
+        *,
+        arrived_at: float | None = None,
+        again: bool = False,
+    ) -> int | None:
         now = self._now()
-        arrival = _Arrival(rel_path, sha256, int(size), float(mtime),
-                           now if arrived_at is None else float(arrived_at))
+        arrival = _Arrival(
+            rel_path, sha256, int(size), float(mtime), now if arrived_at is None else float(arrived_at)
+        )
         with self._transaction("enqueue", write=True) as conn:
             ids = self._enqueue_rows(conn, [arrival], now=now, again=again)
         if ids:
@@ -544,8 +607,7 @@ class SqlJobQueue(JobQueue):
     def enqueue_many(self, records: Iterable[tuple[str, str, int, float, float]]) -> int:
         latest: dict[str, _Arrival] = {}
         for rel_path, sha256, size, mtime, arrived_at in records:
-            latest[rel_path] = _Arrival(rel_path, sha256, int(size), float(mtime),
-                                        float(arrived_at))
+            latest[rel_path] = _Arrival(rel_path, sha256, int(size), float(mtime), float(arrived_at))
         if not latest:
             return 0
         now = self._now()
@@ -553,13 +615,12 @@ class SqlJobQueue(JobQueue):
         queued = 0
         with self._transaction("enqueue_many", write=True) as conn:
             for start in range(0, len(rows), _CHUNK):
-                chunk = rows[start:start + _CHUNK]
+                chunk = rows[start : start + _CHUNK]
                 queued += len(self._enqueue_rows(conn, chunk, now=now, again=False))
         log.debug("files recorded", files=len(rows), queued=queued)
         return queued
 
-    def _enqueue_rows(self, conn: Connection, rows: list[_Arrival], *, now: float,
-                      again: bool) -> list[int]:
+    def _enqueue_rows(self, conn: Connection, rows: list[_Arrival], *, now: float, again: bool) -> list[int]:
         previous = self._latest_versions(conn, [r.rel_path for r in rows])
         self._record_files(conn, rows, now)
         inserted = self._insert_jobs(conn, rows, now)
@@ -569,13 +630,11 @@ class SqlJobQueue(JobQueue):
             # Content A -> B -> A: A's job is done, but B's output has replaced A's since.
             came_back = previous.get(r.rel_path, r.sha256) != r.sha256
             if again or came_back:
-                requeued.append(self._requeue(conn, r, now,
-                                              "again" if again else "content came back"))
+                requeued.append(self._requeue(conn, r, now, "again" if again else "content came back"))
         return list(inserted.values()) + [job_id for job_id in requeued if job_id is not None]
 
     def _latest_versions(self, conn: Connection, rel_paths: list[str]) -> dict[str, str]:
-        query = sa.select(_FILES.c.rel_path, _FILES.c.sha256).where(
-            _FILES.c.rel_path.in_(rel_paths))
+        query = sa.select(_FILES.c.rel_path, _FILES.c.sha256).where(_FILES.c.rel_path.in_(rel_paths))
         return {path: sha256 for path, sha256 in conn.execute(query)}
 
     def _record_files(self, conn: Connection, rows: list[_Arrival], now: float) -> None:
@@ -584,23 +643,32 @@ class SqlJobQueue(JobQueue):
             index_elements=[_FILES.c.rel_path],
             set_={name: stmt.excluded[name] for name in ("size", "mtime", "sha256", "seen_at")},
         )
-        conn.execute(stmt, [
-            {"rel_path": r.rel_path, "size": r.size, "mtime": r.mtime, "sha256": r.sha256,
-             "seen_at": now}
-            for r in rows
-        ])
+        conn.execute(
+            stmt,
+            [
+                {"rel_path": r.rel_path, "size": r.size, "mtime": r.mtime, "sha256": r.sha256, "seen_at": now}
+                for r in rows
+            ],
+        )
 
-    def _insert_jobs(self, conn: Connection, rows: list[_Arrival],
-                     now: float) -> dict[tuple[str, str], int]:
+    def _insert_jobs(self, conn: Connection, rows: list[_Arrival], now: float) -> dict[tuple[str, str], int]:
         stmt = (
             self._insert(_JOBS)
             .on_conflict_do_nothing(index_elements=[_JOBS.c.rel_path, _JOBS.c.sha256])
             .returning(_JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.sha256)
         )
         params = [
-            {"rel_path": r.rel_path, "sha256": r.sha256, "size": r.size, "mtime": r.mtime,
-             "state": JobState.PENDING.value, "attempts": 0, "arrived_at": r.arrived_at,
-             "enqueued_at": now, "not_before": now}
+            {
+                "rel_path": r.rel_path,
+                "sha256": r.sha256,
+                "size": r.size,
+                "mtime": r.mtime,
+                "state": JobState.PENDING.value,
+                "attempts": 0,
+                "arrived_at": r.arrived_at,
+                "enqueued_at": now,
+                "not_before": now,
+            }
             for r in rows
         ]
         # RETURNING yields only the rows actually inserted, not the known versions.
@@ -612,12 +680,22 @@ class SqlJobQueue(JobQueue):
         finished = [JobState.DONE.value, JobState.FAILED.value]
         stmt = (
             sa.update(_JOBS)
-            .where(_JOBS.c.rel_path == r.rel_path, _JOBS.c.sha256 == r.sha256,
-                   _JOBS.c.state.in_(finished))
-            .values(state=JobState.PENDING.value, attempts=0, error=None, output_path=None,
-                    size=r.size, mtime=r.mtime, arrived_at=r.arrived_at, enqueued_at=now,
-                    not_before=now, started_at=None, finished_at=None, **_FRESH_ATTEMPT,
-                    **_NO_OWNER)
+            .where(_JOBS.c.rel_path == r.rel_path, _JOBS.c.sha256 == r.sha256, _JOBS.c.state.in_(finished))
+            .values(
+                state=JobState.PENDING.value,
+                attempts=0,
+                error=None,
+                output_path=None,
+                size=r.size,
+                mtime=r.mtime,
+                arrived_at=r.arrived_at,
+                enqueued_at=now,
+                not_before=now,
+                started_at=None,
+                finished_at=None,
+                **_FRESH_ATTEMPT,
+                **_NO_OWNER,
+            )
             .returning(_JOBS.c.id)
         )
         job_id = conn.execute(stmt).scalar_one_or_none()
@@ -634,19 +712,33 @@ class SqlJobQueue(JobQueue):
                 sa.select(_JOBS.c.state, _JOBS.c.error, _JOBS.c.superseded_by).where(*version)
             ).one_or_none()
             if row is None:
-                conn.execute(sa.insert(_JOBS).values(
-                    rel_path=rel_path, sha256=UNKNOWN_CONTENT, size=int(size),
-                    mtime=float(mtime), state=JobState.FAILED.value, attempts=0,
-                    arrived_at=now, enqueued_at=now, not_before=now, finished_at=now,
-                    error=message))
+                conn.execute(
+                    sa.insert(_JOBS).values(
+                        rel_path=rel_path,
+                        sha256=UNKNOWN_CONTENT,
+                        size=int(size),
+                        mtime=float(mtime),
+                        state=JobState.FAILED.value,
+                        attempts=0,
+                        arrived_at=now,
+                        enqueued_at=now,
+                        not_before=now,
+                        finished_at=now,
+                        error=message,
+                    )
+                )
                 return True
             if row.state != JobState.FAILED.value:
                 return False  # queued again by an operator: its run will tell
             if row.error == message and row.superseded_by is None:
                 return False
-            conn.execute(sa.update(_JOBS).where(*version).values(
-                size=int(size), mtime=float(mtime), error=message, finished_at=now,
-                superseded_by=None))
+            conn.execute(
+                sa.update(_JOBS)
+                .where(*version)
+                .values(
+                    size=int(size), mtime=float(mtime), error=message, finished_at=now, superseded_by=None
+                )
+            )
         return True
 
     def known_files(self) -> dict[str, tuple[int, float]]:
@@ -656,7 +748,8 @@ class SqlJobQueue(JobQueue):
 
     def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None:
         stmt = (
-            sa.update(_FILES).where(_FILES.c.rel_path == rel_path)
+            sa.update(_FILES)
+            .where(_FILES.c.rel_path == rel_path)
             .values(size=int(size), mtime=float(mtime), seen_at=self._now())
         )
         with self._transaction("note_unchanged", write=True) as conn:
@@ -667,8 +760,7 @@ class SqlJobQueue(JobQueue):
         if not updated:
             log.warning("touch of a path the queue does not know; ignored", path=rel_path)
         elif superseded:
-            log.info("earlier failures of the file superseded", path=rel_path,
-                     failures=superseded)
+            log.info("earlier failures of the file superseded", path=rel_path, failures=superseded)
 
     def latest_sha256(self, rel_path: str) -> str | None:
         query = sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path)
@@ -696,9 +788,16 @@ class SqlJobQueue(JobQueue):
             stmt = (
                 sa.update(_JOBS)
                 .where(_JOBS.c.id.in_(ids), _JOBS.c.state == JobState.PENDING.value)
-                .values(state=JobState.RUNNING.value, attempts=_JOBS.c.attempts + 1,
-                        started_at=now, attempt_started=None, lease_until=now + self._lease,
-                        owner_host=owner.host, owner_pid=owner.pid, owner_token=owner.token)
+                .values(
+                    state=JobState.RUNNING.value,
+                    attempts=_JOBS.c.attempts + 1,
+                    started_at=now,
+                    attempt_started=None,
+                    lease_until=now + self._lease,
+                    owner_host=owner.host,
+                    owner_pid=owner.pid,
+                    owner_token=owner.token,
+                )
                 .returning(*_JOB_COLUMNS)
             )
             claimed = [_job(row) for row in conn.execute(stmt)]
@@ -732,8 +831,9 @@ class SqlJobQueue(JobQueue):
         with self._transaction("renew", write=True) as conn:
             renewed = set(conn.execute(stmt).scalars())
         if renewed != wanted:
-            log.warning("leases lost; another worker or recover() took these jobs",
-                        job_ids=sorted(wanted - renewed))
+            log.warning(
+                "leases lost; another worker or recover() took these jobs", job_ids=sorted(wanted - renewed)
+            )
 
     def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
         # Also accepted when the lease was lost but nobody else holds the job: the output
@@ -743,19 +843,29 @@ class SqlJobQueue(JobQueue):
         stmt = (
             sa.update(_JOBS)
             .where(_JOBS.c.id == job_id, sa.or_(mine, unheld))
-            .values(state=JobState.DONE.value, finished_at=self._now(), error=None,
-                    output_path=output_path, superseded_by=None, **_NO_LEASE)
+            .values(
+                state=JobState.DONE.value,
+                finished_at=self._now(),
+                error=None,
+                output_path=output_path,
+                superseded_by=None,
+                **_NO_LEASE,
+            )
             .returning(_JOBS.c.rel_path)
         )
         with self._transaction("complete", write=True) as conn:
             rel_path = conn.execute(stmt).scalar_one_or_none()
             superseded = 0 if rel_path is None else self._supersede_failures(conn, rel_path)
         if rel_path is None:
-            log.warning("job not marked done: done already or held by another owner",
-                        job_id=job_id, output=output_path)
+            log.warning(
+                "job not marked done: done already or held by another owner",
+                job_id=job_id,
+                output=output_path,
+            )
         elif superseded:
-            log.info("earlier failures of the file superseded", job_id=job_id, path=rel_path,
-                     failures=superseded)
+            log.info(
+                "earlier failures of the file superseded", job_id=job_id, path=rel_path, failures=superseded
+            )
 
     def _supersede_failures(self, conn: Connection, rel_path: str) -> int:
         """Once the path's current version is done, its other failures are history."""
@@ -771,11 +881,10 @@ class SqlJobQueue(JobQueue):
 
     def _current_done_job(self, conn: Connection, rel_path: str) -> int | None:
         """The done job of the content the path holds now (by the watcher's record)."""
-        latest = (sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path)
-                  .scalar_subquery())
+        latest = sa.select(_FILES.c.sha256).where(_FILES.c.rel_path == rel_path).scalar_subquery()
         query = sa.select(_JOBS.c.id).where(
-            _JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == latest,
-            _JOBS.c.state == JobState.DONE.value)
+            _JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == latest, _JOBS.c.state == JobState.DONE.value
+        )
         return conn.execute(query).scalar_one_or_none()
 
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
@@ -784,37 +893,52 @@ class SqlJobQueue(JobQueue):
         with self._transaction("fail", write=True) as conn:
             row = conn.execute(
                 sa.select(_JOBS.c.state, _JOBS.c.attempts, _JOBS.c.owner_token)
-                .where(_JOBS.c.id == job_id).with_for_update()
+                .where(_JOBS.c.id == job_id)
+                .with_for_update()
             ).one_or_none()
             if row is None:
                 raise QueueError(f"{self._where}: fail: no job with id {job_id}")
             if row.state != JobState.RUNNING.value or row.owner_token != owner.token:
-                log.warning("failure not recorded: job not held by this owner", job_id=job_id,
-                            state=row.state, error=message)
+                log.warning(
+                    "failure not recorded: job not held by this owner",
+                    job_id=job_id,
+                    state=row.state,
+                    error=message,
+                )
                 return JobState(row.state)
             values = self._failure(row.attempts, message, permanent=permanent, now=now)
             if values["state"] == JobState.FAILED.value:
                 values["superseded_by"] = self._superseding_job(conn, job_id)
             conn.execute(sa.update(_JOBS).where(_JOBS.c.id == job_id).values(**values))
         state = JobState(values["state"])
-        log.warning("job attempt failed", job_id=job_id, attempts=row.attempts,
-                    state=state.value, permanent=permanent, error=message)
+        log.warning(
+            "job attempt failed",
+            job_id=job_id,
+            attempts=row.attempts,
+            state=state.value,
+            permanent=permanent,
+            error=message,
+        )
         return state
 
-    def _failure(self, attempts: int, message: str, *, permanent: bool,
-                 now: float) -> dict[str, Any]:
+    def _failure(self, attempts: int, message: str, *, permanent: bool, now: float) -> dict[str, Any]:
         if permanent or attempts >= self._max_attempts:
-            return {"state": JobState.FAILED.value, "error": message, "finished_at": now,
-                    **_NO_LEASE}
+            return {"state": JobState.FAILED.value, "error": message, "finished_at": now, **_NO_LEASE}
         delay = self._backoff * 2 ** max(attempts - 1, 0)
-        return {"state": JobState.PENDING.value, "error": message, "not_before": now + delay,
-                **_FRESH_ATTEMPT, **_NO_OWNER}
+        return {
+            "state": JobState.PENDING.value,
+            "error": message,
+            "not_before": now + delay,
+            **_FRESH_ATTEMPT,
+            **_NO_OWNER,
+        }
 
     def _superseding_job(self, conn: Connection, job_id: int) -> int | None:
         """A failure of a version the file no longer holds, while the version it holds is
         done, is history at once (e.g. a partial read that failed after the full file)."""
         rel_path, sha256 = conn.execute(
-            sa.select(_JOBS.c.rel_path, _JOBS.c.sha256).where(_JOBS.c.id == job_id)).one()
+            sa.select(_JOBS.c.rel_path, _JOBS.c.sha256).where(_JOBS.c.id == job_id)
+        ).one()
         current = self._current_done_job(conn, rel_path)
         return None if sha256 == UNKNOWN_CONTENT or current == job_id else current
 
@@ -825,8 +949,14 @@ class SqlJobQueue(JobQueue):
         stmt = (
             sa.update(_JOBS)
             .where(*_held_by(owner), _JOBS.c.id.in_(ids))
-            .values(state=JobState.PENDING.value, not_before=self._now(), started_at=None,
-                    attempts=_GIVE_BACK_ATTEMPT, **_FRESH_ATTEMPT, **_NO_OWNER)
+            .values(
+                state=JobState.PENDING.value,
+                not_before=self._now(),
+                started_at=None,
+                attempts=_GIVE_BACK_ATTEMPT,
+                **_FRESH_ATTEMPT,
+                **_NO_OWNER,
+            )
         )
         with self._transaction("release", write=True) as conn:
             released = conn.execute(stmt).rowcount
@@ -835,9 +965,16 @@ class SqlJobQueue(JobQueue):
     def recover(self, owner: Owner | None = None) -> int:
         now = self._now()
         running = (
-            sa.select(_JOBS.c.id, _JOBS.c.rel_path, _JOBS.c.attempts, _JOBS.c.lease_until,
-                      _JOBS.c.owner_host, _JOBS.c.owner_pid, _JOBS.c.owner_token,
-                      _JOBS.c.attempt_started)
+            sa.select(
+                _JOBS.c.id,
+                _JOBS.c.rel_path,
+                _JOBS.c.attempts,
+                _JOBS.c.lease_until,
+                _JOBS.c.owner_host,
+                _JOBS.c.owner_pid,
+                _JOBS.c.owner_token,
+                _JOBS.c.attempt_started,
+            )
             .where(_JOBS.c.state == JobState.RUNNING.value)
             .with_for_update(skip_locked=True)
         )
@@ -859,13 +996,21 @@ class SqlJobQueue(JobQueue):
                     .values(**values)
                 )
                 recovered += 1
-                log.warning("job recovered", job_id=row.id, path=row.rel_path, reason=reason,
-                            started=row.attempt_started is not None,
-                            attempts=values.get("attempts", row.attempts), state=values["state"])
+                log.warning(
+                    "job recovered",
+                    job_id=row.id,
+                    path=row.rel_path,
+                    reason=reason,
+                    started=row.attempt_started is not None,
+                    attempts=values.get("attempts", row.attempts),
+                    state=values["state"],
+                )
         if live_holders:
-            log.warning("running jobs held by another live process on this host (a second "
-                        "daemon on this database?); left alone until their lease expires",
-                        pids=sorted(live_holders))
+            log.warning(
+                "running jobs held by another live process on this host (a second "
+                "daemon on this database?); left alone until their lease expires",
+                pids=sorted(live_holders),
+            )
         return recovered
 
     def _orphan_reason(self, row: Any, owner: Owner | None, now: float) -> str | None:
@@ -884,14 +1029,27 @@ class SqlJobQueue(JobQueue):
     def _recovery(self, row: Any, reason: str, now: float) -> dict[str, Any]:
         if row.attempt_started is None:
             # Claimed but never started: the kill or hang was not this file's doing.
-            return {"state": JobState.PENDING.value, "not_before": now,
-                    "attempts": max(int(row.attempts) - 1, 0), **_FRESH_ATTEMPT, **_NO_OWNER}
+            return {
+                "state": JobState.PENDING.value,
+                "not_before": now,
+                "attempts": max(int(row.attempts) - 1, 0),
+                **_FRESH_ATTEMPT,
+                **_NO_OWNER,
+            }
         if row.attempts >= self._max_attempts:
-            return {"state": JobState.FAILED.value, "finished_at": now,
-                    "error": f"crashed/timed out {row.attempts} times (last: {reason})",
-                    **_NO_LEASE}
-        return {"state": JobState.PENDING.value, "not_before": now, "error": reason,
-                **_FRESH_ATTEMPT, **_NO_OWNER}
+            return {
+                "state": JobState.FAILED.value,
+                "finished_at": now,
+                "error": f"crashed/timed out {row.attempts} times (last: {reason})",
+                **_NO_LEASE,
+            }
+        return {
+            "state": JobState.PENDING.value,
+            "not_before": now,
+            "error": reason,
+            **_FRESH_ATTEMPT,
+            **_NO_OWNER,
+        }
 
     # ---- operator actions and reports
 
@@ -906,10 +1064,19 @@ class SqlJobQueue(JobQueue):
             where.append(_JOBS.c.id.in_(ids))
         now = self._now()
         stmt = (
-            sa.update(_JOBS).where(*where)
-            .values(state=JobState.PENDING.value, attempts=0, error=None, not_before=now,
-                    enqueued_at=now, started_at=None, finished_at=None, **_FRESH_ATTEMPT,
-                    **_NO_OWNER)
+            sa.update(_JOBS)
+            .where(*where)
+            .values(
+                state=JobState.PENDING.value,
+                attempts=0,
+                error=None,
+                not_before=now,
+                enqueued_at=now,
+                started_at=None,
+                finished_at=None,
+                **_FRESH_ATTEMPT,
+                **_NO_OWNER,
+            )
         )
         with self._transaction("retry", write=True) as conn:
             count = conn.execute(stmt).rowcount
@@ -926,8 +1093,9 @@ class SqlJobQueue(JobQueue):
         query = sa.select(*_JOB_COLUMNS).order_by(_JOBS.c.id.desc()).limit(max(limit, 0))
         if state is not None:
             wanted = JobState(state)
-            query = query.where(_STANDING_FAILURE if wanted is JobState.FAILED
-                                else _JOBS.c.state == wanted.value)
+            query = query.where(
+                _STANDING_FAILURE if wanted is JobState.FAILED else _JOBS.c.state == wanted.value
+            )
         with self._transaction("jobs", write=False) as conn:
             return [_job(row) for row in conn.execute(query)]
 
@@ -936,8 +1104,7 @@ class SqlJobQueue(JobQueue):
         with self._transaction("stats", write=False) as conn:
             counts = self._counts(conn)
             oldest = conn.execute(
-                sa.select(sa.func.min(_JOBS.c.arrived_at))
-                .where(_JOBS.c.state == JobState.PENDING.value)
+                sa.select(sa.func.min(_JOBS.c.arrived_at)).where(_JOBS.c.state == JobState.PENDING.value)
             ).scalar()
             throughput = {
                 "10m": self._done_since(conn, now - 600.0) / 10.0,
@@ -956,24 +1123,25 @@ class SqlJobQueue(JobQueue):
     def _counts(self, conn: Connection) -> dict[str, int]:
         counts = {state.value: 0 for state in JobState}
         # Superseded failures are history: counted nowhere, so monitors see standing ones.
-        query = (sa.select(_JOBS.c.state, sa.func.count())
-                 .where(_JOBS.c.superseded_by.is_(None)).group_by(_JOBS.c.state))
+        query = (
+            sa.select(_JOBS.c.state, sa.func.count())
+            .where(_JOBS.c.superseded_by.is_(None))
+            .group_by(_JOBS.c.state)
+        )
         for state, count in conn.execute(query):
             counts[state] = int(count)
         return counts
 
     def _done_since(self, conn: Connection, since: float) -> int:
-        query = (
-            sa.select(sa.func.count())
-            .where(_JOBS.c.state == JobState.DONE.value, _JOBS.c.finished_at >= since)
+        query = sa.select(sa.func.count()).where(
+            _JOBS.c.state == JobState.DONE.value, _JOBS.c.finished_at >= since
         )
         return int(conn.execute(query).scalar() or 0)
 
     def _median_latency(self, conn: Connection, now: float) -> float | None:
         query = (
             sa.select(_JOBS.c.finished_at - _JOBS.c.arrived_at)
-            .where(_JOBS.c.state == JobState.DONE.value,
-                   _JOBS.c.finished_at >= now - LATENCY_WINDOW_S)
+            .where(_JOBS.c.state == JobState.DONE.value, _JOBS.c.finished_at >= now - LATENCY_WINDOW_S)
             .order_by(_JOBS.c.finished_at.desc())
             .limit(LATENCY_MAX_JOBS)
         )
@@ -987,8 +1155,9 @@ class SqlJobQueue(JobQueue):
             .order_by(_JOBS.c.finished_at.desc(), _JOBS.c.id.desc())
             .limit(RECENT_FAILURES)
         )
-        return [{"path": row.rel_path, "error": row.error, "at": row.finished_at}
-                for row in conn.execute(query)]
+        return [
+            {"path": row.rel_path, "error": row.error, "at": row.finished_at} for row in conn.execute(query)
+        ]
 
     def close(self) -> None:
         self._engine.dispose()
@@ -1009,10 +1178,18 @@ def _foreign_live_holder(row: Any, owner: Owner, host: str) -> bool:
 
 def _job(row: Any) -> Job:
     return Job(
-        id=int(row.id), rel_path=row.rel_path, sha256=row.sha256, size=int(row.size),
-        mtime=float(row.mtime), state=JobState(row.state), attempts=int(row.attempts),
-        arrived_at=float(row.arrived_at), error=row.error, output_path=row.output_path,
-        attempt_started=row.attempt_started, superseded_by=row.superseded_by,
+        id=int(row.id),
+        rel_path=row.rel_path,
+        sha256=row.sha256,
+        size=int(row.size),
+        mtime=float(row.mtime),
+        state=JobState(row.state),
+        attempts=int(row.attempts),
+        arrived_at=float(row.arrived_at),
+        error=row.error,
+        output_path=row.output_path,
+        attempt_started=row.attempt_started,
+        superseded_by=row.superseded_by,
     )
 
 
@@ -1048,8 +1225,7 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     finally:
         cursor.close()
     if str(mode).lower() != "wal":
-        log.warning("SQLite refused WAL journal mode; readers will block writers",
-                    journal_mode=mode)
+        log.warning("SQLite refused WAL journal mode; readers will block writers", journal_mode=mode)
 
 
 def _sqlite_on_connect_read_only(dbapi_conn: Any, _record: Any) -> None:
@@ -1076,8 +1252,9 @@ def _sqlite_read_only_url(url: URL) -> URL:
     """The same SQLite file as a read-only URI (``file:...?mode=ro``): never created,
     never written, no write access needed."""
     path = os.path.abspath(url.database or "")
-    return url.set(database=f"file:{urllib.parse.quote(path)}",
-                   query={**url.query, "mode": "ro", "uri": "true"})
+    return url.set(
+        database=f"file:{urllib.parse.quote(path)}", query={**url.query, "mode": "ro", "uri": "true"}
+    )
 
 
 def _not_a_queue(url: URL) -> str:
@@ -1105,11 +1282,14 @@ def _parse_url(database_url: str) -> URL:
     backend = url.get_backend_name()
     where = url.render_as_string(hide_password=True)
     if backend not in _INSERTS:
-        raise QueueError(f"{where}: unsupported database {backend!r} "
-                         "(semwatch supports sqlite and postgresql)")
+        raise QueueError(
+            f"{where}: unsupported database {backend!r} (semwatch supports sqlite and postgresql)"
+        )
     if backend == "sqlite" and url.database in (None, "", ":memory:"):
-        raise QueueError(f"{where}: an in-memory SQLite queue cannot be shared between the "
-                         "daemon's connections; give a file path")
+        raise QueueError(
+            f"{where}: an in-memory SQLite queue cannot be shared between the "
+            "daemon's connections; give a file path"
+        )
     return url
 
 
@@ -1121,8 +1301,9 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(url.database)
 
 
-def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time,
-               read_only: bool = False) -> JobQueue:
+def open_queue(
+    cfg: QueueConfig, *, clock: Callable[[], float] = time.time, read_only: bool = False
+) -> JobQueue:
     """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs.
 
     ``read_only`` (reports): an existing database only, never created, migrated or written.
@@ -1132,16 +1313,22 @@ def open_queue(cfg: QueueConfig, *, clock: Callable[[], float] = time.time,
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise QueueError(f"{path.parent}: cannot create the database folder: "
-                             f"{exc.strerror}") from exc
+            raise QueueError(f"{path.parent}: cannot create the database folder: {exc.strerror}") from exc
         fs_type = filesystem_type(path.parent)
         if fs_type is not None and is_network_fs_type(fs_type):
-            raise QueueError(f"{path}: SQLite on a network filesystem ({fs_type}) corrupts "
-                             "under concurrent access; put it on a local disk or use "
-                             "PostgreSQL (queue.database_url)")
-    return SqlJobQueue(cfg.database_url, lease_seconds=cfg.lease_seconds,
-                       max_attempts=cfg.max_attempts, retry_backoff=cfg.retry_backoff,
-                       clock=clock, read_only=read_only)
+            raise QueueError(
+                f"{path}: SQLite on a network filesystem ({fs_type}) corrupts "
+                "under concurrent access; put it on a local disk or use "
+                "PostgreSQL (queue.database_url)"
+            )
+    return SqlJobQueue(
+        cfg.database_url,
+        lease_seconds=cfg.lease_seconds,
+        max_attempts=cfg.max_attempts,
+        retry_backoff=cfg.retry_backoff,
+        clock=clock,
+        read_only=read_only,
+    )
 
 
 # --------------------------------------------------------------------------- one daemon
@@ -1162,8 +1349,7 @@ class DaemonLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise QueueError(f"{self.path}: cannot open the daemon lock file: "
-                             f"{exc.strerror}") from exc
+            raise QueueError(f"{self.path}: cannot open the daemon lock file: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1191,8 +1377,9 @@ class DaemonLock:
         self.acquire()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -1247,11 +1434,13 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
     """Type of the filesystem holding `path` (which need not exist yet); None if unknown."""
     if mountinfo is None:
         try:
-            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8",
-                                                               errors="surrogateescape")
+            mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
-            log.warning("cannot read /proc/self/mountinfo; filesystem type unknown",
-                        path=str(path), error=exc.strerror)
+            log.warning(
+                "cannot read /proc/self/mountinfo; filesystem type unknown",
+                path=str(path),
+                error=exc.strerror,
+            )
             return None
     target = PurePosixPath(os.path.realpath(path))
     best: tuple[int, str] | None = None
@@ -1268,7 +1457,7 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str | None:
 def is_network_fs_type(fs_type: str) -> bool:
     name = fs_type.lower()
     if name.startswith("fuse."):
-        name = name[len("fuse."):]
+        name = name[len("fuse.") :]
     return name in NETWORK_FS_TYPES
 
 

@@ -16,8 +16,8 @@ Everything works on the network's down-scaled prediction, before up-sampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -87,7 +87,9 @@ def dominant_hue(ab: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[to
     near = (offset <= 1) | (offset >= HUE_BINS - 1)
     w = torch.where(near, weight, torch.zeros_like(weight))
     sums = torch.zeros((count, 2), device=ab.device, dtype=torch.float32)
-    sums.index_add_(0, flat, torch.stack((a * w / chroma.clamp(min=1e-6), b * w / chroma.clamp(min=1e-6)), dim=1))
+    sums.index_add_(
+        0, flat, torch.stack((a * w / chroma.clamp(min=1e-6), b * w / chroma.clamp(min=1e-6)), dim=1)
+    )
     votes = torch.zeros(count, device=ab.device, dtype=torch.float32).index_add_(0, flat, w)
     direction = sums / sums.norm(dim=1, keepdim=True).clamp(min=1e-6)
     return direction.t(), votes

@@ -11,10 +11,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import click
 
@@ -31,10 +32,13 @@ ENQUEUE_CHUNK = 200
 
 def _config_option(func: Callable) -> Callable:
     return click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
         help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-             "/etc/semwatch/config.toml, else built-in defaults. Use the same file as the "
-             "service (the unit passes /etc/semwatch/config.toml).",
+        "/etc/semwatch/config.toml, else built-in defaults. Use the same file as the "
+        "service (the unit passes /etc/semwatch/config.toml).",
     )(func)
 
 
@@ -98,7 +102,8 @@ def _open_existing_queue(config: Config, *, read_only: bool = False):
         if path is not None and not path.is_file():
             raise click.ClickException(
                 f"{path}: no queue database yet; the service has not run with this "
-                "configuration (check --config / queue.database_url)")
+                "configuration (check --config / queue.database_url)"
+            )
         return open_queue(config.queue, read_only=read_only)
 
 
@@ -118,13 +123,18 @@ def _one_line_errors(config: Config) -> Iterator[None]:
         log.debug("queue access failed", exc_info=exc)
         raise click.ClickException(
             f"{_database(config)}: cannot use the queue: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())} (is the database damaged?)") from None
+            f"{' '.join(str(exc).split())} (is the database damaged?)"
+        ) from None
 
 
 @click.command("status", context_settings=CONTEXT)
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
-                   "throughput_per_min, median_latency_s, recent_failures.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
+    "throughput_per_min, median_latency_s, recent_failures.",
+)
 @_config_option
 def status_command(as_json: bool, config_path: Path | None) -> None:
     """Show what the service's queue holds.
@@ -168,8 +178,8 @@ def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[A
     lines += [
         "",
         f"throughput      {rate['10m']:.1f}/min (last 10 min)   {rate['1h']:.1f}/min (last hour)",
-        "median latency  " + (f"{_duration(latency)} from arrival to done (last hour)"
-                              if latency is not None else "-"),
+        "median latency  "
+        + (f"{_duration(latency)} from arrival to done (last hour)" if latency is not None else "-"),
     ]
     if failed_jobs:
         lines += ["", "failed jobs (newest first; `semwatch retry JOB_ID` queues one again):"]
@@ -212,14 +222,15 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
     """
     from semwatch.watcher import Watcher
 
-    watcher = Watcher(config.watch, queue, output_dir=config.output.dir,
-                      sidecars=config.output.sidecars)
+    watcher = Watcher(config.watch, queue, output_dir=config.output.dir, sidecars=config.output.sidecars)
     root = watcher.root
     resolved = [Path(os.path.abspath(p)) for p in paths]
     for given, path in zip(paths, resolved):
         if path.resolve() != root and watcher.relpath(path) is None:
-            raise ValueError(f"{given}: outside the watch folder {root} (watch.input_dir); "
-                             "semwatch only processes files under it")
+            raise ValueError(
+                f"{given}: outside the watch folder {root} (watch.input_dir); "
+                "semwatch only processes files under it"
+            )
     report = EnqueueReport()
     records: list[tuple[str, str, int, float, float]] = []
     for given, path in zip(paths, resolved):
@@ -232,9 +243,11 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
                     _flush(queue, records, report, again, force=False)
         elif path.is_file():
             if watcher.is_ignored(path):
-                report.errors.append(f"{given}: not picked up by semwatch (hidden or temporary "
-                                     "name, inside the output folder, not matching "
-                                     "watch.patterns, or a sidecar of output.sidecars)")
+                report.errors.append(
+                    f"{given}: not picked up by semwatch (hidden or temporary "
+                    "name, inside the output folder, not matching "
+                    "watch.patterns, or a sidecar of output.sidecars)"
+                )
             else:
                 _hash_into(watcher, path, records, report)
         else:
@@ -283,9 +296,12 @@ def _flush(queue, records: list, report: EnqueueReport, again: bool, *, force: b
 
 @click.command("enqueue", context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--again", is_flag=True,
-              help="Also re-do files that are already done or failed (e.g. after a model "
-                   "upgrade). Without it, a file already colorized is not queued twice.")
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Also re-do files that are already done or failed (e.g. after a model "
+    "upgrade). Without it, a file already colorized is not queued twice.",
+)
 @_config_option
 def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | None) -> None:
     """Queue image files or folders for the service now (backfill, re-do).
@@ -312,8 +328,10 @@ def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | No
         click.echo(f"error: {line}", err=True)
     known = report.files - report.queued
     hint = " (already queued or done; --again re-does done ones)" if known and not again else ""
-    click.echo(f"queued {report.queued} of {report.files} images{hint}"
-               + (f", {report.skipped} other files ignored" if report.skipped else ""))
+    click.echo(
+        f"queued {report.queued} of {report.files} images{hint}"
+        + (f", {report.skipped} other files ignored" if report.skipped else "")
+    )
     if report.errors:
         sys.exit(1)
 
@@ -371,6 +389,9 @@ def _retry(queue, job_ids: Sequence[int], all_failed: bool) -> tuple[int, list[i
 
     jobs = {job_id: queue.get(job_id) for job_id in job_ids}
     # A superseded failure is history: its version is no longer the file's content.
-    not_failed = [i for i, job in jobs.items()
-                  if job is None or job.state != JobState.FAILED or job.superseded_by is not None]
+    not_failed = [
+        i
+        for i, job in jobs.items()
+        if job is None or job.state != JobState.FAILED or job.superseded_by is not None
+    ]
     return queue.retry(list(job_ids)), not_failed

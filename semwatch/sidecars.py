@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
 
 from semwatch.fsutil import atomic_path
 from semwatch.imaging import SUPPORTED_SUFFIXES
@@ -33,16 +33,19 @@ def sidecar_names(image_name: str, names: Iterable[str], suffixes: Sequence[str]
     """The sidecars of an image among the names of its folder (stems compared ignoring case,
     as SMB shares do)."""
     stem = PurePath(image_name).stem.lower()
-    return sorted(name for name in names
-                  if is_sidecar(name, suffixes) and PurePath(name).stem.lower() == stem)
+    return sorted(
+        name for name in names if is_sidecar(name, suffixes) and PurePath(name).stem.lower() == stem
+    )
 
 
 def image_names(sidecar_name: str, names: Iterable[str]) -> list[str]:
     """The images among a folder's names that a sidecar belongs to (same stem)."""
     stem = PurePath(sidecar_name).stem.lower()
-    return sorted(name for name in names
-                  if PurePath(name).suffix.lower() in SUPPORTED_SUFFIXES
-                  and PurePath(name).stem.lower() == stem)
+    return sorted(
+        name
+        for name in names
+        if PurePath(name).suffix.lower() in SUPPORTED_SUFFIXES and PurePath(name).stem.lower() == stem
+    )
 
 
 def sidecar_target(output: Path, sidecar_name: str) -> Path:
@@ -64,8 +67,7 @@ def copy_sidecar(source: Path, target: Path) -> bool:
         existing = os.stat(target)
     except FileNotFoundError:
         existing = None
-    if existing is not None and (existing.st_size, existing.st_mtime_ns) == (
-            st.st_size, st.st_mtime_ns):
+    if existing is not None and (existing.st_size, existing.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
         return False
     with atomic_path(target) as temp:
         shutil.copyfile(source, temp)

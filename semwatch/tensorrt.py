@@ -28,9 +28,10 @@ import importlib.util
 import json
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -88,9 +89,11 @@ class EngineKey:
         """Readable, and unique per key: the fields that tell engines apart at a glance,
         then a digest of the whole key (full model SHA-256, every version)."""
         gpu = re.sub(r"[^A-Za-z0-9.]+", "-", self.gpu).strip("-") or "gpu"
-        return (f"{self.model_sha256[:12]}_b{self.batch}_{self.channels}x{self.height}x{self.width}"
-                f"_{self.precision}_trt{self.tensorrt}_{gpu}_sm{self.capability.replace('.', '')}"
-                f"_{self.digest[:12]}{ENGINE_SUFFIX}")
+        return (
+            f"{self.model_sha256[:12]}_b{self.batch}_{self.channels}x{self.height}x{self.width}"
+            f"_{self.precision}_trt{self.tensorrt}_{gpu}_sm{self.capability.replace('.', '')}"
+            f"_{self.digest[:12]}{ENGINE_SUFFIX}"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,11 +162,19 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, generator: "LoadedGenerator", device: torch.device, dtype: torch.dtype, *,
-                 cache_dir: Path | None, toolchain: Toolchain):
+    def __init__(
+        self,
+        generator: LoadedGenerator,
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        cache_dir: Path | None,
+        toolchain: Toolchain,
+    ):
         if cache_dir is None:
-            raise EngineError("engine.cache_dir is not set: the tensorrt backend keeps its "
-                              "compiled engines there")
+            raise EngineError(
+                "engine.cache_dir is not set: the tensorrt backend keeps its compiled engines there"
+            )
         self.generator = generator
         self.device = device
         self.dtype = dtype
@@ -222,8 +233,16 @@ class TensorRTBackend(Backend):
         for shape in shapes:
             started = time.perf_counter()
             status = self._load_or_compile(shape)
-            results.append(CompileResult(shape, self.key(shape).batch, PRECISION_NAMES[self.dtype],
-                                         self.engine_path(shape), status, time.perf_counter() - started))
+            results.append(
+                CompileResult(
+                    shape,
+                    self.key(shape).batch,
+                    PRECISION_NAMES[self.dtype],
+                    self.engine_path(shape),
+                    status,
+                    time.perf_counter() - started,
+                )
+            )
         return results
 
     # -- engines ------------------------------------------------------------------------
@@ -243,33 +262,46 @@ class TensorRTBackend(Backend):
                 log.info("TensorRT engine loaded", path=str(path))
                 return "cached"
             except Exception as exc:  # noqa: BLE001 - any unreadable engine is rebuilt
-                log.warning("cached TensorRT engine cannot be loaded; compiling it again",
-                            path=str(path), error=f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "cached TensorRT engine cannot be loaded; compiling it again",
+                    path=str(path),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         return self._compile(shape, path)
 
     def _compile(self, shape: tuple[int, int], path: Path) -> str:
         key = self.key(shape)
         example = torch.zeros((key.batch, key.channels, *shape), dtype=self.dtype, device=self.device)
-        log.info("compiling a TensorRT engine for this canvas shape (first use; takes minutes, "
-                 "`semwatch compile` does it ahead)", shape=f"{shape[0]}x{shape[1]}", batch=key.batch,
-                 precision=key.precision, path=str(path))
+        log.info(
+            "compiling a TensorRT engine for this canvas shape (first use; takes minutes, "
+            "`semwatch compile` does it ahead)",
+            shape=f"{shape[0]}x{shape[1]}",
+            batch=key.batch,
+            precision=key.precision,
+            path=str(path),
+        )
         started = time.perf_counter()
         try:
             compiled = self.toolchain.compile(self._compile_model(), example)
         except Exception as exc:  # noqa: BLE001 - the service keeps going on eager PyTorch
-            log.error("TensorRT compilation failed; this canvas shape runs in eager PyTorch",
-                      shape=f"{shape[0]}x{shape[1]}", error=f"{type(exc).__name__}: {exc}")
+            log.error(
+                "TensorRT compilation failed; this canvas shape runs in eager PyTorch",
+                shape=f"{shape[0]}x{shape[1]}",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             self._engines[shape] = self._eager_fallback()
             return "failed"
         try:
             with atomic_path(path, ENGINE_SUFFIX) as tmp:
                 self.toolchain.save(compiled, tmp, example)
         except Exception as exc:  # noqa: BLE001 - the engine still works in this process
-            log.warning("compiled TensorRT engine not saved; it will be compiled again next start",
-                        path=str(path), error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "compiled TensorRT engine not saved; it will be compiled again next start",
+                path=str(path),
+                error=f"{type(exc).__name__}: {exc}",
+            )
         self._engines[shape] = compiled
-        log.info("TensorRT engine compiled", path=str(path),
-                 seconds=round(time.perf_counter() - started, 1))
+        log.info("TensorRT engine compiled", path=str(path), seconds=round(time.perf_counter() - started, 1))
         return "compiled"
 
     def _compile_model(self) -> nn.Module:
@@ -285,8 +317,9 @@ class TensorRTBackend(Backend):
         return self._eager
 
 
-def compile_engines(cfg: "EngineConfig", shapes: Sequence[tuple[int, int]] | None = None,
-                    batch_size: int | None = None) -> list[CompileResult]:
+def compile_engines(
+    cfg: EngineConfig, shapes: Sequence[tuple[int, int]] | None = None, batch_size: int | None = None
+) -> list[CompileResult]:
     """Compile (or find cached) the engines ``cfg`` will use: every canvas shape of its
     chroma_size (or ``shapes``) at its batch size (or ``batch_size``). For `semwatch compile`."""
     from semwatch.backends import make_backend, resolve_device
@@ -297,8 +330,13 @@ def compile_engines(cfg: "EngineConfig", shapes: Sequence[tuple[int, int]] | Non
     model_path = cfg.model if cfg.model is not None else default_model_path()
     if not Path(model_path).is_file():
         raise ModelError(f"{model_path}: model file not found (engine.model)")
-    backend = make_backend("tensorrt", load_generator(model_path, device=device), device,
-                           precision=cfg.precision, cache_dir=cfg.cache_dir)
+    backend = make_backend(
+        "tensorrt",
+        load_generator(model_path, device=device),
+        device,
+        precision=cfg.precision,
+        cache_dir=cfg.cache_dir,
+    )
     batch = batch_size or cfg.batch_size
     backend.prepare(canvas_shapes(cfg.chroma_size), batch)
     return backend.compile_ahead(shapes or canvas_shapes(cfg.chroma_size))

@@ -55,7 +55,13 @@ HASH_CHUNK = 1 << 20
 # Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
 # LibreOffice) and our own atomic-write temporaries.
 TEMPORARY_PATTERNS: tuple[str, ...] = (
-    "~$*", "*.tmp", "*.part", "*.crdownload", "*.partial", ".~lock*", "*.swp",
+    "~$*",
+    "*.tmp",
+    "*.part",
+    "*.crdownload",
+    "*.partial",
+    ".~lock*",
+    "*.swp",
     ".semwatch-tmp-*",
 )
 # Jobs are handed to the queue in slices so the daemon can start on the first files of a
@@ -165,8 +171,7 @@ class Watcher:
         on_sidecar: Callable[[str], None] | None = None,
     ) -> None:
         if not cfg.patterns:
-            raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, "
-                             "no file would ever be picked up")
+            raise ValueError(f"{cfg.input_dir}: watch.patterns is empty, no file would ever be picked up")
         self._cfg = cfg
         self._queue = queue
         self._clock = clock
@@ -222,9 +227,13 @@ class Watcher:
         self._start_observer()
         self._thread = threading.Thread(target=self._run, name="semwatch-watcher", daemon=True)
         self._thread.start()
-        self._log.info("watching", polling=self._cfg.polling, recursive=self._cfg.recursive,
-                       settle_seconds=self._cfg.settle_seconds,
-                       scan_interval=self._cfg.scan_interval)
+        self._log.info(
+            "watching",
+            polling=self._cfg.polling,
+            recursive=self._cfg.recursive,
+            settle_seconds=self._cfg.settle_seconds,
+            scan_interval=self._cfg.scan_interval,
+        )
 
     def stop(self, timeout: float = 10) -> None:
         """Stop observing and let the worker finish the file in hand (up to `timeout` s)."""
@@ -261,16 +270,24 @@ class Watcher:
             self._prune_resolved(still_resolved)
         result = ScanResult(seen, changed, self._clock() - started)
         log = self._log.info if changed or errors else self._log.debug
-        log("scan done", files_seen=seen, candidates=changed, unreadable_dirs=len(errors),
-            seconds=round(result.seconds, 3))
+        log(
+            "scan done",
+            files_seen=seen,
+            candidates=changed,
+            unreadable_dirs=len(errors),
+            seconds=round(result.seconds, 3),
+        )
         return result
 
     def process_ready(self) -> int:
         """Settle-check the due candidates; hash and enqueue the settled. Returns jobs enqueued."""
         now = self._clock()
         with self._lock:
-            due = [(rel, c.size, c.mtime, c.arrived_at) for rel, c in self._candidates.items()
-                   if now - c.stable_since >= self._cfg.settle_seconds]
+            due = [
+                (rel, c.size, c.mtime, c.arrived_at)
+                for rel, c in self._candidates.items()
+                if now - c.stable_since >= self._cfg.settle_seconds
+            ]
         enqueued = 0
         batch: list[EnqueueRecord] = []
         for rel, size, mtime, arrived_at in due:
@@ -327,8 +344,7 @@ class Watcher:
                 failures = 0
             except Exception:
                 failures += 1
-                self._log.exception("watcher pass failed, will retry",
-                                    consecutive_failures=failures)
+                self._log.exception("watcher pass failed, will retry", consecutive_failures=failures)
             self._stopping.wait(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
@@ -351,8 +367,7 @@ class Watcher:
 
     # ------------------------------------------------------------- settle + hash
 
-    def _settle_safely(self, rel: str, key: tuple[int, float],
-                       arrived_at: float) -> EnqueueRecord | None:
+    def _settle_safely(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
         """`_settle_one`, with any error but the database's made this one file's problem."""
         try:
             return self._settle_one(rel, key, arrived_at)
@@ -362,8 +377,7 @@ class Watcher:
             self._file_failed(rel, key, exc)
             return None
 
-    def _settle_one(self, rel: str, key: tuple[int, float],
-                    arrived_at: float) -> EnqueueRecord | None:
+    def _settle_one(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
         path = self._abspath(rel)
         # Events may name a path through a symlinked folder (the polling observer follows
         # them); such a file is either outside the root or already known by its real name.
@@ -419,8 +433,9 @@ class Watcher:
             self._log.debug("file still not queued", path=name, reason=reason)
 
     def _file_failed(self, rel: str, key: tuple[int, float], exc: Exception) -> None:
-        self._log.error("unexpected error with one file; the others go on",
-                        path=printable_name(rel), exc_info=exc)
+        self._log.error(
+            "unexpected error with one file; the others go on", path=printable_name(rel), exc_info=exc
+        )
         self._record_failure(rel, key, f"cannot queue: {type(exc).__name__}: {exc}")
         self._forget(rel, key)  # not again until the file changes
 
@@ -458,8 +473,7 @@ class Watcher:
         with self._lock:
             candidate = self._candidates.get(rel)
             if candidate is None:
-                self._candidates[rel] = _Candidate(key[0], key[1], self._clock(),
-                                                   self._wall_clock())
+                self._candidates[rel] = _Candidate(key[0], key[1], self._clock(), self._wall_clock())
             elif (candidate.size, candidate.mtime) != key:
                 candidate.size, candidate.mtime = key
                 candidate.stable_since = self._clock()
@@ -488,8 +502,7 @@ class Watcher:
 
     def _prune_resolved(self, still_resolved: set[str]) -> None:
         with self._lock:
-            self._resolved = {rel: key for rel, key in self._resolved.items()
-                              if rel in still_resolved}
+            self._resolved = {rel: key for rel, key in self._resolved.items() if rel in still_resolved}
 
     # ---------------------------------------------------------------- events
 
@@ -523,9 +536,11 @@ class Watcher:
             except OSError as exc:
                 # Scans still find every file, only later; the next scan tries again.
                 limit = exc.errno in (errno.ENOSPC, errno.EMFILE)
-                self._log.error("file events unavailable, relying on periodic scans",
-                                reason=exc.strerror or str(exc),
-                                hint=INOTIFY_LIMIT_HINT if limit else None)
+                self._log.error(
+                    "file events unavailable, relying on periodic scans",
+                    reason=exc.strerror or str(exc),
+                    hint=INOTIFY_LIMIT_HINT if limit else None,
+                )
                 return
             self._observer = observer
 
@@ -577,11 +592,13 @@ class Watcher:
                 self._log.debug("folder vanished during scan", path=folder_rel or ".")
             except OSError as exc:
                 errors.append(folder_rel)
-                self._log.warning("cannot list folder", path=folder_rel or ".",
-                                  reason=exc.strerror or str(exc))
+                self._log.warning(
+                    "cannot list folder", path=folder_rel or ".", reason=exc.strerror or str(exc)
+                )
 
-    def _walk_entry(self, entry: os.DirEntry[str], folder_rel: str,
-                    stack: list[tuple[str, str]]) -> tuple[str, int, float] | None:
+    def _walk_entry(
+        self, entry: os.DirEntry[str], folder_rel: str, stack: list[tuple[str, str]]
+    ) -> tuple[str, int, float] | None:
         name = entry.name
         if name.startswith("."):
             return None
@@ -630,15 +647,17 @@ class Watcher:
     def _rel_of(self, absolute: str) -> str | None:
         if not absolute.startswith(self._root_prefix):
             return None
-        return absolute[len(self._root_prefix):].replace(os.sep, "/") or None
+        return absolute[len(self._root_prefix) :].replace(os.sep, "/") or None
 
     def _output_rel_of(self, output_dir: Path | None) -> str | None:
         if output_dir is None:
             return None
         resolved = str(Path(output_dir).resolve())
         if resolved == self._root:
-            raise ValueError(f"{output_dir}: the output folder is the watched folder; "
-                             "colorized files would be colorized again")
+            raise ValueError(
+                f"{output_dir}: the output folder is the watched folder; "
+                "colorized files would be colorized again"
+            )
         return self._rel_of(resolved)
 
     def _in_output(self, rel: str) -> bool:
@@ -647,8 +666,11 @@ class Watcher:
 
     def _wanted_name(self, name: str) -> bool:
         """A name that becomes a job."""
-        return (self._temporary.match(name) is None and self._wanted.match(name) is not None
-                and not self._is_sidecar(name))
+        return (
+            self._temporary.match(name) is None
+            and self._wanted.match(name) is not None
+            and not self._is_sidecar(name)
+        )
 
     def _watched_name(self, name: str) -> bool:
         """A name that becomes a candidate: a job's, or a sidecar's when one is taken."""

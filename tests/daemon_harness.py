@@ -15,9 +15,10 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -100,7 +101,7 @@ def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
     step = -(-len(data) // chunks)
     with path.open("wb") as f:
         for start in range(0, len(data), step):
-            f.write(data[start:start + step])
+            f.write(data[start : start + step])
             f.flush()
             time.sleep(pause)
 
@@ -108,8 +109,14 @@ def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
 def huge_header_tiff(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny, valid-looking TIFF whose header claims width x height 8-bit pixels."""
     entries = [  # (tag, type, count, value): SHORT=3, LONG=4
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
-        (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
         (279, 4, 1, width * height % 2**32),
     ]
     ifd = struct.pack("<H", len(entries))
@@ -143,14 +150,16 @@ class DaemonProcess:
         return lines
 
     def has_event(self, event: str, **fields: Any) -> bool:
-        return any(e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
-                   for e in self.events())
+        return any(
+            e.get("event") == event and all(e.get(k) == v for k, v in fields.items()) for e in self.events()
+        )
 
     def wait_event(self, event: str, timeout: float = START_TIMEOUT, **fields: Any) -> None:
         def seen() -> bool:
             if self.proc.poll() is not None and not self.has_event(event, **fields):
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) before "
-                                     f"{event!r}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before {event!r}:\n{self.log_tail()}"
+                )
             return self.has_event(event, **fields)
 
         wait_until(seen, timeout, f"log event {event!r}")
@@ -209,22 +218,40 @@ class Site:
     def write_config(self, **sections: Mapping[str, Any]) -> None:
         """config.toml with test-sized settings; keyword sections override/extend keys."""
         config: dict[str, dict[str, Any]] = {
-            "watch": {"input_dir": "inbox", "settle_seconds": 1.0, "scan_interval": 2.0,
-                      "polling": self.polling, "poll_interval": 0.5},
+            "watch": {
+                "input_dir": "inbox",
+                "settle_seconds": 1.0,
+                "scan_interval": 2.0,
+                "polling": self.polling,
+                "poll_interval": 0.5,
+            },
             "output": {"dir": "outbox"},
-            "queue": {"database_url": self.database_url, "lease_seconds": 120.0,
-                      "max_attempts": 5, "retry_backoff": 1.0},
-            "engine": {"model": str(self.model), "device": "cpu", "batch_size": 4,
-                       "max_batch_wait": 0.3, "chroma_size": 64, "threads": 1},
+            "queue": {
+                "database_url": self.database_url,
+                "lease_seconds": 120.0,
+                "max_attempts": 5,
+                "retry_backoff": 1.0,
+            },
+            "engine": {
+                "model": str(self.model),
+                "device": "cpu",
+                "batch_size": 4,
+                "max_batch_wait": 0.3,
+                "chroma_size": 64,
+                "threads": 1,
+            },
             "daemon": {"state_dir": "var", "shutdown_timeout": 30.0},
             "logging": {"level": "info", "format": "json"},
         }
         for name, values in {**self.settings, **sections}.items():
             config.setdefault(name, {}).update(values)
         self.settings = {**self.settings, **sections}
-        self.config.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
-            for name, values in config.items()))
+        self.config.write_text(
+            "".join(
+                f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
+                for name, values in config.items()
+            )
+        )
 
     def start(self, env: Mapping[str, str] | None = None) -> DaemonProcess:
         log_path = self.root / f"daemon-{len(self.runs)}.log"
@@ -233,19 +260,30 @@ class Site:
             if env is None or key not in env:
                 environment.pop(key, None)
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([*CLI, "run", "--config", str(self.config)], cwd=self.root,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=environment)
+            proc = subprocess.Popen(
+                [*CLI, "run", "--config", str(self.config)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=environment,
+            )
         run = DaemonProcess(proc, log_path)
         self.runs.append(run)
         return run
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([*CLI, *args, "--config", str(self.config)], cwd=self.root,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*CLI, *args, "--config", str(self.config)],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"semwatch {' '.join(args)} -> {result.returncode}\n"
-                                 f"{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"semwatch {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def status(self) -> dict:
@@ -278,6 +316,7 @@ class Site:
 
     def wait_settled(self, total: int, timeout: float = WORK_TIMEOUT) -> dict[str, int]:
         """Wait until `total` jobs exist and all of them are done or failed."""
+
         def settled() -> dict[str, int] | None:
             counts = self.counts()
             finished = counts["done"] + counts["failed"]

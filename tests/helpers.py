@@ -29,7 +29,7 @@ def textured_gray(height: int, width: int, seed: int = 0) -> np.ndarray:
     img[(x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(height, width) / 4) ** 2] += 70
     img += rng.normal(0, 12, size=img.shape)
     img[: max(1, height // 20)] = 0
-    img[-max(1, height // 20):, : width // 3] = 255
+    img[-max(1, height // 20) :, : width // 3] = 255
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

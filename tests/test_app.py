@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("streamlit")
+from app_harness import png_bytes, provenance_of_tiff, tiff_rgb, write_app_config  # noqa: E402
+from helpers import max_lightness_error, textured_gray  # noqa: E402
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
 
-from app_harness import png_bytes, provenance_of_tiff, tiff_rgb, write_app_config  # noqa: E402
-from helpers import max_lightness_error, textured_gray  # noqa: E402
 from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
 from semwatch.config import load_config  # noqa: E402
 from semwatch.imaging import read_image, write_image  # noqa: E402
@@ -232,10 +232,16 @@ def _service_database(config_path: Path, *, outside: Path) -> dict[str, int]:
     gray = textured_gray(120, 160, seed=3)
     Image.fromarray(gray).save(inbox / "grain.png")
     output = outbox / "grain.tif"
-    write_image(output, np.dstack([gray, np.roll(gray, 7, axis=1), gray]), fmt="tiff",
-                metadata=None, provenance={"semwatch": {}})
-    write_image(outside, np.zeros((8, 8, 3), np.uint8), fmt="tiff", metadata=None,
-                provenance={"semwatch": {}})
+    write_image(
+        output,
+        np.dstack([gray, np.roll(gray, 7, axis=1), gray]),
+        fmt="tiff",
+        metadata=None,
+        provenance={"semwatch": {}},
+    )
+    write_image(
+        outside, np.zeros((8, 8, 3), np.uint8), fmt="tiff", metadata=None, provenance={"semwatch": {}}
+    )
     source_sha = hashlib.sha256((inbox / "grain.png").read_bytes()).hexdigest()
     owner = Owner.current()
     queue = open_queue(config.queue)
@@ -262,7 +268,12 @@ def test_queue_page_reads_jobs_read_only_and_retries_a_failure(app_config: Path,
     at.switch_page("pages/queue.py").run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert (metrics["Pending"], metrics["Running"], metrics["Done"], metrics["Failed"]) == ("1", "0", "2", "1")
+    assert (metrics["Pending"], metrics["Running"], metrics["Done"], metrics["Failed"]) == (
+        "1",
+        "0",
+        "2",
+        "1",
+    )
     # Only the output inside the output folder is previewed; the other has no preview.
     assert len(at.image) == 1
     assert f"{ids['grain.png']}: grain.png" in at.image[0].captions[0]
@@ -304,7 +315,8 @@ def test_queue_page_answers_while_the_daemon_holds_the_write_lock(app_config: Pa
 
 
 def test_refine_a_finished_job_saves_beside_the_automatic_output(
-        app_config: Path, tmp_path: Path, clicks: FakeClicks) -> None:
+    app_config: Path, tmp_path: Path, clicks: FakeClicks
+) -> None:
     ids = _service_database(app_config, outside=tmp_path / "x.tif")
     config = load_config(app_config)
     automatic = config.output.dir / "grain.tif"
@@ -344,7 +356,8 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
 
 
 def test_the_model_is_loaded_once_and_shared_by_sessions(
-        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from semwatch.app import service
 
     config = write_app_config(tmp_path, tiny_model)
@@ -366,25 +379,34 @@ def _fei_tiff(height: int = 240, width: int = 320, image_rows: int = 200) -> byt
     so the rows below are the data bar; with the settings the page summarises."""
     import tifffile
 
-    text = (f"[Beam]\r\nHV=5000\r\n[EBeam]\r\nHFW=1.2e-05\r\nWD=0.004\r\n[Scan]\r\n"
-            f"PixelWidth=3.75e-08\r\n[Detectors]\r\nName=TLD\r\nMode=SE\r\n"
-            f"[Image]\r\nResolutionX={width}\r\nResolutionY={image_rows}\r\n"
-            f"MagCanvasRealWidth=0.12\r\n").encode() + b"\0"
+    text = (
+        f"[Beam]\r\nHV=5000\r\n[EBeam]\r\nHFW=1.2e-05\r\nWD=0.004\r\n[Scan]\r\n"
+        f"PixelWidth=3.75e-08\r\n[Detectors]\r\nName=TLD\r\nMode=SE\r\n"
+        f"[Image]\r\nResolutionX={width}\r\nResolutionY={image_rows}\r\n"
+        f"MagCanvasRealWidth=0.12\r\n"
+    ).encode() + b"\0"
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, textured_gray(height, width, seed=4),
-                     extratags=[(34682, 2, len(text), text, True)])
+    tifffile.imwrite(
+        buffer, textured_gray(height, width, seed=4), extratags=[(34682, 2, len(text), text, True)]
+    )
     return buffer.getvalue()
 
 
 def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
-        app_config: Path, clicks: FakeClicks) -> None:
+    app_config: Path, clicks: FakeClicks
+) -> None:
     at = upload(new_app(), "fei.tif", _fei_tiff())
     assert not at.error, texts(at.error)
     table = at.table[0].value
     summary = dict(zip(table["setting"], table["value"]))
-    assert summary == {"Pixel size": "37.5 nm", "High voltage": "5 kV",
-                       "Magnification": "10,000 x", "Horizontal field width": "12 µm",
-                       "Working distance": "4.00 mm", "Detector": "TLD (SE)"}
+    assert summary == {
+        "Pixel size": "37.5 nm",
+        "High voltage": "5 kV",
+        "Magnification": "10,000 x",
+        "Horizontal field width": "12 µm",
+        "Working distance": "4.00 mm",
+        "Detector": "TLD (SE)",
+    }
     assert "Data bar detected: rows 200-239 (40 rows)" in texts(at.markdown)
     clicks.at(100, 110, 160, 120)  # y 220 in the image: inside the bar
     at.run()

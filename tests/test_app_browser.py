@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from app_harness import write_app_config
 from helpers import textured_gray
+from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -72,14 +71,18 @@ def app_server(tmp_path: Path, tiny_model: Path):
     _need_browser()
     port = _free_port()
     config = write_app_config(tmp_path, tiny_model, max_upload_mb=5, port=port)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
     env.pop("SEMWATCH_CONFIG", None)
     log = tmp_path / "app.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "semwatch", "app", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -103,10 +106,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="semwatch-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1200",
-                 f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1200",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -129,7 +140,8 @@ def _text_appears(driver, text: str, timeout: float = WAIT) -> None:
 
     WebDriverWait(driver, timeout, poll_frequency=0.5).until(
         lambda d: text in d.find_element("tag name", "body").text,
-        message=f"{text!r} never appeared on the page")
+        message=f"{text!r} never appeared on the page",
+    )
 
 
 @pytest.mark.slow
@@ -151,13 +163,16 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     _text_appears(browser, "Download grains.tif")
 
     # The clickable result lives in the component's iframe; click a third of the way in.
-    frame = wait.until(ec.presence_of_element_located(
-        (By.CSS_SELECTOR, "iframe[title*='streamlit_image_coordinates']")))
+    frame = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[title*='streamlit_image_coordinates']"))
+    )
     browser.switch_to.frame(frame)
     shown = wait.until(lambda d: (img := d.find_element(By.ID, "image")).size["width"] > 0 and img)
     size = shown.size
     ActionChains(browser).move_to_element_with_offset(
-        shown, -size["width"] // 2 + size["width"] // 3, -size["height"] // 2 + size["height"] // 3,
+        shown,
+        -size["width"] // 2 + size["width"] // 3,
+        -size["height"] // 2 + size["height"] // 3,
     ).click().perform()
     browser.switch_to.default_content()
 

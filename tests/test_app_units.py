@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SEM_REAL
+
 from semwatch.app import APP_SCRIPT
 from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.launch import is_loopback, streamlit_argv
@@ -27,8 +27,13 @@ def test_streamlit_command_line_is_loopback_headless_capped_and_private() -> Non
     config = dataclasses.replace(Config(), app=AppConfig(max_upload_mb=42))
     argv = streamlit_argv(config, host="127.0.0.1", port=8600)
     assert argv[:5] == [sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT)]
-    for flag in ("--server.address=127.0.0.1", "--server.port=8600", "--server.headless=true",
-                 "--browser.gatherUsageStats=false", "--server.maxUploadSize=42"):
+    for flag in (
+        "--server.address=127.0.0.1",
+        "--server.port=8600",
+        "--server.headless=true",
+        "--browser.gatherUsageStats=false",
+        "--server.maxUploadSize=42",
+    ):
         assert flag in argv
     assert AppConfig().host == "127.0.0.1" and AppConfig().max_upload_mb == 200
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
@@ -46,8 +51,13 @@ def test_app_command_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "config.toml"
     bad.write_text("[app]\nport = 0\n")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-m", "semwatch", "app", "--config", str(bad)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "semwatch", "app", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "app.port = 0" in done.stderr and "Traceback" not in done.stderr
 
@@ -71,21 +81,41 @@ def test_preview_and_compare_slider_are_self_contained() -> None:
 
 
 def test_fei_and_zeiss_settings_are_summarised() -> None:
-    fei = SourceMetadata(vendor="fei", fields={
-        "Beam": {"HV": 2000}, "EBeam": {"HFW": 1.184e-05, "WD": 0.00965589},
-        "Scan": {"PixelWidth": 7.70833e-09}, "Image": {"MagCanvasRealWidth": 0.4144},
-        "Detectors": {"Name": "ETD", "Mode": "SE"}})
+    fei = SourceMetadata(
+        vendor="fei",
+        fields={
+            "Beam": {"HV": 2000},
+            "EBeam": {"HFW": 1.184e-05, "WD": 0.00965589},
+            "Scan": {"PixelWidth": 7.70833e-09},
+            "Image": {"MagCanvasRealWidth": 0.4144},
+            "Detectors": {"Name": "ETD", "Mode": "SE"},
+        },
+    )
     assert dict(acquisition_summary(fei)) == {
-        "Pixel size": "7.708 nm", "High voltage": "2 kV", "Magnification": "35,000 x",
-        "Horizontal field width": "11.84 µm", "Working distance": "9.66 mm",
-        "Detector": "ETD (SE)"}
-    zeiss = SourceMetadata(vendor="zeiss", fields={
-        "ap_pixel_size": ("Pixel Size", 5.825, "nm"), "ap_actualkv": ("EHT", 5.0, "kV"),
-        "ap_mag": ("Mag", "50.00 K X"), "ap_wd": ("WD", 3.9, "mm"),
-        "dp_detector_channel": ("Signal A", "InLens")})
+        "Pixel size": "7.708 nm",
+        "High voltage": "2 kV",
+        "Magnification": "35,000 x",
+        "Horizontal field width": "11.84 µm",
+        "Working distance": "9.66 mm",
+        "Detector": "ETD (SE)",
+    }
+    zeiss = SourceMetadata(
+        vendor="zeiss",
+        fields={
+            "ap_pixel_size": ("Pixel Size", 5.825, "nm"),
+            "ap_actualkv": ("EHT", 5.0, "kV"),
+            "ap_mag": ("Mag", "50.00 K X"),
+            "ap_wd": ("WD", 3.9, "mm"),
+            "dp_detector_channel": ("Signal A", "InLens"),
+        },
+    )
     assert dict(acquisition_summary(zeiss)) == {
-        "Pixel size": "5.825 nm", "High voltage": "5.0 kV", "Magnification": "50.00 K X",
-        "Working distance": "3.9 mm", "Detector": "InLens"}
+        "Pixel size": "5.825 nm",
+        "High voltage": "5.0 kV",
+        "Magnification": "50.00 K X",
+        "Working distance": "3.9 mm",
+        "Detector": "InLens",
+    }
     assert acquisition_summary(SourceMetadata()) == []
     assert acquisition_summary(SourceMetadata(vendor="fei", fields={"Beam": "garbage"})) == []
     assert databar_text(1094, 1024).startswith("Data bar detected: rows 1024-1093 (70 rows)")
@@ -101,8 +131,18 @@ def test_real_fei_file_summary() -> None:
 
 
 def _job(output: str | None) -> Job:
-    return Job(id=7, rel_path="a/x.png", sha256="0" * 64, size=1, mtime=0.0, state=JobState.DONE,
-               attempts=1, arrived_at=0.0, error=None, output_path=output)
+    return Job(
+        id=7,
+        rel_path="a/x.png",
+        sha256="0" * 64,
+        size=1,
+        mtime=0.0,
+        state=JobState.DONE,
+        attempts=1,
+        arrived_at=0.0,
+        error=None,
+        output_path=output,
+    )
 
 
 def test_outputs_from_the_database_stay_inside_the_output_folder(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ which PyTorch emulates slowly but exactly enough to check the plumbing.
 import numpy as np
 import pytest
 import torch
+from helpers import max_lightness_error, textured_gray
 from structlog.testing import capture_logs
 from torch import nn
 
-from helpers import max_lightness_error, textured_gray
 from semwatch import backends
 from semwatch.backends import (
     FULL_PRECISION_STAGES,
@@ -151,8 +151,9 @@ def test_channels_last_input_really_is_nhwc(tiny_model):
 
 
 def test_colorizer_reports_and_applies_the_precision(tiny_model):
-    fp32 = Colorizer.from_config(EngineConfig(model=tiny_model, device="cpu", chroma_size=64,
-                                              precision="fp32", channels_last=False))
+    fp32 = Colorizer.from_config(
+        EngineConfig(model=tiny_model, device="cpu", chroma_size=64, precision="fp32", channels_last=False)
+    )
     assert fp32.precision == "fp32"
     if backends.cpu_has_native_bf16():
         auto = Colorizer.from_config(EngineConfig(model=tiny_model, device="cpu", chroma_size=64))

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from conftest import sem_real_files
 from helpers import bomb_tiff_bytes, max_lightness_error, raw_tiff_tag, textured_gray
+from PIL import Image
+
 from semwatch.imaging import read_image, read_provenance
 from semwatch.model import file_sha256
 
@@ -21,14 +21,29 @@ VENDOR_TAGS = (34680, 34682, 34118)
 
 def semwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "semwatch", *args], capture_output=True, text=True, cwd=cwd,
+        [sys.executable, "-m", "semwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         timeout=300,
     )
 
 
 def colorize(inputs, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    return semwatch("colorize", *map(str, inputs), "--output-dir", str(out), "--model",
-                    str(model), "--chroma-size", "128", "--device", "cpu", "-q", *extra)
+    return semwatch(
+        "colorize",
+        *map(str, inputs),
+        "--output-dir",
+        str(out),
+        "--model",
+        str(model),
+        "--chroma-size",
+        "128",
+        "--device",
+        "cpu",
+        "-q",
+        *extra,
+    )
 
 
 def provenance_of(path: Path) -> dict:
@@ -44,9 +59,9 @@ def check_output(source: Path, output: Path, model: Path) -> None:
     assert rgb.shape == decoded.gray.shape + (3,), source.name
     assert max_lightness_error(rgb, decoded.gray) <= 1.0, source.name
     if decoded.databar_row is not None:
-        bar = rgb[decoded.databar_row:]
+        bar = rgb[decoded.databar_row :]
         for channel in range(3):
-            assert np.array_equal(bar[..., channel], decoded.gray[decoded.databar_row:]), source.name
+            assert np.array_equal(bar[..., channel], decoded.gray[decoded.databar_row :]), source.name
     record = provenance_of(output)["semwatch"]
     assert record["source"]["sha256"] == file_sha256(source)
     assert record["model"]["sha256"] == file_sha256(model)
@@ -95,14 +110,23 @@ def test_engine_refinements_come_from_the_config_and_are_recorded(tmp_path, tiny
     source = tmp_path / "a.png"
     Image.fromarray(textured_gray(120, 160)).save(source)
     config = tmp_path / "site.toml"
-    config.write_text("[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\nregion_hue = 0.5\n"
-                      "region_size = 96\nregion_scale = 80.0\nchroma_gain = 0.8\n")
+    config.write_text(
+        "[engine]\nhue_scale = 0.15\nguide_radius = 4\nguide_eps = 0.02\nregion_hue = 0.5\n"
+        "region_size = 96\nregion_scale = 80.0\nchroma_gain = 0.8\n"
+    )
     out = tmp_path / "out"
     result = colorize([source], out, tiny_model, "--config", str(config))
     assert result.returncode == 0, result.stderr
     record = provenance_of(out / "a.tif")["semwatch"]
-    assert record["refinement"] == {"hue_scale": 0.15, "guide_radius": 4, "guide_eps": 0.02, "region_hue": 0.5,
-                                    "region_size": 96, "region_scale": 80.0, "chroma_gain": 0.8}
+    assert record["refinement"] == {
+        "hue_scale": 0.15,
+        "guide_radius": 4,
+        "guide_eps": 0.02,
+        "region_hue": 0.5,
+        "region_size": 96,
+        "region_scale": 80.0,
+        "chroma_gain": 0.8,
+    }
 
 
 def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model):

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from helpers import max_lightness_error
+from test_engine import Blotchy
+
 from semwatch.coherence import HueCoherence, gaussian_blur
 from semwatch.engine import Colorizer, GrayImage, Refinement
 from semwatch.model import load_generator
-from test_engine import Blotchy
 
 
 def _field(hue: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
@@ -89,8 +89,7 @@ def test_engine_applies_it_and_lightness_stays_exact(tiny_model) -> None:
     gray = np.clip(120 + rng.normal(0, 4, (128, 160)), 0, 255).astype(np.uint8)  # one flat object
     image = GrayImage(gray)
     plain = Colorizer(generator, device="cpu", chroma_size=128).predict_ab([image])[0]
-    engine = Colorizer(generator, device="cpu", chroma_size=128,
-                       refinement=Refinement(hue_scale=0.3))
+    engine = Colorizer(generator, device="cpu", chroma_size=128, refinement=Refinement(hue_scale=0.3))
     coherent = engine.predict_ab([image])[0]
     assert _hue_spread(coherent) < 0.5 * _hue_spread(plain)
     assert max_lightness_error(engine.colorize([image])[0], gray) <= 1.0

@@ -25,8 +25,9 @@ def test_gray_l_table_matches_kornia():
     rgb = g.view(1, 1, 256).expand(3, 1, 256)
     lab = rgb_to_lab(rgb[None])[0]
     assert torch.allclose(lab[0, 0].double(), gray_levels_to_l(), atol=1e-3)
-    assert torch.allclose(gray_to_l(torch.arange(256, dtype=torch.uint8)),
-                          gray_levels_to_l().float(), atol=1e-5)
+    assert torch.allclose(
+        gray_to_l(torch.arange(256, dtype=torch.uint8)), gray_levels_to_l().float(), atol=1e-5
+    )
 
 
 def test_value_conventions_round_trip():

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from daemon_harness import (
     Site,
     gray_image,
@@ -34,6 +33,7 @@ from daemon_harness import (
     write_atomically,
     write_slowly,
 )
+
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from semwatch.queue import JobState
 
@@ -60,8 +60,7 @@ def make_site(tmp_path: Path, tiny_model: Path):
 def _assert_outputs_match_inputs(site: Site) -> None:
     """Exactly one output per input, made from the input's final bytes."""
     inputs = input_files(site.inbox)
-    assert names(site.outputs(), site.outbox) == names((output_for(site, p) for p in inputs),
-                                                       site.outbox)
+    assert names(site.outputs(), site.outbox) == names((output_for(site, p) for p in inputs), site.outbox)
     for source in inputs:
         record = provenance(output_for(site, source))
         assert record["source"]["sha256"] == sha256_of(source), source
@@ -79,10 +78,8 @@ def test_arrivals_are_colorized_exactly_once_also_while_stopped(make_site, polli
     daemon = site.start()
     daemon.wait_ready()
 
-    slow = [(site.inbox / "slow" / f"s{i:02d}.tif", tiff_bytes(gray_image(i, 128, 160)))
-            for i in range(10)]
-    writers = [threading.Thread(target=write_slowly, args=(path, data, 12, 0.25))
-               for path, data in slow]
+    slow = [(site.inbox / "slow" / f"s{i:02d}.tif", tiff_bytes(gray_image(i, 128, 160))) for i in range(10)]
+    writers = [threading.Thread(target=write_slowly, args=(path, data, 12, 0.25)) for path, data in slow]
     for thread in writers:
         thread.start()
     for i in range(37):
@@ -99,7 +96,7 @@ def test_arrivals_are_colorized_exactly_once_also_while_stopped(make_site, polli
     # (the provenance hash is the hash of the bytes decoded).
     assert len(jobs) == 50 and {job.attempts for job in jobs} == {1}
     _assert_outputs_match_inputs(site)
-    for path, data in slow:
+    for path, _data in slow:
         assert provenance(output_for(site, path))["source"]["sha256"] == sha256_of(path)
     assert daemon.stop() == 0
     assert not temp_files(site.outbox)
@@ -159,8 +156,9 @@ def test_outputs_follow_each_files_current_content(make_site) -> None:
     versions = [png_bytes(gray_image(30)), png_bytes(gray_image(31))]
     for data in (versions[0], versions[1], versions[0]):
         write_atomically(path, data)
-        wait_until(lambda: _source_sha(output) == sha256_of(path), 60,
-                   "the output of the file's current content")
+        wait_until(
+            lambda: _source_sha(output) == sha256_of(path), 60, "the output of the file's current content"
+        )
     jobs = [j for j in site.jobs() if j.rel_path == "a.png"]
     assert len(jobs) == 2 and all(j.state == JobState.DONE for j in jobs)  # A's job re-ran
 
@@ -169,8 +167,9 @@ def test_outputs_follow_each_files_current_content(make_site) -> None:
     write_atomically(slow, tiff_bytes(gray_image(40, 256, 256))[:9000])
     wait_until(lambda: site.counts()["failed"] == 1, 60, "the partial file's failure")
     write_atomically(slow, tiff_bytes(gray_image(40, 256, 256)))
-    wait_until(lambda: _source_sha(site.outbox / "slow.tif") == sha256_of(slow), 60,
-               "the complete file's output")
+    wait_until(
+        lambda: _source_sha(site.outbox / "slow.tif") == sha256_of(slow), 60, "the complete file's output"
+    )
     status = site.status()
     assert status["counts"]["failed"] == 0 and status["recent_failures"] == []
     assert daemon.stop() == 0
@@ -189,8 +188,12 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
         daemon = site.start()
         daemon.wait_ready()  # past its start-up recovery of the previous run's jobs
         # Killed once work is under way: these attempts count (merely claimed ones do not).
-        running = wait_until(lambda: [j for j in site.jobs(JobState.RUNNING) if j.attempt_started],
-                             120, "a batch in flight", interval=0.02)
+        running = wait_until(
+            lambda: [j for j in site.jobs(JobState.RUNNING) if j.attempt_started],
+            120,
+            "a batch in flight",
+            interval=0.02,
+        )
         daemon.kill()
         assert running
         recovered.append(len(site.jobs(JobState.RUNNING)))
@@ -206,7 +209,8 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
     # The interrupted jobs were re-run, their crashes counted as attempts.
     assert max(job.attempts for job in site.jobs()) >= 2
     assert daemon.has_event("queue open") and any(
-        e.get("recovered_jobs", 0) > 0 for e in daemon.events() if e.get("event") == "queue open")
+        e.get("recovered_jobs", 0) > 0 for e in daemon.events() if e.get("event") == "queue open"
+    )
     assert daemon.stop() == 0
 
 
@@ -219,8 +223,9 @@ def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
     for _ in range(3):  # more kills than max_attempts
         daemon = site.start()
         daemon.wait_ready()  # past its start-up recovery: a RUNNING job is this run's claim
-        (claimed,) = wait_until(lambda: site.jobs(JobState.RUNNING) or site.jobs(JobState.FAILED),
-                                120, "the job claimed")
+        (claimed,) = wait_until(
+            lambda: site.jobs(JobState.RUNNING) or site.jobs(JobState.FAILED), 120, "the job claimed"
+        )
         assert claimed.state == JobState.RUNNING, f"kills failed a good file: {claimed.error}"
         assert claimed.attempt_started is None
         daemon.kill()
@@ -237,7 +242,7 @@ def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
 
 def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None:
     site = make_site()
-    good16 = (gray_image(1).astype(np.uint16) * 200 + 1000)
+    good16 = gray_image(1).astype(np.uint16) * 200 + 1000
     bad = {
         "zero.tif": b"",
         "truncated.tif": tiff_bytes(gray_image(2, 256, 256))[:9000],
@@ -278,8 +283,7 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None
         assert jobs[name].state == JobState.DONE, (name, jobs[name].error)
     assert provenance(site.outbox / "float32.tif")["source"]["dtype"] == "float32"
     assert provenance(site.outbox / "float32.tif")["source"]["window"] is not None
-    assert any(e.get("event") == "input warning" and e.get("path") == "rgb.png"
-               for e in daemon.events())
+    assert any(e.get("event") == "input warning" and e.get("path") == "rgb.png" for e in daemon.events())
 
     failures = {f["path"]: f for f in site.status()["recent_failures"]}
     assert set(failures) == set(bad)
@@ -333,7 +337,7 @@ class _NotifyListener:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096).decode()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             fields = dict(line.split("=", 1) for line in data.splitlines() if "=" in line)
             self.messages.append((time.monotonic(), fields))
@@ -372,15 +376,17 @@ def test_systemd_notify_protocol_and_sigterm_mid_batch(make_site, tmp_path: Path
     jobs = site.jobs()
     assert not [j for j in jobs if j.state == JobState.RUNNING]
     assert all(j.attempts == 0 for j in jobs if j.state == JobState.PENDING)
-    assert all((site.outbox / Path(j.rel_path).with_suffix(".tif")).is_file()
-               for j in jobs if j.state == JobState.DONE)
+    assert all(
+        (site.outbox / Path(j.rel_path).with_suffix(".tif")).is_file()
+        for j in jobs
+        if j.state == JobState.DONE
+    )
     assert daemon.has_event("semwatch daemon stopped", exit_code=0)
 
 
 def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(make_site) -> None:
     site = make_site()
-    site.write_config(engine={"chroma_size": 512, "batch_size": 8},
-                      daemon={"shutdown_timeout": 0.05})
+    site.write_config(engine={"chroma_size": 512, "batch_size": 8}, daemon={"shutdown_timeout": 0.05})
     # Written before the start, so the start-up scan queues all 8 together and the first
     # claim is one batch of 8 full-size frames: seconds of work, far beyond 0.05 s, on any
     # machine. (Arriving live, they settle one by one and may go out in small batches that
@@ -436,8 +442,11 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     daemon.signal(signal.SIGHUP)
     daemon.wait_event("reload refused; keeping the running configuration and model", timeout=120)
     assert not (site.root / "inbox-typo").exists()
-    assert any("inbox-typo" in e.get("reason", "") for e in daemon.events()
-               if e.get("event") == "reload refused; keeping the running configuration and model")
+    assert any(
+        "inbox-typo" in e.get("reason", "")
+        for e in daemon.events()
+        if e.get("event") == "reload refused; keeping the running configuration and model"
+    )
     write_atomically(site.inbox / "four.png", png_bytes(gray_image(4)))
     site.wait_settled(4)
     assert daemon.alive()
@@ -455,8 +464,7 @@ def test_missing_output_share_pauses_without_using_attempts(make_site) -> None:
     site.outbox.rename(away)  # the share goes away
     for i in range(3):
         write_atomically(site.inbox / f"during{i}.png", png_bytes(gray_image(10 + i)))
-    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts",
-                      timeout=60)
+    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts", timeout=60)
     wait_until(lambda: site.counts()["pending"] == 3, 30, "3 jobs pending")
     time.sleep(1.0)
     counts = site.counts()
@@ -477,8 +485,11 @@ def mount_tmpfs():
     mounted: list[Path] = []
 
     def mount(folder: Path) -> None:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "semwatch-test",
-                                 str(folder)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1g", "semwatch-test", str(folder)],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a file system here: {result.stderr.strip()}")
         mounted.append(folder)
@@ -504,14 +515,16 @@ def test_unmounting_a_share_mounted_at_the_output_folder_pauses(make_site, mount
 
     _umount(site.outbox)  # the share goes away; its empty mount point folder stays
     write_atomically(site.inbox / "during.png", png_bytes(gray_image(2)))
-    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts",
-                      timeout=60)
+    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts", timeout=60)
     wait_until(lambda: site.counts()["pending"] == 1, 30, "the job pending")
     time.sleep(1.0)
     assert site.counts()["pending"] == 1 and site.jobs(JobState.PENDING)[0].attempts == 0
     assert list(site.outbox.iterdir()) == [], "outputs went to the local disk"
-    assert any("file system changed" in e.get("reason", "") for e in daemon.events()
-               if e.get("event", "").startswith("output paused"))
+    assert any(
+        "file system changed" in e.get("reason", "")
+        for e in daemon.events()
+        if e.get("event", "").startswith("output paused")
+    )
 
     mount_tmpfs(site.outbox)  # mounted again (a new device id, as NFS/SMB get too)
     site.wait_settled(2, timeout=60)

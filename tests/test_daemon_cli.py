@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from daemon_harness import Site, gray_image, png_bytes, write_atomically
+
 from semwatch.queue import JobState, Owner
 
 
@@ -67,7 +67,7 @@ def _damage_pages(database: Path) -> None:
     data = bytearray(database.read_bytes())
     for page in range(3, len(data) // page_size, 2):
         start = page * page_size + 16
-        data[start:start + page_size - 32] = b"\xa5" * (page_size - 32)
+        data[start : start + page_size - 32] = b"\xa5" * (page_size - 32)
     database.write_bytes(bytes(data))
 
 
@@ -94,8 +94,13 @@ def test_enqueue_backfills_a_folder_once_and_again_on_request(site: Site) -> Non
     assert "2 other files ignored" in result.stdout
     status = site.status()
     assert status["counts"] == {"pending": 3, "running": 0, "done": 0, "failed": 0}
-    assert set(status) >= {"counts", "oldest_pending_age_s", "throughput_per_min",
-                           "median_latency_s", "recent_failures"}
+    assert set(status) >= {
+        "counts",
+        "oldest_pending_age_s",
+        "throughput_per_min",
+        "median_latency_s",
+        "recent_failures",
+    }
     assert set(status["throughput_per_min"]) == {"10m", "1h"}
 
     again = site.cli("enqueue", str(site.inbox / "old" / "a.png"))
@@ -122,8 +127,13 @@ def test_enqueue_refuses_paths_outside_the_watch_folder(site: Site, tmp_path: Pa
 
     _images(site, "fine.png")
     (site.inbox / "notes.txt").write_text("not an image")
-    result = site.cli("enqueue", str(site.inbox / "fine.png"), str(site.inbox / "notes.txt"),
-                      str(site.inbox / "missing.png"), check=False)
+    result = site.cli(
+        "enqueue",
+        str(site.inbox / "fine.png"),
+        str(site.inbox / "notes.txt"),
+        str(site.inbox / "missing.png"),
+        check=False,
+    )
     assert result.returncode == 1
     assert "queued 1 of 1 images" in result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

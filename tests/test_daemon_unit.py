@@ -110,7 +110,8 @@ def other_filesystem(tmp_path: Path):
 
 
 def test_storage_guard_pauses_when_the_output_file_system_changes(
-        roots, tmp_path: Path, other_filesystem: Path) -> None:
+    roots, tmp_path: Path, other_filesystem: Path
+) -> None:
     """A share mounted at output.dir itself leaves the empty local mount point when it goes."""
     inbox, _ = roots
     # The output path leads to another file system, as a mount point does; re-pointing the
@@ -134,7 +135,8 @@ def test_storage_guard_pauses_when_the_output_file_system_changes(
 
 
 def test_storage_guard_takes_a_share_mounted_anew_for_the_share(
-        roots, tmp_path: Path, other_filesystem: Path) -> None:
+    roots, tmp_path: Path, other_filesystem: Path
+) -> None:
     inbox, _ = roots
     output = tmp_path / "output"
     output.mkdir()  # a plain folder at start...
@@ -184,8 +186,7 @@ def test_start_up_checks_name_the_key_and_exit_78(tmp_path: Path, tiny_model: Pa
     assert info.value.exit_code == EXIT_CONFIG
     assert "nope.safetensors" in str(info.value) and "engine.model" in str(info.value)
 
-    same = dataclasses.replace(_config(tmp_path, model=tiny_model),
-                               output=OutputConfig(dir=tmp_path / "in"))
+    same = dataclasses.replace(_config(tmp_path, model=tiny_model), output=OutputConfig(dir=tmp_path / "in"))
     with pytest.raises(StartupError, match="same folder") as info:
         check_config(same)
     assert info.value.exit_code == EXIT_CONFIG
@@ -224,8 +225,10 @@ def test_a_reload_never_creates_the_watch_folder(tmp_path: Path, tiny_model: Pat
     assert daemon._reloaded_config() is None
     assert not (tmp_path / "typo").exists()
     with pytest.raises(StartupError, match="watch folder does not exist") as info:
-        prepare_folders(dataclasses.replace(config, watch=WatchConfig(input_dir=tmp_path / "typo")),
-                        create_watch_folder=False)
+        prepare_folders(
+            dataclasses.replace(config, watch=WatchConfig(input_dir=tmp_path / "typo")),
+            create_watch_folder=False,
+        )
     assert info.value.exit_code == EXIT_CONFIG
 
 
@@ -237,8 +240,9 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
         f.write(b"II*\x00" + b"\x00" * 12)  # a TIFF signature, then nothing a TIFF needs
         f.truncate(64 << 20)  # read whole before the decoder can tell
     daemon = Daemon(config, env={})
-    daemon._queue = queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60,
-                                        max_attempts=3, retry_backoff=1)
+    daemon._queue = queue = SqlJobQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
+    )
     pool = ThreadPoolExecutor(1)
     gc.disable()  # what the cycle waits for; collections come rarely on a busy daemon
     tracemalloc.start()
@@ -258,8 +262,7 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
         queue.close()
     assert peak > 60 << 20  # the file was read...
     assert held < 8 << 20, f"{held / 2**20:.0f} MiB still held after the failure was recorded"
-    failed = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3,
-                         retry_backoff=1)
+    failed = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
     try:
         job = failed.get(job.id)
         assert job.state is JobState.FAILED and "TIFF" in job.error

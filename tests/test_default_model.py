@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import SEM_REAL
 from safetensors import safe_open
 
-from conftest import SEM_REAL
 from semwatch.color import rgb_to_lab
 from semwatch.config import EngineConfig, load_config_file
 from semwatch.engine import Colorizer
@@ -55,15 +55,28 @@ def test_config_and_engine_default_to_the_bundled_model() -> None:
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", ["pollen-hibiscus-300x.png", "fei-helios-rbc.tif"])
-def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(tmp_path: Path, shared_data: Path,
-                                                               name: str) -> None:
+def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(
+    tmp_path: Path, shared_data: Path, name: str
+) -> None:
     source = SEM_REAL / name
     config = tmp_path / "config.toml"
     config.write_text('[engine]\ndevice = "cpu"\n')  # no model key: the bundled one
     result = subprocess.run(
-        [sys.executable, "-m", "semwatch", "colorize", str(source), "--output-dir",
-         str(tmp_path / "out"), "--config", str(config), "-q"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "semwatch",
+            "colorize",
+            str(source),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "out" / (source.stem + ".tif")
@@ -93,17 +106,33 @@ def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared
     import math
 
     source = SEM_REAL / "pollen-hibiscus-300x.png"
-    hints = [{"x": 768, "y": 640, "color": "#e0b030"},  # a spiky grain: yellow
-             {"x": 1920, "y": 1100, "color": "#c040a0"},  # the large grain: magenta
-             {"x": 200, "y": 400, "color": "#3060d0"}]  # the background ring: blue
+    hints = [
+        {"x": 768, "y": 640, "color": "#e0b030"},  # a spiky grain: yellow
+        {"x": 1920, "y": 1100, "color": "#c040a0"},  # the large grain: magenta
+        {"x": 200, "y": 400, "color": "#3060d0"},
+    ]  # the background ring: blue
     hint_file = tmp_path / "hints.json"
     hint_file.write_text(json.dumps({"hints": hints}))
     config = tmp_path / "config.toml"
     config.write_text('[engine]\ndevice = "cpu"\n')
     result = subprocess.run(
-        [sys.executable, "-m", "semwatch", "colorize", str(source), "--output-dir", str(tmp_path / "out"),
-         "--config", str(config), "--hints", str(hint_file), "-q"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "semwatch",
+            "colorize",
+            str(source),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--hints",
+            str(hint_file),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "out" / (source.stem + ".tif")
@@ -113,8 +142,10 @@ def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared
 
     for hint in hints:
         x, y = hint["x"], hint["y"]
-        patch = lab[1:, y - 8:y + 8, x - 8:x + 8].reshape(2, -1).mean(dim=1)
+        patch = lab[1:, y - 8 : y + 8, x - 8 : x + 8].reshape(2, -1).mean(dim=1)
         a, b = color_to_ab(hint["color"])
-        turn = abs(math.remainder(math.atan2(float(patch[1]), float(patch[0])) - math.atan2(b, a), 2 * math.pi))
+        turn = abs(
+            math.remainder(math.atan2(float(patch[1]), float(patch[0])) - math.atan2(b, a), 2 * math.pi)
+        )
         assert turn < math.radians(20), f"{hint}: hue off by {math.degrees(turn):.0f} degrees"
     assert read_provenance(output)["semwatch"]["hints"] == hints

@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from helpers import max_lightness_error, textured_gray
+
 from semwatch.engine import (
     CANVAS_STEPS,
     Colorizer,
@@ -100,8 +100,12 @@ def test_batches_use_static_canvas_shapes(colorizer, monkeypatch):
         return original(self, batch)
 
     monkeypatch.setattr(colorizer.backend.__class__, "__call__", spy)
-    colorizer.colorize([GrayImage(textured_gray(h, w)) for h, w in
-                        [(200, 300), (190, 310), (300, 200), (50, 50), (210, 300)]])
+    colorizer.colorize(
+        [
+            GrayImage(textured_gray(h, w))
+            for h, w in [(200, 300), (190, 310), (300, 200), (50, 50), (210, 300)]
+        ]
+    )
     allowed = set(colorizer.canvas_shapes())
     assert all(shape[2:] in allowed for shape in seen)
     assert all(shape[0] <= colorizer.batch_size for shape in seen)
@@ -168,8 +172,9 @@ def test_guided_smoothing_flattens_colour_inside_flat_regions(tiny_model):
     gray = np.clip(gray + rng.normal(0, 3, gray.shape), 0, 255).astype(np.uint8)
     image = GrayImage(gray)
     plain = Colorizer(generator, device="cpu", chroma_size=128).predict_ab([image])[0]
-    smooth_engine = Colorizer(generator, device="cpu", chroma_size=128,
-                              refinement=Refinement(guide_radius=8, guide_eps=0.01))
+    smooth_engine = Colorizer(
+        generator, device="cpu", chroma_size=128, refinement=Refinement(guide_radius=8, guide_eps=0.01)
+    )
     smooth = smooth_engine.predict_ab([image])[0]
     for region in (np.s_[:, 8:-8, 8:72], np.s_[:, 8:-8, 88:-8]):
         assert smooth[region].std(dim=(1, 2)).max() < 0.5 * plain[region].std(dim=(1, 2)).max()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import textured_gray
+
 from semwatch.color import ChromaLUT, gray_levels_to_l
 from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter

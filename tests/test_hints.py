@@ -13,11 +13,11 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
-
 from helpers import textured_gray
+
 from semwatch.cli import main as semwatch_main
 from semwatch.engine import Colorizer, GrayImage, Refinement
-from semwatch.hints import Hint, HintError, HintPoint, color_to_ab, hint_planes, load_hints, parse_hints
+from semwatch.hints import Hint, HintError, HintPoint, color_to_ab, hint_planes, load_hints
 from semwatch.model import GeneratorConfig, build_generator, load_generator, save_generator, widen_input
 from semwatch.regions import HINT_PULL, RegionSettings, apply_dominant_hue, segment, spread_hints
 from trainer.hints import HintSimulation, sample_points
@@ -47,7 +47,9 @@ def hint_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_hint_file_parses_and_colour_gives_its_ab(tmp_path: Path) -> None:
     path = tmp_path / "h.json"
-    path.write_text(json.dumps({"hints": [{"x": 12, "y": 3.5, "color": "#E0B030"}, {"x": 0, "y": 0, "color": "0000ff"}]}))
+    path.write_text(
+        json.dumps({"hints": [{"x": 12, "y": 3.5, "color": "#E0B030"}, {"x": 0, "y": 0, "color": "0000ff"}]})
+    )
     hints = load_hints(path)
     assert [(h.x, h.y, h.color) for h in hints] == [(12, 3.5, "#e0b030"), (0, 0, "#0000ff")]
     a, b = color_to_ab("#e0b030")
@@ -58,15 +60,22 @@ def test_hint_file_parses_and_colour_gives_its_ab(tmp_path: Path) -> None:
     assert hints[0].as_record() == {"x": 12, "y": 3.5, "color": "#e0b030"}
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("not json", "not JSON"),
-    (json.dumps([1, 2]), "expected a JSON object"),
-    (json.dumps({"hints": [{"x": 1, "y": 2}]}), "hints[0]: missing color"),
-    (json.dumps({"hints": [{"x": 1, "y": 2, "color": "#12345"}]}), "hints[0]: colour '#12345'"),
-    (json.dumps({"hints": [{"x": 1, "y": 2, "color": "#123456"}, {"x": -1, "y": 2, "color": "#123456"}]}),
-     "hints[1]: x = -1 is negative"),
-    (json.dumps({"hints": [{"x": "a", "y": 2, "color": "#123456"}]}), "hints[0]: x must be a number"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("not json", "not JSON"),
+        (json.dumps([1, 2]), "expected a JSON object"),
+        (json.dumps({"hints": [{"x": 1, "y": 2}]}), "hints[0]: missing color"),
+        (json.dumps({"hints": [{"x": 1, "y": 2, "color": "#12345"}]}), "hints[0]: colour '#12345'"),
+        (
+            json.dumps(
+                {"hints": [{"x": 1, "y": 2, "color": "#123456"}, {"x": -1, "y": 2, "color": "#123456"}]}
+            ),
+            "hints[1]: x = -1 is negative",
+        ),
+        (json.dumps({"hints": [{"x": "a", "y": 2, "color": "#123456"}]}), "hints[0]: x must be a number"),
+    ],
+)
 def test_bad_hint_files_name_the_file_and_the_entry(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -80,7 +89,9 @@ def test_hint_planes_fill_a_square_and_the_mask() -> None:
     planes = hint_planes([HintPoint(5, 7, 55.0, -22.0, 3), HintPoint(0, 0, 11.0, 0.0, 1)], 10, 12)
     assert planes.shape == (3, 10, 12)
     assert torch.all(planes[2, 4:7, 6:9] == 1) and float(planes[2].sum()) == 10
-    assert float(planes[0, 5, 7]) == pytest.approx(55 / 110) and float(planes[1, 6, 8]) == pytest.approx(-22 / 110)
+    assert float(planes[0, 5, 7]) == pytest.approx(55 / 110) and float(planes[1, 6, 8]) == pytest.approx(
+        -22 / 110
+    )
     assert float(planes[0, 0, 0]) == pytest.approx(11 / 110)
 
 
@@ -109,7 +120,7 @@ def test_widened_generator_answers_exactly_like_the_original(tmp_path: Path) -> 
 def _two_region_image() -> np.ndarray:
     """A bright disc on a dark textured field: two objects a colorist would paint apart."""
     y, x = np.mgrid[0:240, 0:320]
-    gray = np.where((x - 160) ** 2 + (y - 120) ** 2 < 70 ** 2, 200, 60).astype(np.float32)
+    gray = np.where((x - 160) ** 2 + (y - 120) ** 2 < 70**2, 200, 60).astype(np.float32)
     gray += np.random.default_rng(0).normal(0, 4, gray.shape)
     return np.clip(gray, 0, 255).astype(np.uint8)
 
@@ -121,12 +132,15 @@ def test_engine_hints_colour_the_object_they_fall_in(hint_model: Path) -> None:
     image = GrayImage(gray)
     blue = Hint.from_color(160, 120, "#2050ff")  # in the disc
     plain, hinted = engine.predict_ab([image, image], hints=[[], [blue]])
-    disc = torch.from_numpy((np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 60 ** 2)
+    disc = torch.from_numpy(
+        (np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 60**2
+    )
     hue = torch.atan2(hinted[1][disc], hinted[0][disc])
     assert float(torch.cos(hue - math.atan2(blue.b, blue.a)).mean()) > 0.95  # the disc is blue
     # Outside the disc, the hint does not paint the field: it moves only part of the way.
     field = torch.from_numpy(np.ones_like(gray, dtype=bool)) & ~torch.from_numpy(
-        (np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 80 ** 2)
+        (np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 80**2
+    )
     target = torch.tensor([blue.a, blue.b])[:, None]
     own = float((plain[:, field] - target).abs().mean())
     assert float((hinted[:, field] - target).abs().mean()) == pytest.approx((1 - HINT_PULL) * own, rel=0.15)
@@ -215,7 +229,9 @@ def test_simulated_hints_come_from_the_truth() -> None:
     assert len(points) == 50
     for point in points:
         assert point.a == pytest.approx(50.0 if point.col >= 16 else 0.0)
-    counts = [HintSimulation(none_share=0.3, mean_points=8).count(np.random.default_rng(i)) for i in range(400)]
+    counts = [
+        HintSimulation(none_share=0.3, mean_points=8).count(np.random.default_rng(i)) for i in range(400)
+    ]
     assert 0.2 < counts.count(0) / 400 < 0.4
     assert 5 < np.mean([c for c in counts if c]) < 11
     assert HintSimulation(none_share=1.0).count(rng) == 0
@@ -223,11 +239,13 @@ def test_simulated_hints_come_from_the_truth() -> None:
 
 def test_dataset_with_hints_gives_four_channels_and_empty_validation_planes(tmp_path: Path) -> None:
     from test_trainer_data import write_shapes_dataset
+
     from trainer.data import build_datasets
 
     root = write_shapes_dataset(tmp_path / "shapes", count=12, gray=0)
-    train, val, _ = build_datasets(root, image_size=32, val_fraction=0.3, seed=0,
-                                   hints=HintSimulation(none_share=0.0, mean_points=4))
+    train, val, _ = build_datasets(
+        root, image_size=32, val_fraction=0.3, seed=0, hints=HintSimulation(none_share=0.0, mean_points=4)
+    )
     x, ab = train[0]
     assert x.shape == (4, 32, 32) and ab.shape == (2, 32, 32)
     mask = x[3] > 0
@@ -241,10 +259,11 @@ def test_dataset_with_hints_gives_four_channels_and_empty_validation_planes(tmp_
 
 def test_training_with_hints_widens_a_one_channel_init(tmp_path: Path) -> None:
     from test_trainer_data import write_shapes_dataset
+    from test_trainer_train import TINY
+
     from trainer.checkpoint import checkpoint_path, load_checkpoint
     from trainer.distributed import init_distributed
     from trainer.loops import TrainingError, run_pipeline
-    from test_trainer_train import TINY
 
     root = write_shapes_dataset(tmp_path / "shapes", count=16, gray=0)
     torch.manual_seed(3)
@@ -261,8 +280,13 @@ def test_training_with_hints_widens_a_one_channel_init(tmp_path: Path) -> None:
     wide = widen_input(narrow, 4)
     save_generator(wide_file, wide, wide.config)
     with pytest.raises(TrainingError, match="takes colour hints"):
-        run_pipeline(root, tmp_path / "run2", dataclasses.replace(config, hints=False), init_distributed("cpu"),
-                     init=wide_file)
+        run_pipeline(
+            root,
+            tmp_path / "run2",
+            dataclasses.replace(config, hints=False),
+            init_distributed("cpu"),
+            init=wide_file,
+        )
 
 
 # ------------------------------------------------------------------ CLI
@@ -282,8 +306,22 @@ def test_colorize_hints_cli_records_them_and_rejects_bad_files(hint_model: Path,
     hints.write_text(json.dumps({"hints": [{"x": 160, "y": 120, "color": "#2050ff"}]}))
     runner = CliRunner()
     out = tmp_path / "out"
-    result = runner.invoke(semwatch_main, ["colorize", str(source), "-o", str(out), "--model", str(hint_model),
-                                           "--chroma-size", "128", "--hints", str(hints), "-q"])
+    result = runner.invoke(
+        semwatch_main,
+        [
+            "colorize",
+            str(source),
+            "-o",
+            str(out),
+            "--model",
+            str(hint_model),
+            "--chroma-size",
+            "128",
+            "--hints",
+            str(hints),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = _tiff_provenance(out / "disc.tif")
     assert record["hints"] == [{"x": 160, "y": 120, "color": "#2050ff"}]
@@ -291,29 +329,68 @@ def test_colorize_hints_cli_records_them_and_rejects_bad_files(hint_model: Path,
     assert rgb[120, 160, 2] > rgb[120, 160, 0]  # blue where the hint asked for blue
 
     hints.write_text(json.dumps({"hints": [{"x": 160, "y": 120, "color": "blue"}]}))
-    result = runner.invoke(semwatch_main, ["colorize", str(source), "-o", str(tmp_path / "o2"), "--model",
-                                           str(hint_model), "--hints", str(hints), "-q"])
+    result = runner.invoke(
+        semwatch_main,
+        [
+            "colorize",
+            str(source),
+            "-o",
+            str(tmp_path / "o2"),
+            "--model",
+            str(hint_model),
+            "--hints",
+            str(hints),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and f"{hints}: hints[0]: colour 'blue'" in result.output
 
     hints.write_text(json.dumps({"hints": [{"x": 500, "y": 120, "color": "#2050ff"}]}))
-    result = runner.invoke(semwatch_main, ["colorize", str(source), "-o", str(tmp_path / "o3"), "--model",
-                                           str(hint_model), "--hints", str(hints), "-q"])
+    result = runner.invoke(
+        semwatch_main,
+        [
+            "colorize",
+            str(source),
+            "-o",
+            str(tmp_path / "o3"),
+            "--model",
+            str(hint_model),
+            "--hints",
+            str(hints),
+            "-q",
+        ],
+    )
     assert result.exit_code == 1 and "is outside the 320x240 image" in result.output
 
     other = tmp_path / "other.tif"
     tifffile.imwrite(other, _two_region_image())
-    result = runner.invoke(semwatch_main, ["colorize", str(source), str(other), "-o", str(tmp_path / "o4"),
-                                           "--model", str(hint_model), "--hints", str(hints), "-q"])
+    result = runner.invoke(
+        semwatch_main,
+        [
+            "colorize",
+            str(source),
+            str(other),
+            "-o",
+            str(tmp_path / "o4"),
+            "--model",
+            str(hint_model),
+            "--hints",
+            str(hints),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "hints are for one input image" in result.output
 
 
 def test_evaluate_reports_error_per_hint_count(hint_model: Path, tmp_path: Path) -> None:
     from test_trainer_data import write_shapes_dataset
+
     from trainer.evaluate import evaluate, select_images
 
     root = write_shapes_dataset(tmp_path / "shapes", count=4, gray=0)
-    engine = Colorizer.from_file(hint_model, device="cpu", chroma_size=64,
-                                 refinement=Refinement(region_hue=1.0, region_size=64))
+    engine = Colorizer.from_file(
+        hint_model, device="cpu", chroma_size=64, refinement=Refinement(region_hue=1.0, region_size=64)
+    )
     report = evaluate(engine, select_images(root, "all", 0.1), progress=False, hint_counts=[0, 2, 20])
     assert [row.points for row in report.hints] == [0, 2, 20]
     assert report.hints[0].ab_mae == pytest.approx(report.metrics.ab_mae)

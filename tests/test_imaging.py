@@ -59,8 +59,12 @@ REAL_BARS = {
     "zeiss-sem-1k.tif": (691, 4),
     "zeiss-sem-512.tif": (350, 3),
 }
-VENDOR_TAGS = {"fei-helios-rbc.tif": 34682, "fei-helios-ebeam-16bit.tif": 34682,
-               "zeiss-sem-1k.tif": 34118, "zeiss-sem-512.tif": 34118}
+VENDOR_TAGS = {
+    "fei-helios-rbc.tif": 34682,
+    "fei-helios-ebeam-16bit.tif": 34682,
+    "zeiss-sem-1k.tif": 34118,
+    "zeiss-sem-512.tif": 34118,
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,9 +77,9 @@ def texture(height: int, width: int, seed: int = 0, noise: float = 6.0) -> np.nd
     for _ in range(3):  # repeated separable box blur ~ a gaussian
         k = 12
         c = np.cumsum(np.pad(field, ((k, k), (0, 0)), mode="edge"), axis=0)
-        field = (c[2 * k:] - c[:-2 * k]) / (2 * k)
+        field = (c[2 * k :] - c[: -2 * k]) / (2 * k)
         c = np.cumsum(np.pad(field, ((0, 0), (k, k)), mode="edge"), axis=1)
-        field = (c[:, 2 * k:] - c[:, :-2 * k]) / (2 * k)
+        field = (c[:, 2 * k :] - c[:, : -2 * k]) / (2 * k)
     field = (field - field.min()) / (field.max() - field.min())
     return np.clip(40 + 170 * field + rng.normal(0, noise, field.shape), 0, 255).astype(np.uint8)
 
@@ -93,7 +97,7 @@ def banner(gray: np.ndarray, top: int, background: int, ink: int, seed: int = 0)
             for _ in range(rng.integers(3, 9)):
                 glyph_width = int(rng.integers(5, 9))
                 glyph = rng.random((y1 - y0, glyph_width)) < 0.45
-                gray[y0:y1, x:x + glyph_width][glyph] = ink
+                gray[y0:y1, x : x + glyph_width][glyph] = ink
                 x += glyph_width + 2
             x += int(rng.integers(10, 30))
     return gray
@@ -124,15 +128,23 @@ def png_claiming(width: int, height: int) -> bytes:
     """A tiny, well-formed-looking PNG whose IHDR claims the given size (8-bit gray)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    )
 
 
 def tiff_claiming(width: int, height: int) -> bytes:
     """A classic little-endian TIFF of ~150 bytes whose IFD claims width x height 8-bit gray."""
     entries = [  # (tag, type, count, value)
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
-        (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 16),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
@@ -146,8 +158,10 @@ def raw_tag_bytes(path: Path, code: int) -> bytes:
     """The stored bytes of one tag's value, read straight from the file."""
     with tifffile.TiffFile(path) as tf:
         tag = tf.pages[0].tags[code]
-        size = tag.count * {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8,
-                            11: 4, 12: 8}[int(tag.dtype)]
+        size = (
+            tag.count
+            * {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}[int(tag.dtype)]
+        )
         tf.filehandle.seek(tag.valueoffset)
         return tf.filehandle.read(size)
 
@@ -162,8 +176,15 @@ def assert_image_error(exc: ImageError, path: Path, permanent: bool = True) -> N
 
 
 def provenance_for(image: DecodedImage) -> dict:
-    return build_provenance(image, source_path="in/" + image.path.name, model_name="tiny",
-                            model_sha256="ab" * 32, backend="eager", device="cpu", chroma_size=512)
+    return build_provenance(
+        image,
+        source_path="in/" + image.path.name,
+        model_name="tiny",
+        model_sha256="ab" * 32,
+        backend="eager",
+        device="cpu",
+        chroma_size=512,
+    )
 
 
 # --------------------------------------------------------------------------- TIFF round trips
@@ -205,8 +226,7 @@ def test_16bit_fei_window_ignores_the_data_bar(tmp_path: Path) -> None:
     values[40:] = 0
     values[45:50, 10:70] = 65535  # the bar's white text
     fei_text = b"[Image]\r\nResolutionX=80\r\nResolutionY=40\r\n\x00"
-    path = save_tiff(tmp_path / "fei16.tif", values,
-                     extratags=[(34682, 2, len(fei_text), fei_text, True)])
+    path = save_tiff(tmp_path / "fei16.tif", values, extratags=[(34682, 2, len(fei_text), fei_text, True)])
     image = read_image(path)
     assert image.databar_row == 40
     assert image.window.method == "percentile 0.1/99.9 of rows 0-39"
@@ -237,17 +257,13 @@ def test_palette_tiff_gray_ramp_and_custom_gray_and_colored(tmp_path: Path) -> N
     assert np.array_equal(image.gray, indices) and image.warnings == ()
 
     inverted = ramp[:, ::-1].copy()
-    image = read_image(
-        save_tiff(tmp_path / "i.tif", indices, photometric="palette", colormap=inverted)
-    )
+    image = read_image(save_tiff(tmp_path / "i.tif", indices, photometric="palette", colormap=inverted))
     assert np.array_equal(image.gray, 255 - indices) and image.warnings == ()
 
     colored = ramp.copy()
     level = int(indices[5, 5])
     colored[:, level] = (0, 65535, 0)  # pure green, used by at least one pixel
-    image = read_image(
-        save_tiff(tmp_path / "c.tif", indices, photometric="palette", colormap=colored)
-    )
+    image = read_image(save_tiff(tmp_path / "c.tif", indices, photometric="palette", colormap=colored))
     assert image.gray[5, 5] == 150  # Rec.601 luma of (0, 255, 0)
     assert any("luminance" in w for w in image.warnings)
 
@@ -281,9 +297,7 @@ def test_rgb_tiff_that_is_gray_is_read_silently(tmp_path: Path) -> None:
     image = read_image(save_tiff(tmp_path / "ga.tif", rgba, photometric="rgb"))
     assert np.array_equal(image.gray, gray) and image.warnings == ()
     planar = np.stack([gray, gray, gray])
-    image = read_image(
-        save_tiff(tmp_path / "pl.tif", planar, photometric="rgb", planarconfig="separate")
-    )
+    image = read_image(save_tiff(tmp_path / "pl.tif", planar, photometric="rgb", planarconfig="separate"))
     assert np.array_equal(image.gray, gray)
 
 
@@ -319,8 +333,7 @@ def test_a_stack_that_is_not_an_image_plane_is_refused_naming_its_shape(tmp_path
     assert_image_error(caught.value, path)
     assert "(3, 64, 64, 5)" in caught.value.reason
     # A plain stack of 2-D pages is still read (its first page).
-    plain = save_tiff(tmp_path / "pages.tif", np.zeros((4, 32, 40), np.uint16),
-                      photometric="minisblack")
+    plain = save_tiff(tmp_path / "pages.tif", np.zeros((4, 32, 40), np.uint16), photometric="minisblack")
     assert read_image(plain).gray.shape == (32, 40)
 
 
@@ -395,8 +408,13 @@ def test_a_device_is_never_read(tmp_path: Path) -> None:
     # In a child with bounded memory: reading /dev/zero without a bound never ends.
     link = tmp_path / "zero.tif"
     link.symlink_to("/dev/zero")
-    result = subprocess.run([sys.executable, "-c", _READ_DEVICE, str(link)], capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_DEVICE, str(link)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )
     assert result.stdout.strip() == "not a regular file (a device); not read", result.stderr
 
 
@@ -422,9 +440,7 @@ def test_inside_a_folder_symlinks_must_stay_inside(tmp_path: Path) -> None:
 
 def test_png_round_trips_gray_16bit_rgb_palette_la(tmp_path: Path) -> None:
     gray = texture(48, 64)
-    image = read_image(
-        save_pillow(tmp_path / "g.png", Image.fromarray(gray), "PNG", dpi=(254, 254))
-    )
+    image = read_image(save_pillow(tmp_path / "g.png", Image.fromarray(gray), "PNG", dpi=(254, 254)))
     assert np.array_equal(image.gray, gray) and image.window is None
     assert image.gray.flags.writeable and image.gray.flags.c_contiguous
     assert image.metadata.resolution_unit == 2
@@ -511,11 +527,11 @@ def test_truncated_tiff_and_png_are_permanent_errors(tmp_path: Path) -> None:
         read_image(cut_data)
 
 
-@pytest.mark.parametrize("name, content", [("huge.tif", tiff_claiming(100_000, 100_000)),
-                                           ("huge.png", png_claiming(100_000, 100_000))])
-def test_header_over_max_pixels_is_refused_before_decoding(
-    tmp_path: Path, name: str, content: bytes
-) -> None:
+@pytest.mark.parametrize(
+    "name, content",
+    [("huge.tif", tiff_claiming(100_000, 100_000)), ("huge.png", png_claiming(100_000, 100_000))],
+)
+def test_header_over_max_pixels_is_refused_before_decoding(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     assert read_header(path) == (100_000, 100_000)
@@ -595,7 +611,7 @@ def _negatives() -> dict[str, np.ndarray]:
     specks[-60:] = np.clip(rng.normal(0, 3, (60, w)), 0, 255).astype(np.uint8)
     for _ in range(30):
         y, x = rng.integers(h - 60, h - 3), rng.integers(0, w - 3)
-        specks[y:y + 3, x:x + 3] = 230  # bright dust on a clipped black region
+        specks[y : y + 3, x : x + 3] = 230  # bright dust on a clipped black region
     cases["dark bottom with dust"] = specks
     wavy = texture(h, w, seed=5)
     edge = (h - 70 + 15 * np.sin(np.arange(w) / 23)).astype(int)
@@ -603,7 +619,7 @@ def _negatives() -> dict[str, np.ndarray]:
     wavy[shadow] = np.clip(rng.normal(0, 3, int(shadow.sum())), 0, 255).astype(np.uint8)
     for _ in range(400):
         y, x = rng.integers(h - 50, h - 3), rng.integers(0, w - 3)
-        wavy[y:y + 3, x:x + 3] = 230
+        wavy[y : y + 3, x : x + 3] = 230
     cases["irregular shadow with dust"] = wavy
     strip = texture(h, w, seed=6)
     strip[-50:] = 0
@@ -615,9 +631,18 @@ def _negatives() -> dict[str, np.ndarray]:
 
 
 NEGATIVE_NAMES = (
-    "noise", "texture", "smooth", "vertical gradient", "horizontal gradient", "constant", "tiny",
-    "dark specimen bottom", "dark bottom with dust", "irregular shadow with dust",
-    "black strip without text", "saturated bottom",
+    "noise",
+    "texture",
+    "smooth",
+    "vertical gradient",
+    "horizontal gradient",
+    "constant",
+    "tiny",
+    "dark specimen bottom",
+    "dark bottom with dust",
+    "irregular shadow with dust",
+    "black strip without text",
+    "saturated bottom",
 )
 
 
@@ -629,9 +654,7 @@ def negatives() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", NEGATIVE_NAMES)
-def test_databar_does_not_fire_on_ordinary_images(
-    negatives: dict[str, np.ndarray], name: str
-) -> None:
+def test_databar_does_not_fire_on_ordinary_images(negatives: dict[str, np.ndarray], name: str) -> None:
     assert find_databar(negatives[name]) is None
 
 
@@ -661,9 +684,7 @@ def real_images() -> dict[str, DecodedImage]:
 @needs_real
 @pytest.mark.realdata
 @pytest.mark.parametrize("name", sorted(REAL_BARS))
-def test_real_file_decodes_with_its_databar(
-    real_images: dict[str, DecodedImage], name: str
-) -> None:
+def test_real_file_decodes_with_its_databar(real_images: dict[str, DecodedImage], name: str) -> None:
     image = real_images[name]
     expected, tolerance = REAL_BARS[name]
     assert image.databar_row is not None and abs(image.databar_row - expected) <= tolerance
@@ -700,8 +721,13 @@ def test_real_vendor_tags_are_copied_byte_identical(
 ) -> None:
     image = real_images[name]
     out = tmp_path / output_name(name, "tiff")
-    write_image(out, np.dstack([image.gray] * 3), fmt="tiff", metadata=image.metadata,
-                provenance=provenance_for(image))
+    write_image(
+        out,
+        np.dstack([image.gray] * 3),
+        fmt="tiff",
+        metadata=image.metadata,
+        provenance=provenance_for(image),
+    )
     code = VENDOR_TAGS[name]
     assert raw_tag_bytes(out, code) == raw_tag_bytes(REAL / name, code)
     with tifffile.TiffFile(out) as tf:
@@ -725,17 +751,26 @@ def test_real_vendor_tags_are_copied_byte_identical(
 
 def test_private_and_big_endian_tags_survive_and_structure_does_not(tmp_path: Path) -> None:
     fei_text = b"[Image]\r\nResolutionY=40\r\n[PrivateFei]\r\nDatabarHeight=0\r\n\x00"
-    extratags = [(34682, 2, len(fei_text), fei_text, True), (65010, 3, 3, (1, 2, 65535), True),
-                 (65020, 7, 4, b"\x00\x01\x02\xff", True)]
+    extratags = [
+        (34682, 2, len(fei_text), fei_text, True),
+        (65010, 3, 3, (1, 2, 65535), True),
+        (65020, 7, 4, b"\x00\x01\x02\xff", True),
+    ]
     gray = texture(48, 32)
     ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
-    source = save_tiff(tmp_path / "be.tif", gray, byteorder=">", extratags=extratags,
-                       photometric="palette", colormap=ramp)
+    source = save_tiff(
+        tmp_path / "be.tif", gray, byteorder=">", extratags=extratags, photometric="palette", colormap=ramp
+    )
     image = read_image(source)
     assert image.metadata.vendor == "fei" and image.databar_row == 40
     out = tmp_path / "out" / "be.tif"
-    write_image(out, np.dstack([image.gray] * 3), fmt="tiff", metadata=image.metadata,
-                provenance=provenance_for(image))
+    write_image(
+        out,
+        np.dstack([image.gray] * 3),
+        fmt="tiff",
+        metadata=image.metadata,
+        provenance=provenance_for(image),
+    )
     assert raw_tag_bytes(out, 34682) == fei_text
     assert raw_tag_bytes(out, 65020) == b"\x00\x01\x02\xff"
     with tifffile.TiffFile(out) as tf:
@@ -745,9 +780,8 @@ def test_private_and_big_endian_tags_survive_and_structure_does_not(tmp_path: Pa
 
 
 def test_provenance_is_readable_from_tiff_png_and_jpeg(tmp_path: Path) -> None:
-    values = (texture(40, 60).astype(np.uint16) * 100)
-    image = read_image(save_tiff(tmp_path / "src.tif", values, resolution=(118.11, 118.11),
-                                 resolutionunit=3))
+    values = texture(40, 60).astype(np.uint16) * 100
+    image = read_image(save_tiff(tmp_path / "src.tif", values, resolution=(118.11, 118.11), resolutionunit=3))
     provenance = provenance_for(image)
     rgb = np.dstack([image.gray] * 3)
     read_back = {}
@@ -770,13 +804,17 @@ def test_provenance_is_readable_from_tiff_png_and_jpeg(tmp_path: Path) -> None:
                     read_back[fmt] = json.loads(written.info["comment"].decode())
                 assert written.info["dpi"] == pytest.approx((300, 300), rel=1e-3)  # 118.11/cm
         assert read_provenance(out) == read_back[fmt]
-    for fmt, written_record in read_back.items():
+    for _fmt, written_record in read_back.items():
         record = written_record["semwatch"]
         assert record["version"] == semwatch.__version__
         assert record["created"].endswith("+00:00")
         assert record["source"] == {
-            "path": "in/src.tif", "sha256": image.sha256, "size": image.size, "shape": [40, 60],
-            "dtype": "uint16", "window": image.window.as_dict(),
+            "path": "in/src.tif",
+            "sha256": image.sha256,
+            "size": image.size,
+            "shape": [40, 60],
+            "dtype": "uint16",
+            "window": image.window.as_dict(),
         }
         assert record["model"] == {"name": "tiny", "sha256": "ab" * 32}
         assert (record["backend"], record["device"], record["chroma_size"]) == ("eager", "cpu", 512)
@@ -810,8 +848,7 @@ def test_atomic_write_leaves_no_temp_file_on_success_or_failure(tmp_path: Path) 
 
 def test_sweep_removes_only_our_temp_files(tmp_path: Path) -> None:
     ours = [tmp_path / f"{TEMP_PREFIX}abc-x.tif", tmp_path / "a" / "b" / f"{TEMP_PREFIX}0-y.png"]
-    theirs = [tmp_path / "x.tif", tmp_path / ".other-tmp-x.tif",
-              tmp_path / "a" / f"x{TEMP_PREFIX}z"]
+    theirs = [tmp_path / "x.tif", tmp_path / ".other-tmp-x.tif", tmp_path / "a" / f"x{TEMP_PREFIX}z"]
     for path in ours + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")

@@ -32,11 +32,15 @@ from semwatch.metadata import (
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
 
-FEI_TEXT = (b"[User]\r\nDate=05/06/2024\r\nUser=supervisor\r\n[Image]\r\nResolutionY=48\r\n"
-            b"[PrivateFei]\r\nDatabarHeight=0\r\n\x00")
+FEI_TEXT = (
+    b"[User]\r\nDate=05/06/2024\r\nUser=supervisor\r\n[Image]\r\nResolutionY=48\r\n"
+    b"[PrivateFei]\r\nDatabarHeight=0\r\n\x00"
+)
 ZEISS_TEXT = b"\r\n0\r\nAP_PIXEL_SIZE\r\nPixel Size = 2.6 nm\r\nDP_DETECTOR_TYPE\r\nSE2\r\n\x00"
-HAMAMATSU_DESCRIPTION = (b"[Application]\r\nName = HCImage\r\nVersion = 4.4.1.2\r\n"
-                         b"[Camera]\r\nExposure = 0.0125 s\r\nBinning = 2x2\r\n")
+HAMAMATSU_DESCRIPTION = (
+    b"[Application]\r\nName = HCImage\r\nVersion = 4.4.1.2\r\n"
+    b"[Camera]\r\nExposure = 0.0125 s\r\nBinning = 2x2\r\n"
+)
 # Tags every instrument record of the issue carries: (code, dtype, count, value).
 RECORD_TAGS = [
     (271, 2, 0, "Hitachi High-Tech"),  # Make
@@ -64,11 +68,16 @@ def gray(height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
 def colorize(source: Path, out: Path, page: int = 0) -> Path:
     """What the pipeline does with a source's metadata: decode, write an RGB output."""
     image = read_image(source, page=page)
-    provenance = build_provenance(image, source_path=source.name, model_name="tiny",
-                                  model_sha256="ab" * 32, backend="eager", device="cpu",
-                                  chroma_size=512)
-    write_image(out, np.dstack([image.gray] * 3), fmt="tiff", metadata=image.metadata,
-                provenance=provenance)
+    provenance = build_provenance(
+        image,
+        source_path=source.name,
+        model_name="tiny",
+        model_sha256="ab" * 32,
+        backend="eager",
+        device="cpu",
+        chroma_size=512,
+    )
+    write_image(out, np.dstack([image.gray] * 3), fmt="tiff", metadata=image.metadata, provenance=provenance)
     return out
 
 
@@ -80,8 +89,21 @@ def raw_ifd(path: Path) -> dict[int, list[tuple[int, int, object]]]:
     order = {b"II": "<", b"MM": ">"}[data[:2]]
     (offset,) = struct.unpack(order + "I", data[4:8])
     (count,) = struct.unpack(order + "H", data[offset : offset + 2])
-    sizes = {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i",
-             10: "ii", 11: "f", 12: "d", 13: "I"}
+    sizes = {
+        1: "B",
+        2: "s",
+        3: "H",
+        4: "I",
+        5: "II",
+        6: "b",
+        7: "B",
+        8: "h",
+        9: "i",
+        10: "ii",
+        11: "f",
+        12: "d",
+        13: "I",
+    }
     ifd: dict[int, list[tuple[int, int, object]]] = {}
     for index in range(count):
         at = offset + 2 + 12 * index
@@ -102,8 +124,9 @@ def tag_codes(path: Path) -> list[int]:
 
 
 def exiftool_json(path: Path) -> dict:
-    result = subprocess.run([EXIFTOOL, "-j", "-a", "-G1", "-n", str(path)], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [EXIFTOOL, "-j", "-a", "-G1", "-n", str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout)[0]
 
 
@@ -113,9 +136,17 @@ def exiftool_json(path: Path) -> dict:
 @pytest.mark.parametrize("byteorder", ["<", ">"])
 def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str) -> None:
     source = tmp_path / "sem.tif"
-    tifffile.imwrite(source, gray(), byteorder=byteorder, description=HAMAMATSU_DESCRIPTION,
-                     software="HCImage 4.4", metadata=None, resolution=((1000, 1), (1000, 1)),
-                     resolutionunit=3, extratags=[(*tag, True) for tag in RECORD_TAGS])
+    tifffile.imwrite(
+        source,
+        gray(),
+        byteorder=byteorder,
+        description=HAMAMATSU_DESCRIPTION,
+        software="HCImage 4.4",
+        metadata=None,
+        resolution=((1000, 1), (1000, 1)),
+        resolutionunit=3,
+        extratags=[(*tag, True) for tag in RECORD_TAGS],
+    )
     out = colorize(source, tmp_path / "out" / "sem.tif")
 
     before, after = raw_ifd(source), raw_ifd(out)
@@ -124,7 +155,8 @@ def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str)
     for code in carried:
         if code == 270:  # the NUL padding at its end is not part of the text
             assert [(d, v.rstrip(b"\0")) for d, _n, v in after[code]] == [
-                (d, v.rstrip(b"\0")) for d, _n, v in before[code]]
+                (d, v.rstrip(b"\0")) for d, _n, v in before[code]
+            ]
         else:
             assert after[code] == before[code], code
     with tifffile.TiffFile(out) as tf:
@@ -142,10 +174,18 @@ def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str)
 def test_layout_tags_stay_behind(tmp_path: Path) -> None:
     ramp = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
     source = tmp_path / "palette.tif"
-    tifffile.imwrite(source, gray(), photometric="palette", colormap=ramp, compression="zlib",
-                     predictor=True, tile=(32, 32), subfiletype=0, metadata=None,
-                     extratags=[(280, 3, 1, 20, True), (281, 3, 1, 229, True),
-                                (34675, 7, 4, b"icc!", True)])
+    tifffile.imwrite(
+        source,
+        gray(),
+        photometric="palette",
+        colormap=ramp,
+        compression="zlib",
+        predictor=True,
+        tile=(32, 32),
+        subfiletype=0,
+        metadata=None,
+        extratags=[(280, 3, 1, 20, True), (281, 3, 1, 229, True), (34675, 7, 4, b"icc!", True)],
+    )
     out = colorize(source, tmp_path / "out.tif")
     codes = set(tag_codes(out))
     assert not codes & {254, 280, 281, 317, 320, 322, 323, 324, 325, 34675}
@@ -170,11 +210,22 @@ def test_software_names_semwatch_only_when_the_source_has_none(tmp_path: Path) -
 def test_imagej_output_opens_with_the_source_calibration(tmp_path: Path) -> None:
     stack = np.stack([gray(seed=seed) for seed in range(3)])
     source = tmp_path / "fiji.tif"
-    tifffile.imwrite(source, stack, imagej=True, resolution=(1 / 0.0125, 1 / 0.0125),
-                     metadata={"axes": "ZYX", "unit": "micron", "spacing": 0.25,
-                               "Info": "AcceleratingVoltage=5 kV\nWD=4.1 mm",
-                               "Labels": ["z0", "z1", "z2"], "Ranges": (0.0, 255.0), "min": 0.0,
-                               "max": 255.0})
+    tifffile.imwrite(
+        source,
+        stack,
+        imagej=True,
+        resolution=(1 / 0.0125, 1 / 0.0125),
+        metadata={
+            "axes": "ZYX",
+            "unit": "micron",
+            "spacing": 0.25,
+            "Info": "AcceleratingVoltage=5 kV\nWD=4.1 mm",
+            "Labels": ["z0", "z1", "z2"],
+            "Ranges": (0.0, 255.0),
+            "min": 0.0,
+            "max": 255.0,
+        },
+    )
     out = colorize(source, tmp_path / "out" / "fiji.tif", page=1)
 
     with tifffile.TiffFile(source) as src, tifffile.TiffFile(out) as dst:
@@ -235,8 +286,11 @@ def pillow_exif_tiff(path: Path) -> Path:
     info[0x8825] = {
         0: b"\x02\x03\x00\x00",  # GPSVersionID
         1: "N",
-        2: (TiffImagePlugin.IFDRational(48, 1), TiffImagePlugin.IFDRational(8, 1),
-            TiffImagePlugin.IFDRational(61, 2)),
+        2: (
+            TiffImagePlugin.IFDRational(48, 1),
+            TiffImagePlugin.IFDRational(8, 1),
+            TiffImagePlugin.IFDRational(61, 2),
+        ),
     }
     Image.fromarray(gray()).save(path, tiffinfo=info)
     return path
@@ -250,8 +304,9 @@ def test_exif_and_gps_ifds_are_carried(tmp_path: Path) -> None:
         for ifd in (0x8769, 0x8825, 0xA005):  # EXIF, GPS, Interoperability inside EXIF
             pointers = (0xA005,)  # offsets differ by nature
             expected = {k: v for k, v in before.get_ifd(ifd).items() if k not in pointers}
-            assert expected and {k: v for k, v in after.get_ifd(ifd).items()
-                                 if k not in pointers} == expected, hex(ifd)
+            assert (
+                expected and {k: v for k, v in after.get_ifd(ifd).items() if k not in pointers} == expected
+            ), hex(ifd)
         assert after[271] == "JEOL" and after[306] == "2024:05:06 07:08:09"
     with tifffile.TiffFile(source) as src, tifffile.TiffFile(out) as dst:
         source_exif = dict(src.pages[0].tags[34665].value)
@@ -270,8 +325,7 @@ def test_exiftool_reads_the_same_record_and_the_provenance(tmp_path: Path) -> No
     before, after = exiftool_json(source), exiftool_json(out)
     for key, value in before.items():
         group = key.split(":")[0]
-        if group in ("ExifIFD", "GPS", "InteropIFD") or key in ("IFD0:Make", "IFD0:Model",
-                                                                "IFD0:ModifyDate"):
+        if group in ("ExifIFD", "GPS", "InteropIFD") or key in ("IFD0:Make", "IFD0:Model", "IFD0:ModifyDate"):
             assert after.get(key) == value, key
     assert json.loads(after["XMP-semwatch:Provenance"]) == read_provenance(out)
 
@@ -292,12 +346,14 @@ def test_damaged_exif_pointer_is_logged_and_the_image_still_written(tmp_path: Pa
 
 
 def test_provenance_joins_the_source_xmp_and_replaces_an_earlier_one(tmp_path: Path) -> None:
-    packet = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-              b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
-              b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-              b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
-              b"<dc:creator><rdf:Seq><rdf:li>Lab 3</rdf:li></rdf:Seq></dc:creator>"
-              b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+    packet = (
+        b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        b"<dc:creator><rdf:Seq><rdf:li>Lab 3</rdf:li></rdf:Seq></dc:creator>"
+        b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    )
     source = tmp_path / "xmp.tif"
     tifffile.imwrite(source, gray(), metadata=None, extratags=[(700, 1, len(packet), packet, True)])
     first = colorize(source, tmp_path / "first.tif")
@@ -329,9 +385,13 @@ def test_unusable_source_xmp_is_replaced_by_ours(tmp_path: Path) -> None:
 
 def test_provenance_of_outputs_written_before_the_xmp_packet(tmp_path: Path) -> None:
     old = tmp_path / "old.tif"
-    record = {"semwatch": {"version": "0.0.9", "source": {"shape" : [2, 3]}}}
-    tifffile.imwrite(old, np.zeros((2, 3, 3), np.uint8), metadata=None,
-                     description=json.dumps(record, separators=(",", " :")))
+    record = {"semwatch": {"version": "0.0.9", "source": {"shape": [2, 3]}}}
+    tifffile.imwrite(
+        old,
+        np.zeros((2, 3, 3), np.uint8),
+        metadata=None,
+        description=json.dumps(record, separators=(",", " :")),
+    )
     assert read_provenance(old) == record
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, gray(), description="not ours", metadata=None)

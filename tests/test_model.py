@@ -72,8 +72,11 @@ def test_rejects_foreign_and_future_files(tmp_path):
     with pytest.raises(ModelError, match="not a semwatch generator"):
         load_generator(other)
     future = tmp_path / "future.safetensors"
-    save_file({"w": torch.zeros(2)}, str(future),
-              metadata={"format": FORMAT_NAME, "format_version": "99", "architecture": "{}"})
+    save_file(
+        {"w": torch.zeros(2)},
+        str(future),
+        metadata={"format": FORMAT_NAME, "format_version": "99", "architecture": "{}"},
+    )
     with pytest.raises(ModelError, match="version 99"):
         read_generator_metadata(future)
     with pytest.raises(ModelError, match="not found"):

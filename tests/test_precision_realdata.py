@@ -14,9 +14,9 @@ lightness is still the input's and how few pixels change at all.
 import numpy as np
 import pytest
 import torch
-
 from conftest import sem_real_files
 from helpers import max_lightness_error
+
 from semwatch.color import rgb_to_lab
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer

@@ -72,8 +72,7 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def queue(db_url: str, clock: FakeClock) -> SqlJobQueue:
-    q = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=BACKOFF,
-                    clock=clock)
+    q = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=BACKOFF, clock=clock)
     yield q
     q.close()
 
@@ -139,6 +138,7 @@ def test_migration_steps_run_in_order(tmp_path: Path) -> None:
         def upgrade(conn: sa.Connection) -> None:
             ran.append(version)
             conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN extra{version} TEXT")
+
         return upgrade
 
     now = SCHEMA_VERSION
@@ -159,7 +159,8 @@ def test_migration_steps_run_in_order(tmp_path: Path) -> None:
 
 
 # The schema semwatch 0.1 created (schema version 1), as SQLite stored it.
-SCHEMA_1_SQLITE = """
+SCHEMA_1_SQLITE = (
+    """
 CREATE TABLE jobs (id INTEGER NOT NULL, rel_path TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL,
     size BIGINT NOT NULL, mtime DOUBLE NOT NULL, state VARCHAR(16) NOT NULL,
     attempts INTEGER NOT NULL, arrived_at DOUBLE NOT NULL, enqueued_at DOUBLE NOT NULL,
@@ -173,12 +174,17 @@ CREATE TABLE files (rel_path TEXT NOT NULL, size BIGINT NOT NULL, mtime DOUBLE N
     sha256 VARCHAR(64) NOT NULL, seen_at DOUBLE NOT NULL, PRIMARY KEY (rel_path));
 CREATE TABLE schema_version (version INTEGER NOT NULL, PRIMARY KEY (version));
 INSERT INTO schema_version VALUES (1);
-INSERT INTO files VALUES ('a.tif', 10, 1.0, '""" + SHA_A + """', 0.0);
+INSERT INTO files VALUES ('a.tif', 10, 1.0, '"""
+    + SHA_A
+    + """', 0.0);
 INSERT INTO jobs (id, rel_path, sha256, size, mtime, state, attempts, arrived_at, enqueued_at,
     started_at, not_before, lease_until, owner_host, owner_pid, owner_token)
-    VALUES (1, 'a.tif', '""" + SHA_A + """', 10, 1.0, 'running', 1, 0.0, 0.0, 5.0, 0.0, 1e12,
+    VALUES (1, 'a.tif', '"""
+    + SHA_A
+    + """', 10, 1.0, 'running', 1, 0.0, 0.0, 5.0, 0.0, 1e12,
             'gone-host', 1, 'old');
 """
+)
 
 
 def _schema_1_database(path: Path) -> str:
@@ -211,11 +217,14 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("sqlite://", "in-memory"),
-    ("mysql://u:secret@db/semwatch", "unsupported database"),
-    ("::nonsense::", "not a database URL"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("sqlite://", "in-memory"),
+        ("mysql://u:secret@db/semwatch", "unsupported database"),
+        ("::nonsense::", "not a database URL"),
+    ],
+)
 def test_unusable_urls(url: str, reason: str) -> None:
     with pytest.raises(QueueError, match=reason) as info:
         SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
@@ -233,7 +242,8 @@ def test_open_queue_creates_the_database_folder(tmp_path: Path) -> None:
 
 
 def test_open_queue_refuses_sqlite_on_a_network_filesystem(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Mocked: no NFS/SMB share can be mounted in the test environment.
     monkeypatch.setattr(queue_module, "filesystem_type", lambda path: "nfs4")
     db = tmp_path / "share" / "semwatch.db"
@@ -252,7 +262,12 @@ def test_same_version_is_one_job(queue: SqlJobQueue) -> None:
     assert [j.id for j in queue.jobs()] == [job_id]
     job = queue.get(job_id)
     assert (job.rel_path, job.sha256, job.size, job.state, job.attempts) == (
-        "run1/a.tif", SHA_A, 100, JobState.PENDING, 0)
+        "run1/a.tif",
+        SHA_A,
+        100,
+        JobState.PENDING,
+        0,
+    )
 
 
 def test_touch_is_not_a_job(queue: SqlJobQueue) -> None:
@@ -315,8 +330,7 @@ def test_content_changed_back_while_still_queued_is_one_job(queue: SqlJobQueue) 
     assert queue.get(first).state is JobState.PENDING and len(queue.jobs()) == 2
 
 
-def test_enqueue_many_records_and_dedups_in_one_call(queue: SqlJobQueue,
-                                                     clock: FakeClock) -> None:
+def test_enqueue_many_records_and_dedups_in_one_call(queue: SqlJobQueue, clock: FakeClock) -> None:
     records = [(f"d/{i:05d}.tif", f"{i:064x}", i, float(i), T0 - i) for i in range(1200)]
     records.append(("d/00000.tif", SHA_C, 7, 7.0, T0))  # same path twice: the last wins
     assert queue.enqueue_many(records) == 1200
@@ -332,8 +346,10 @@ def test_enqueue_many_records_and_dedups_in_one_call(queue: SqlJobQueue,
 
 
 def test_claim_leases_oldest_first(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
-    ids = {name: queue.enqueue(name, SHA_A, 1, 1.0, arrived_at=T0 - age)
-           for name, age in (("new.tif", 1), ("old.tif", 30), ("mid.tif", 10))}
+    ids = {
+        name: queue.enqueue(name, SHA_A, 1, 1.0, arrived_at=T0 - age)
+        for name, age in (("new.tif", 1), ("old.tif", 30), ("mid.tif", 10))
+    }
     claimed = queue.claim(owner, 2)
     assert [j.rel_path for j in claimed] == ["old.tif", "mid.tif"]
     assert all(j.state is JobState.RUNNING and j.attempts == 1 for j in claimed)
@@ -358,8 +374,7 @@ def test_claim_is_atomic_across_processes(queue: SqlJobQueue, db_url: str) -> No
     all_ids = {job.id for job in queue.jobs(limit=1000)}
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()
-    workers = [ctx.Process(target=_claim_worker, args=(db_url, start, results))
-               for _ in range(2)]
+    workers = [ctx.Process(target=_claim_worker, args=(db_url, start, results)) for _ in range(2)]
     for w in workers:
         w.start()
     start.set()
@@ -404,8 +419,7 @@ def test_complete_leaves_another_holders_job_alone(queue: SqlJobQueue, owner: Ow
     assert queue.get(job.id).state is JobState.RUNNING
 
 
-def test_complete_after_the_lease_was_lost(queue: SqlJobQueue, owner: Owner,
-                                           clock: FakeClock) -> None:
+def test_complete_after_the_lease_was_lost(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
     job = _one_job(queue, owner)
     clock.advance(LEASE + 1)
     assert queue.recover() == 1
@@ -426,8 +440,7 @@ def test_renew_extends_the_lease(queue: SqlJobQueue, owner: Owner, clock: FakeCl
     assert queue.get(job.id).state is JobState.PENDING
 
 
-def test_transient_failure_backs_off_then_fails(queue: SqlJobQueue, owner: Owner,
-                                                clock: FakeClock) -> None:
+def test_transient_failure_backs_off_then_fails(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
     job = _one_job(queue, owner)
     assert queue.fail(owner, job.id, "disk hiccup", permanent=False) is JobState.PENDING
     assert queue.get(job.id).error == "disk hiccup"
@@ -477,7 +490,8 @@ def test_release_gives_the_attempt_back(queue: SqlJobQueue, owner: Owner) -> Non
 
 
 def test_expired_lease_returns_to_pending_with_the_attempt_counted(
-        queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
+    queue: SqlJobQueue, owner: Owner, clock: FakeClock
+) -> None:
     job = _one_job(queue, owner)
     clock.advance(LEASE - 1)
     assert queue.recover(owner) == 0
@@ -514,8 +528,7 @@ def test_other_hosts_keep_their_lease(queue: SqlJobQueue, clock: FakeClock) -> N
     assert queue.recover(Owner.current()) == 1
 
 
-def test_a_file_that_keeps_crashing_ends_failed(queue: SqlJobQueue, owner: Owner,
-                                                clock: FakeClock) -> None:
+def test_a_file_that_keeps_crashing_ends_failed(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> None:
     job = _one_job(queue, owner)
     for _ in range(2):
         clock.advance(LEASE + 1)
@@ -530,8 +543,7 @@ def test_a_file_that_keeps_crashing_ends_failed(queue: SqlJobQueue, owner: Owner
     assert queue.claim(owner, 1) == []
 
 
-def test_a_claim_that_never_started_costs_no_attempt(queue: SqlJobQueue,
-                                                     clock: FakeClock) -> None:
+def test_a_claim_that_never_started_costs_no_attempt(queue: SqlJobQueue, clock: FakeClock) -> None:
     """kill -9 between claim and decode (or a hang before it): nobody's fault."""
     job_id = queue.enqueue("a.tif", SHA_A, 10, 1.0)
     for _ in range(5):  # more kills than max_attempts
@@ -595,8 +607,10 @@ def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
     assert queue.retry([ids[0]]) == 0  # pending now, not failed
     assert queue.retry([]) == 0
     assert queue.retry(failed=True) == 2
-    assert all(queue.get(i).state is JobState.PENDING and queue.get(i).attempts == 0
-               and queue.get(i).error is None for i in ids)
+    assert all(
+        queue.get(i).state is JobState.PENDING and queue.get(i).attempts == 0 and queue.get(i).error is None
+        for i in ids
+    )
     with pytest.raises(ValueError, match="failed=True"):
         queue.retry()
 
@@ -604,8 +618,7 @@ def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
 # ------------------------------------------------------------------ superseded failures
 
 
-def test_a_completed_newer_version_supersedes_earlier_failures(queue: SqlJobQueue,
-                                                              owner: Owner) -> None:
+def test_a_completed_newer_version_supersedes_earlier_failures(queue: SqlJobQueue, owner: Owner) -> None:
     """A slow writer's partial file fails; the complete file's success makes that history."""
     partial = _one_job(queue, owner, "slow.tif")
     queue.fail(owner, partial.id, "truncated TIFF", permanent=True)
@@ -622,8 +635,7 @@ def test_a_completed_newer_version_supersedes_earlier_failures(queue: SqlJobQueu
     assert queue.retry(failed=True) == 0 and queue.retry([partial.id]) == 0
 
 
-def test_a_late_failure_of_an_old_version_is_history_at_once(queue: SqlJobQueue,
-                                                             owner: Owner) -> None:
+def test_a_late_failure_of_an_old_version_is_history_at_once(queue: SqlJobQueue, owner: Owner) -> None:
     old = _one_job(queue, owner, "a.tif")  # version A, still running
     queue.enqueue("a.tif", SHA_B, 20, 2.0)
     (new,) = queue.claim(owner, 1)
@@ -644,8 +656,7 @@ def test_a_failure_of_the_current_content_stands(queue: SqlJobQueue, owner: Owne
     assert [f["path"] for f in queue.stats().recent_failures] == ["a.tif"]
 
 
-def test_record_failure_shows_a_file_that_cannot_be_queued(queue: SqlJobQueue,
-                                                           owner: Owner) -> None:
+def test_record_failure_shows_a_file_that_cannot_be_queued(queue: SqlJobQueue, owner: Owner) -> None:
     assert queue.record_failure("locked.tif", 10, 1.0, "cannot read: Permission denied")
     assert not queue.record_failure("locked.tif", 10, 1.0, "cannot read: Permission denied")
     assert queue.record_failure("locked.tif", 12, 2.0, "cannot read: I/O error")
@@ -673,8 +684,9 @@ def _read_only(url: str) -> SqlJobQueue:
     return SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, read_only=True)
 
 
-def test_read_only_queue_answers_while_a_writer_holds_the_lock(queue: SqlJobQueue, db_url: str,
-                                                              tmp_path: Path) -> None:
+def test_read_only_queue_answers_while_a_writer_holds_the_lock(
+    queue: SqlJobQueue, db_url: str, tmp_path: Path
+) -> None:
     queue.enqueue("a.tif", SHA_A, 10, 1.0)
     writer = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     try:
@@ -727,9 +739,9 @@ def test_stats_numbers(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> No
     for name, age in (("j1", 300), ("j2", 200), ("j3", 100), ("j4", 50), ("j5", 10)):
         queue.enqueue(name, SHA_A, 1, 1.0, arrived_at=T0 - age)
     j1, j2, j3 = queue.claim(owner, 3)
-    queue.complete(owner, j1.id, "o1")                     # latency 300
+    queue.complete(owner, j1.id, "o1")  # latency 300
     clock.advance(30)
-    queue.complete(owner, j2.id, "o2")                     # latency 230
+    queue.complete(owner, j2.id, "o2")  # latency 230
     queue.fail(owner, j3.id, "bad tiff", permanent=True)
 
     stats = queue.stats().as_dict()
@@ -762,8 +774,9 @@ print("acquired")
 
 
 def _try_lock_in_another_process(url: str, state_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _LOCK_SCRIPT, url, str(state_dir)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _LOCK_SCRIPT, url, str(state_dir)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_daemon_lock_is_exclusive_across_processes(db_url: str, tmp_path: Path) -> None:
@@ -774,7 +787,8 @@ def test_daemon_lock_is_exclusive_across_processes(db_url: str, tmp_path: Path) 
         other = _try_lock_in_another_process(db_url, tmp_path / "state")
         assert other.returncode == 3, other.stderr
         assert other.stdout.strip() == (
-            f"another semwatch daemon (pid {os.getpid()}) holds {tmp_path / 'queue.db.lock'}")
+            f"another semwatch daemon (pid {os.getpid()}) holds {tmp_path / 'queue.db.lock'}"
+        )
     # Released; the child takes it, and the kernel drops it when the child exits.
     assert _try_lock_in_another_process(db_url, tmp_path / "state").stdout.strip() == "acquired"
     with DaemonLock(cfg, tmp_path / "state"):
@@ -808,21 +822,34 @@ def test_parse_mountinfo() -> None:
     assert len(entries) == 6
 
 
-@pytest.mark.parametrize("path, fs_type", [
-    ("/mnt/sem share/run1/semwatch.db", "nfs4"),
-    ("/mnt/sem share/local/x.db", "tmpfs"),
-    ("/mnt/sshfs/x.db", "fuse.sshfs"),
-    ("/mnt/over/x.db", "ext4"),          # the later mount is on top
-    ("/mnt/sem/x.db", "ext4"),            # a name prefix is not a parent folder
-    ("/var/lib/semwatch/x.db", "ext4"),
-])
+@pytest.mark.parametrize(
+    "path, fs_type",
+    [
+        ("/mnt/sem share/run1/semwatch.db", "nfs4"),
+        ("/mnt/sem share/local/x.db", "tmpfs"),
+        ("/mnt/sshfs/x.db", "fuse.sshfs"),
+        ("/mnt/over/x.db", "ext4"),  # the later mount is on top
+        ("/mnt/sem/x.db", "ext4"),  # a name prefix is not a parent folder
+        ("/var/lib/semwatch/x.db", "ext4"),
+    ],
+)
 def test_filesystem_type_from_mountinfo(path: str, fs_type: str) -> None:
     assert filesystem_type(Path(path), SAMPLE_MOUNTINFO) == fs_type
 
 
 def test_network_fs_types() -> None:
-    for name in ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph",
-                 "glusterfs", "fuse.glusterfs"):
+    for name in (
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "fuse.sshfs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+    ):
         assert is_network_fs_type(name), name
     for name in ("ext4", "xfs", "btrfs", "tmpfs", "overlay", "fuseblk", "zfs"):
         assert not is_network_fs_type(name), name

@@ -7,7 +7,6 @@ them beside the outputs, also when the sidecar arrives after its image was color
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import tifffile
-
 from daemon_harness import Site, gray_image, tiff_bytes, wait_until, write_atomically
+
 from semwatch.config import ConfigError, WatchConfig, parse_config
 from semwatch.fsutil import TEMP_PREFIX
 from semwatch.queue import SqlJobQueue
@@ -32,8 +31,10 @@ from semwatch.sidecars import (
 from semwatch.watcher import Watcher
 
 SUFFIXES = (".txt", ".hdr")
-HITACHI_TXT = (b"[SemImageFile]\r\nInstructName=SU8230\r\nSerialNumber=1234\r\n"
-               b"Date=05/06/2024\r\nAcceleratingVoltage=5000 Volt\r\nPixelSize=2.480469\r\n")
+HITACHI_TXT = (
+    b"[SemImageFile]\r\nInstructName=SU8230\r\nSerialNumber=1234\r\n"
+    b"Date=05/06/2024\r\nAcceleratingVoltage=5000 Volt\r\nPixelSize=2.480469\r\n"
+)
 TESCAN_HDR = b"[MAIN]\r\nDevice=MIRA3\r\nPixelSizeX=4.96e-09\r\n"
 
 
@@ -120,12 +121,14 @@ def test_watcher_hands_settled_sidecars_over_and_never_queues_them(tmp_path: Pat
     write(root / "x.tif", b"image")
     write(root / "x.txt", HITACHI_TXT)
     write(root / "d" / "y.HDR", TESCAN_HDR)
-    queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60.0, max_attempts=3,
-                        retry_backoff=1.0)
+    queue = SqlJobQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60.0, max_attempts=3, retry_backoff=1.0
+    )
     try:
         # Even patterns that name .txt do not make a sidecar a job.
-        cfg = WatchConfig(input_dir=root, settle_seconds=1.0, scan_interval=3600.0,
-                          patterns=("*.tif", "*.txt"))
+        cfg = WatchConfig(
+            input_dir=root, settle_seconds=1.0, scan_interval=3600.0, patterns=("*.tif", "*.txt")
+        )
         clock = FakeClock()
         handed: list[str] = []
         watcher = Watcher(cfg, queue, clock=clock, sidecars=SUFFIXES, on_sidecar=handed.append)
@@ -164,8 +167,11 @@ def test_watcher_hands_settled_sidecars_over_and_never_queues_them(tmp_path: Pat
 
 
 def hitachi_tiff(seed: int) -> bytes:
-    return tiff_bytes(gray_image(seed, 96, 128), metadata=None,
-                      extratags=[(271, "s", 0, "Hitachi", True), (272, "s", 0, "SU8230", True)])
+    return tiff_bytes(
+        gray_image(seed, 96, 128),
+        metadata=None,
+        extratags=[(271, "s", 0, "Hitachi", True), (272, "s", 0, "SU8230", True)],
+    )
 
 
 def test_colorize_copies_sidecars(tmp_path: Path, tiny_model: Path) -> None:
@@ -175,20 +181,42 @@ def test_colorize_copies_sidecars(tmp_path: Path, tiny_model: Path) -> None:
     write(src / "day1" / "x.hdr", TESCAN_HDR)
     write(src / "lone.txt", b"no image")
     result = subprocess.run(
-        [sys.executable, "-m", "semwatch", "colorize", str(src), "--output-dir",
-         str(tmp_path / "out"), "--model", str(tiny_model), "--chroma-size", "64", "--device",
-         "cpu", "-q"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "semwatch",
+            "colorize",
+            str(src),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model),
+            "--chroma-size",
+            "64",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
-        "day1", "day1/x.hdr", "day1/x.tif", "day1/x.txt"]
+        "day1",
+        "day1/x.hdr",
+        "day1/x.tif",
+        "day1/x.txt",
+    ]
     assert (out / "day1" / "x.txt").read_bytes() == HITACHI_TXT
     assert (out / "day1" / "x.hdr").read_bytes() == TESCAN_HDR
 
 
 @pytest.mark.slow
 def test_daemon_puts_sidecars_beside_outputs_also_when_they_come_late(
-        tmp_path: Path, tiny_model: Path) -> None:
+    tmp_path: Path, tiny_model: Path
+) -> None:
     site = Site(tmp_path / "site", tiny_model)
     # Patterns that name .txt too: a sidecar still never becomes a job.
     site.write_config(watch={"patterns": ["*.tif", "*.txt"]})
@@ -213,11 +241,16 @@ def test_daemon_puts_sidecars_beside_outputs_also_when_they_come_late(
         assert (site.outbox / "x.txt").read_bytes() == HITACHI_TXT
         # A sidecar edited after the fact is copied again.
         write_atomically(site.inbox / "x.txt", HITACHI_TXT + b"Comment=edited\r\n")
-        wait_until(lambda: (site.outbox / "x.txt").read_bytes().endswith(b"edited\r\n"), 120,
-                   "edited x.txt copied")
+        wait_until(
+            lambda: (site.outbox / "x.txt").read_bytes().endswith(b"edited\r\n"), 120, "edited x.txt copied"
+        )
 
         assert sorted(p.relative_to(site.outbox).as_posix() for p in site.outputs()) == [
-            "day1/y.tif", "day1/y.txt", "x.tif", "x.txt"]
+            "day1/y.tif",
+            "day1/y.txt",
+            "x.tif",
+            "x.txt",
+        ]
         assert sorted(job.rel_path for job in site.jobs()) == ["day1/y.tif", "x.tif"]
         assert site.counts()["done"] == 2
         with tifffile.TiffFile(site.outbox / "x.tif") as tf:

@@ -95,7 +95,11 @@ def test_systemd_analyze_verify_accepts_the_unit_and_drop_in(tmp_path: Path) -> 
     shutil.copy(DROP_IN, drop_in_dir / "site.conf")
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "semwatch.service")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     ours = [line for line in result.stderr.splitlines() if "semwatch" in line or "site.conf" in line]
     assert result.returncode == 0, result.stderr
     # Unknown keys and unparsable values are only warnings to systemd; not to us.

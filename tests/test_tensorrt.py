@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import textured_gray
 from structlog.testing import capture_logs
 
-from helpers import textured_gray
 from semwatch import tensorrt
 from semwatch.backends import EngineError
 from semwatch.cli import main
@@ -49,16 +49,27 @@ class StandInEngine(torch.nn.Module):
 class StandIn:
     """A stand-in for torch-tensorrt: records its calls; can be told to fail."""
 
-    def __init__(self, *, gpu: str = "Stand-in GPU 24GB", tensorrt_version: str = "10.0-standin",
-                 capability: tuple[int, int] = (8, 6), fail_compile: bool = False,
-                 fail_save: bool = False):
+    def __init__(
+        self,
+        *,
+        gpu: str = "Stand-in GPU 24GB",
+        tensorrt_version: str = "10.0-standin",
+        capability: tuple[int, int] = (8, 6),
+        fail_compile: bool = False,
+        fail_save: bool = False,
+    ):
         self.calls: list[tuple] = []
         self.fail_compile = fail_compile
         self.fail_save = fail_save
-        self.toolchain = Toolchain(tensorrt_version=tensorrt_version,
-                                   torch_tensorrt_version="2.99-standin", gpu_name=gpu,
-                                   capability=capability, compile=self.compile, save=self.save,
-                                   load=self.load)
+        self.toolchain = Toolchain(
+            tensorrt_version=tensorrt_version,
+            torch_tensorrt_version="2.99-standin",
+            gpu_name=gpu,
+            capability=capability,
+            compile=self.compile,
+            save=self.save,
+            load=self.load,
+        )
 
     def compile(self, model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
         dtypes = {p.dtype for p in model.parameters()}
@@ -89,9 +100,17 @@ def stand_in(monkeypatch) -> StandIn:
 
 
 def engine_config(tiny_model: Path, cache: Path, **changes) -> EngineConfig:
-    base = EngineConfig(model=tiny_model, device="cpu", backend="tensorrt", chroma_size=CHROMA,
-                        batch_size=2, precision="fp32", cache_dir=cache, hue_scale=0.0,
-                        guide_radius=0)
+    base = EngineConfig(
+        model=tiny_model,
+        device="cpu",
+        backend="tensorrt",
+        chroma_size=CHROMA,
+        batch_size=2,
+        precision="fp32",
+        cache_dir=cache,
+        hue_scale=0.0,
+        guide_radius=0,
+    )
     return replace(base, **changes)
 
 
@@ -100,9 +119,18 @@ def images(*shapes: tuple[int, int]) -> list[GrayImage]:
 
 
 def key(**changes) -> EngineKey:
-    base = EngineKey(model_sha256="ab" * 32, batch=4, channels=1, height=384, width=512,
-                     precision="fp16", tensorrt="10.13.0", torch_tensorrt="2.14.0",
-                     gpu="NVIDIA RTX A4000", capability="8.6")
+    base = EngineKey(
+        model_sha256="ab" * 32,
+        batch=4,
+        channels=1,
+        height=384,
+        width=512,
+        precision="fp16",
+        tensorrt="10.13.0",
+        torch_tensorrt="2.14.0",
+        gpu="NVIDIA RTX A4000",
+        capability="8.6",
+    )
     return replace(base, **changes)
 
 
@@ -115,11 +143,22 @@ def test_file_name_shows_what_the_engine_is_for():
     assert name.endswith(".pt2") and "/" not in name and " " not in name
 
 
-@pytest.mark.parametrize("change", [
-    {"model_sha256": "cd" * 32}, {"model_sha256": "ab" * 31 + "cd"}, {"batch": 2}, {"channels": 4},
-    {"height": 288}, {"width": 384}, {"precision": "fp32"}, {"tensorrt": "10.14.0"},
-    {"torch_tensorrt": "2.15.0"}, {"gpu": "NVIDIA RTX A5000"}, {"capability": "8.9"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_sha256": "cd" * 32},
+        {"model_sha256": "ab" * 31 + "cd"},
+        {"batch": 2},
+        {"channels": 4},
+        {"height": 288},
+        {"width": 384},
+        {"precision": "fp32"},
+        {"tensorrt": "10.14.0"},
+        {"torch_tensorrt": "2.15.0"},
+        {"gpu": "NVIDIA RTX A5000"},
+        {"capability": "8.9"},
+    ],
+)
 def test_every_key_field_gives_its_own_file(change):
     assert key(**change).file_name() != key().file_name()
 
@@ -147,8 +186,9 @@ def test_compiles_each_canvas_shape_once_then_loads_from_the_cache(tiny_model, t
     compiles = [c for c in stand_in.calls if c[0] == "compile"]
     assert sorted(c[1] for c in compiles) == [(2, 1, 32, 64), (2, 1, 64, 64)]  # static batch 2
     assert all(c[2] == torch.float32 for c in compiles)
-    assert {p.name for p in cache.iterdir()} == {first.backend.engine_path(s).name
-                                                 for s in [(32, 64), (64, 64)]}
+    assert {p.name for p in cache.iterdir()} == {
+        first.backend.engine_path(s).name for s in [(32, 64), (64, 64)]
+    }
     assert events(logs).count("info: compiling a TensorRT engine") == 2
 
     again = Colorizer.from_config(engine_config(tiny_model, cache))  # e.g. the next start
@@ -185,15 +225,19 @@ def test_the_model_is_compiled_in_its_own_reduced_dtype(tiny_model, tmp_path, st
     if colorizer.precision != "bf16":
         pytest.skip("this CPU has no native bf16")
     colorizer.colorize(images((64, 64)))
-    (_, shape, dtype, weights), = [c for c in stand_in.calls if c[0] == "compile"]
+    ((_, shape, dtype, weights),) = [c for c in stand_in.calls if c[0] == "compile"]
     assert dtype == torch.bfloat16 and weights == {torch.bfloat16}
     assert "_bf16_" in colorizer.backend.engine_path((64, 64)).name
     assert colorizer.generator.model.stem[0].weight.dtype == torch.float32  # caller's model kept
 
 
 def test_a_new_gpu_or_tensorrt_build_compiles_anew(tiny_model, tmp_path, monkeypatch):
-    steps = [("GPU A", "10.0", "compile"), ("GPU A", "10.0", "load"), ("GPU B", "10.0", "compile"),
-             ("GPU B", "10.1", "compile")]
+    steps = [
+        ("GPU A", "10.0", "compile"),
+        ("GPU A", "10.0", "load"),
+        ("GPU B", "10.0", "compile"),
+        ("GPU B", "10.1", "compile"),
+    ]
     for gpu, version, expected in steps:
         fake = StandIn(gpu=gpu, tensorrt_version=version)
         monkeypatch.setattr(tensorrt, "detect_toolchain", lambda device, fake=fake: fake.toolchain)
@@ -252,15 +296,20 @@ def test_missing_cuda_and_torch_tensorrt_are_named_in_one_line(tiny_model, tmp_p
     with pytest.raises(EngineError) as err:
         Colorizer.from_config(engine_config(tiny_model, tmp_path))
     message = str(err.value)
-    assert message == ("the tensorrt backend needs a CUDA GPU (PyTorch sees none) and "
-                       "torch-tensorrt (not installed: pip install 'semwatch[tensorrt]')")
+    assert message == (
+        "the tensorrt backend needs a CUDA GPU (PyTorch sees none) and "
+        "torch-tensorrt (not installed: pip install 'semwatch[tensorrt]')"
+    )
 
 
 def test_only_what_is_missing_is_named(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "torch_tensorrt" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "torch_tensorrt" else real_find_spec(name, *a),
+    )
     with pytest.raises(EngineError, match=r"^the tensorrt backend needs torch-tensorrt \(not installed"):
         tensorrt.detect_toolchain(torch.device("cuda"))
     with pytest.raises(EngineError, match=r"needs a CUDA device \(engine.device is 'cpu'\)"):
@@ -279,9 +328,11 @@ def test_this_machine_has_neither(tmp_path, tiny_model):
 
 def write_config(tmp_path: Path, tiny_model: Path) -> Path:
     config = tmp_path / "config.toml"
-    config.write_text(f'[engine]\nmodel = "{tiny_model}"\ndevice = "cpu"\nbackend = "tensorrt"\n'
-                      f'chroma_size = {CHROMA}\nbatch_size = 2\nprecision = "fp32"\n'
-                      '[daemon]\nstate_dir = "state"\n[logging]\nformat = "console"\n')
+    config.write_text(
+        f'[engine]\nmodel = "{tiny_model}"\ndevice = "cpu"\nbackend = "tensorrt"\n'
+        f'chroma_size = {CHROMA}\nbatch_size = 2\nprecision = "fp32"\n'
+        '[daemon]\nstate_dir = "state"\n[logging]\nformat = "console"\n'
+    )
     return config
 
 
@@ -296,8 +347,9 @@ def test_compile_command_builds_every_canvas_shape_then_finds_them(tiny_model, t
     assert len(list(engines.glob("*.pt2"))) == 4
     assert stand_in.count("compile") == 4
 
-    result = CliRunner().invoke(main, ["compile", "--config", str(config), "--shape", "32x64",
-                                       "--batch-size", "2"])
+    result = CliRunner().invoke(
+        main, ["compile", "--config", str(config), "--shape", "32x64", "--batch-size", "2"]
+    )
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(("compiled", "cached"))]
     assert line.startswith("cached   32x64 batch 2 fp32")
@@ -305,8 +357,9 @@ def test_compile_command_builds_every_canvas_shape_then_finds_them(tiny_model, t
 
 
 def test_compile_command_rejects_a_bad_shape(tiny_model, tmp_path):
-    result = CliRunner().invoke(main, ["compile", "--config", str(write_config(tmp_path, tiny_model)),
-                                       "--shape", "100x64"])
+    result = CliRunner().invoke(
+        main, ["compile", "--config", str(write_config(tmp_path, tiny_model)), "--shape", "100x64"]
+    )
     assert result.exit_code == 2 and "multiples of 32" in result.output
 
 
@@ -316,8 +369,10 @@ def test_compile_command_without_tensorrt_says_what_is_missing(tiny_model, tmp_p
     result = CliRunner().invoke(main, ["compile", "--config", str(write_config(tmp_path, tiny_model))])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert errors == ["Error: the tensorrt backend needs a CUDA GPU (PyTorch sees none) and "
-                      "torch-tensorrt (not installed: pip install 'semwatch[tensorrt]')"]
+    assert errors == [
+        "Error: the tensorrt backend needs a CUDA GPU (PyTorch sees none) and "
+        "torch-tensorrt (not installed: pip install 'semwatch[tensorrt]')"
+    ]
 
 
 def test_backend_is_a_tensorrt_backend_with_the_seam(tiny_model, tmp_path, stand_in):

@@ -135,7 +135,14 @@ def test_split_is_deterministic_stable_and_proportional() -> None:
     assert all(split_of(n, 0.0) == "train" for n in names[:50])
     # Pinned values: the split must not change between versions, or validation leaks.
     assert [split_of(f"img{i}.png", 0.5) for i in range(8)] == [
-        "val", "train", "train", "val", "train", "val", "train", "val"
+        "val",
+        "train",
+        "train",
+        "val",
+        "train",
+        "val",
+        "train",
+        "val",
     ]
     with pytest.raises(ValueError):
         split_of("x.png", 1.0)

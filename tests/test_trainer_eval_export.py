@@ -17,10 +17,10 @@ import pytest
 import tifffile
 import torch
 from click.testing import CliRunner
+from helpers import max_lightness_error
 from PIL import Image
 from safetensors import safe_open
 
-from helpers import max_lightness_error
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import TrainerConfig
 from semwatch.engine import Colorizer
@@ -48,11 +48,35 @@ from trainer.export import export_command
 from trainer.rundir import run_facts, write_run_config
 
 TINY = GeneratorConfig(decoder_width=8)
-METRIC_KEYS = {"ab_mae", "psnr", "colorfulness", "colorfulness_truth", "hist_intersection", "region_coherence",
-               "region_coherence_truth"}
-REPORT_KEYS = {"model", "model_sha256", "split", "images", "skipped_gray", "skipped_unreadable",
-               "chroma_size", "hue_scale", "guide_radius", "guide_eps", "region_hue", "region_size",
-               "region_scale", "chroma_gain", "metrics", "gray_baseline", "hints", "hint_seed"}
+METRIC_KEYS = {
+    "ab_mae",
+    "psnr",
+    "colorfulness",
+    "colorfulness_truth",
+    "hist_intersection",
+    "region_coherence",
+    "region_coherence_truth",
+}
+REPORT_KEYS = {
+    "model",
+    "model_sha256",
+    "split",
+    "images",
+    "skipped_gray",
+    "skipped_unreadable",
+    "chroma_size",
+    "hue_scale",
+    "guide_radius",
+    "guide_eps",
+    "region_hue",
+    "region_size",
+    "region_scale",
+    "chroma_gain",
+    "metrics",
+    "gray_baseline",
+    "hints",
+    "hint_seed",
+}
 
 
 def colour_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -86,8 +110,9 @@ def truth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small chroma size and CPU: the test's speed, not the product's defaults."""
     path = tmp_path_factory.mktemp("config") / "config.toml"
-    path.write_text('[engine]\nchroma_size = 64\ndevice = "cpu"\nbatch_size = 2\n'
-                    "[trainer]\nval_fraction = 0.4\n")
+    path.write_text(
+        '[engine]\nchroma_size = 64\ndevice = "cpu"\nbatch_size = 2\n[trainer]\nval_fraction = 0.4\n'
+    )
     return path
 
 
@@ -100,8 +125,15 @@ def write_checkpoint(path: Path, model: torch.nn.Module, **extra) -> Path:
         "step": 350,
         "best_metric": 0.42,
         "trainer_config": {"image_size": 256, "lambda_l1": 20.0},
-        "data_summary": {"root": "/data/train", "images": 12, "train": 10, "val": 2,
-                         "skipped_gray": 0, "skipped_bad": 0, "val_root": None},
+        "data_summary": {
+            "root": "/data/train",
+            "images": 12,
+            "train": 10,
+            "val": 2,
+            "skipped_gray": 0,
+            "skipped_bad": 0,
+            "val_root": None,
+        },
         "metrics": {"val_l1": 0.08, "hist_intersection": 0.42},
     }
     state.update(extra)
@@ -115,7 +147,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("run") / "gan" / "best.pt", build_generator(TINY))
 
 
-def run_cli(command, *args: object) -> "CliRunner.invoke":
+def run_cli(command, *args: object) -> CliRunner.invoke:
     return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
 
 
@@ -126,6 +158,7 @@ def truth_lab(path: Path) -> torch.Tensor:
 
 
 # -- the gray a truth image becomes --------------------------------------------------------
+
 
 def test_gray_from_lightness_inverts_the_gray_levels() -> None:
     table = gray_levels_to_l().float()
@@ -142,9 +175,11 @@ def test_gray_from_lightness_is_nearest_level() -> None:
 
 # -- evaluate --------------------------------------------------------------------------------
 
+
 def test_evaluate_json_on_a_checkpoint(truth_dir: Path, checkpoint: Path, config_file: Path) -> None:
-    result = run_cli(evaluate_command, checkpoint, truth_dir, "--split", "all", "--json", "-q",
-                     "--config", config_file)
+    result = run_cli(
+        evaluate_command, checkpoint, truth_dir, "--split", "all", "--json", "-q", "--config", config_file
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == REPORT_KEYS
@@ -239,8 +274,9 @@ def test_split_val_is_the_training_split(truth_dir: Path, tiny_model: Path, conf
     assert (report["split"], report["images"]) == ("val", len(rels))
 
 
-def test_evaluate_errors_are_one_line(tmp_path: Path, truth_dir: Path, tiny_model: Path,
-                                      config_file: Path) -> None:
+def test_evaluate_errors_are_one_line(
+    tmp_path: Path, truth_dir: Path, tiny_model: Path, config_file: Path
+) -> None:
     missing = run_cli(evaluate_command, tmp_path / "nope.pt", truth_dir, "--config", config_file)
     assert missing.exit_code == 1
     assert "nope.pt" in missing.output and "not found" in missing.output
@@ -258,6 +294,7 @@ def test_evaluate_errors_are_one_line(tmp_path: Path, truth_dir: Path, tiny_mode
 
 
 # -- export ----------------------------------------------------------------------------------
+
 
 def test_export_checkpoint_to_fp16_with_card(tmp_path: Path, checkpoint: Path) -> None:
     out = tmp_path / "facility-v1.safetensors"
@@ -278,8 +315,11 @@ def test_export_checkpoint_to_fp16_with_card(tmp_path: Path, checkpoint: Path) -
     assert card["recipe"]["stage"] == "gan"
     assert (card["recipe"]["epoch"], card["recipe"]["step"]) == (7, 350)
     assert card["recipe"]["trainer_config"]["lambda_l1"] == 20.0
-    assert card["exported_from"] == {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint),
-                                     "kind": "checkpoint"}
+    assert card["exported_from"] == {
+        "path": str(checkpoint.resolve()),
+        "sha256": file_sha256(checkpoint),
+        "kind": "checkpoint",
+    }
     assert "semwatch_version" in card and "export" in card["command"]
 
     loaded = load_generator(out)
@@ -291,15 +331,27 @@ def test_export_checkpoint_to_fp16_with_card(tmp_path: Path, checkpoint: Path) -
 
 
 def test_export_card_says_how_the_model_was_trained_and_how_it_evaluated(
-        tmp_path: Path, truth_dir: Path, config_file: Path) -> None:
+    tmp_path: Path, truth_dir: Path, config_file: Path
+) -> None:
     run_dir = tmp_path / "run"
     torch.manual_seed(2)
     source = write_checkpoint(run_dir / "gan" / "best.pt", build_generator(TINY))
     command = "trainer run /data/sem --out run --gan-epochs 3"
     write_run_config(run_dir, TrainerConfig(), run_facts(command, Path("/data/sem"), None, None, 1))
     report = tmp_path / "eval.json"
-    result = run_cli(evaluate_command, source, truth_dir, "--split", "all", "--json", "-q",
-                     "--hue-scale", "0.1", "--config", config_file)
+    result = run_cli(
+        evaluate_command,
+        source,
+        truth_dir,
+        "--split",
+        "all",
+        "--json",
+        "-q",
+        "--hue-scale",
+        "0.1",
+        "--config",
+        config_file,
+    )
     assert result.exit_code == 0, result.output
     report.write_text(result.stdout)
 
@@ -362,9 +414,25 @@ def test_exported_model_colorizes_through_semwatch_cli(tmp_path: Path, checkpoin
     Image.fromarray(gray).save(tmp_path / "sem.png")
     out_dir = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "semwatch", "colorize", str(tmp_path / "sem.png"), "--output-dir",
-         str(out_dir), "--model", str(model_file), "--chroma-size", "64", "--device", "cpu", "-q"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "semwatch",
+            "colorize",
+            str(tmp_path / "sem.png"),
+            "--output-dir",
+            str(out_dir),
+            "--model",
+            str(model_file),
+            "--chroma-size",
+            "64",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     with tifffile.TiffFile(out_dir / "sem.tif") as tif:

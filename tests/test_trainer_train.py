@@ -16,16 +16,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 from click.testing import CliRunner
+from test_trainer_data import write_shapes_dataset
 
 from semwatch.config import TrainerConfig, load_config_file
 from semwatch.model import GeneratorConfig, build_generator, save_generator
-from test_trainer_data import write_shapes_dataset
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
 from trainer.cli import main as trainer_main
 from trainer.cli import resolve_config
@@ -38,13 +38,36 @@ from trainer.rundir import MetricsLog, render_trainer_toml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TrainerConfig(
-    image_size=32, val_fraction=0.2, seed=0, batch_size=4, workers=0, decoder_width=8,
-    pretrain_epochs=2, pretrain_lr=1e-3, patience=0, gan_epochs=2, lambda_l1=20.0,
-    lr_g=2e-4, lr_d=2e-4, device="cpu", sample_images=2, max_steps_per_epoch=3,
+    image_size=32,
+    val_fraction=0.2,
+    seed=0,
+    batch_size=4,
+    workers=0,
+    decoder_width=8,
+    pretrain_epochs=2,
+    pretrain_lr=1e-3,
+    patience=0,
+    gan_epochs=2,
+    lambda_l1=20.0,
+    lr_g=2e-4,
+    lr_d=2e-4,
+    device="cpu",
+    sample_images=2,
+    max_steps_per_epoch=3,
 )
 TINY_OPTIONS = [
-    "--image-size", "32", "--val-fraction", "0.2", "--batch-size", "4", "--workers", "0",
-    "--decoder-width", "8", "--device", "cpu",
+    "--image-size",
+    "32",
+    "--val-fraction",
+    "0.2",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--decoder-width",
+    "8",
+    "--device",
+    "cpu",
 ]
 
 
@@ -137,7 +160,9 @@ def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
 
-def test_stage2_from_stage1_checkpoint(pretrained_run: dict, data_root: Path, datasets, tmp_path: Path) -> None:
+def test_stage2_from_stage1_checkpoint(
+    pretrained_run: dict, data_root: Path, datasets, tmp_path: Path
+) -> None:
     init = checkpoint_path(pretrained_run["run_dir"], "pretrain", "best")
     config = dataclasses.replace(TINY, gan_epochs=3, max_steps_per_epoch=4, lambda_l1=20.0)
     steps: list[StepRecord] = []
@@ -149,7 +174,9 @@ def test_stage2_from_stage1_checkpoint(pretrained_run: dict, data_root: Path, da
         assert all(math.isfinite(v) for v in record.losses.values())
     rows = _rows(tmp_path)
     assert [r["stage"] for r in rows] == ["gan"] * 3
-    assert all(math.isfinite(float(r[k])) for r in rows for k in ("train_g_gan", "train_d", "val_hist_intersection"))
+    assert all(
+        math.isfinite(float(r[k])) for r in rows for k in ("train_g_gan", "train_d", "val_hist_intersection")
+    )
     hist = [float(r["val_hist_intersection"]) for r in rows]
     best = load_checkpoint(checkpoint_path(tmp_path, "gan", "best"))
     assert best["best_metric_name"] == "val_hist_intersection"
@@ -173,6 +200,7 @@ def _crash_at(step: int):
     def callback(record: StepRecord) -> None:
         if record.step == step:
             raise _Crash(f"simulated crash at step {step}")
+
     return callback
 
 
@@ -184,25 +212,40 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
     init = None
     if stage == "gan":  # a stage-1 generator to start from, shared by both runs
         init_dir = tmp_path / "init"
-        train_stage(StageSpec("pretrain", data_root, init_dir, dataclasses.replace(config, pretrain_epochs=1)),
-                    _env(), datasets=datasets)
+        train_stage(
+            StageSpec("pretrain", data_root, init_dir, dataclasses.replace(config, pretrain_epochs=1)),
+            _env(),
+            datasets=datasets,
+        )
         init = checkpoint_path(init_dir, "pretrain", "last")
 
     straight: list[StepRecord] = []
-    train_stage(StageSpec(stage, data_root, tmp_path / "a", config, init=init), _env(),
-                on_step=straight.append, datasets=datasets)
+    train_stage(
+        StageSpec(stage, data_root, tmp_path / "a", config, init=init),
+        _env(),
+        on_step=straight.append,
+        datasets=datasets,
+    )
 
     run_b = tmp_path / "b"
     with pytest.raises(_Crash):  # dies in the middle of epoch 2 (steps 4..6)
-        train_stage(StageSpec(stage, data_root, run_b, config, init=init), _env(),
-                    on_step=_crash_at(5), datasets=datasets)
+        train_stage(
+            StageSpec(stage, data_root, run_b, config, init=init),
+            _env(),
+            on_step=_crash_at(5),
+            datasets=datasets,
+        )
     saved = load_checkpoint(checkpoint_path(run_b, stage, "last"))
     assert (saved["epoch"], saved["step"]) == (1, 3)
     assert len(_rows(run_b)) == 1
 
     resumed: list[StepRecord] = []
-    result = train_stage(StageSpec(stage, data_root, run_b, config, resume=True), _env(),
-                         on_step=resumed.append, datasets=datasets)
+    result = train_stage(
+        StageSpec(stage, data_root, run_b, config, resume=True),
+        _env(),
+        on_step=resumed.append,
+        datasets=datasets,
+    )
     assert [r.step for r in resumed] == [4, 5, 6, 7, 8, 9]
     # The next step's loss is bit-identical to the uninterrupted run's, and so is the rest.
     assert [r.losses for r in resumed] == [r.losses for r in straight[3:]]
@@ -222,19 +265,30 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
 def test_resume_refusals_are_one_line_errors(data_root: Path, datasets, tmp_path: Path) -> None:
     config = dataclasses.replace(TINY, pretrain_epochs=1, max_steps_per_epoch=1)
     with pytest.raises(TrainingError, match="nothing to resume"):
-        train_stage(StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets)
+        train_stage(
+            StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets
+        )
     train_stage(StageSpec("pretrain", data_root, tmp_path, config), _env(), datasets=datasets)
     with pytest.raises(TrainingError, match="pass --resume"):
         train_stage(StageSpec("pretrain", data_root, tmp_path, config), _env(), datasets=datasets)
     # Resuming a finished stage does nothing; raising its epoch count continues it.
-    done = train_stage(StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets)
+    done = train_stage(
+        StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets
+    )
     assert done.finished and done.step == 1
-    more = train_stage(StageSpec("pretrain", data_root, tmp_path, dataclasses.replace(config, pretrain_epochs=2),
-                                 resume=True), _env(), datasets=datasets)
+    more = train_stage(
+        StageSpec(
+            "pretrain", data_root, tmp_path, dataclasses.replace(config, pretrain_epochs=2), resume=True
+        ),
+        _env(),
+        datasets=datasets,
+    )
     assert more.epochs == 2 and more.step == 2
     (tmp_path / "pretrain" / "last.pt").write_bytes(b"truncated")
     with pytest.raises(TrainingError, match="last.pt"):
-        train_stage(StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets)
+        train_stage(
+            StageSpec("pretrain", data_root, tmp_path, config, resume=True), _env(), datasets=datasets
+        )
 
 
 def test_early_stopping_on_patience(data_root: Path, datasets, tmp_path: Path) -> None:
@@ -256,8 +310,15 @@ def test_run_pipeline_resumes_as_a_whole(data_root: Path, datasets, tmp_path: Pa
 
     with pytest.raises(_Crash):
         run_pipeline(data_root, tmp_path, config, _env(), on_step=crash_in_gan)
-    assert [(r.stage, r.step) for r in seen] == [("pretrain", 1), ("pretrain", 2), ("pretrain", 3),
-                                                 ("pretrain", 4), ("gan", 1), ("gan", 2), ("gan", 3)]
+    assert [(r.stage, r.step) for r in seen] == [
+        ("pretrain", 1),
+        ("pretrain", 2),
+        ("pretrain", 3),
+        ("pretrain", 4),
+        ("gan", 1),
+        ("gan", 2),
+        ("gan", 3),
+    ]
     pretrain_last = checkpoint_path(tmp_path, "pretrain", "last")
     stamp = pretrain_last.stat().st_mtime_ns
 
@@ -267,12 +328,17 @@ def test_run_pipeline_resumes_as_a_whole(data_root: Path, datasets, tmp_path: Pa
     assert [r.stage for r in results] == ["gan"] and results[0].finished
     assert pretrain_last.stat().st_mtime_ns == stamp
     assert [(r["stage"], r["epoch"]) for r in _rows(tmp_path)] == [
-        ("pretrain", "1"), ("pretrain", "2"), ("gan", "1"), ("gan", "2")
+        ("pretrain", "1"),
+        ("pretrain", "2"),
+        ("gan", "1"),
+        ("gan", "2"),
     ]
     assert run_pipeline(data_root, tmp_path, config, _env()) == []  # all done: nothing to do
 
 
-def test_run_pipeline_with_init_fine_tunes_an_existing_generator(data_root: Path, datasets, tmp_path: Path) -> None:
+def test_run_pipeline_with_init_fine_tunes_an_existing_generator(
+    data_root: Path, datasets, tmp_path: Path
+) -> None:
     torch.manual_seed(5)
     generator = build_generator(GeneratorConfig(decoder_width=12))
     model_file = tmp_path / "production.safetensors"
@@ -315,7 +381,9 @@ def test_learning_rate_schedules() -> None:
     assert lr_factor("pretrain", 0, 1) == 1.0
 
 
-def test_load_any_generator_reads_checkpoints_and_generator_files(pretrained_run: dict, tmp_path: Path) -> None:
+def test_load_any_generator_reads_checkpoints_and_generator_files(
+    pretrained_run: dict, tmp_path: Path
+) -> None:
     ckpt = checkpoint_path(pretrained_run["run_dir"], "pretrain", "best")
     model, config, info = load_any_generator(ckpt)
     assert config.decoder_width == 8 and info["stage"] == "pretrain" and info["source"] == "checkpoint"
@@ -362,15 +430,19 @@ def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(trainer_main, ["gan", str(data_root), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--init" in result.output
-    result = runner.invoke(trainer_main, ["pretrain", str(data_root), "--out", str(tmp_path / "r"), "--resume",
-                                          *TINY_OPTIONS])
+    result = runner.invoke(
+        trainer_main, ["pretrain", str(data_root), "--out", str(tmp_path / "r"), "--resume", *TINY_OPTIONS]
+    )
     assert result.exit_code == 1 and "nothing to resume" in result.output
-    result = runner.invoke(trainer_main, ["pretrain", str(data_root), "--out", str(tmp_path / "r"),
-                                          "--image-size", "-5"])
+    result = runner.invoke(
+        trainer_main, ["pretrain", str(data_root), "--out", str(tmp_path / "r"), "--image-size", "-5"]
+    )
     assert result.exit_code == 1 and "trainer.image_size" in result.output
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(trainer_main, ["pretrain", str(empty), "--out", str(tmp_path / "r"), *TINY_OPTIONS])
+    result = runner.invoke(
+        trainer_main, ["pretrain", str(empty), "--out", str(tmp_path / "r"), *TINY_OPTIONS]
+    )
     assert result.exit_code == 1 and "no JPEG/PNG/TIFF images" in result.output
     assert "Traceback" not in result.output
 
@@ -378,10 +450,25 @@ def test_cli_errors_are_one_line(data_root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_run_killed_between_stages_continues(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "trainer", "run", str(data_root), "--out", str(run_dir), *TINY_OPTIONS,
-               "--max-steps-per-epoch", "2", "--pretrain-epochs", "1", "--gan-epochs", "2"]
-    proc = subprocess.Popen(command, env=_subprocess_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "run",
+        str(data_root),
+        "--out",
+        str(run_dir),
+        *TINY_OPTIONS,
+        "--max-steps-per-epoch",
+        "2",
+        "--pretrain-epochs",
+        "1",
+        "--gan-epochs",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        command, env=_subprocess_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     pretrain_last = checkpoint_path(run_dir, "pretrain", "last")
     deadline = time.monotonic() + 180
     while not pretrain_last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -392,10 +479,16 @@ def test_cli_run_killed_between_stages_continues(data_root: Path, tmp_path: Path
     proc.stderr.close()
     stamp = pretrain_last.stat().st_mtime_ns
 
-    done = subprocess.run(command, env=_subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, env=_subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert pretrain_last.stat().st_mtime_ns == stamp  # stage 1 was not redone
-    assert [(r["stage"], r["epoch"]) for r in _rows(run_dir)] == [("pretrain", "1"), ("gan", "1"), ("gan", "2")]
+    assert [(r["stage"], r["epoch"]) for r in _rows(run_dir)] == [
+        ("pretrain", "1"),
+        ("gan", "1"),
+        ("gan", "2"),
+    ]
     gan_last = load_checkpoint(checkpoint_path(run_dir, "gan", "last"))
     assert gan_last["finished"] and gan_last["step"] == 4
     assert load_config_file(run_dir / "config.toml").trainer.gan_epochs == 2
@@ -408,10 +501,28 @@ def test_cli_run_killed_between_stages_continues(data_root: Path, tmp_path: Path
 @pytest.mark.slow
 def test_torchrun_two_processes_with_gloo_complete_both_stages(data_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "trainer", "run", str(data_root), "--out", str(run_dir), *TINY_OPTIONS,
-               "--pretrain-epochs", "1", "--gan-epochs", "1"]
-    done = subprocess.run(command, env=_subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=420)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "trainer",
+        "run",
+        str(data_root),
+        "--out",
+        str(run_dir),
+        *TINY_OPTIONS,
+        "--pretrain-epochs",
+        "1",
+        "--gan-epochs",
+        "1",
+    ]
+    done = subprocess.run(
+        command, env=_subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=420
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     _, _, summary = build_datasets(data_root, image_size=32, val_fraction=0.2)
     # DistributedSampler pads to equal shards; the ragged last batch of a shard is dropped.

@@ -30,8 +30,9 @@ DEADLINE = 15.0
 
 
 def open_test_queue(folder: Path) -> SqlJobQueue:
-    return SqlJobQueue(f"sqlite:///{folder / 'queue.db'}", lease_seconds=60.0, max_attempts=3,
-                       retry_backoff=1.0)
+    return SqlJobQueue(
+        f"sqlite:///{folder / 'queue.db'}", lease_seconds=60.0, max_attempts=3, retry_backoff=1.0
+    )
 
 
 def jobs(queue: JobQueue) -> list[Job]:
@@ -117,15 +118,15 @@ def payload() -> bytes:
 
 
 def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
-            for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 # ------------------------------------------------------------------ threaded, real observers
 
 
 def test_slowly_written_file_becomes_one_job_only_when_complete(
-        root: Path, queue: SqlJobQueue, running: list[Watcher]) -> None:
+    root: Path, queue: SqlJobQueue, running: list[Watcher]
+) -> None:
     w = start(Watcher(make_cfg(root, settle_seconds=1.0), queue), running)
     assert w.observer is not None and not isinstance(w.observer, PollingObserver)
     data = payload()
@@ -133,20 +134,20 @@ def test_slowly_written_file_becomes_one_job_only_when_complete(
     target = root / "slow.tif"
     with target.open("wb") as f:
         for start_at in range(0, len(data), step):
-            f.write(data[start_at:start_at + step])
+            f.write(data[start_at : start_at + step])
             f.flush()
             time.sleep(0.5)
             assert jobs(queue) == [], "enqueued before the file was complete"
     wait_for(lambda: len(jobs(queue)) == 1, "the completed file's job")
     job = jobs(queue)[0]
-    assert (job.rel_path, job.sha256, job.size) == ("slow.tif", hashlib.sha256(data).hexdigest(),
-                                                    len(data))
+    assert (job.rel_path, job.sha256, job.size) == ("slow.tif", hashlib.sha256(data).hexdigest(), len(data))
     time.sleep(1.3)  # past another settle period: still the one job
     assert len(jobs(queue)) == 1
 
 
 def test_files_present_before_start_are_found_by_the_startup_scan(
-        root: Path, queue: SqlJobQueue, running: list[Watcher]) -> None:
+    root: Path, queue: SqlJobQueue, running: list[Watcher]
+) -> None:
     write(root / "a.tif")
     write(root / "sub" / "deeper" / "b.png", b"png")
     write(root / "notes.txt")
@@ -159,8 +160,9 @@ def test_files_present_before_start_are_found_by_the_startup_scan(
     assert tree_state(root) == before, "the watched folder must only ever be read"
 
 
-def test_polling_observer_detects_a_new_file(root: Path, tmp_path: Path, queue: SqlJobQueue,
-                                             running: list[Watcher]) -> None:
+def test_polling_observer_detects_a_new_file(
+    root: Path, tmp_path: Path, queue: SqlJobQueue, running: list[Watcher]
+) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (root / "linked").symlink_to(outside, target_is_directory=True)  # the poller follows it
@@ -175,8 +177,9 @@ def test_polling_observer_detects_a_new_file(root: Path, tmp_path: Path, queue: 
     assert job_paths(queue) == ["late.tif"]
 
 
-def test_folder_moved_in_with_its_files_is_picked_up(root: Path, tmp_path: Path, queue: SqlJobQueue,
-                                                      running: list[Watcher]) -> None:
+def test_folder_moved_in_with_its_files_is_picked_up(
+    root: Path, tmp_path: Path, queue: SqlJobQueue, running: list[Watcher]
+) -> None:
     start(Watcher(make_cfg(root), queue), running)
     staging = tmp_path / "staging" / "run-7"
     for i in range(3):
@@ -189,13 +192,14 @@ def test_folder_moved_in_with_its_files_is_picked_up(root: Path, tmp_path: Path,
     wait_for(lambda: job_paths(queue) == expected, "the moved-in folder's jobs")
 
 
-def test_root_vanishing_later_is_survived(root: Path, queue: SqlJobQueue,
-                                          running: list[Watcher]) -> None:
+def test_root_vanishing_later_is_survived(root: Path, queue: SqlJobQueue, running: list[Watcher]) -> None:
     with capture_logs() as logs:
         w = start(Watcher(make_cfg(root, scan_interval=0.3), queue), running)
         shutil.rmtree(root)
-        wait_for(lambda: any(e["event"].startswith("watch folder unavailable") for e in logs),
-                 "the unavailable-folder warning")
+        wait_for(
+            lambda: any(e["event"].startswith("watch folder unavailable") for e in logs),
+            "the unavailable-folder warning",
+        )
         root.mkdir()
         write(root / "after.tif", b"back")
         wait_for(lambda: job_paths(queue) == ["after.tif"], "a job after the folder came back")
@@ -205,8 +209,9 @@ def test_root_vanishing_later_is_survived(root: Path, queue: SqlJobQueue,
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
 
 
-def test_worker_logs_a_failing_pass_and_carries_on(root: Path, tmp_path: Path,
-                                                   running: list[Watcher]) -> None:
+def test_worker_logs_a_failing_pass_and_carries_on(
+    root: Path, tmp_path: Path, running: list[Watcher]
+) -> None:
     class FlakyQueue(SqlJobQueue):
         # Fault injection: the first bulk query fails as a dropped database connection would.
         failed = False
@@ -218,8 +223,9 @@ def test_worker_logs_a_failing_pass_and_carries_on(root: Path, tmp_path: Path,
             return super().known_files()
 
     write(root / "a.tif")
-    queue = FlakyQueue(f"sqlite:///{tmp_path / 'flaky.db'}", lease_seconds=60.0, max_attempts=3,
-                       retry_backoff=1.0)
+    queue = FlakyQueue(
+        f"sqlite:///{tmp_path / 'flaky.db'}", lease_seconds=60.0, max_attempts=3, retry_backoff=1.0
+    )
     try:
         with capture_logs() as logs:
             start(Watcher(make_cfg(root), queue), running)
@@ -276,12 +282,15 @@ def test_touch_is_not_a_new_job_but_changed_content_is(root: Path, queue: SqlJob
     f.write_bytes(b"two")
     os.utime(f, (later + 60, later + 60))
     assert settled_jobs(w, clock) == 1
-    assert [j.sha256 for j in jobs(queue)] == [hashlib.sha256(b"one").hexdigest(),
-                                               hashlib.sha256(b"two").hexdigest()]
+    assert [j.sha256 for j in jobs(queue)] == [
+        hashlib.sha256(b"one").hexdigest(),
+        hashlib.sha256(b"two").hexdigest(),
+    ]
 
 
 def test_content_reverting_to_an_earlier_version_is_hashed_once(
-        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, clock=clock)
     f = write(root / "a.tif", b"A")
@@ -301,7 +310,8 @@ def test_content_reverting_to_an_earlier_version_is_hashed_once(
 
 
 def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(
-        root: Path, queue: SqlJobQueue) -> None:
+    root: Path, queue: SqlJobQueue
+) -> None:
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, clock=clock)
     gone = write(root / "gone.tif")
@@ -311,7 +321,8 @@ def test_vanished_candidate_is_dropped_and_zero_byte_file_still_settles(
     clock.advance(0.2)
     assert w.process_ready() == 1
     assert [(j.rel_path, j.sha256, j.size) for j in jobs(queue)] == [
-        ("empty.tif", hashlib.sha256(b"").hexdigest(), 0)]
+        ("empty.tif", hashlib.sha256(b"").hexdigest(), 0)
+    ]
     assert w.candidate_count == 0
 
 
@@ -331,7 +342,8 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unreadable_file_shows_as_failed_with_its_reason(
-        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, clock=clock)
     write(root / "fine.tif", b"fine")
@@ -343,8 +355,7 @@ def test_an_unreadable_file_shows_as_failed_with_its_reason(
     assert [e["path"] for e in logs if e["log_level"] == "warning"] == ["locked.tif"]
     assert w.candidate_count == 0
     failures = queue.stats().recent_failures
-    assert [(f["path"], f["error"]) for f in failures] == [
-        ("locked.tif", "cannot read: Permission denied")]
+    assert [(f["path"], f["error"]) for f in failures] == [("locked.tif", "cannot read: Permission denied")]
     assert job_paths(queue) == ["fine.tif", "locked.tif"]
 
 
@@ -380,8 +391,9 @@ def test_any_error_on_one_files_way_stays_that_files_problem(root: Path, tmp_pat
                 raise TypeError("a record the insert cannot take")
             return super().enqueue_many(records)
 
-    queue = BrittleQueue(f"sqlite:///{tmp_path / 'brittle.db'}", lease_seconds=60.0,
-                         max_attempts=3, retry_backoff=1.0)
+    queue = BrittleQueue(
+        f"sqlite:///{tmp_path / 'brittle.db'}", lease_seconds=60.0, max_attempts=3, retry_backoff=1.0
+    )
     try:
         clock = FakeClock()
         w = Watcher(make_cfg(root), queue, clock=clock)
@@ -391,8 +403,10 @@ def test_any_error_on_one_files_way_stays_that_files_problem(root: Path, tmp_pat
             assert settled_jobs(w, clock) == 2
         assert sorted(j.rel_path for j in jobs(queue) if j.sha256) == ["a.tif", "z.tif"]
         failures = {f["path"]: f["error"] for f in queue.stats().recent_failures}
-        assert failures == {"odd.tif": "cannot queue: RuntimeError: unexpected",
-                            "poison.tif": "cannot queue: TypeError: a record the insert cannot take"}
+        assert failures == {
+            "odd.tif": "cannot queue: RuntimeError: unexpected",
+            "poison.tif": "cannot queue: TypeError: a record the insert cannot take",
+        }
         errors = [e for e in logs if e["log_level"] == "error"]
         assert {e["path"] for e in errors} == {"odd.tif", "poison.tif"}
         assert all(e["exc_info"] for e in errors)
@@ -401,14 +415,22 @@ def test_any_error_on_one_files_way_stays_that_files_problem(root: Path, tmp_pat
         queue.close()
 
 
-def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Path,
-                                                       queue: SqlJobQueue) -> None:
+def test_ignored_names_folders_links_and_special_files(
+    root: Path, tmp_path: Path, queue: SqlJobQueue
+) -> None:
     wanted = ["a.tif", "B.TIF", "c.TiFf", "d.jpeg", "sub/e.png", "link_in.tif", "dir.tif/f.tif"]
     for rel in wanted:
         if rel != "link_in.tif":
             write(root / rel)
-    unwanted = [".hidden.tif", ".hiddendir/x.tif", "~$report.tif", ".semwatch-tmp-1.tif",
-                "notes.txt", "out/colored.tif", "out/sub/c2.tif"]
+    unwanted = [
+        ".hidden.tif",
+        ".hiddendir/x.tif",
+        "~$report.tif",
+        ".semwatch-tmp-1.tif",
+        "notes.txt",
+        "out/colored.tif",
+        "out/sub/c2.tif",
+    ]
     for rel in unwanted:
         write(root / rel)
     outside = write(tmp_path / "elsewhere" / "secret.tif")
@@ -419,8 +441,7 @@ def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Pat
     (root / "dangling.tif").symlink_to(root / "missing.tif")
     (root / "out" / "back.tif").symlink_to(root / "out" / "colored.tif")
     os.mkfifo(root / "pipe.tif")
-    unwanted += ["link_out.tif", "linked_dir/secret.tif", "dangling.tif", "out/back.tif",
-                 "pipe.tif"]
+    unwanted += ["link_out.tif", "linked_dir/secret.tif", "dangling.tif", "out/back.tif", "pipe.tif"]
 
     clock = FakeClock()
     w = Watcher(make_cfg(root), queue, output_dir=root / "out", clock=clock)
@@ -435,9 +456,19 @@ def test_ignored_names_folders_links_and_special_files(root: Path, tmp_path: Pat
 
 
 def test_temporary_names_are_ignored_even_when_the_patterns_match_everything(
-        root: Path, queue: SqlJobQueue) -> None:
-    temporary = ["~$report.tif", "x.tmp", "x.TMP", "x.tif.part", "x.tif.crdownload",
-                 "x.tif.partial", ".~lock.x.tif#", "x.tif.swp", ".semwatch-tmp-123.tif"]
+    root: Path, queue: SqlJobQueue
+) -> None:
+    temporary = [
+        "~$report.tif",
+        "x.tmp",
+        "x.TMP",
+        "x.tif.part",
+        "x.tif.crdownload",
+        "x.tif.partial",
+        ".~lock.x.tif#",
+        "x.tif.swp",
+        ".semwatch-tmp-123.tif",
+    ]
     for name in [*temporary, "keep.dat"]:
         write(root / name)
     w = Watcher(make_cfg(root, patterns=("*",)), queue)
@@ -467,7 +498,8 @@ def test_relpath(root: Path, tmp_path: Path, queue: SqlJobQueue) -> None:
 
 
 def test_scan_of_known_files_enqueues_and_hashes_nothing(
-        root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     records = []
     for d in range(20):
         folder = root / f"d{d:02}"
@@ -475,8 +507,15 @@ def test_scan_of_known_files_enqueues_and_hashes_nothing(
         for i in range(100):
             p = write(folder / f"img{i:03}.tif", b"%d/%d" % (d, i))
             st = p.stat()
-            records.append((f"d{d:02}/img{i:03}.tif", hashlib.sha256(p.read_bytes()).hexdigest(),
-                            st.st_size, st.st_mtime, 0.0))
+            records.append(
+                (
+                    f"d{d:02}/img{i:03}.tif",
+                    hashlib.sha256(p.read_bytes()).hexdigest(),
+                    st.st_size,
+                    st.st_mtime,
+                    0.0,
+                )
+            )
     assert queue.enqueue_many(records) == 2000
     known_calls = count_calls(monkeypatch, queue, "known_files")
     enqueue_calls = count_calls(monkeypatch, queue, "enqueue_many")

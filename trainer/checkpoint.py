@@ -24,8 +24,9 @@ crash or a full disk never leaves a truncated ``last.pt`` in place of a good one
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -15,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import click
 
 from semwatch.config import ConfigError, TrainerConfig, load_config, load_config_file, parse_config
 from semwatch.log import configure_logging, get_logger
-
 from trainer.checkpoint import CheckpointError
 from trainer.data import DataError
 from trainer.distributed import DistEnv, DistributedError, init_distributed, shutdown_distributed
@@ -62,36 +62,95 @@ main.add_command(export_command)
 
 def _common_options(func: Callable) -> Callable:
     options = [
-        click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)),
-        click.option("--out", "-o", "run_dir", required=True, type=_PATH_DIR,
-                     help="Run directory: config.toml, metrics.csv, samples/, checkpoints."),
-        click.option("--config", "config_file", type=_PATH_FILE, default=None,
-                     help="config.toml to read [trainer] from (default: semwatch's lookup). "
-                          "Ignored when resuming: the run directory's own config.toml is used."),
-        click.option("--val", "val_dir", type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True),
-                     default=None, help="Validation images from this folder instead of a hash split of DATA."),
-        click.option("--val-fraction", type=float, default=None,
-                     help="Share of DATA held out for validation, by a hash of each relative path [0.1]."),
-        click.option("--batch-size", type=int, default=None, help="Images per optimizer step and process [16]."),
-        click.option("--image-size", type=int, default=None, help="Side of the square training crops, pixels [256]."),
-        click.option("--crop-min", type=float, default=None,
-                     help="Smallest random crop side as a share of the image's short side; 1.0 = whole short "
-                          "side, so the network sees objects whole [0.5]."),
-        click.option("--hints/--no-hints", default=None,
-                     help="Train a generator that also takes colour hints (simulated from the truth) [no]."),
-        click.option("--lr", type=float, default=None,
-                     help="Base learning rate of every network in the stage(s) run (pretrain_lr, lr_g, lr_d) [2e-4]."),
-        click.option("--decoder-width", type=int, default=None,
-                     help="Generator decoder width, for a generator built from scratch [64]."),
-        click.option("--workers", type=int, default=None, help="DataLoader worker processes per process; 0 = in-process [2]."),
-        click.option("--seed", type=int, default=None, help="Seed of initialisation, data order and augmentation [0]."),
-        click.option("--max-steps-per-epoch", type=int, default=None,
-                     help="Cap on optimizer steps per epoch, for quick runs and benchmarks; 0 = whole epoch."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                     help="Where to train; auto = CUDA when available. Mixed precision: float16 on CUDA, "
-                          "bfloat16 on a CPU with native bf16."),
-        click.option("--tensorboard/--no-tensorboard", default=False,
-                     help="Also write scalars and sample grids to RUN/tensorboard (tensorboard --logdir RUN)."),
+        click.argument(
+            "data", type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
+        ),
+        click.option(
+            "--out",
+            "-o",
+            "run_dir",
+            required=True,
+            type=_PATH_DIR,
+            help="Run directory: config.toml, metrics.csv, samples/, checkpoints.",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=_PATH_FILE,
+            default=None,
+            help="config.toml to read [trainer] from (default: semwatch's lookup). "
+            "Ignored when resuming: the run directory's own config.toml is used.",
+        ),
+        click.option(
+            "--val",
+            "val_dir",
+            type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True),
+            default=None,
+            help="Validation images from this folder instead of a hash split of DATA.",
+        ),
+        click.option(
+            "--val-fraction",
+            type=float,
+            default=None,
+            help="Share of DATA held out for validation, by a hash of each relative path [0.1].",
+        ),
+        click.option(
+            "--batch-size", type=int, default=None, help="Images per optimizer step and process [16]."
+        ),
+        click.option(
+            "--image-size", type=int, default=None, help="Side of the square training crops, pixels [256]."
+        ),
+        click.option(
+            "--crop-min",
+            type=float,
+            default=None,
+            help="Smallest random crop side as a share of the image's short side; 1.0 = whole short "
+            "side, so the network sees objects whole [0.5].",
+        ),
+        click.option(
+            "--hints/--no-hints",
+            default=None,
+            help="Train a generator that also takes colour hints (simulated from the truth) [no].",
+        ),
+        click.option(
+            "--lr",
+            type=float,
+            default=None,
+            help="Base learning rate of every network in the stage(s) run (pretrain_lr, lr_g, lr_d) [2e-4].",
+        ),
+        click.option(
+            "--decoder-width",
+            type=int,
+            default=None,
+            help="Generator decoder width, for a generator built from scratch [64].",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=None,
+            help="DataLoader worker processes per process; 0 = in-process [2].",
+        ),
+        click.option(
+            "--seed", type=int, default=None, help="Seed of initialisation, data order and augmentation [0]."
+        ),
+        click.option(
+            "--max-steps-per-epoch",
+            type=int,
+            default=None,
+            help="Cap on optimizer steps per epoch, for quick runs and benchmarks; 0 = whole epoch.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default=None,
+            help="Where to train; auto = CUDA when available. Mixed precision: float16 on CUDA, "
+            "bfloat16 on a CPU with native bf16.",
+        ),
+        click.option(
+            "--tensorboard/--no-tensorboard",
+            default=False,
+            help="Also write scalars and sample grids to RUN/tensorboard (tensorboard --logdir RUN).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -100,12 +159,24 @@ def _common_options(func: Callable) -> Callable:
 
 def _gan_options(func: Callable) -> Callable:
     options = [
-        click.option("--lambda-l1", type=float, default=None,
-                     help="Weight of L1 against the GAN loss in stage 2 [20; pix2pix's 100 gives sepia]."),
-        click.option("--gan-loss", type=click.Choice(["bce", "lsgan"]), default=None,
-                     help="bce = BCE with logits (original cGAN), lsgan = least squares [bce]."),
-        click.option("--lr-g", type=float, default=None, help="Stage-2 generator learning rate (overrides --lr)."),
-        click.option("--lr-d", type=float, default=None, help="Stage-2 discriminator learning rate (overrides --lr)."),
+        click.option(
+            "--lambda-l1",
+            type=float,
+            default=None,
+            help="Weight of L1 against the GAN loss in stage 2 [20; pix2pix's 100 gives sepia].",
+        ),
+        click.option(
+            "--gan-loss",
+            type=click.Choice(["bce", "lsgan"]),
+            default=None,
+            help="bce = BCE with logits (original cGAN), lsgan = least squares [bce].",
+        ),
+        click.option(
+            "--lr-g", type=float, default=None, help="Stage-2 generator learning rate (overrides --lr)."
+        ),
+        click.option(
+            "--lr-d", type=float, default=None, help="Stage-2 discriminator learning rate (overrides --lr)."
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -114,11 +185,19 @@ def _gan_options(func: Callable) -> Callable:
 
 def _pretrain_options(func: Callable) -> Callable:
     options = [
-        click.option("--patience", type=int, default=None,
-                     help="Stage 1 stops after this many epochs without a better validation L1; 0 = never [5]."),
-        click.option("--pretrained-encoder", type=click.Path(exists=True, dir_okay=False, path_type=Path, resolve_path=True),
-                     default=None, help="Local torchvision resnet18 weights (.pth/.safetensors) for a generator "
-                                        "built from scratch (not used with --init or --resume)."),
+        click.option(
+            "--patience",
+            type=int,
+            default=None,
+            help="Stage 1 stops after this many epochs without a better validation L1; 0 = never [5].",
+        ),
+        click.option(
+            "--pretrained-encoder",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path, resolve_path=True),
+            default=None,
+            help="Local torchvision resnet18 weights (.pth/.safetensors) for a generator "
+            "built from scratch (not used with --init or --resume).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -131,11 +210,21 @@ def _pretrain_options(func: Callable) -> Callable:
 def _overrides(options: dict[str, Any], epochs_key: Sequence[str]) -> dict[str, Any]:
     """Options given on the command line -> [trainer] keys (None = not given)."""
     mapping = {
-        "val_fraction": "val_fraction", "batch_size": "batch_size", "image_size": "image_size",
-        "decoder_width": "decoder_width", "workers": "workers", "seed": "seed",
-        "max_steps_per_epoch": "max_steps_per_epoch", "device": "device", "lambda_l1": "lambda_l1",
-        "gan_loss": "gan_loss", "patience": "patience", "pretrained_encoder": "pretrained_encoder",
-        "pretrain_epochs": "pretrain_epochs", "gan_epochs": "gan_epochs", "crop_min": "crop_min",
+        "val_fraction": "val_fraction",
+        "batch_size": "batch_size",
+        "image_size": "image_size",
+        "decoder_width": "decoder_width",
+        "workers": "workers",
+        "seed": "seed",
+        "max_steps_per_epoch": "max_steps_per_epoch",
+        "device": "device",
+        "lambda_l1": "lambda_l1",
+        "gan_loss": "gan_loss",
+        "patience": "patience",
+        "pretrained_encoder": "pretrained_encoder",
+        "pretrain_epochs": "pretrain_epochs",
+        "gan_epochs": "gan_epochs",
+        "crop_min": "crop_min",
         "hints": "hints",
     }
     out: dict[str, Any] = {}
@@ -153,7 +242,9 @@ def _overrides(options: dict[str, Any], epochs_key: Sequence[str]) -> dict[str, 
     return out
 
 
-def resolve_config(config_file: Path | None, run_dir: Path, resuming: bool, overrides: dict[str, Any]) -> TrainerConfig:
+def resolve_config(
+    config_file: Path | None, run_dir: Path, resuming: bool, overrides: dict[str, Any]
+) -> TrainerConfig:
     """Base ([trainer] of the run dir when resuming, else of --config) + command-line overrides."""
     run_config = run_dir / CONFIG_NAME
     if resuming and run_config.is_file():
@@ -173,8 +264,9 @@ def resolve_config(config_file: Path | None, run_dir: Path, resuming: bool, over
     return config
 
 
-def _setup(run_dir: Path, config: TrainerConfig, command: str, data: Path, val_dir: Path | None,
-           init: Path | None) -> DistEnv:
+def _setup(
+    run_dir: Path, config: TrainerConfig, command: str, data: Path, val_dir: Path | None, init: Path | None
+) -> DistEnv:
     env = init_distributed(config.device)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,24 +294,43 @@ def _run_guarded(action: Callable[[], list[StageResult]], run_dir: Path, env_hol
     except _USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        log.warning("interrupted; the last completed epoch is kept", run_dir=str(run_dir),
-                    hint="continue with --resume (or re-run `trainer run`)")
+        log.warning(
+            "interrupted; the last completed epoch is kept",
+            run_dir=str(run_dir),
+            hint="continue with --resume (or re-run `trainer run`)",
+        )
         sys.exit(130)
     finally:
         for env in env_holder:
             shutdown_distributed(env)
     for result in results:
-        log.info("stage done", stage=result.stage, epochs=result.epochs, steps=result.step,
-                 finished=result.finished, early_stopped=result.early_stopped,
-                 best_metric=round(result.best_metric, 5), best=str(result.best), last=str(result.last))
+        log.info(
+            "stage done",
+            stage=result.stage,
+            epochs=result.epochs,
+            steps=result.step,
+            finished=result.finished,
+            early_stopped=result.early_stopped,
+            best_metric=round(result.best_metric, 5),
+            best=str(result.best),
+            last=str(result.last),
+        )
 
 
 def _command_line() -> str:
     return " ".join(["trainer", *sys.argv[1:]])
 
 
-def _start(config_file: Path | None, run_dir: Path, resuming: bool, overrides: dict[str, Any], data: Path,
-           val_dir: Path | None, init: Path | None, env_holder: list[DistEnv]) -> tuple[TrainerConfig, DistEnv]:
+def _start(
+    config_file: Path | None,
+    run_dir: Path,
+    resuming: bool,
+    overrides: dict[str, Any],
+    data: Path,
+    val_dir: Path | None,
+    init: Path | None,
+    env_holder: list[DistEnv],
+) -> tuple[TrainerConfig, DistEnv]:
     _configure_logging(config_file)
     config = resolve_config(config_file, run_dir, resuming, overrides)
     env = _setup(run_dir, config, _command_line(), data, val_dir, init)
@@ -234,19 +345,47 @@ def _start(config_file: Path | None, run_dir: Path, resuming: bool, overrides: d
 @_common_options
 @_pretrain_options
 @click.option("--epochs", type=int, default=None, help="Stage-1 epochs (pretrain_epochs) [20].")
-@click.option("--init", type=_PATH_FILE, default=None,
-              help="Start from this generator (training checkpoint .pt or generator .safetensors) instead of scratch.")
+@click.option(
+    "--init",
+    type=_PATH_FILE,
+    default=None,
+    help="Start from this generator (training checkpoint .pt or generator .safetensors) instead of scratch.",
+)
 @click.option("--resume", is_flag=True, help="Continue RUN/pretrain/last.pt where it stopped.")
-def pretrain_command(data: Path, run_dir: Path, config_file: Path | None, val_dir: Path | None, init: Path | None,
-                     resume: bool, tensorboard: bool, **options: Any) -> None:
+def pretrain_command(
+    data: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    val_dir: Path | None,
+    init: Path | None,
+    resume: bool,
+    tensorboard: bool,
+    **options: Any,
+) -> None:
     """Stage 1: train the generator alone with L1 on ab (early stopping on validation L1)."""
     env_holder: list[DistEnv] = []
 
     def action() -> list[StageResult]:
-        config, env = _start(config_file, run_dir, resume, _overrides(options, ["pretrain_epochs"]),
-                             data, val_dir, init, env_holder)
-        spec = StageSpec("pretrain", data, run_dir, config, val_dir=val_dir, init=init, resume=resume,
-                         tensorboard=tensorboard)
+        config, env = _start(
+            config_file,
+            run_dir,
+            resume,
+            _overrides(options, ["pretrain_epochs"]),
+            data,
+            val_dir,
+            init,
+            env_holder,
+        )
+        spec = StageSpec(
+            "pretrain",
+            data,
+            run_dir,
+            config,
+            val_dir=val_dir,
+            init=init,
+            resume=resume,
+            tensorboard=tensorboard,
+        )
         return [train_stage(spec, env)]
 
     _run_guarded(action, run_dir, env_holder)
@@ -256,22 +395,36 @@ def pretrain_command(data: Path, run_dir: Path, config_file: Path | None, val_di
 @_common_options
 @_gan_options
 @click.option("--epochs", type=int, default=None, help="Stage-2 epochs (gan_epochs) [20].")
-@click.option("--init", type=_PATH_FILE, default=None,
-              help="Generator to fine-tune: a stage-1 checkpoint (RUN/pretrain/best.pt) or a generator file. "
-                   "Required unless --resume.")
+@click.option(
+    "--init",
+    type=_PATH_FILE,
+    default=None,
+    help="Generator to fine-tune: a stage-1 checkpoint (RUN/pretrain/best.pt) or a generator file. "
+    "Required unless --resume.",
+)
 @click.option("--resume", is_flag=True, help="Continue RUN/gan/last.pt where it stopped.")
-def gan_command(data: Path, run_dir: Path, config_file: Path | None, val_dir: Path | None, init: Path | None,
-                resume: bool, tensorboard: bool, **options: Any) -> None:
+def gan_command(
+    data: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    val_dir: Path | None,
+    init: Path | None,
+    resume: bool,
+    tensorboard: bool,
+    **options: Any,
+) -> None:
     """Stage 2: pix2pix cGAN fine-tune with a 70x70 PatchGAN; best = ab-histogram realism."""
     if init is None and not resume:
         raise click.UsageError("trainer gan needs --init CHECKPOINT (the stage-1 result) or --resume")
     env_holder: list[DistEnv] = []
 
     def action() -> list[StageResult]:
-        config, env = _start(config_file, run_dir, resume, _overrides(options, ["gan_epochs"]),
-                             data, val_dir, init, env_holder)
-        spec = StageSpec("gan", data, run_dir, config, val_dir=val_dir, init=init, resume=resume,
-                         tensorboard=tensorboard)
+        config, env = _start(
+            config_file, run_dir, resume, _overrides(options, ["gan_epochs"]), data, val_dir, init, env_holder
+        )
+        spec = StageSpec(
+            "gan", data, run_dir, config, val_dir=val_dir, init=init, resume=resume, tensorboard=tensorboard
+        )
         return [train_stage(spec, env)]
 
     _run_guarded(action, run_dir, env_holder)
@@ -281,14 +434,27 @@ def gan_command(data: Path, run_dir: Path, config_file: Path | None, val_dir: Pa
 @_common_options
 @_pretrain_options
 @_gan_options
-@click.option("--epochs", type=int, default=None, help="Epochs of each stage (sets pretrain_epochs and gan_epochs).")
+@click.option(
+    "--epochs", type=int, default=None, help="Epochs of each stage (sets pretrain_epochs and gan_epochs)."
+)
 @click.option("--pretrain-epochs", type=int, default=None, help="Stage-1 epochs; 0 skips stage 1 [20].")
 @click.option("--gan-epochs", type=int, default=None, help="Stage-2 epochs [20].")
-@click.option("--init", type=_PATH_FILE, default=None,
-              help="Existing generator (the bundled default, the one in production, a checkpoint) that stage 1 "
-                   "fine-tunes on DATA instead of starting from scratch.")
-def run_command(data: Path, run_dir: Path, config_file: Path | None, val_dir: Path | None, init: Path | None,
-                tensorboard: bool, **options: Any) -> None:
+@click.option(
+    "--init",
+    type=_PATH_FILE,
+    default=None,
+    help="Existing generator (the bundled default, the one in production, a checkpoint) that stage 1 "
+    "fine-tunes on DATA instead of starting from scratch.",
+)
+def run_command(
+    data: Path,
+    run_dir: Path,
+    config_file: Path | None,
+    val_dir: Path | None,
+    init: Path | None,
+    tensorboard: bool,
+    **options: Any,
+) -> None:
     """Both stages in sequence; re-running the same command continues where it stopped.
 
     A finished stage 1 goes on to stage 2 from stage 1's best checkpoint; an unfinished
@@ -298,8 +464,16 @@ def run_command(data: Path, run_dir: Path, config_file: Path | None, val_dir: Pa
     resuming = (run_dir / CONFIG_NAME).is_file()
 
     def action() -> list[StageResult]:
-        config, env = _start(config_file, run_dir, resuming, _overrides(options, ["pretrain_epochs", "gan_epochs"]),
-                             data, val_dir, init, env_holder)
+        config, env = _start(
+            config_file,
+            run_dir,
+            resuming,
+            _overrides(options, ["pretrain_epochs", "gan_epochs"]),
+            data,
+            val_dir,
+            init,
+            env_holder,
+        )
         return run_pipeline(data, run_dir, config, env, val_dir=val_dir, init=init, tensorboard=tensorboard)
 
     _run_guarded(action, run_dir, env_holder)

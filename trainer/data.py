@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from semwatch.color import AB_SCALE, ab_to_target, l_to_input, rgb_to_lab
 from semwatch.hints import hint_planes
 from semwatch.log import get_logger
-
 from trainer.hints import HintSimulation, sample_points
 
 log = get_logger(__name__)
@@ -102,7 +101,7 @@ def list_images(root: Path) -> list[Path]:
 
 
 def split_of(rel_path: str, val_fraction: float) -> str:
-    """"val" or "train" for a relative POSIX path, by its SHA-256: the same everywhere."""
+    """ "val" or "train" for a relative POSIX path, by its SHA-256: the same everywhere."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
@@ -245,7 +244,7 @@ class ColorDataset(Dataset):
         side = min(short, max(side, 2))
         y0 = int(rng.integers(0, h - side + 1))
         x0 = int(rng.integers(0, w - side + 1))
-        out = _resize_square(rgb[:, y0:y0 + side, x0:x0 + side], self.crop.image_size)
+        out = _resize_square(rgb[:, y0 : y0 + side, x0 : x0 + side], self.crop.image_size)
         if rng.random() < 0.5:
             out = torch.flip(out, dims=(2,))
         quarter_turns = int(rng.integers(0, 4))
@@ -261,7 +260,11 @@ class ColorDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index, 0x41])
         count = self.hints.count(rng)
         size = ab_target.shape[-2:]
-        points = sample_points(ab_target[0] * AB_SCALE, count, rng, patch_max=self.hints.patch_max) if count else []
+        points = (
+            sample_points(ab_target[0] * AB_SCALE, count, rng, patch_max=self.hints.patch_max)
+            if count
+            else []
+        )
         planes = hint_planes(points, *size)
         return torch.cat((l_input[0], planes)), ab_target[0]
 
@@ -270,7 +273,7 @@ def _centre_square(rgb: torch.Tensor) -> torch.Tensor:
     h, w = rgb.shape[1:]
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
-    return rgb[:, y0:y0 + side, x0:x0 + side]
+    return rgb[:, y0 : y0 + side, x0 : x0 + side]
 
 
 def _resize_square(rgb_u8: torch.Tensor, size: int) -> torch.Tensor:
@@ -347,7 +350,9 @@ def build_datasets(
     if val_dir is not None:
         val_dir = Path(val_dir)
         val_paths = list_images(val_dir)
-        val_records, val_counts = scan_images(val_dir, val_paths, cache_short_side=cache_side, threads=threads)
+        val_records, val_counts = scan_images(
+            val_dir, val_paths, cache_short_side=cache_side, threads=threads
+        )
         train_records = records
         total += len(val_paths)
         counts.gray += val_counts.gray
@@ -377,11 +382,17 @@ def build_datasets(
         val_root=str(val_dir.resolve()) if val_dir else None,
     )
     train_ds = ColorDataset(
-        train_records, CropConfig(image_size, crop_min, augment=True), seed=seed, cache_short_side=cache_side,
+        train_records,
+        CropConfig(image_size, crop_min, augment=True),
+        seed=seed,
+        cache_short_side=cache_side,
         hints=hints,
     )
     val_ds = ColorDataset(
-        val_records, CropConfig(image_size, crop_min, augment=False), seed=seed, cache_short_side=cache_side,
+        val_records,
+        CropConfig(image_size, crop_min, augment=False),
+        seed=seed,
+        cache_short_side=cache_side,
         hints=HintSimulation(none_share=1.0) if hints is not None else None,
     )
     return train_ds, val_ds, summary
@@ -430,7 +441,7 @@ def shard_indices(length: int, rank: int, world_size: int) -> list[int]:
 
 def iter_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), batch_size):
-        yield list(indices[start:start + batch_size])
+        yield list(indices[start : start + batch_size])
 
 
 def _one_line(exc: BaseException) -> str:

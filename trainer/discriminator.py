@@ -44,8 +44,14 @@ def build_patchgan(
         prev, mult = mult, min(2**n, 8)
         stride = 2 if n < n_layers else 1
         layers += [
-            nn.Conv2d(base_channels * prev, base_channels * mult, kernel_size, stride=stride,
-                      padding=padding, bias=use_bias),
+            nn.Conv2d(
+                base_channels * prev,
+                base_channels * mult,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                bias=use_bias,
+            ),
             _norm_layer(norm, base_channels * mult),
             nn.LeakyReLU(negative_slope, inplace=True),
         ]

@@ -81,7 +81,8 @@ def init_distributed(device_pref: DevicePref = "auto", timeout_s: float = 1800.0
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(
-            backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
             **({"device_id": device} if device.type == "cuda" else {}),
         )
     log.debug("process group ready", rank=rank, world_size=world_size, backend=backend, device=str(device))

@@ -21,9 +21,10 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -112,8 +113,15 @@ class _Accumulator:
     coherence: float = 0.0
     coherence_images: int = 0  # images whose truth has coloured regions
 
-    def add(self, rgb: torch.Tensor, lab: torch.Tensor, truth_rgb: torch.Tensor, truth_lab: torch.Tensor,
-            *, full: bool = True) -> None:
+    def add(
+        self,
+        rgb: torch.Tensor,
+        lab: torch.Tensor,
+        truth_rgb: torch.Tensor,
+        truth_lab: torch.Tensor,
+        *,
+        full: bool = True,
+    ) -> None:
         """rgb / truth_rgb (3, H, W) float in [0, 1]; lab / truth_lab (3, H, W) Lab.
         ``full`` False: only the error figures (ab MAE, PSNR), for the hint passes."""
         ab, ab_true = lab[1:], truth_lab[1:]
@@ -134,7 +142,7 @@ class _Accumulator:
             self.coherence += value
             self.coherence_images += 1
 
-    def result(self, truth: "_Accumulator") -> MetricSet:
+    def result(self, truth: _Accumulator) -> MetricSet:
         assert self.images and self.hist is not None and truth.hist is not None
         return MetricSet(
             ab_mae=self.abs_error / self.ab_values,
@@ -213,8 +221,9 @@ def load_for_evaluation(path: Path, device: torch.device | str = "cpu") -> Loade
         name = "/".join(path.resolve().parts[-3:])
     else:
         name = str(card.get("name") or path.stem)
-    return LoadedGenerator(model=model, config=config, card=card, path=path,
-                           sha256=file_sha256(path), name=name)
+    return LoadedGenerator(
+        model=model, config=config, card=card, path=path, sha256=file_sha256(path), name=name
+    )
 
 
 def _load_truths(paths: Sequence[Path], totals: _Totals) -> Iterator[tuple[Path, np.ndarray]]:
@@ -261,16 +270,22 @@ def simulated_hints(path: Path, truth_lab: torch.Tensor, count: int, seed: int) 
     return hints
 
 
-def _truth_tensors(batch: list[tuple[Path, np.ndarray]], device: torch.device
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+def _truth_tensors(
+    batch: list[tuple[Path, np.ndarray]], device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     truths = [rgb_u8_to_tensor(rgb, device) for _, rgb in batch]
     truth_labs = [rgb_to_lab(t[None])[0] for t in truths]
     grays = [gray_from_lightness(lab[0]) for lab in truth_labs]
     return truths, truth_labs, grays
 
 
-def _measure_hints(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], counts: Sequence[int],
-                   totals: dict[int, _Accumulator], seed: int) -> None:
+def _measure_hints(
+    colorizer: Colorizer,
+    batch: list[tuple[Path, np.ndarray]],
+    counts: Sequence[int],
+    totals: dict[int, _Accumulator],
+    seed: int,
+) -> None:
     """ab MAE and PSNR of the batch colorized with each number of simulated hints."""
     device = colorizer.device_obj
     truths, truth_labs, grays = _truth_tensors(batch, device)
@@ -317,8 +332,7 @@ def evaluate(
     totals = _Totals()
     counts = sorted({int(c) for c in hint_counts if int(c) > 0})
     hint_totals = {count: _Accumulator() for count in counts}
-    with tqdm(total=len(paths), desc="evaluate", unit="img", file=sys.stderr,
-              disable=not progress) as bar:
+    with tqdm(total=len(paths), desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
         for batch in _batches(_load_truths(paths, totals), colorizer.batch_size):
             _measure(colorizer, batch, totals)
             if counts:
@@ -347,7 +361,9 @@ def evaluate(
     )
 
 
-def _hint_rows(requested: Sequence[int], automatic: _Accumulator, totals: dict[int, _Accumulator]) -> list[HintResult]:
+def _hint_rows(
+    requested: Sequence[int], automatic: _Accumulator, totals: dict[int, _Accumulator]
+) -> list[HintResult]:
     rows = []
     for count in sorted({int(c) for c in requested}):
         acc = automatic if count == 0 else totals[count]
@@ -361,10 +377,14 @@ def format_table(report: EvaluationReport) -> str:
     rows = [
         ("ab MAE (Lab units, lower is better)", m.ab_mae, g.ab_mae, "{:.2f}"),
         ("PSNR RGB (dB)", m.psnr, g.psnr, "{:.2f}"),
-        ("colorfulness (truth {:.1f})".format(m.colorfulness_truth), m.colorfulness, g.colorfulness, "{:.1f}"),
+        (f"colorfulness (truth {m.colorfulness_truth:.1f})", m.colorfulness, g.colorfulness, "{:.1f}"),
         ("ab histogram intersection (0..1)", m.hist_intersection, g.hist_intersection, "{:.3f}"),
-        ("region hue coherence (truth {:.3f})".format(m.region_coherence_truth), m.region_coherence,
-         g.region_coherence, "{:.3f}"),
+        (
+            f"region hue coherence (truth {m.region_coherence_truth:.3f})",
+            m.region_coherence,
+            g.region_coherence,
+            "{:.3f}",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     skipped = f", skipped {report.skipped_gray} gray"
@@ -382,10 +402,15 @@ def format_table(report: EvaluationReport) -> str:
     for label, model_value, gray_value, spec in rows:
         lines.append(f"{label:{width}}  {spec.format(model_value):>10}  {spec.format(gray_value):>10}")
     if report.hints:
-        lines += ["", f"simulated hints (seed {report.hint_seed}): ab MAE (x gray) and PSNR",
-                  f"{'hints':>6}  {'ab MAE':>8}  {'x gray':>7}  {'PSNR':>7}"]
+        lines += [
+            "",
+            f"simulated hints (seed {report.hint_seed}): ab MAE (x gray) and PSNR",
+            f"{'hints':>6}  {'ab MAE':>8}  {'x gray':>7}  {'PSNR':>7}",
+        ]
         for row in report.hints:
-            lines.append(f"{row.points:>6}  {row.ab_mae:>8.2f}  {row.ab_mae / g.ab_mae:>6.2f}x  {row.psnr:>7.2f}")
+            lines.append(
+                f"{row.points:>6}  {row.ab_mae:>8.2f}  {row.ab_mae / g.ab_mae:>6.2f}x  {row.psnr:>7.2f}"
+            )
         lines.append(f"{'gray':>6}  {g.ab_mae:>8.2f}  {1.0:>6.2f}x  {g.psnr:>7.2f}")
     return "\n".join(lines)
 
@@ -402,7 +427,9 @@ def _hint_counts(text: str | None) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected counts like 0,1,5,10,20", param_hint="--hints") from None
+        raise click.BadParameter(
+            f"{text!r}: expected counts like 0,1,5,10,20", param_hint="--hints"
+        ) from None
     if any(c < 0 for c in counts):
         raise click.BadParameter(f"{text!r}: counts must be >= 0", param_hint="--hints")
     return counts
@@ -418,36 +445,91 @@ def _load_cli_config(config_path: Path | None) -> Config:
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
-              help="val: the validation split training used (same hash of the relative path); all: every image.")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
-              help="Validation fraction of the split. Default: trainer.val_fraction.")
+@click.option(
+    "--split",
+    type=click.Choice(["val", "all"]),
+    default="val",
+    show_default=True,
+    help="val: the validation split training used (same hash of the relative path); all: every image.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=None,
+    help="Validation fraction of the split. Default: trainer.val_fraction.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--chroma-size", type=click.IntRange(min=32), default=None,
-              help="Long side of the copy the network colors (multiple of 32). Default: engine.chroma_size.")
-@click.option("--hue-scale", type=click.FloatRange(min=0.0), default=None,
-              help="Hue coherence neighbourhood (fraction of the long side, 0 = off). Default: engine.hue_scale.")
-@click.option("--guide-radius", type=click.IntRange(min=0), default=None,
-              help="Lightness-guided filter radius (0 = off). Default: engine.guide_radius.")
-@click.option("--region-hue", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Dominant hue per region, 0 (off) to 1. Default: engine.region_hue.")
-@click.option("--region-scale", type=click.FloatRange(min=1.0), default=None,
-              help="Region size preference (Felzenszwalb scale). Default: engine.region_scale.")
-@click.option("--chroma-gain", type=click.FloatRange(min=0.0, min_open=True), default=None,
-              help="Predicted chroma x this. Default: engine.chroma_gain.")
-@click.option("--hints", "hints_text", default=None, metavar="N[,N...]",
-              help="Also colorize with N simulated hints per image (from the truth, fixed seed) and report "
-                   "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.")
+@click.option(
+    "--chroma-size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="Long side of the copy the network colors (multiple of 32). Default: engine.chroma_size.",
+)
+@click.option(
+    "--hue-scale",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Hue coherence neighbourhood (fraction of the long side, 0 = off). Default: engine.hue_scale.",
+)
+@click.option(
+    "--guide-radius",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Lightness-guided filter radius (0 = off). Default: engine.guide_radius.",
+)
+@click.option(
+    "--region-hue",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Dominant hue per region, 0 (off) to 1. Default: engine.region_hue.",
+)
+@click.option(
+    "--region-scale",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Region size preference (Felzenszwalb scale). Default: engine.region_scale.",
+)
+@click.option(
+    "--chroma-gain",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Predicted chroma x this. Default: engine.chroma_gain.",
+)
+@click.option(
+    "--hints",
+    "hints_text",
+    default=None,
+    metavar="N[,N...]",
+    help="Also colorize with N simulated hints per image (from the truth, fixed seed) and report "
+    "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.",
+)
 @click.option("--hint-seed", type=int, default=0, show_default=True, help="Seed of the simulated hints.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="Where the network runs. Default: engine.device.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per forward pass. Default: engine.batch_size.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Evaluate only the first N files of the split (sorted by path).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="Where the network runs. Default: engine.device.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per forward pass. Default: engine.batch_size.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Evaluate only the first N files of the split (sorted by path).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Configuration file (default: $SEMWATCH_CONFIG, ./config.toml, /etc/semwatch/config.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file (default: $SEMWATCH_CONFIG, ./config.toml, /etc/semwatch/config.toml).",
+)
 def evaluate_command(
     model: Path,
     data: Path,
@@ -474,28 +556,46 @@ def evaluate_command(
     error with simulated colour hints. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
     """
     config = _load_cli_config(config_path)
-    configure_logging(config.logging.level,
-                      "console" if config.logging.format == "auto" else config.logging.format)
+    configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
     try:
-        paths = select_images(data, split, config.trainer.val_fraction if val_fraction is None else val_fraction,
-                              limit)
+        paths = select_images(
+            data, split, config.trainer.val_fraction if val_fraction is None else val_fraction, limit
+        )
         colorizer = Colorizer(
             load_for_evaluation(model, device="cpu"),
             device=device or config.engine.device,
             backend=config.engine.backend,
             chroma_size=chroma_size or config.engine.chroma_size,
             batch_size=batch_size or config.engine.batch_size,
-            refinement=_refinement(config, hue_scale=hue_scale, guide_radius=guide_radius, region_hue=region_hue,
-                                   region_scale=region_scale, chroma_gain=chroma_gain),
+            refinement=_refinement(
+                config,
+                hue_scale=hue_scale,
+                guide_radius=guide_radius,
+                region_hue=region_hue,
+                region_scale=region_scale,
+                chroma_gain=chroma_gain,
+            ),
             precision=config.engine.precision,  # the service's numbers, as it would colour them
             channels_last=config.engine.channels_last,
             cache_dir=config.engine.cache_dir,
         )
-        report = evaluate(colorizer, paths, split=split, progress=not quiet, hint_counts=_hint_counts(hints_text),
-                          hint_seed=hint_seed)
+        report = evaluate(
+            colorizer,
+            paths,
+            split=split,
+            progress=not quiet,
+            hint_counts=_hint_counts(hints_text),
+            hint_seed=hint_seed,
+        )
     except (EvaluationError, DataError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
-    log.info("evaluated", model=report.model, images=report.images,
-             ab_mae=round(report.metrics.ab_mae, 3),
-             hist_intersection=round(report.metrics.hist_intersection, 4))
+    log.info(
+        "evaluated",
+        model=report.model,
+        images=report.images,
+        ab_mae=round(report.metrics.ab_mae, 3),
+        hist_intersection=round(report.metrics.hist_intersection, 4),
+    )
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_table(report))

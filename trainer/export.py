@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import click
 import torch
@@ -32,8 +33,18 @@ log = get_logger(__name__)
 # Checkpoint keys that describe how the weights were made (carried into the recipe when
 # present; the training loops may add provenance such as the --init model).
 _RECIPE_KEYS = (
-    "stage", "epoch", "step", "best_metric", "best_metric_name", "early_stopped", "finished",
-    "trainer_config", "sched_g", "sched_d", "init", "stages",
+    "stage",
+    "epoch",
+    "step",
+    "best_metric",
+    "best_metric_name",
+    "early_stopped",
+    "finished",
+    "trainer_config",
+    "sched_g",
+    "sched_d",
+    "init",
+    "stages",
 )
 
 
@@ -149,8 +160,9 @@ def export_generator(
         evaluation=evaluation,
     )
     sha256 = _save(output, model, config, card, dtype)
-    log.info("exported generator", path=str(output), dtype=card["dtype"], sha256=sha256[:12],
-             source=str(source))
+    log.info(
+        "exported generator", path=str(output), dtype=card["dtype"], sha256=sha256[:12], source=str(source)
+    )
     return ExportResult(path=output, sha256=sha256, dtype=card["dtype"], card=card)
 
 
@@ -177,8 +189,9 @@ def _read_evaluation(path: Path) -> dict[str, Any]:
     return report
 
 
-def _save(output: Path, model: nn.Module, config: GeneratorConfig, card: dict[str, Any],
-          dtype: torch.dtype) -> str:
+def _save(
+    output: Path, model: nn.Module, config: GeneratorConfig, card: dict[str, Any], dtype: torch.dtype
+) -> str:
     try:
         return save_generator(output, model, config, card, dtype=dtype)
     except OSError as exc:
@@ -187,19 +200,43 @@ def _save(output: Path, model: nn.Module, config: GeneratorConfig, card: dict[st
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The generator file to write (.safetensors).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The generator file to write (.safetensors).",
+)
 @click.option("--fp32", is_flag=True, help="Keep float32 weights (default: float16, half the size).")
 @click.option("--force", is_flag=True, help="Replace --output if it exists.")
-@click.option("--name", default=None,
-              help="Model name in the card (default: the output file's name without .safetensors).")
-@click.option("--evaluation", "evaluation_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              default=None,
-              help="A `trainer evaluate --json` report of this model to keep in the card.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Configuration file (only its [logging] section is used here).")
-def export_command(checkpoint: Path, output: Path, fp32: bool, force: bool, name: str | None,
-                   evaluation_path: Path | None, config_path: Path | None) -> None:
+@click.option(
+    "--name",
+    default=None,
+    help="Model name in the card (default: the output file's name without .safetensors).",
+)
+@click.option(
+    "--evaluation",
+    "evaluation_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A `trainer evaluate --json` report of this model to keep in the card.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file (only its [logging] section is used here).",
+)
+def export_command(
+    checkpoint: Path,
+    output: Path,
+    fp32: bool,
+    force: bool,
+    name: str | None,
+    evaluation_path: Path | None,
+    config_path: Path | None,
+) -> None:
     """Export the generator of CHECKPOINT (a training checkpoint .pt, or a generator file to
     re-export, e.g. float32 -> float16) as a generator file for semwatch, with its model card.
     """
@@ -207,12 +244,20 @@ def export_command(checkpoint: Path, output: Path, fp32: bool, force: bool, name
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    configure_logging(config.logging.level,
-                      "console" if config.logging.format == "auto" else config.logging.format)
+    configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
     try:
         evaluation = _read_evaluation(evaluation_path) if evaluation_path else None
-        result = export_generator(checkpoint, output, fp32=fp32, force=force, name=name,
-                                  command=_command_line(), evaluation=evaluation)
+        result = export_generator(
+            checkpoint,
+            output,
+            fp32=fp32,
+            force=force,
+            name=name,
+            command=_command_line(),
+            evaluation=evaluation,
+        )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{result.path}  {result.dtype}  sha256 {result.sha256}")

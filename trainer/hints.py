@@ -32,8 +32,14 @@ class HintSimulation:
         return int(min(self.max_points, rng.geometric(1.0 / max(1.0, self.mean_points))))
 
 
-def sample_points(ab: torch.Tensor, count: int, rng: np.random.Generator, *, patch_max: int | None = None,
-                  rows: int | None = None) -> list[HintPoint]:
+def sample_points(
+    ab: torch.Tensor,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    patch_max: int | None = None,
+    rows: int | None = None,
+) -> list[HintPoint]:
     """``count`` hints from the truth ``ab`` (2, H, W) in Lab units: uniform positions in the
     first ``rows`` rows, each the mean a,b of a square around it. ``patch_max`` None: the
     product's fixed square (what evaluation uses); else a random side in 1..patch_max."""
@@ -45,7 +51,7 @@ def sample_points(ab: torch.Tensor, count: int, rng: np.random.Generator, *, pat
         col = int(rng.integers(0, width))
         patch = HINT_PATCH if patch_max is None else int(rng.integers(1, patch_max + 1))
         half = patch // 2
-        square = ab[:, max(0, row - half):row - half + patch, max(0, col - half):col - half + patch]
+        square = ab[:, max(0, row - half) : row - half + patch, max(0, col - half) : col - half + patch]
         mean = square.reshape(2, -1).mean(dim=1)
         points.append(HintPoint(row, col, float(mean[0]), float(mean[1]), patch))
     return points

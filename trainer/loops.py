@@ -34,9 +34,10 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,7 +49,6 @@ from semwatch.config import TrainerConfig
 from semwatch.hardware import cpu_has_native_bf16
 from semwatch.log import get_logger
 from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
-
 from trainer.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -60,8 +60,8 @@ from trainer.checkpoint import (
 )
 from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
 from trainer.discriminator import build_patchgan
-from trainer.hints import HintSimulation
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag, unwrap, wrap_model
+from trainer.hints import HintSimulation
 from trainer.losses import discriminator_loss, gan_loss, l1_ab
 from trainer.metrics import ab_histogram, histogram_intersection
 from trainer.rundir import METRICS_NAME, Board, MetricsLog, sample_grid, save_sample_grid
@@ -171,13 +171,17 @@ def stage_epochs(stage: Stage, config: TrainerConfig) -> int:
     return config.pretrain_epochs if stage == "pretrain" else config.gan_epochs
 
 
-def stage_status(run_dir: Path, stage: Stage, config: TrainerConfig) -> Literal["absent", "partial", "finished"]:
+def stage_status(
+    run_dir: Path, stage: Stage, config: TrainerConfig
+) -> Literal["absent", "partial", "finished"]:
     """Where a stage stands in ``run_dir`` under ``config`` (epochs and patience may have changed)."""
     path = checkpoint_path(run_dir, stage, "last")
     if not path.exists():
         return "absent"
     state = load_checkpoint(path)
-    return "finished" if _is_finished(stage, state["epoch"], state.get("bad_epochs", 0), config) else "partial"
+    return (
+        "finished" if _is_finished(stage, state["epoch"], state.get("bad_epochs", 0), config) else "partial"
+    )
 
 
 def _is_finished(stage: Stage, epoch: int, bad_epochs: int, config: TrainerConfig) -> bool:
@@ -224,8 +228,12 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
         except CheckpointError as exc:
             raise TrainingError(str(exc)) from exc
         if gen_config.decoder_width != config.decoder_width:
-            log.warning("decoder_width comes from the --init model", init=str(spec.init),
-                        model=gen_config.decoder_width, configured=config.decoder_width)
+            log.warning(
+                "decoder_width comes from the --init model",
+                init=str(spec.init),
+                model=gen_config.decoder_width,
+                configured=config.decoder_width,
+            )
         log.info("generator initialised", init=str(spec.init), source=info["source"], stage=info["stage"])
         wanted = _in_channels(config)
         if gen_config.in_channels > wanted:
@@ -245,22 +253,35 @@ def _in_channels(config: TrainerConfig) -> int:
     return 4 if config.hints else 1
 
 
-def _new_state(spec: StageSpec, env: DistEnv, generator: nn.Module, gen_config: GeneratorConfig,
-               discriminator: nn.Module | None) -> TrainState:
+def _new_state(
+    spec: StageSpec,
+    env: DistEnv,
+    generator: nn.Module,
+    gen_config: GeneratorConfig,
+    discriminator: nn.Module | None,
+) -> TrainState:
     config = spec.config
     generator = wrap_model(env, generator.train())
     amp = _amp_enabled(config, env)
     if spec.stage == "pretrain":
-        opt_g = torch.optim.Adam(generator.parameters(), lr=config.pretrain_lr, betas=PRETRAIN_BETAS, fused=True)
+        opt_g = torch.optim.Adam(
+            generator.parameters(), lr=config.pretrain_lr, betas=PRETRAIN_BETAS, fused=True
+        )
     else:
         opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=GAN_BETAS, fused=True)
     state = TrainState(
-        stage=spec.stage, gen_config=gen_config, generator=generator, opt_g=opt_g,
-        scaler_g=torch.amp.GradScaler("cuda", enabled=amp), best_metric=_initial_best(spec.stage),
+        stage=spec.stage,
+        gen_config=gen_config,
+        generator=generator,
+        opt_g=opt_g,
+        scaler_g=torch.amp.GradScaler("cuda", enabled=amp),
+        best_metric=_initial_best(spec.stage),
     )
     if discriminator is not None:
         state.discriminator = wrap_model(env, discriminator.train())
-        state.opt_d = torch.optim.Adam(state.discriminator.parameters(), lr=config.lr_d, betas=GAN_BETAS, fused=True)
+        state.opt_d = torch.optim.Adam(
+            state.discriminator.parameters(), lr=config.lr_d, betas=GAN_BETAS, fused=True
+        )
         state.scaler_d = torch.amp.GradScaler("cuda", enabled=amp)
     return state
 
@@ -303,7 +324,9 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
             state.opt_d.load_state_dict(ckpt["opt_d"])
             _load_scaler(state.scaler_d, ckpt.get("scaler_d"))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise TrainingError(f"{path}: cannot resume from this checkpoint: {' '.join(str(exc).split())[:300]}") from exc
+        raise TrainingError(
+            f"{path}: cannot resume from this checkpoint: {' '.join(str(exc).split())[:300]}"
+        ) from exc
     state.epoch = int(ckpt["epoch"])
     state.step = int(ckpt["step"])
     state.best_metric = float(ckpt["best_metric"])
@@ -330,9 +353,14 @@ def _config_dict(config: TrainerConfig) -> dict[str, Any]:
     return out
 
 
-def _checkpoint_state(spec: StageSpec, state: TrainState, summary: DataSummary, early_stopped: bool) -> dict[str, Any]:
+def _checkpoint_state(
+    spec: StageSpec, state: TrainState, summary: DataSummary, early_stopped: bool
+) -> dict[str, Any]:
     total = stage_epochs(spec.stage, spec.config)
-    schedule = {"kind": "cosine" if spec.stage == "pretrain" else "constant-then-linear", "total_epochs": total}
+    schedule = {
+        "kind": "cosine" if spec.stage == "pretrain" else "constant-then-linear",
+        "total_epochs": total,
+    }
     discriminator = unwrap(state.discriminator) if state.discriminator is not None else None
     return {
         "stage": spec.stage,
@@ -341,7 +369,9 @@ def _checkpoint_state(spec: StageSpec, state: TrainState, summary: DataSummary, 
         "discriminator": discriminator.state_dict() if discriminator is not None else None,
         "opt_g": state.opt_g.state_dict(),
         "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
-        "sched_g": dict(schedule, base_lr=spec.config.pretrain_lr if spec.stage == "pretrain" else spec.config.lr_g),
+        "sched_g": dict(
+            schedule, base_lr=spec.config.pretrain_lr if spec.stage == "pretrain" else spec.config.lr_g
+        ),
         "sched_d": dict(schedule, base_lr=spec.config.lr_d) if state.opt_d is not None else None,
         "scaler_g": state.scaler_g.state_dict(),
         "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
@@ -362,8 +392,9 @@ def _checkpoint_state(spec: StageSpec, state: TrainState, summary: DataSummary, 
 # ------------------------------------------------------------------ one step
 
 
-def _pretrain_step(state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig,
-                   env: DistEnv) -> dict[str, float]:
+def _pretrain_step(
+    state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig, env: DistEnv
+) -> dict[str, float]:
     state.opt_g.zero_grad(set_to_none=True)
     with _autocast(config, env):
         pred = state.generator(l_in)
@@ -379,8 +410,9 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _gan_step(state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig,
-              env: DistEnv) -> dict[str, float]:
+def _gan_step(
+    state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig, env: DistEnv
+) -> dict[str, float]:
     assert state.discriminator is not None and state.opt_d is not None and state.scaler_d is not None
     with _autocast(config, env):
         fake = state.generator(l_in)
@@ -441,8 +473,14 @@ def _batches(loader: torch.utils.data.DataLoader, limit: int) -> Iterator[tuple[
         yield batch
 
 
-def _train_epoch(spec: StageSpec, state: TrainState, loader: torch.utils.data.DataLoader, env: DistEnv,
-                 epoch: int, on_step: StepCallback | None) -> tuple[dict[str, float], int, float]:
+def _train_epoch(
+    spec: StageSpec,
+    state: TrainState,
+    loader: torch.utils.data.DataLoader,
+    env: DistEnv,
+    epoch: int,
+    on_step: StepCallback | None,
+) -> tuple[dict[str, float], int, float]:
     """Mean losses over the epoch (this rank), images seen (all ranks), seconds in steps."""
     config = spec.config
     limit = config.max_steps_per_epoch
@@ -452,7 +490,11 @@ def _train_epoch(spec: StageSpec, state: TrainState, loader: torch.utils.data.Da
     steps = images = 0
     started = time.monotonic()
     bar = tqdm(
-        _batches(loader, limit), total=total, unit="batch", leave=False, dynamic_ncols=True,
+        _batches(loader, limit),
+        total=total,
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
         desc=f"{spec.stage} {epoch + 1}/{stage_epochs(spec.stage, config)}",
         disable=not (env.is_main and sys.stderr.isatty()),
     )
@@ -467,14 +509,18 @@ def _train_epoch(spec: StageSpec, state: TrainState, loader: torch.utils.data.Da
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value
         if not all(math.isfinite(v) for v in losses.values()):
-            raise TrainingError(f"{spec.stage}: non-finite loss at step {state.step} ({losses}); "
-                                "lower the learning rate or check the data")
+            raise TrainingError(
+                f"{spec.stage}: non-finite loss at step {state.step} ({losses}); "
+                "lower the learning rate or check the data"
+            )
         bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
         if on_step is not None:
             on_step(StepRecord(spec.stage, epoch, state.step, losses))
     bar.close()
     seconds = time.monotonic() - started
-    images_all = int(all_reduce_sum(env, torch.tensor([images], dtype=torch.float64, device=_reduce_device(env)))[0])
+    images_all = int(
+        all_reduce_sum(env, torch.tensor([images], dtype=torch.float64, device=_reduce_device(env)))[0]
+    )
     return {k: v / max(steps, 1) for k, v in sums.items()}, images_all, seconds
 
 
@@ -483,7 +529,9 @@ def _reduce_device(env: DistEnv) -> torch.device:
 
 
 @torch.no_grad()
-def validate(generator: nn.Module, val_ds: ColorDataset, env: DistEnv, config: TrainerConfig) -> dict[str, float]:
+def validate(
+    generator: nn.Module, val_ds: ColorDataset, env: DistEnv, config: TrainerConfig
+) -> dict[str, float]:
     """Validation L1 (Lab units) and pooled ab-histogram intersection, over all ranks' shares."""
     model = unwrap(generator)
     was_training = model.training
@@ -514,12 +562,16 @@ def validate(generator: nn.Module, val_ds: ColorDataset, env: DistEnv, config: T
     model.train(was_training)
     return {
         "val_l1": float(packed[0] / packed[1].clamp(min=1)),
-        "val_hist_intersection": histogram_intersection(packed[2:2 + n].view(shape), packed[2 + n:].view(shape)),
+        "val_hist_intersection": histogram_intersection(
+            packed[2 : 2 + n].view(shape), packed[2 + n :].view(shape)
+        ),
     }
 
 
 @torch.no_grad()
-def _samples(generator: nn.Module, val_ds: ColorDataset, config: TrainerConfig, env: DistEnv) -> np.ndarray | None:
+def _samples(
+    generator: nn.Module, val_ds: ColorDataset, config: TrainerConfig, env: DistEnv
+) -> np.ndarray | None:
     count = min(config.sample_images, len(val_ds))
     if count == 0:
         return None
@@ -535,8 +587,16 @@ def _samples(generator: nn.Module, val_ds: ColorDataset, config: TrainerConfig, 
     return sample_grid(l_in, pred, ab)
 
 
-def _record_epoch(spec: StageSpec, state: TrainState, summary: DataSummary, row: dict[str, Any],
-                  grid: np.ndarray | None, board: Board, improved: bool, early_stopped: bool) -> None:
+def _record_epoch(
+    spec: StageSpec,
+    state: TrainState,
+    summary: DataSummary,
+    row: dict[str, Any],
+    grid: np.ndarray | None,
+    board: Board,
+    improved: bool,
+    early_stopped: bool,
+) -> None:
     """Rank 0: metrics row, sample grid, TensorBoard, checkpoints (best before last), log line."""
     MetricsLog(spec.run_dir / METRICS_NAME).append(row)
     if grid is not None:
@@ -561,24 +621,37 @@ def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None
     """Scan and cache the training images once (both stages of a run share the result)."""
     hints = HintSimulation(config.hint_none_share, config.hint_mean_points) if config.hints else None
     datasets = build_datasets(
-        data, image_size=config.image_size, val_fraction=config.val_fraction, val_dir=val_dir,
-        seed=config.seed, crop_min=config.crop_min, cache=config.cache_images,
-        threads=max(1, min(4, config.workers or 1)), hints=hints,
+        data,
+        image_size=config.image_size,
+        val_fraction=config.val_fraction,
+        val_dir=val_dir,
+        seed=config.seed,
+        crop_min=config.crop_min,
+        cache=config.cache_images,
+        threads=max(1, min(4, config.workers or 1)),
+        hints=hints,
     )
     log.info("data", **datasets[2].as_dict())
     return datasets
 
 
-def train_stage(spec: StageSpec, env: DistEnv, *, on_step: StepCallback | None = None,
-                datasets: Datasets | None = None) -> StageResult:
+def train_stage(
+    spec: StageSpec, env: DistEnv, *, on_step: StepCallback | None = None, datasets: Datasets | None = None
+) -> StageResult:
     """Run (or resume) one stage to its end; returns where it stopped."""
     config = spec.config
     total_epochs = stage_epochs(spec.stage, config)
     train_ds, val_ds, summary = datasets or load_datasets(spec.data, config, spec.val_dir)
     state = _resume(spec, env) if spec.resume else _start_fresh(spec, env)
     loader, sampler = make_loader(
-        train_ds, batch_size=config.batch_size, workers=config.workers, seed=config.seed, shuffle=True,
-        rank=env.rank, world_size=env.world_size, pin_memory=env.device.type == "cuda",
+        train_ds,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        seed=config.seed,
+        shuffle=True,
+        rank=env.rank,
+        world_size=env.world_size,
+        pin_memory=env.device.type == "cuda",
     )
     if env.is_main:
         MetricsLog(spec.run_dir / METRICS_NAME).truncate_after(
@@ -588,23 +661,44 @@ def train_stage(spec: StageSpec, env: DistEnv, *, on_step: StepCallback | None =
     early_stopped = spec.stage == "pretrain" and config.patience > 0 and state.bad_epochs >= config.patience
     try:
         while state.epoch < total_epochs and not early_stopped:
-            early_stopped = _run_epoch(spec, state, env, train_ds, val_ds, summary, loader, sampler, board, on_step)
+            early_stopped = _run_epoch(
+                spec, state, env, train_ds, val_ds, summary, loader, sampler, board, on_step
+            )
     finally:
         board.close()
     if early_stopped and env.is_main:
-        log.info("early stop", stage=spec.stage, epochs=state.epoch, patience=config.patience,
-                 best=state.best_metric)
+        log.info(
+            "early stop",
+            stage=spec.stage,
+            epochs=state.epoch,
+            patience=config.patience,
+            best=state.best_metric,
+        )
     return StageResult(
-        stage=spec.stage, epochs=state.epoch, step=state.step, best_metric=state.best_metric,
-        finished=_is_finished(spec.stage, state.epoch, state.bad_epochs, config), early_stopped=early_stopped,
+        stage=spec.stage,
+        epochs=state.epoch,
+        step=state.step,
+        best_metric=state.best_metric,
+        finished=_is_finished(spec.stage, state.epoch, state.bad_epochs, config),
+        early_stopped=early_stopped,
         last=checkpoint_path(spec.run_dir, spec.stage, "last"),
-        best=checkpoint_path(spec.run_dir, spec.stage, "best"), metrics=dict(state.metrics),
+        best=checkpoint_path(spec.run_dir, spec.stage, "best"),
+        metrics=dict(state.metrics),
     )
 
 
-def _run_epoch(spec: StageSpec, state: TrainState, env: DistEnv, train_ds: ColorDataset, val_ds: ColorDataset,
-               summary: DataSummary, loader: torch.utils.data.DataLoader, sampler: Any, board: Board,
-               on_step: StepCallback | None) -> bool:
+def _run_epoch(
+    spec: StageSpec,
+    state: TrainState,
+    env: DistEnv,
+    train_ds: ColorDataset,
+    val_ds: ColorDataset,
+    summary: DataSummary,
+    loader: torch.utils.data.DataLoader,
+    sampler: Any,
+    board: Board,
+    on_step: StepCallback | None,
+) -> bool:
     """One epoch, its validation and its records; returns whether early stopping fired."""
     config = spec.config
     epoch = state.epoch
@@ -628,9 +722,15 @@ def _run_epoch(spec: StageSpec, state: TrainState, env: DistEnv, train_ds: Color
     early = broadcast_flag(env, early)
     if env.is_main:
         row = {
-            "stage": spec.stage, "epoch": state.epoch, "step": state.step, "lr_g": lr_g, "lr_d": lr_d,
-            "train_l1": losses.get("train_l1"), "train_g_gan": losses.get("train_g_gan"),
-            "train_d": losses.get("train_d"), **val,
+            "stage": spec.stage,
+            "epoch": state.epoch,
+            "step": state.step,
+            "lr_g": lr_g,
+            "lr_d": lr_d,
+            "train_l1": losses.get("train_l1"),
+            "train_g_gan": losses.get("train_g_gan"),
+            "train_d": losses.get("train_d"),
+            **val,
             "seconds": time.monotonic() - started,
             "images_per_s": images / step_seconds if step_seconds > 0 else None,
         }
@@ -643,9 +743,17 @@ def _run_epoch(spec: StageSpec, state: TrainState, env: DistEnv, train_ds: Color
 # ------------------------------------------------------------------ both stages
 
 
-def run_pipeline(data: Path, run_dir: Path, config: TrainerConfig, env: DistEnv, *, val_dir: Path | None = None,
-                 init: Path | None = None, tensorboard: bool = False,
-                 on_step: StepCallback | None = None) -> list[StageResult]:
+def run_pipeline(
+    data: Path,
+    run_dir: Path,
+    config: TrainerConfig,
+    env: DistEnv,
+    *,
+    val_dir: Path | None = None,
+    init: Path | None = None,
+    tensorboard: bool = False,
+    on_step: StepCallback | None = None,
+) -> list[StageResult]:
     """Stage 1 then stage 2, continuing whatever ``run_dir`` already holds.
 
     - gan checkpoint present: resume stage 2 (returns at once when it is finished);
@@ -653,9 +761,18 @@ def run_pipeline(data: Path, run_dir: Path, config: TrainerConfig, env: DistEnv,
       an existing generator on new images), then stage 2 from stage 1's ``best``;
     - ``pretrain_epochs = 0``: stage 2 starts from ``init`` (or from scratch).
     """
+
     def spec(stage: Stage, resume: bool, stage_init: Path | None) -> StageSpec:
-        return StageSpec(stage=stage, data=data, run_dir=run_dir, config=config, val_dir=val_dir,
-                         init=stage_init, resume=resume, tensorboard=tensorboard)
+        return StageSpec(
+            stage=stage,
+            data=data,
+            run_dir=run_dir,
+            config=config,
+            val_dir=val_dir,
+            init=stage_init,
+            resume=resume,
+            tensorboard=tensorboard,
+        )
 
     results: list[StageResult] = []
     try:
@@ -671,7 +788,9 @@ def run_pipeline(data: Path, run_dir: Path, config: TrainerConfig, env: DistEnv,
         results.append(train_stage(spec("gan", True, None), env, on_step=on_step, datasets=datasets))
         return results
     if config.pretrain_epochs > 0 and pre != "finished":
-        results.append(train_stage(spec("pretrain", pre == "partial", init), env, on_step=on_step, datasets=datasets))
+        results.append(
+            train_stage(spec("pretrain", pre == "partial", init), env, on_step=on_step, datasets=datasets)
+        )
     best = checkpoint_path(run_dir, "pretrain", "best")
     gan_init = best if best.exists() else init
     results.append(train_stage(spec("gan", False, gan_init), env, on_step=on_step, datasets=datasets))

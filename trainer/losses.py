@@ -31,6 +31,8 @@ def gan_loss(logits: torch.Tensor, real: bool, kind: GanLossKind) -> torch.Tenso
     raise ValueError(f"unknown GAN loss {kind!r} (expected 'bce' or 'lsgan')")
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: GanLossKind) -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: GanLossKind
+) -> torch.Tensor:
     """pix2pix halves D's loss so that it learns at half the generator's pace."""
     return 0.5 * (gan_loss(real_logits, True, kind) + gan_loss(fake_logits, False, kind))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 import torch
 
 # A PSNR of identical images is infinite; a finite cap keeps means and JSON well-defined.
@@ -31,7 +30,9 @@ def _as_batch(x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{what}: expected ({channels}, H, W) or (N, {channels}, H, W), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{what}: expected ({channels}, H, W) or (N, {channels}, H, W), got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -133,7 +134,9 @@ def truth_regions(ab_true: torch.Tensor) -> torch.Tensor:
     from skimage.segmentation import felzenszwalb
 
     image = (ab_true.float() / 100.0).permute(1, 2, 0).cpu().numpy().astype(np.float64)
-    labels = felzenszwalb(image, scale=COHERENCE_SCALE, sigma=0.5, min_size=COHERENCE_MIN_SIZE, channel_axis=-1)
+    labels = felzenszwalb(
+        image, scale=COHERENCE_SCALE, sigma=0.5, min_size=COHERENCE_MIN_SIZE, channel_axis=-1
+    )
     return torch.from_numpy(labels.astype(np.int64))
 
 
@@ -150,12 +153,16 @@ def region_hue_coherence(ab_pred: torch.Tensor, ab_true: torch.Tensor) -> float:
     Measured on the truth itself it gives the painting's own coherence.
     """
     if ab_pred.shape != ab_true.shape:
-        raise ValueError(f"region_hue_coherence: shapes differ, {tuple(ab_pred.shape)} vs {tuple(ab_true.shape)}")
+        raise ValueError(
+            f"region_hue_coherence: shapes differ, {tuple(ab_pred.shape)} vs {tuple(ab_true.shape)}"
+        )
     pred, true = _shrink(ab_pred.float().cpu()), _shrink(ab_true.float().cpu())
     labels = truth_regions(true).reshape(-1)
     count = int(labels.max()) + 1
     area = torch.bincount(labels, minlength=count).double()
-    true_chroma = torch.bincount(labels, weights=torch.hypot(true[0], true[1]).reshape(-1).double(), minlength=count)
+    true_chroma = torch.bincount(
+        labels, weights=torch.hypot(true[0], true[1]).reshape(-1).double(), minlength=count
+    )
     coloured = true_chroma / area.clamp(min=1) > COHERENCE_CHROMA_MIN
     if not bool(coloured.any()):
         return float("nan")

@@ -13,10 +13,11 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +33,18 @@ log = get_logger(__name__)
 CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.csv"
 METRICS_COLUMNS = (
-    "stage", "epoch", "step", "lr_g", "lr_d",
-    "train_l1", "train_g_gan", "train_d",
-    "val_l1", "val_hist_intersection",
-    "seconds", "images_per_s",
+    "stage",
+    "epoch",
+    "step",
+    "lr_g",
+    "lr_d",
+    "train_l1",
+    "train_g_gan",
+    "train_d",
+    "val_l1",
+    "val_hist_intersection",
+    "seconds",
+    "images_per_s",
 )
 
 
@@ -70,8 +79,10 @@ def toml_value(value: Any) -> str:
 
 
 def render_trainer_toml(config: TrainerConfig, facts: Mapping[str, Any]) -> str:
-    lines = ["# Resolved configuration of this training run, written by `trainer`.",
-             "# Resuming reads it back; options given on the command line override it."]
+    lines = [
+        "# Resolved configuration of this training run, written by `trainer`.",
+        "# Resuming reads it back; options given on the command line override it.",
+    ]
     for key, value in facts.items():
         lines.append(f"# {key}: {value}")
     lines += ["", "[trainer]"]
@@ -103,7 +114,9 @@ def read_run_facts(run_dir: Path) -> dict[str, str]:
     return facts
 
 
-def run_facts(command: str, data: Path, val_dir: Path | None, init: Path | None, world_size: int) -> dict[str, Any]:
+def run_facts(
+    command: str, data: Path, val_dir: Path | None, init: Path | None, world_size: int
+) -> dict[str, Any]:
     import semwatch
 
     return {
@@ -151,7 +164,9 @@ class MetricsLog:
         """Drop rows a resumed run will write again: this stage past ``epoch``, later stages."""
         rows = self.rows()
         later = set(later_stages)
-        keep = [r for r in rows if not ((r["stage"] == stage and int(r["epoch"]) > epoch) or r["stage"] in later)]
+        keep = [
+            r for r in rows if not ((r["stage"] == stage and int(r["epoch"]) > epoch) or r["stage"] in later)
+        ]
         if len(keep) == len(rows):
             return
         buffer = io.StringIO()
@@ -173,7 +188,9 @@ def _csv_cell(value: Any) -> str:
 # ---------------------------------------------------------------- sample grids
 
 
-def sample_grid(l_input: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Tensor, padding: int = 2) -> np.ndarray:
+def sample_grid(
+    l_input: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Tensor, padding: int = 2
+) -> np.ndarray:
     """Rows of gray | predicted | truth, uint8 (H, W, 3); inputs in network units, (N, ., S, S)."""
     from torchvision.utils import make_grid
 

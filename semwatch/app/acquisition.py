@@ -4,7 +4,8 @@ imaging parses (SourceMetadata.fields). Only what the file carries is shown."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from semwatch.imaging import SourceMetadata
 
@@ -82,5 +83,7 @@ def databar_text(height: int, databar_row: int | None) -> str:
     if databar_row is None or databar_row >= height:
         return "No data bar detected: the whole frame is colorized."
     rows = height - databar_row
-    return (f"Data bar detected: rows {databar_row}-{height - 1} ({rows} rows) at the bottom; "
-            "it stays gray and hints there are ignored.")
+    return (
+        f"Data bar detected: rows {databar_row}-{height - 1} ({rows} rows) at the bottom; "
+        "it stays gray and hints there are ignored."
+    )

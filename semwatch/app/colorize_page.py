@@ -54,9 +54,11 @@ def render(ctx: AppContext) -> None:
     _take_upload(ctx)
     source: Source | None = state.get("cz_source")
     if source is None:
-        st.info("Upload a scanning electron microscope image (TIFF, PNG, JPEG or BMP). It is "
-                "colorized with the service's model and settings; click the result to steer "
-                "its colours.")
+        st.info(
+            "Upload a scanning electron microscope image (TIFF, PNG, JPEG or BMP). It is "
+            "colorized with the service's model and settings; click the result to steer "
+            "its colours."
+        )
         return
     colorizer = ctx.colorizer()
     _describe_source(source, colorizer.takes_hints)
@@ -83,8 +85,10 @@ def _take_upload(ctx: AppContext) -> None:
     state = st.session_state
     cap_mb = ctx.config.app.max_upload_mb
     uploaded = st.file_uploader(
-        f"SEM image (TIFF, PNG, JPEG, BMP; at most {cap_mb} MB)", type=UPLOAD_TYPES,
-        key="cz_upload", max_upload_size=cap_mb,
+        f"SEM image (TIFF, PNG, JPEG, BMP; at most {cap_mb} MB)",
+        type=UPLOAD_TYPES,
+        key="cz_upload",
+        max_upload_size=cap_mb,
     )
     if uploaded is None:
         current = state.get("cz_source")
@@ -103,15 +107,17 @@ def _load_upload(ctx: AppContext, uploaded: Any) -> str | None:
     """Decode a new upload into the page's source; the error text when it cannot be."""
     cap = ctx.config.app.max_upload_mb
     if uploaded.size > cap * 1024 * 1024:
-        log.warning("upload refused: over the cap", name=uploaded.name, size=uploaded.size,
-                    max_upload_mb=cap)
+        log.warning("upload refused: over the cap", name=uploaded.name, size=uploaded.size, max_upload_mb=cap)
         _set_source(None)
-        return (f"{uploaded.name} is {uploaded.size / 1024 / 1024:.1f} MB: uploads are limited "
-                f"to {cap} MB (app.max_upload_mb in the configuration).")
+        return (
+            f"{uploaded.name} is {uploaded.size / 1024 / 1024:.1f} MB: uploads are limited "
+            f"to {cap} MB (app.max_upload_mb in the configuration)."
+        )
     try:
         with st.spinner(f"Reading {uploaded.name}..."):
-            image = service.decode_upload(uploaded.getvalue(), uploaded.name,
-                                          max_pixels=ctx.config.engine.max_pixels)
+            image = service.decode_upload(
+                uploaded.getvalue(), uploaded.name, max_pixels=ctx.config.engine.max_pixels
+            )
     except ImageError as exc:
         log.warning("upload refused: not an image", name=uploaded.name, reason=exc.reason)
         _set_source(None)
@@ -151,17 +157,29 @@ def _open_requested_job(ctx: AppContext) -> None:
         st.error(f"Job {job.id}'s output is not inside the output folder; nothing to refine.")
         return
     if image.sha256 != job.sha256:
-        st.warning(f"{job.rel_path} has changed since job {job.id} colorized it; you are "
-                   "refining its current content.")
+        st.warning(
+            f"{job.rel_path} has changed since job {job.id} colorized it; you are "
+            "refining its current content."
+        )
     # A file still in the uploader is not new: it must not replace the job's source.
     held = st.session_state.get("cz_upload")
     st.session_state["cz_upload_id"] = getattr(held, "file_id", None)
-    _set_source(_make_source(ctx, image, name=Path(job.rel_path).name, source_path=str(path),
-                             job_id=job.id, output=output))
+    _set_source(
+        _make_source(
+            ctx, image, name=Path(job.rel_path).name, source_path=str(path), job_id=job.id, output=output
+        )
+    )
 
 
-def _make_source(ctx: AppContext, image: DecodedImage, *, name: str, source_path: str,
-                 job_id: int | None = None, output: Path | None = None) -> Source:
+def _make_source(
+    ctx: AppContext,
+    image: DecodedImage,
+    *,
+    name: str,
+    source_path: str,
+    job_id: int | None = None,
+    output: Path | None = None,
+) -> Source:
     gray = widgets.preview(image.gray, ctx.config.app.preview_size)
     return Source(next(_tokens), name, source_path, image, np.dstack([gray] * 3), job_id, output)
 
@@ -178,14 +196,17 @@ def _describe_source(source: Source, takes_hints: bool) -> None:
     image = source.image
     height, width = image.gray.shape
     what = f"job {source.job_id}: `{source.source_path}`" if source.job_id else f"`{source.name}`"
-    st.caption(f"{what} · {width} x {height} px · {image.source_dtype}"
-               + (f" · display window {image.window.low:g}-{image.window.high:g}"
-                  if image.window else ""))
+    st.caption(
+        f"{what} · {width} x {height} px · {image.source_dtype}"
+        + (f" · display window {image.window.low:g}-{image.window.high:g}" if image.window else "")
+    )
     for warning in image.warnings:
         st.warning(warning)
     if not takes_hints:
-        st.info("This model's network does not take hints itself: each hint colours the "
-                "region (object) it falls in, after the network has coloured the image.")
+        st.info(
+            "This model's network does not take hints itself: each hint colours the "
+            "region (object) it falls in, after the network has coloured the image."
+        )
 
 
 # --------------------------------------------------------------------------- colorizing
@@ -224,8 +245,10 @@ def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> 
     controls = st.columns([2, 2, 3], vertical_alignment="bottom")
     color = controls[0].color_picker("Colour of the next hint", DEFAULT_HINT_COLOR, key="cz_color")
     controls[1].button("Clear hints", on_click=_clear_hints, disabled=not state["cz_hints"])
-    controls[2].caption(f"Colorized in {result.seconds:.2f} s. Click a point on the colorized "
-                        "image to give it the colour on the left.")
+    controls[2].caption(
+        f"Colorized in {result.seconds:.2f} s. Click a point on the colorized "
+        "image to give it the colour on the left."
+    )
     notice = state.pop("cz_notice", None)
     if notice:
         st.warning(notice)
@@ -257,8 +280,7 @@ def _add_hint(source: Source, click: widgets.Click, color: str) -> None:
     x, y = widgets.to_image_pixels(click, height, width)
     bar = source.image.databar_row
     if bar is not None and y >= bar:
-        st.session_state["cz_notice"] = ("That point is in the data bar, which stays gray: "
-                                         "no hint added.")
+        st.session_state["cz_notice"] = "That point is in the data bar, which stays gray: no hint added."
     else:
         st.session_state["cz_hints"] = [*st.session_state["cz_hints"], Hint.from_color(x, y, color)]
     st.rerun()
@@ -286,9 +308,14 @@ def _hint_list(source: Source) -> None:
             f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #333;'
             f'background:{hint.color};vertical-align:middle"></span> '
             f"Hint {index + 1}: x {int(hint.x)}, y {int(hint.y)} · `{hint.color}`",
-            unsafe_allow_html=True)
-        row[1].button("Remove", key=f"cz_remove_{source.token}_{index}_{hint.x}_{hint.y}",
-                      on_click=_remove_hint, args=(index,))
+            unsafe_allow_html=True,
+        )
+        row[1].button(
+            "Remove",
+            key=f"cz_remove_{source.token}_{index}_{hint.x}_{hint.y}",
+            on_click=_remove_hint,
+            args=(index,),
+        )
 
 
 # --------------------------------------------------------------------------- details, output
@@ -311,17 +338,22 @@ def _downloads(ctx: AppContext, source: Source, result: service.Colorized) -> No
     cache: dict = state.setdefault("cz_downloads", {})
     if fmt not in cache:
         try:
-            cache[fmt] = service.encode(result, ctx.colorizer(), fmt=fmt,
-                                        jpeg_quality=ctx.config.output.jpeg_quality)
+            cache[fmt] = service.encode(
+                result, ctx.colorizer(), fmt=fmt, jpeg_quality=ctx.config.output.jpeg_quality
+            )
         except (OSError, ValueError) as exc:
             log.exception("cannot encode the download", fmt=fmt)
             st.error(f"Cannot prepare the {fmt.upper()} file: {exc}")
             return
-    name = (queue_view.refined_name(source.name, fmt) if result.hints
-            else output_name(source.name, fmt))
-    st.download_button(f"Download {name}", cache[fmt], file_name=name,
-                       mime="image/tiff" if fmt == "tiff" else "image/png", key="cz_download",
-                       type="primary")
+    name = queue_view.refined_name(source.name, fmt) if result.hints else output_name(source.name, fmt)
+    st.download_button(
+        f"Download {name}",
+        cache[fmt],
+        file_name=name,
+        mime="image/tiff" if fmt == "tiff" else "image/png",
+        key="cz_download",
+        type="primary",
+    )
 
 
 def _save_refined(ctx: AppContext, source: Source, result: service.Colorized) -> None:
@@ -334,24 +366,27 @@ def _save_refined(ctx: AppContext, source: Source, result: service.Colorized) ->
     saved = st.session_state.pop("cz_saved", None)
     if saved:
         st.success(saved)
-    st.write(f"Writes `{target}` beside the service's automatic output `{source.output.name}`, "
-             "which stays as it is.")
+    st.write(
+        f"Writes `{target}` beside the service's automatic output `{source.output.name}`, "
+        "which stays as it is."
+    )
     confirmed = True
     if target.exists():
         confirmed = st.checkbox(f"Replace the existing {target.name}", key="cz_confirm_refined")
     if st.button("Save refined result", disabled=not confirmed, key="cz_save_refined"):
         _write(ctx, target, result, fmt)
     with st.expander("Replace the automatic output instead"):
-        sure = st.checkbox(f"Yes, overwrite {source.output.name}, the service's own output, with "
-                           "this refined result", key="cz_confirm_replace")
+        sure = st.checkbox(
+            f"Yes, overwrite {source.output.name}, the service's own output, with this refined result",
+            key="cz_confirm_replace",
+        )
         if st.button("Replace the automatic output", disabled=not sure, key="cz_replace"):
             _write(ctx, source.output, result, fmt)
 
 
 def _write(ctx: AppContext, target: Path, result: service.Colorized, fmt: str) -> None:
     try:
-        service.write(target, result, ctx.colorizer(), fmt=fmt,
-                      jpeg_quality=ctx.config.output.jpeg_quality)
+        service.write(target, result, ctx.colorizer(), fmt=fmt, jpeg_quality=ctx.config.output.jpeg_quality)
     except OSError as exc:
         log.error("cannot save the refined result", path=str(target), error=str(exc))
         st.error(f"Cannot write {target}: {exc.strerror or exc}")

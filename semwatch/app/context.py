@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import streamlit as st
 
 from semwatch.config import Config, EngineConfig, load_config
@@ -26,7 +27,7 @@ class AppContext:
     config: Config
 
     @classmethod
-    def load(cls) -> "AppContext":
+    def load(cls) -> AppContext:
         """The configuration `semwatch app` was started with ($SEMWATCH_CONFIG), read at
         each page run (a few hundred microseconds; main.py reports a broken file)."""
         return cls(load_config())

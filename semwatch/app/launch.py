@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -23,7 +23,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def streamlit_argv(config: Config, *, host: str, port: int) -> list[str]:
     """The `python -m streamlit run` command line for our app script."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_SCRIPT),
         f"--server.address={host}",
         f"--server.port={port}",
         "--server.headless=true",  # no browser opened on the server, no e-mail prompt
@@ -45,14 +49,23 @@ def is_loopback(host: str) -> bool:
 
 
 @click.command("app", context_settings=CONTEXT)
-@click.option("--host", default=None,
-              help="Address to listen on. Default: app.host (127.0.0.1, this machine only). "
-                   "The page has no login: another address lets everyone who reaches it in.")
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="TCP port. Default: app.port (8501).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-              "/etc/semwatch/config.toml, else built-in defaults.")
+@click.option(
+    "--host",
+    default=None,
+    help="Address to listen on. Default: app.host (127.0.0.1, this machine only). "
+    "The page has no login: another address lets everyone who reaches it in.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="TCP port. Default: app.port (8501)."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
+    "/etc/semwatch/config.toml, else built-in defaults.",
+)
 def app_command(host: str | None, port: int | None, config_path: Path | None) -> None:
     """Start the web UI: colorize uploads with colour hints, watch the service's queue.
 
@@ -81,8 +94,11 @@ def app_command(host: str | None, port: int | None, config_path: Path | None) ->
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"semwatch web UI on http://{shown}:{port}/ (Ctrl-C stops it)", err=True)
     if not is_loopback(host):
-        click.echo(f"warning: listening on {host}: the page has no login; everyone who reaches "
-                   "this port can colorize, see the queue's images and retry jobs", err=True)
+        click.echo(
+            f"warning: listening on {host}: the page has no login; everyone who reaches "
+            "this port can colorize, see the queue's images and retry jobs",
+            err=True,
+        )
     _exec(argv, env)
 
 

@@ -28,8 +28,9 @@ def _main() -> None:
         get_logger(__name__).error("configuration error", error=str(exc))
         st.error(f"Configuration error: {exc}")
         st.stop()
-    _configure_logging(config.logging.level,
-                       "console" if config.logging.format == "auto" else config.logging.format)
+    _configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
     pages = [
         st.Page(COLORIZE_PAGE, title="Colorize", icon=":material/palette:", default=True),
         st.Page(QUEUE_PAGE, title="Queue", icon=":material/list:"),

@@ -28,8 +28,9 @@ def render(ctx: AppContext) -> None:
     st.title("Queue")
     top = st.columns([3, 1], vertical_alignment="bottom")
     auto = top[1].toggle("Refresh every 5 s", key="q_auto")
-    top[0].caption("The service's job database, read-only: the page never holds a lock the "
-                   "service waits for.")
+    top[0].caption(
+        "The service's job database, read-only: the page never holds a lock the service waits for."
+    )
     notice = st.session_state.pop("q_notice", None)
     if notice:
         st.success(notice)
@@ -43,8 +44,10 @@ def _body(ctx: AppContext) -> None:
     try:
         snapshot = queue_view.read_snapshot(ctx.config)
     except queue_view.NoDatabase as exc:
-        st.info(f"No queue database yet ({exc.args[0]}): the service (`semwatch run`) has not "
-                "run with this configuration. Once it has, its jobs appear here.")
+        st.info(
+            f"No queue database yet ({exc.args[0]}): the service (`semwatch run`) has not "
+            "run with this configuration. Once it has, its jobs appear here."
+        )
         return
     except QueueError as exc:
         log.warning("cannot read the queue", error=str(exc))
@@ -64,11 +67,17 @@ def _summary(snapshot: queue_view.QueueSnapshot) -> None:
     for col, state in zip(cols, ("pending", "running", "done", "failed")):
         col.metric(state.capitalize(), stats.counts.get(state, 0))
     rate = stats.throughput_per_min
-    cols[4].metric("Done per minute", f"{rate['10m']:.1f}", help="Last 10 minutes "
-                   f"({rate['1h']:.1f} per minute over the last hour)")
+    cols[4].metric(
+        "Done per minute",
+        f"{rate['10m']:.1f}",
+        help=f"Last 10 minutes ({rate['1h']:.1f} per minute over the last hour)",
+    )
     latency = stats.median_latency_s
-    cols[5].metric("Median latency", _duration(latency) if latency is not None else "-",
-                   help="From arrival to done, median over the last hour")
+    cols[5].metric(
+        "Median latency",
+        _duration(latency) if latency is not None else "-",
+        help="From arrival to done, median over the last hour",
+    )
     if stats.oldest_pending_age_s:
         st.caption(f"Oldest waiting image: {_duration(stats.oldest_pending_age_s)}")
 
@@ -104,8 +113,11 @@ def _done_card(ctx: AppContext, job: Job) -> None:
         st.image(thumb, caption=f"{job.id}: {job.rel_path}", width="stretch")
     else:
         st.caption(f"{job.id}: {job.rel_path} (no preview)")
-    if st.button("Refine", key=f"q_refine_{job.id}", help="Open in the Colorize page to add "
-                 "hints and save a refined copy beside the automatic output"):
+    if st.button(
+        "Refine",
+        key=f"q_refine_{job.id}",
+        help="Open in the Colorize page to add hints and save a refined copy beside the automatic output",
+    ):
         st.session_state["refine_job"] = job.id
         st.switch_page(COLORIZE_PAGE)
 
@@ -129,15 +141,19 @@ def _failures(ctx: AppContext, failed: list[Job]) -> None:
     if not failed:
         st.write("None.")
         return
-    st.caption("A file that cannot be decoded fails again; fix or replace it instead (a changed "
-               "file is queued on its own).")
+    st.caption(
+        "A file that cannot be decoded fails again; fix or replace it instead (a changed "
+        "file is queued on its own)."
+    )
     if st.button(f"Retry all {len(failed)} shown", key="q_retry_all"):
         _retry(ctx, [job.id for job in failed])
     for job in failed:
         row = st.columns([6, 1], vertical_alignment="center")
-        row[0].markdown(f"**{job.id}** `{job.rel_path}` · {job.attempts} "
-                        f"attempt{'s' if job.attempts != 1 else ''} · "
-                        f"{job.error or 'no reason recorded'}")
+        row[0].markdown(
+            f"**{job.id}** `{job.rel_path}` · {job.attempts} "
+            f"attempt{'s' if job.attempts != 1 else ''} · "
+            f"{job.error or 'no reason recorded'}"
+        )
         if row[1].button("Retry", key=f"q_retry_{job.id}"):
             _retry(ctx, [job.id])
 

@@ -9,9 +9,9 @@ inside output.dir (symlinks resolved), or it is not shown.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -55,8 +55,10 @@ def read_snapshot(config: Config, *, recent: int = 20, failed: int = 50) -> Queu
     queue = open_queue(config.queue, read_only=True)
     try:
         return QueueSnapshot(
-            database=database_name(config), stats=queue.stats(),
-            recent=queue.jobs(limit=recent), failed=queue.jobs(JobState.FAILED, limit=failed),
+            database=database_name(config),
+            stats=queue.stats(),
+            recent=queue.jobs(limit=recent),
+            failed=queue.jobs(JobState.FAILED, limit=failed),
         )
     finally:
         queue.close()
@@ -103,8 +105,12 @@ def output_file(config: Config, job: Job) -> Path | None:
         path = Path(config.output.dir) / path
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(root) or real == root:
-        log.warning("output path outside the output folder not shown", job_id=job.id,
-                    output=job.output_path, root=str(root))
+        log.warning(
+            "output path outside the output folder not shown",
+            job_id=job.id,
+            output=job.output_path,
+            root=str(root),
+        )
         return None
     return real
 

@@ -12,9 +12,10 @@ import dataclasses
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,13 @@ def load_colorizer(engine: EngineConfig) -> Colorizer:
     """The service's engine, with the service's settings (refinements included)."""
     started = time.perf_counter()
     colorizer = Colorizer.from_config(engine)
-    log.info("model loaded", model=colorizer.model_name, sha256=colorizer.model_sha256[:12],
-             device=colorizer.device, seconds=round(time.perf_counter() - started, 2))
+    log.info(
+        "model loaded",
+        model=colorizer.model_name,
+        sha256=colorizer.model_sha256[:12],
+        device=colorizer.device,
+        seconds=round(time.perf_counter() - started, 2),
+    )
     return colorizer
 
 
@@ -70,8 +76,9 @@ def decode_file(path: Path, *, max_pixels: int) -> DecodedImage:
     return read_image(path, max_pixels=max_pixels)
 
 
-def colorize(colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *,
-             source_path: str) -> Colorized:
+def colorize(
+    colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *, source_path: str
+) -> Colorized:
     """Colorize one decoded image; ``hints`` in the image's pixels (HintError if outside)."""
     hints = tuple(hints)
     check_hints_fit(hints, *image.gray.shape, source=source_path)
@@ -79,27 +86,41 @@ def colorize(colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *
         started = time.perf_counter()
         rgb = colorizer.colorize([image], hints=[list(hints)] if hints else None)[0]
         seconds = time.perf_counter() - started
-    log.info("colorized in the web UI", source=source_path, hints=len(hints),
-             shape=list(image.gray.shape), seconds=round(seconds, 3))
+    log.info(
+        "colorized in the web UI",
+        source=source_path,
+        hints=len(hints),
+        shape=list(image.gray.shape),
+        seconds=round(seconds, 3),
+    )
     return Colorized(image, rgb, hints, source_path, seconds)
 
 
 def provenance(result: Colorized, colorizer: Colorizer) -> dict[str, Any]:
     """The provenance record of a UI result (the same record as the service's outputs)."""
     return build_provenance(
-        result.image, source_path=result.source_path, model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256, backend=colorizer.backend_name,
-        device=colorizer.device, chroma_size=colorizer.chroma_size,
+        result.image,
+        source_path=result.source_path,
+        model_name=colorizer.model_name,
+        model_sha256=colorizer.model_sha256,
+        backend=colorizer.backend_name,
+        device=colorizer.device,
+        chroma_size=colorizer.chroma_size,
         refinement=colorizer.refinement.as_dict(),
         hints=[h.as_record() for h in result.hints] or None,
     )
 
 
-def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str,
-          jpeg_quality: int = 95) -> None:
+def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> None:
     """Write a result atomically with the source's metadata and the provenance."""
-    write_image(target, result.rgb, fmt=fmt, metadata=result.image.metadata,
-                provenance=provenance(result, colorizer), jpeg_quality=jpeg_quality)
+    write_image(
+        target,
+        result.rgb,
+        fmt=fmt,
+        metadata=result.image.metadata,
+        provenance=provenance(result, colorizer),
+        jpeg_quality=jpeg_quality,
+    )
 
 
 def encode(result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> bytes:

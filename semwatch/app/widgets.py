@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -37,12 +37,18 @@ def click_point(image: np.ndarray, *, key: str) -> Click | None:
     components."""
     from streamlit_image_coordinates import streamlit_image_coordinates
 
-    value = streamlit_image_coordinates(image, key=key, width="stretch", cursor="crosshair",
-                                        image_format="JPEG", jpeg_quality=90)
+    value = streamlit_image_coordinates(
+        image, key=key, width="stretch", cursor="crosshair", image_format="JPEG", jpeg_quality=90
+    )
     if not value or "x" not in value:
         return None
-    return Click(float(value["x"]), float(value["y"]), float(value["width"]),
-                 float(value["height"]), int(value.get("unix_time", 0)))
+    return Click(
+        float(value["x"]),
+        float(value["y"]),
+        float(value["width"]),
+        float(value["height"]),
+        int(value.get("unix_time", 0)),
+    )
 
 
 def to_image_pixels(click: Click, height: int, width: int) -> tuple[int, int]:
@@ -76,8 +82,14 @@ def draw_markers(rgb: np.ndarray, points: Sequence[tuple[float, float, str]]) ->
         box = (x - r, y - r, x + r, y + r)
         draw.ellipse(box, fill=color, outline="black", width=max(2, r // 4))
         draw.ellipse((x - r + 2, y - r + 2, x + r - 2, y + r - 2), outline="white", width=max(1, r // 6))
-        draw.text((x + r + 2, y - r), str(number), fill="white", font=font,
-                  stroke_width=max(1, r // 5), stroke_fill="black")
+        draw.text(
+            (x + r + 2, y - r),
+            str(number),
+            fill="white",
+            font=font,
+            stroke_width=max(1, r // 5),
+            stroke_fill="black",
+        )
     return np.asarray(image)
 
 
@@ -88,14 +100,18 @@ def data_uri(array: np.ndarray, quality: int = 88) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def compare_html(before: np.ndarray, after: np.ndarray, *, label_before: str = "gray",
-                 label_after: str = "colorized") -> str:
+def compare_html(
+    before: np.ndarray, after: np.ndarray, *, label_before: str = "gray", label_after: str = "colorized"
+) -> str:
     """A self-contained before/after slider: ``after`` over ``before``, revealed up to the
     handle; drag anywhere on the image or use the range input (keyboard too)."""
     height, width = before.shape[:2]
     return _COMPARE_TEMPLATE.format(
-        before=data_uri(before), after=data_uri(after), ratio=f"{height / width * 100:.4f}",
-        label_before=html.escape(label_before), label_after=html.escape(label_after),
+        before=data_uri(before),
+        after=data_uri(after),
+        ratio=f"{height / width * 100:.4f}",
+        label_before=html.escape(label_before),
+        label_after=html.escape(label_after),
         width=width,
     )
 
