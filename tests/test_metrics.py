@@ -8,6 +8,7 @@ Time in the queue is moved by an injected clock, never by sleeping.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -281,3 +282,33 @@ def test_an_empty_listen_turns_metrics_off(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[metrics]\nlisten = ""\n')
     assert load_config_file(path).metrics.address is None
+
+
+def test_every_metric_the_readme_names_is_served(queue) -> None:
+    """The table, scrape set-up and alert rules an admin pastes name metrics that exist."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Monitoring with Prometheus") :]
+    section = section[: section.index("\n## ")]
+    named = set(re.findall(r"\bsemwatch_[a-z_]+", section))
+    metrics = metrics_on(queue)
+    metrics.job_done(1.0)
+    families = {f.name for f in text_string_to_metric_families(metrics.exposition().decode())}
+    served = families | {f"{name}_total" for name in families} | {f"{name}_info" for name in families}
+    assert len(named) >= 9 and named <= served, named - served
+
+
+def test_a_reload_keeps_the_served_address_until_the_next_restart(tmp_path: Path, tiny_model: Path) -> None:
+    from semwatch.daemon import Daemon
+
+    (tmp_path / "in").mkdir()  # a reload never creates the watch folder
+    path = tmp_path / "config.toml"
+    settings = f'[engine]\nmodel = "{tiny_model}"\n[watch]\ninput_dir = "in"\n[output]\ndir = "out"\n'
+    path.write_text(settings + '[metrics]\nlisten = "127.0.0.1:9464"\n')
+    daemon = Daemon(load_config_file(path), env={})
+    path.write_text(settings + '[metrics]\nlisten = "127.0.0.1:9465"\n[logging]\nlevel = "debug"\n')
+    with capture_logs() as logs:
+        new = daemon._reloaded_config()
+    assert new is not None and new.logging.level == "debug"  # the rest is reloaded
+    assert new.metrics.listen == "127.0.0.1:9464"
+    [line] = [e for e in logs if e["event"] == "changed sections take effect at the next restart"]
+    assert line["sections"] == ["metrics"]
