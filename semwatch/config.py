@@ -114,6 +114,19 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics of the daemon (semwatch/metrics.py)."""
+
+    # "host:port" (IPv6: "[::1]:9464") to serve /metrics on; None: no metrics server.
+    listen: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, or None when metrics are off."""
+        return None if self.listen is None else parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     image_size: int = 256
     val_fraction: float = 0.1
@@ -151,6 +164,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     app: AppConfig = field(default_factory=AppConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # The file this came from (None: built-in defaults); relative paths were resolved
@@ -337,6 +351,11 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: app.port = {instance.port}: must be 1-65535")
     if section == "app" and not instance.host:
         raise ConfigError(f"{where}: app.host must not be empty (127.0.0.1: this machine only)")
+    if section == "metrics" and instance.listen is not None:
+        try:
+            parse_listen(instance.listen)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: metrics.listen = {instance.listen!r}: {exc}") from None
     if section == "output" and not 1 <= instance.jpeg_quality <= 100:
         raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
     if section == "output":
@@ -349,6 +368,22 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: trainer.hint_none_share = {instance.hint_none_share}: must be in [0, 1]")
     if section == "trainer" and instance.hint_mean_points < 1.0:
         raise ConfigError(f"{where}: trainer.hint_mean_points = {instance.hint_mean_points}: must be >= 1")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6 address]:port" into (host, port); ValueError says what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError('expected "host:port", e.g. "127.0.0.1:9464" (this machine only)')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('an IPv6 address goes in brackets: "[::1]:9464"')
+    if not host:
+        raise ValueError('the host is empty; "127.0.0.1:9464" serves this machine only')
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    return host, int(port)
 
 
 _SIDECAR_SUFFIX = re.compile(r"^\.[A-Za-z0-9_-]+$")

@@ -44,6 +44,7 @@ from semwatch.imaging import (
     write_image,
 )
 from semwatch.log import configure_logging, get_logger
+from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
 from semwatch.queue import (
     DaemonLock,
@@ -356,6 +357,7 @@ class Daemon:
         self._writers: ThreadPoolExecutor | None = None
         self._compute: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
+        self._metrics = _daemon_metrics(self)
         # Heartbeat bookkeeping (main thread only).
         self._watchdog_every = _ping_interval(watchdog_interval(self._env))
         self._next_ping = 0.0
@@ -437,6 +439,7 @@ class Daemon:
             temp_files_swept=swept,
             owner_pid=self._owner.pid,
         )
+        _serve_metrics(self._metrics, cfg)
         self._colorizer = load_colorizer(cfg)
         daemon_cfg = cfg.daemon
         self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
@@ -582,6 +585,7 @@ class Daemon:
         with self._staged("compute"):
             rgbs = self._colorize(colorizer, decoded)
         compute_s = time.monotonic() - t0
+        self._metrics.batch(len(decoded), compute_s)
         written = 0
         for item, rgb in zip(decoded, rgbs):
             if rgb is not None:
@@ -743,6 +747,7 @@ class Daemon:
             return
         finally:
             self._leases.discard(job.id)
+        self._metrics.job_done(time.time() - job.arrived_at)
         log.info(
             "job done",
             job_id=job.id,
@@ -815,6 +820,7 @@ class Daemon:
             state=state.value,
             seconds=round(time.monotonic() - started, 3),
         )
+        self._metrics.job_failed(state)
 
     def _release(self, items: Sequence[_Item], why: str) -> None:
         """Give claimed, unfinished jobs back without using an attempt."""
@@ -947,11 +953,13 @@ class Daemon:
             log.error("reload refused; keeping the running configuration and model", reason=str(exc))
             return None
         restart_only = [
-            name for name in ("queue", "daemon") if getattr(new, name) != getattr(self.config, name)
+            name
+            for name in ("queue", "daemon", "metrics")
+            if getattr(new, name) != getattr(self.config, name)
         ]
         if restart_only:
             log.warning("changed sections take effect at the next restart", sections=restart_only)
-            new = dataclasses.replace(new, queue=self.config.queue, daemon=self.config.daemon)
+            new = dataclasses.replace(new, **{name: getattr(self.config, name) for name in restart_only})
         return new
 
     def _apply(self, new: Config) -> None:
@@ -1037,6 +1045,7 @@ class Daemon:
         self._close()
 
     def _close(self) -> None:
+        self._metrics.close()  # first: scrapes read the queue
         if self._queue is not None:
             self._queue.close()
             self._queue = None
@@ -1130,6 +1139,39 @@ def load_colorizer(cfg: Config) -> Colorizer:
         seconds=round(time.monotonic() - started, 2),
     )
     return colorizer
+
+
+def _daemon_metrics(daemon: Daemon) -> DaemonMetrics:
+    """The daemon's metrics; the sources read its queue and model when scraped."""
+
+    def queue_stats() -> Any:
+        queue = daemon._queue  # once: shutdown sets it to None
+        if queue is None:
+            raise RuntimeError("queue not open")
+        return queue.stats()
+
+    return DaemonMetrics(
+        MetricSources(
+            queue_stats=queue_stats,
+            # This process claims and colorizes: one worker, once its model is loaded.
+            workers_alive=lambda: int(daemon._colorizer is not None),
+            model=lambda: None if daemon._colorizer is None else ModelInfo.of(daemon._colorizer),
+        )
+    )
+
+
+def _serve_metrics(metrics: DaemonMetrics, cfg: Config) -> None:
+    """Start the /metrics server when [metrics] listen is set; a bind error is a StartupError."""
+    address = cfg.metrics.address
+    if address is None:
+        return
+    try:
+        metrics.serve(address)
+    except MetricsError as exc:
+        where = f" in {cfg.source}" if cfg.source else ""
+        raise StartupError(
+            f"{exc} (metrics.listen{where})", EXIT_CONFIG if exc.config_error else EXIT_FAILURE
+        ) from None
 
 
 def _layout(cfg: Config) -> OutputLayout:
