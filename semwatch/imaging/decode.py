@@ -290,13 +290,19 @@ def _tiff_pixels(path: Path, page: Any) -> np.ndarray:
     if page.axes == "SYX":
         pixels = np.moveaxis(pixels, 0, -1)
     if pixels.dtype == np.bool_:
-        pixels = pixels.view(np.uint8) * np.uint8(255)
+        pixels = _bilevel_to_u8(pixels)
         bits = 8
     else:
         bits = int(page.bitspersample)
     if photometric == _PHOTOMETRIC_MINISWHITE:
         pixels = _invert(pixels, bits)
     return pixels
+
+
+def _bilevel_to_u8(pixels: np.ndarray) -> np.ndarray:
+    # Pillow's bool arrays hold the byte 255 for True (its "1" mode stores 0/255), tifffile's
+    # hold 1: any nonzero byte is white. (255 * 255 in uint8 is 1: multiplying made it black.)
+    return np.where(pixels.view(np.uint8) != 0, np.uint8(255), np.uint8(0))
 
 
 def _invert(pixels: np.ndarray, bits: int) -> np.ndarray:
@@ -385,7 +391,7 @@ def _pillow_pixels(
     pixels = np.asarray(image)
     source_shape, source_dtype = tuple(pixels.shape), str(pixels.dtype)
     if pixels.dtype == np.bool_:
-        pixels = pixels.view(np.uint8) * np.uint8(255)
+        pixels = _bilevel_to_u8(pixels)
     elif not pixels.dtype.isnative:
         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
     if source_dtype.startswith((">", "<")):
