@@ -74,7 +74,9 @@ def display_rgb(path: Path, pixels: np.ndarray, databar_row: int | None) -> tupl
     if pixels.dtype != np.uint8:
         window = _choose_window(path, pixels, databar_row)
         pixels = _apply_window(pixels, window)
-    return np.ascontiguousarray(np.broadcast_to(pixels, (*pixels.shape[:2], 3))), window
+    rgb = np.ascontiguousarray(np.broadcast_to(pixels, (*pixels.shape[:2], 3)))
+    # Pillow hands out read-only views; consumers (torch.from_numpy) expect an ordinary array.
+    return (rgb if rgb.flags.writeable else rgb.copy()), window
 
 
 def palette_gray(indices: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
