@@ -22,7 +22,9 @@ nothing. A few tags are carried with care instead of byte for byte:
   in its own namespace (`provenance_xmp`), where it clobbers nothing.
 - Resolution (282, 283, 296) is passed to tifffile's own arguments by the writer.
 
-Only struct, xml and tifffile: shared by the daemon, the CLI and the trainer (no torch).
+Only struct, xml and tifffile (no torch). Used by semwatch.imaging alone: its decoder gathers
+the carried tags (vendor.py), its writer writes them and the XMP packet (encode.py), and
+read_provenance parses the packet back (provenance.py).
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
     byteorder, layout = tf.byteorder, _IfdLayout(tf.tiff.offsetsize)
     entries = _raw_entries(data, page.offset, byteorder, layout)
     if isinstance(entries, str):  # tifffile has read this IFD, so this is not expected
-        log.warning("tiff_tags_not_copied", path=str(path), reason=entries)
+        log.warning("tiff tags not copied", path=str(path), reason=entries)
         entries = []
     extratags: list[TagTuple] = []
     xmp: bytes | None = None
@@ -248,7 +250,7 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
             continue
         copied = _entry_tag(entry, data, byteorder, layout)
         if copied is None:
-            log.warning("tiff_tag_not_copied", path=str(path), code=code, dtype=entry.dtype)
+            log.warning("tiff tag not copied", path=str(path), code=code, dtype=entry.dtype)
         elif code == _XMP_TAG:
             xmp = _mergeable_xmp(path, copied[3])
         elif code == _DESCRIPTION_TAG:
@@ -339,7 +341,7 @@ def _carried_description(path: Path, tag: TagTuple) -> tuple[TagTuple, ...]:
         # The OME-XML's Pixels element describes the source dataset (sizes, type, planes,
         # often of several files); read against an RGB output it would be wrong.
         log.warning(
-            "ome_xml_description_not_carried",
+            "ome-xml description not carried",
             path=str(path),
             reason="OME-XML describes the source's pixel layout",
         )
@@ -411,11 +413,11 @@ def _imagej_metadata_tags(path: Path, page: Any, index: int) -> tuple[TagTuple, 
     try:
         value = tag.value
     except Exception as exc:  # noqa: BLE001 - a damaged ImageJ blob must not fail the image
-        log.warning("imagej_metadata_not_carried", path=str(path), error=str(exc))
+        log.warning("imagej metadata not carried", path=str(path), error=str(exc))
         return ()
     if not isinstance(value, dict):
         log.warning(
-            "imagej_metadata_not_carried", path=str(path), error="tifffile could not parse IJMetadata"
+            "imagej metadata not carried", path=str(path), error="tifffile could not parse IJMetadata"
         )
         return ()
     kept = {key: item for key, item in value.items() if key not in _IMAGEJ_DISPLAY_ENTRIES}
@@ -427,7 +429,7 @@ def _imagej_metadata_tags(path: Path, page: Any, index: int) -> tuple[TagTuple, 
     try:
         return tuple(tifffile.imagej_metadata_tag(kept, OUTPUT_BYTEORDER))
     except Exception as exc:  # noqa: BLE001 - entries tifffile cannot re-encode
-        log.warning("imagej_metadata_not_carried", path=str(path), error=str(exc))
+        log.warning("imagej metadata not carried", path=str(path), error=str(exc))
         return ()
 
 
@@ -440,7 +442,7 @@ def _read_sub_ifd(
     fmt = {_TIFF_LONG: "I", _TIFF_IFD: "I", _TIFF_LONG8: "Q", _TIFF_IFD8: "Q"}.get(pointer.dtype)
     if fmt is None or pointer.count != 1:
         log.warning(
-            "tiff_sub_ifd_not_copied",
+            "tiff sub-ifd not copied",
             path=str(path),
             ifd=name,
             reason=f"pointer of type {pointer.dtype}, count {pointer.count}",
@@ -451,7 +453,7 @@ def _read_sub_ifd(
     )
     entries = _raw_entries(data, offset, byteorder, layout)
     if isinstance(entries, str):
-        log.warning("tiff_sub_ifd_not_copied", path=str(path), ifd=name, reason=entries)
+        log.warning("tiff sub-ifd not copied", path=str(path), ifd=name, reason=entries)
         return None
     tags: list[TagTuple] = []
     children: list[SubIFD] = []
@@ -463,7 +465,7 @@ def _read_sub_ifd(
             continue
         copied = _entry_tag(entry, data, byteorder, layout)
         if copied is None:
-            log.warning("tiff_tag_not_copied", path=str(path), ifd=name, code=entry.code, dtype=entry.dtype)
+            log.warning("tiff tag not copied", path=str(path), ifd=name, code=entry.code, dtype=entry.dtype)
         else:
             tags.append(copied)
     tags.sort(key=lambda tag: tag[0])
@@ -487,7 +489,7 @@ def _mergeable_xmp(path: Path, packet: bytes) -> bytes | None:
             reason = f"not well-formed XML: {exc}"
     if reason is None:
         return packet
-    log.warning("source_xmp_not_carried", path=str(path), reason=reason)
+    log.warning("source xmp not carried", path=str(path), reason=reason)
     return None
 
 

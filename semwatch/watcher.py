@@ -48,6 +48,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
+from semwatch.fsutil import TEMP_PREFIX
 from semwatch.log import get_logger
 from semwatch.queue import JobQueue, QueueError
 
@@ -62,7 +63,7 @@ TEMPORARY_PATTERNS: tuple[str, ...] = (
     "*.partial",
     ".~lock*",
     "*.swp",
-    ".semwatch-tmp-*",
+    f"{TEMP_PREFIX}*",
 )
 # Jobs are handed to the queue in slices so the daemon can start on the first files of a
 # large batch (a share with thousands of unprocessed files) while the rest are hashed.

@@ -463,6 +463,14 @@ def test_png_round_trips_gray_16bit_rgb_palette_la(tmp_path: Path) -> None:
     assert np.array_equal(image.gray, gray)
 
 
+def test_bilevel_png_and_tiff_are_black_and_white(tmp_path: Path) -> None:
+    bits = texture(24, 32) > 128
+    png = save_pillow(tmp_path / "bits.png", Image.fromarray(bits), "PNG")
+    assert np.array_equal(read_image(png).gray, np.where(bits, 255, 0))
+    tifffile.imwrite(tmp_path / "bits.tif", bits)  # stored MinIsWhite: a set bit is black ink
+    assert np.array_equal(read_image(tmp_path / "bits.tif").gray, np.where(bits, 0, 255))
+
+
 def test_jpeg_and_bmp_round_trips(tmp_path: Path) -> None:
     gray = texture(64, 80, noise=0)
     image = read_image(save_pillow(tmp_path / "g.jpg", Image.fromarray(gray), "JPEG", quality=95))

@@ -246,6 +246,7 @@ def test_16bit_and_palette_tiffs_decode(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "deep.tif", rgb16, photometric="rgb")
     out = load_rgb(tmp_path / "deep.tif")
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    # full-range noise: the percentile window is nearly 0..65535
     assert np.abs(out.astype(int) - (rgb16 / 257).round().astype(int)).max() <= 1
     Image.new("P", (10, 12), 3).save(tmp_path / "pal.png")
     assert load_rgb(tmp_path / "pal.png").shape == (12, 10, 3)
@@ -256,3 +257,51 @@ def test_ab_l_from_rgb_gray_has_zero_ab() -> None:
     l_in, ab = ab_l_from_rgb(gray)
     assert l_in.shape == (2, 1, 8, 8) and ab.shape == (2, 2, 8, 8)
     assert float(ab.abs().max()) < 1e-3
+
+
+def test_a_16bit_gray_tiff_reads_as_the_daemon_sees_it(tmp_path: Path) -> None:
+    import tifffile
+
+    from semwatch.imaging import read_image
+
+    # 12-bit detector levels in a 16-bit container, as SEMs write them.
+    levels = np.random.default_rng(3).normal(2000, 400, (40, 50)).clip(0, 4095).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "gray16.tif", levels)
+    rgb = load_rgb(tmp_path / "gray16.tif")
+    gray = read_image(tmp_path / "gray16.tif").gray
+    assert rgb.shape == (40, 50, 3) and rgb.dtype == np.uint8
+    assert all(np.array_equal(rgb[..., c], gray) for c in range(3))
+    assert rgb.max() == 255 and rgb.min() == 0  # windowed, not scaled by 65535 (which gave <= 16)
+
+
+def test_a_16bit_colour_tiff_gets_one_window_for_all_channels(tmp_path: Path) -> None:
+    import tifffile
+
+    rgb8 = shapes_image(np.random.default_rng(4), 64)
+    rgb8[:2] = 0  # black and white rows beyond the window's percentiles, in every channel
+    rgb8[-2:] = 255
+    tifffile.imwrite(tmp_path / "deep.tif", rgb8.astype(np.uint16) * 16, photometric="rgb")
+    # window 0..4080 for all three channels: the 12-bit levels map back to the 8-bit ones
+    assert np.array_equal(load_rgb(tmp_path / "deep.tif"), rgb8)
+
+
+def test_8bit_images_decode_exactly_as_pillow_converts_them(tmp_path: Path) -> None:
+    """The trainer's 8-bit RGB JPEG/PNG training sets see the same pixels as before the
+    shared decoder (which was Pillow's convert("RGB"))."""
+    import tifffile
+
+    rng = np.random.default_rng(5)
+    rgb = shapes_image(rng, 48)
+    gray = rgb.mean(axis=2).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=90)
+    Image.fromarray(gray).save(tmp_path / "gray.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(np.dstack([rgb, np.full_like(gray, 200)])).save(tmp_path / "rgba.png")
+    Image.fromarray(np.dstack([gray, np.full_like(gray, 9)]), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(rgb).quantize(16).save(tmp_path / "palette.png")
+    Image.fromarray(gray > 128).save(tmp_path / "bits.png")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    for path in sorted(tmp_path.iterdir()):
+        with Image.open(path) as image:
+            expected = np.array(image.convert("RGB"))
+        assert np.array_equal(load_rgb(path), expected), path.name

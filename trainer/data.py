@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from semwatch.color import AB_SCALE, ab_to_target, l_to_input, rgb_to_lab
 from semwatch.hints import hint_planes
+from semwatch.imaging import ImageError, read_rgb
 from semwatch.log import get_logger
 from trainer.hints import HintSimulation, sample_points
 
@@ -112,58 +113,19 @@ def split_of(rel_path: str, val_fraction: float) -> str:
 def load_rgb(path: Path) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) sRGB; DataError naming the file otherwise.
 
-    Palette, gray, alpha and 16-bit images are converted (16-bit scaled to 8-bit). EXIF
-    orientation is ignored: orientation does not matter to this training.
+    Read through semwatch's own decoder (`semwatch.imaging.read_rgb`), so the levels the
+    generator learns from are the ones the daemon gives it: 16-bit and float images through
+    the same percentile window (one window for all channels), palette images in their
+    colours, gray as (g, g, g). EXIF orientation is ignored: orientation does not matter to
+    this training.
     """
     path = Path(path)
+    # The data bar is not cut off: a hand-colorized banner was left gray by its colorist,
+    # which teaches the model what the daemon does with a bar anyway (leave it gray).
     try:
-        with Image.open(path) as img:
-            img.load()
-            array = _pil_to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise DataError(f"{path}: cannot decode image ({_one_line(exc)})") from exc
-        array = _tifffile_rgb(path, exc)
-    if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
-        raise DataError(f"{path}: unexpected image shape {array.shape}")
-    return np.ascontiguousarray(array)
-
-
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _to_uint8(np.asarray(img))[..., None].repeat(3, axis=2)
-    return np.array(img.convert("RGB"))
-
-
-def _tifffile_rgb(path: Path, pil_error: BaseException) -> np.ndarray:
-    # Pillow reads neither 16-bit RGB nor some compressions; tifffile (with imagecodecs) does.
-    import tifffile
-
-    try:
-        array = tifffile.imread(path, key=0)
-    except Exception as exc:  # tifffile raises many types; all mean "cannot decode"
-        raise DataError(
-            f"{path}: cannot decode TIFF ({_one_line(pil_error)}; tifffile: {_one_line(exc)})"
-        ) from exc
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
-        array = np.moveaxis(array, 0, -1)  # planar (separate) configuration
-    if array.ndim == 2:
-        array = array[..., None].repeat(3, axis=2)
-    if array.ndim != 3 or array.shape[2] < 3:
-        raise DataError(f"{path}: unsupported TIFF layout {array.shape}")
-    return _to_uint8(array[..., :3])
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        scaled = np.clip(np.nan_to_num(array.astype(np.float32)), 0.0, 1.0) * 255.0
-        return (scaled + 0.5).astype(np.uint8)
-    info = np.iinfo(array.dtype)
-    top = float(info.max) if info.max <= 65535 else float(max(int(array.max()), 1))
-    return (np.clip(array.astype(np.float64), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
+        return read_rgb(path)
+    except ImageError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def is_really_gray(rgb: np.ndarray) -> bool:
@@ -306,7 +268,7 @@ def scan_images(
             return path, None, "gray"
         return path, (downscale_for_cache(rgb, cache_short_side) if cache_short_side else None), None
 
-    # Pillow releases the GIL while decoding, so threads give real parallelism here.
+    # Pillow and tifffile release the GIL while decoding, so threads give real parallelism here.
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for path, pixels, problem in pool.map(inspect, paths):
             if problem == "gray":
@@ -442,7 +404,3 @@ def shard_indices(length: int, rank: int, world_size: int) -> list[int]:
 def iter_batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), batch_size):
         yield list(indices[start : start + batch_size])
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

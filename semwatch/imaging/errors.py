@@ -1,0 +1,44 @@
+"""The error every image reader raises, and the one-line wording of its reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_MAX_REASON = 200
+
+
+class ImageError(Exception):
+    """An image that could not be read; str(exc) == "<path>: <reason>" on one line.
+
+    permanent=True when retrying can never help (undecodable, too many pixels, unsupported
+    layout); False for transient I/O (file vanished, EIO, permission).
+    """
+
+    def __init__(self, path: Path | str, reason: str, permanent: bool) -> None:
+        super().__init__(path, reason, permanent)
+        self.path = Path(path)
+        self.reason = one_line(reason)
+        self.permanent = permanent
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def is_system_io_error(exc: BaseException) -> bool:
+    # A failing disk or share carries an errno; the libraries' complaints about bad data
+    # (Pillow's "cannot identify", "truncated") are OSErrors without one.
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one short line that says what went wrong."""
+    text = one_line(str(exc))
+    # A bare "'ResolutionY'" or "0" says nothing without the exception's type.
+    return text if len(text) >= 12 else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def one_line(text: str) -> str:
+    flat = " ".join(str(text).split())
+    if len(flat) > _MAX_REASON:
+        flat = flat[: _MAX_REASON - 3] + "..."
+    return flat
