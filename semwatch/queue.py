@@ -1424,6 +1424,25 @@ def _parse_url(database_url: str) -> URL:
     return url
 
 
+def database_revision(database_url: str) -> str | None:
+    """The schema revision of a database (None: empty), read without migrating anything."""
+    url = _parse_url(database_url)
+    where = url.render_as_string(hide_password=True)
+    try:
+        engine = sa.create_engine(url)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise QueueError(f"{where}: cannot load the database driver: {exc}") from exc
+    try:
+        with engine.connect() as conn:
+            return schema.current_revision(conn)
+    except schema.SchemaError as exc:
+        raise QueueError(f"{where}: {exc}") from None
+    except DBAPIError as exc:
+        raise QueueError(f"{where}: {_one_line(str(exc.orig or exc))}") from exc
+    finally:
+        engine.dispose()
+
+
 def sqlite_path(database_url: str) -> Path | None:
     """The database file of a SQLite URL, None for other databases."""
     url = _parse_url(database_url)
