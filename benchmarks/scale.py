@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import postgres_server  # noqa: E402  (tests/postgres_server.py: the throw-away cluster)
 from machine import describe_machine  # noqa: E402
 
+from semwatch.log import configure_logging  # noqa: E402
 from semwatch.queue import Owner, SqlJobQueue  # noqa: E402
 
 LEASE = 600.0
@@ -44,6 +45,7 @@ def _queue(url: str) -> SqlJobQueue:
 
 
 def _worker(url: str, batch: int, sleep: float, go, results) -> None:
+    configure_logging("warning", "console")  # a line per claim would be measured too
     queue = _queue(url)
     owner = Owner.current()
     go.wait()
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--postgres-url", default=os.environ.get(postgres_server.ENV_URL))
     args = parser.parse_args()
+    configure_logging("warning", "console")
 
     rows = []
     with ExitStack() as stack:
