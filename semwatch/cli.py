@@ -490,9 +490,9 @@ def _register_service_commands() -> None:
     """The service's subcommands live in their own modules (run, status, enqueue, retry;
     the web UI's app)."""
     from semwatch.app.launch import app_command
-    from semwatch.service_cli import enqueue_command, retry_command, run_command, status_command
+    from semwatch.service_cli import db_command, enqueue_command, retry_command, run_command, status_command
 
-    for command in (run_command, status_command, enqueue_command, retry_command, app_command):
+    for command in (run_command, status_command, enqueue_command, retry_command, app_command, db_command):
         main.add_command(command)
 
 

@@ -89,6 +89,9 @@ class EngineConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path = Path("var")
+    # What this process does (semwatch.queue.ROLES): watch and colorize, or one of the two
+    # (several hosts on one PostgreSQL queue).
+    role: Literal["all", "watcher", "worker"] = "all"
     shutdown_timeout: float = 60.0
     decode_threads: int = 2
     write_threads: int = 2

@@ -47,6 +47,8 @@ from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
 from semwatch.queue import (
+    HEARTBEAT_SECONDS,
+    WORKER_ROLES,
     DaemonLock,
     Job,
     JobQueue,
@@ -82,6 +84,12 @@ STORAGE_RECHECK_SECONDS = 10.0
 MIN_FREE_BYTES = 200 * 2**20
 STATUS_INTERVAL_SECONDS = 10.0
 RECOVER_INTERVAL_SECONDS = 60.0
+# The watcher's lock on its input folder (in the database): renewed every
+# WATCH_RENEW_SECONDS; a watcher on another host takes over once it is WATCH_LOCK_SECONDS
+# old (on this host, at once when the holder's process is gone). A waiting watcher asks
+# again every WATCH_RENEW_SECONDS.
+WATCH_LOCK_SECONDS = 30.0
+WATCH_RENEW_SECONDS = 5.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
 # Writes queued behind the network, in batches: bounds memory held by full-size RGB images.
@@ -364,6 +372,12 @@ class Daemon:
         self._next_renew = 0.0
         self._next_status = 0.0
         self._next_recover = 0.0
+        self._next_beat = 0.0
+        self._next_watch = 0.0
+        self._role = config.daemon.role
+        # The input folder's key in the watch lock (None: this daemon does not watch).
+        self._watch_root = None if self._role == "worker" else str(config.watch.input_dir.resolve())
+        self._watch_holder: Owner | None = None  # the other watcher we wait for
         self._stage: tuple[str, float] | None = None
         self._stall_logged = False
 
@@ -424,37 +438,70 @@ class Daemon:
         cfg = self.config
         check_config(cfg)
         prepare_folders(cfg)
-        self._lock = DaemonLock(cfg.queue, cfg.daemon.state_dir)
+        working = self._role in WORKER_ROLES
         try:
-            self._lock.acquire()
+            if sqlite_path(cfg.queue.database_url) is not None:
+                # One daemon per SQLite database; a server database takes any number.
+                self._lock = DaemonLock(cfg.queue, cfg.daemon.state_dir)
+                self._lock.acquire()
             self._queue = open_queue(cfg.queue)
-            recovered = self._queue.recover(self._owner)
+            recovered = self._queue.recover(self._owner) if working else 0
+            self._queue.beat(self._owner, self._role)
         except QueueError as exc:
             raise StartupError(str(exc)) from None
-        swept = sweep_temp_files(cfg.output.dir)
+        swept = sweep_temp_files(cfg.output.dir) if working else 0
         log.info(
             "queue open",
             database=_where(cfg.queue.database_url),
+            role=self._role,
             recovered_jobs=recovered,
             temp_files_swept=swept,
             owner_pid=self._owner.pid,
         )
         _serve_metrics(self._metrics, cfg)
-        self._colorizer = load_colorizer(cfg)
-        daemon_cfg = cfg.daemon
-        self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
-        self._writers = ThreadPoolExecutor(daemon_cfg.write_threads, thread_name_prefix="write")
-        self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
+        if working:
+            self._colorizer = load_colorizer(cfg)
+            daemon_cfg = cfg.daemon
+            self._decoders = ThreadPoolExecutor(daemon_cfg.decode_threads, thread_name_prefix="decode")
+            self._writers = ThreadPoolExecutor(daemon_cfg.write_threads, thread_name_prefix="write")
+            self._compute = ThreadPoolExecutor(1, thread_name_prefix="compute")
         self._notifier.ready(self._status_text() if self._notifier.enabled else None)
-        self._next_recover = time.monotonic() + RECOVER_INTERVAL_SECONDS
-        self._watcher = self._start_watcher(cfg)
+        now = time.monotonic()
+        self._next_recover = now + self._recover_interval()
+        self._next_beat = now + HEARTBEAT_SECONDS
+        self._keep_watching()
         log.info(
             "semwatch daemon ready",
+            role=self._role,
             input=str(cfg.watch.input_dir),
             output=str(cfg.output.dir),
             batch_size=cfg.engine.batch_size,
             watchdog_ping_s=self._watchdog_every,
         )
+
+    def _keep_watching(self) -> None:
+        """Take or renew this daemon's watch lock; start or stop its watcher to match."""
+        if self._watch_root is None:
+            return
+        self._next_watch = time.monotonic() + WATCH_RENEW_SECONDS
+        holder = self._queue.hold_watch(self._watch_root, self._owner, WATCH_LOCK_SECONDS)
+        if holder is None:
+            if self._watcher is None:
+                self._watcher = self._start_watcher(self.config)
+            self._watch_holder = None
+            return
+        if self._watcher is not None:
+            log.warning("watch lock lost; stopped watching", root=self._watch_root, holder_host=holder.host)
+            self._watcher.stop()
+            self._watcher = None
+        if holder != self._watch_holder:
+            log.info(
+                "input folder watched by another watcher; waiting to take over",
+                root=self._watch_root,
+                holder_host=holder.host,
+                holder_pid=holder.pid,
+            )
+            self._watch_holder = holder
 
     def _start_watcher(self, cfg: Config) -> Watcher:
         from semwatch.watcher import Watcher, WatcherError
@@ -466,6 +513,8 @@ class Daemon:
             on_enqueued=lambda n: self._wake.set(),
             sidecars=cfg.output.sidecars,
             on_sidecar=self._sidecar_settled,
+            # Arrival times on the queue's clock, as the finish times: latency across hosts.
+            wall_clock=self._queue.now,
         )
         try:
             watcher.start()
@@ -482,6 +531,9 @@ class Daemon:
                 self._heartbeat()
                 if self._reload.is_set():
                     self._do_reload()
+                if self._role not in WORKER_ROLES:
+                    self._sleep(IDLE_POLL_SECONDS)  # a watcher's work is on its own threads
+                    continue
                 if not self._storage.ready():
                     self._release(carry, "storage unavailable")
                     carry = []
@@ -899,12 +951,22 @@ class Daemon:
             if self._notifier.enabled and now >= self._next_status:
                 self._next_status = now + STATUS_INTERVAL_SECONDS
                 self._notifier.status(self._status_text())
-            if now >= self._next_recover:
-                # Jobs of ours whose lease ran out during a stall go back to pending.
-                self._next_recover = now + RECOVER_INTERVAL_SECONDS
+            if now >= self._next_beat:
+                self._next_beat = now + HEARTBEAT_SECONDS
+                self._queue.beat(self._owner, self._role)
+            if now >= self._next_watch:
+                self._keep_watching()
+            if now >= self._next_recover and self._role in WORKER_ROLES:
+                # Jobs whose lease ran out (ours during a stall, or a dead worker's) go
+                # back to pending.
+                self._next_recover = now + self._recover_interval()
                 self._queue.recover(self._owner)
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
             log.error("heartbeat step failed", error=_describe(exc))
+
+    def _recover_interval(self) -> float:
+        # A dead worker's jobs wait at most half a lease past its expiry for another worker.
+        return min(RECOVER_INTERVAL_SECONDS, self.config.queue.lease_seconds / 2)
 
     def _stalled(self, now: float) -> bool:
         stage = self._stage
@@ -966,6 +1028,21 @@ class Daemon:
         old = self.config
         if new.logging != old.logging:
             configure_logging(new.logging.level, new.logging.format)
+        if self._compute is not None:  # a watcher has no model
+            new = self._reload_model(new, old)
+        self._layout = _layout(new)
+        self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
+        self.config = new
+        if self._watch_root is not None and new.watch.input_dir != old.watch.input_dir:
+            # Another folder, another lock: the next _keep_watching takes the new one.
+            self._queue.release_watch(self._watch_root, self._owner)
+            self._watch_root = str(new.watch.input_dir.resolve())
+        if new.watch != old.watch or new.output.dir != old.output.dir:
+            self._restart_watcher(new, old)
+        log.info("configuration reloaded", source=str(new.source))
+
+    def _reload_model(self, new: Config, old: Config) -> Config:
+        """The new model, or the old one kept: returns `new` with the engine in use."""
         try:
             with self._staged("model reload"):
                 colorizer = self._wait_result(self._compute.submit(load_colorizer, new))
@@ -988,14 +1065,11 @@ class Daemon:
                 backend=colorizer.backend_name,
                 device=colorizer.device,
             )
-        self._layout = _layout(new)
-        self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
-        self.config = new
-        if new.watch != old.watch or new.output.dir != old.output.dir:
-            self._restart_watcher(new, old)
-        log.info("configuration reloaded", source=str(new.source))
+        return new
 
     def _restart_watcher(self, new: Config, old: Config) -> None:
+        if self._watcher is None:
+            return  # a worker, or a watcher waiting for the lock: it starts with `new`
         self._watcher.stop()
         try:
             self._watcher = self._start_watcher(new)
@@ -1036,6 +1110,15 @@ class Daemon:
             os._exit(code)
         return code
 
+    def _say_goodbye(self) -> None:
+        """A clean stop leaves no heartbeat row and no watch lock for others to wait out."""
+        try:
+            if self._watch_root is not None:
+                self._queue.release_watch(self._watch_root, self._owner)
+            self._queue.forget(self._owner)
+        except QueueError as exc:
+            log.warning("heartbeat row or watch lock not removed", error=str(exc))
+
     def _abort_start(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
@@ -1047,6 +1130,7 @@ class Daemon:
     def _close(self) -> None:
         self._metrics.close()  # first: scrapes read the queue
         if self._queue is not None:
+            self._say_goodbye()
             self._queue.close()
             self._queue = None
         if self._lock is not None:
@@ -1067,8 +1151,17 @@ def check_config(cfg: Config) -> None:
             f"{where}; colorized files would be colorized again",
             EXIT_CONFIG,
         )
+    db = sqlite_path(cfg.queue.database_url)
+    if cfg.daemon.role != "all" and db is not None:
+        raise StartupError(
+            f"daemon.role = {cfg.daemon.role!r}{where} needs a PostgreSQL queue: a SQLite queue "
+            'takes one daemon (role "all"); set queue.database_url = "postgresql://..."',
+            EXIT_CONFIG,
+        )
     model = cfg.engine.model
-    if model is None:
+    if cfg.daemon.role == "watcher":
+        pass  # a watcher only finds and queues files: no model on its host
+    elif model is None:
         from semwatch.model import default_model_path
 
         if not default_model_path().is_file():
@@ -1080,7 +1173,6 @@ def check_config(cfg: Config) -> None:
             )
     elif not model.is_file():
         raise StartupError(f"{model}: model file not found (engine.model{where})", EXIT_CONFIG)
-    db = sqlite_path(cfg.queue.database_url)
     if db is not None:
         fs_type = filesystem_type(db.parent if db.parent.exists() else _existing_parent(db))
         if fs_type is not None and is_network_fs_type(fs_type):
@@ -1150,11 +1242,18 @@ def _daemon_metrics(daemon: Daemon) -> DaemonMetrics:
             raise RuntimeError("queue not open")
         return queue.stats()
 
+    def workers_alive() -> int:
+        # From the heartbeat rows: every worker on this database, whichever host it runs on,
+        # so a scrape of any one daemon (a watcher too) sees a dead worker fleet.
+        queue = daemon._queue
+        if queue is None:
+            raise RuntimeError("queue not open")
+        return queue.alive_workers()
+
     return DaemonMetrics(
         MetricSources(
             queue_stats=queue_stats,
-            # This process claims and colorizes: one worker, once its model is loaded.
-            workers_alive=lambda: int(daemon._colorizer is not None),
+            workers_alive=workers_alive,
             model=lambda: None if daemon._colorizer is None else ModelInfo.of(daemon._colorizer),
         )
     )

@@ -53,12 +53,15 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from semwatch import schema
 from semwatch.config import QueueConfig
 from semwatch.log import get_logger
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION = 2
+# The pre-Alembic marker (table schema_version), frozen at 3 by revision 0003 so that older
+# semwatch refuses the database as newer; the schema's version is Alembic's revision now.
+SCHEMA_VERSION = 3
 ERROR_MAX_CHARS = 500
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Bound parameters per IN (...) list, well under SQLite's and drivers' limits.
@@ -68,6 +71,19 @@ _WRITE_OPTION = "semwatch_write"
 # Key of the PostgreSQL advisory lock held while one process migrates the schema.
 _PG_MIGRATION_LOCK = 0x5E3_0A7C
 RECENT_FAILURES = 10
+# PostgreSQL connections per process: kept open, and at most this many more under load.
+PG_POOL_SIZE = 2
+PG_MAX_OVERFLOW = 6
+# Daemon roles (`semwatch run --role`); those that claim and colorize jobs count as workers.
+ROLES = ("all", "watcher", "worker")
+WORKER_ROLES = frozenset({"all", "worker"})
+# A daemon beats every HEARTBEAT_SECONDS; one not seen for ALIVE_SECONDS counts as dead, and
+# its row is deleted after FORGET_SECONDS (a host that died never says goodbye).
+HEARTBEAT_SECONDS = 10.0
+ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
+FORGET_SECONDS = 7 * 86400.0
+# How often ServerClock asks the server for its time.
+SERVER_CLOCK_SYNC_SECONDS = 60.0
 # sha256 of a failed job recorded for a file whose content could not be read (unreadable,
 # unusable name): `status` shows the file; its readable content becomes a job of its own.
 UNKNOWN_CONTENT = ""
@@ -287,6 +303,37 @@ class JobQueue(abc.ABC):
     def stats(self, now: float | None = None) -> QueueStats:
         """Counts, backlog age, throughput, latency and recent failures."""
 
+    # ---- daemons on several hosts
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The queue's clock (epoch seconds), on which leases are written and compared."""
+
+    @abc.abstractmethod
+    def beat(self, owner: Owner, role: str) -> None:
+        """Record that this daemon lives: its row (host, pid, role, last seen)."""
+
+    @abc.abstractmethod
+    def forget(self, owner: Owner) -> None:
+        """Remove the row of a daemon that stops cleanly."""
+
+    @abc.abstractmethod
+    def alive_workers(self, within: float = ALIVE_SECONDS) -> int:
+        """How many daemons that colorize (role worker or all) beat in the last `within` s."""
+
+    @abc.abstractmethod
+    def hold_watch(self, root: str, owner: Owner, seconds: float) -> Owner | None:
+        """Take or renew the lock on watching input folder `root` for `seconds`.
+
+        Returns None when `owner` holds it now, else the holder. A holder loses it when its
+        lock expires, or (on this host) when its process is gone: the same rule as a job's
+        lease, so a watcher on another host is replaced only after its lock expired.
+        """
+
+    @abc.abstractmethod
+    def release_watch(self, root: str, owner: Owner) -> None:
+        """Give the watch lock on `root` up, if `owner` holds it."""
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release database connections."""
@@ -357,14 +404,43 @@ class FileRow(Base):
 
 
 class SchemaVersionRow(Base):
+    """The marker of semwatch before Alembic (see SCHEMA_VERSION); never read by this code."""
+
     __tablename__ = "schema_version"
 
     version: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
 
 
+class DaemonRow(Base):
+    """One running daemon (one start: its owner token), beating while it lives."""
+
+    __tablename__ = "daemons"
+    __table_args__ = (sa.Index("ix_daemons_last_seen", "role", "last_seen"),)
+
+    token: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    started_at: Mapped[float] = mapped_column(sa.Double)
+    last_seen: Mapped[float] = mapped_column(sa.Double)
+
+
+class WatchLockRow(Base):
+    """One watcher per input folder: the holder renews lease_until while it watches."""
+
+    __tablename__ = "watch_locks"
+
+    root: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    owner_host: Mapped[str | None] = mapped_column(sa.String(255))
+    owner_pid: Mapped[int | None] = mapped_column(sa.Integer)
+    owner_token: Mapped[str | None] = mapped_column(sa.String(32))
+    lease_until: Mapped[float] = mapped_column(sa.Double)
+
+
 _JOBS: sa.Table = JobRow.__table__  # type: ignore[assignment]
 _FILES: sa.Table = FileRow.__table__  # type: ignore[assignment]
-_VERSION: sa.Table = SchemaVersionRow.__table__  # type: ignore[assignment]
+_DAEMONS: sa.Table = DaemonRow.__table__  # type: ignore[assignment]
+_WATCH_LOCKS: sa.Table = WatchLockRow.__table__  # type: ignore[assignment]
 _JOB_COLUMNS = (
     _JOBS.c.id,
     _JOBS.c.rel_path,
@@ -390,74 +466,41 @@ _NO_OWNER: Mapping[str, Any] = MappingProxyType(
 # Merged into every transition back to pending: the next attempt starts from scratch.
 _FRESH_ATTEMPT: Mapping[str, Any] = MappingProxyType({"attempt_started": None, "superseded_by": None})
 
-Migration = Callable[[Connection], None]
-
-
-def _add_column(conn: Connection, column: sa.Column[Any]) -> None:
-    """ALTER TABLE ... ADD COLUMN of a nullable column as the current schema declares it."""
-    kind = column.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}")
-
-
-def _to_schema_2(conn: Connection) -> None:
-    """Attempts count from the start of work, not from the claim; failures can be
-    superseded by a newer version of their file."""
-    _add_column(conn, _JOBS.c.attempt_started)
-    _add_column(conn, _JOBS.c.superseded_by)
-    # Schema 1 counted an attempt at the claim: its running jobs keep counting it.
-    conn.execute(
-        sa.update(_JOBS)
-        .where(_JOBS.c.state == JobState.RUNNING.value)
-        .values(attempt_started=_JOBS.c.started_at)
-    )
-
-
-# MIGRATIONS[v] upgrades a version-v database to v + 1, inside the migration transaction.
-MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _to_schema_2})
-
-
-def migrate(
-    conn: Connection, *, target: int = SCHEMA_VERSION, steps: Mapping[int, Migration] = MIGRATIONS
-) -> int:
-    """Create or upgrade the schema on `conn` (inside a write transaction) to `target`.
-
-    Returns the version found (0 for an empty database). A database newer than `target`
-    is refused: old code must not write rows it does not understand.
-    """
-    inspector = sa.inspect(conn)
-    if not inspector.has_table(_VERSION.name):
-        if inspector.has_table(_JOBS.name):
-            raise QueueError("has a jobs table but no schema_version table: not a semwatch database")
-        Base.metadata.create_all(conn)
-        conn.execute(sa.insert(_VERSION).values(version=SCHEMA_VERSION))
-        found = 0
-        current = SCHEMA_VERSION
-    else:
-        stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
-        if stored is None:
-            raise QueueError("schema_version table is empty: the database is damaged")
-        found = current = int(stored)
-    if current > target:
-        raise QueueError(
-            f"database schema version {current} is newer than this semwatch "
-            f"understands ({target}); upgrade semwatch or use another database"
-        )
-    for version in range(current, target):
-        step = steps.get(version)
-        if step is None:
-            raise QueueError(f"no migration from schema version {version} to {version + 1}")
-        step(conn)
-        conn.execute(sa.update(_VERSION).values(version=version + 1))
-        log.info("queue schema upgraded", from_version=version, to_version=version + 1)
-    return found
-
-
 # --------------------------------------------------------------------------- SQL back-end
 
 # dialect: each supported back-end's INSERT with ON CONFLICT (same API on both).
 _INSERTS: Mapping[str, Callable[[sa.Table], Any]] = MappingProxyType(
     {"sqlite": sqlite_insert, "postgresql": pg_insert}
 )
+
+
+class ServerClock:
+    """The database server's clock, for a PostgreSQL queue shared by several hosts.
+
+    Leases, back-offs and heartbeats written on one host are compared on another: with each
+    host's own clock, a host running a minute fast would take other hosts' jobs a minute
+    early. The server's clock is the one all hosts share. It is read once per
+    SERVER_CLOCK_SYNC_SECONDS and carried forward on this host's monotonic clock, rather
+    than read in every statement: one round trip a minute instead of one per operation,
+    and leases are minutes long, so its milliseconds of error do not matter.
+    """
+
+    def __init__(self, read_server: Callable[[], float], sync_seconds: float = SERVER_CLOCK_SYNC_SECONDS):
+        self._read_server = read_server
+        self._sync_seconds = sync_seconds
+        self._base: tuple[float, float] | None = None  # (server epoch, local monotonic)
+
+    def __call__(self) -> float:
+        local = time.monotonic()
+        base = self._base
+        if base is None or local - base[1] >= self._sync_seconds:
+            before = time.monotonic()
+            server = self._read_server()
+            after = time.monotonic()
+            # The server read its clock somewhere in the round trip: take the middle.
+            base = self._base = (server, (before + after) / 2)
+            local = after
+        return base[0] + (local - base[1])
 
 
 @dataclass(frozen=True)
@@ -483,13 +526,17 @@ class SqlJobQueue(JobQueue):
         lease_seconds: float,
         max_attempts: int,
         retry_backoff: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         hostname: str | None = None,
         read_only: bool = False,
     ) -> None:
         """``read_only``: for reports (`semwatch status`, the web UI's queue page): the
         database is opened read-only (SQLite ``mode=ro``), never created or migrated, and
-        takes no write lock, so it answers while the daemon writes."""
+        takes no write lock, so it answers while the daemon writes.
+
+        ``clock`` (epoch seconds; tests inject one): by default this host's clock for
+        SQLite, the server's clock for PostgreSQL (see ServerClock).
+        """
         if lease_seconds <= 0 or max_attempts < 1 or retry_backoff < 0:
             raise QueueError(
                 f"invalid queue settings: lease_seconds={lease_seconds}, "
@@ -502,10 +549,12 @@ class SqlJobQueue(JobQueue):
         self._lease = float(lease_seconds)
         self._max_attempts = int(max_attempts)
         self._backoff = float(retry_backoff)
-        self._clock = clock
         self._host = hostname or socket.gethostname()
         self._read_only = read_only
         self._engine = self._create_engine(url)
+        if clock is None:
+            clock = time.time if self._dialect == "sqlite" else ServerClock(self._server_time)
+        self._clock = clock
         try:
             if read_only:
                 self._check_schema(url)
@@ -520,9 +569,14 @@ class SqlJobQueue(JobQueue):
     def _create_engine(self, url: URL) -> Engine:
         if self._read_only and self._dialect == "sqlite":
             url = _sqlite_read_only_url(url)
+        options: dict[str, Any] = {}
+        if self._dialect != "sqlite":
+            # Long-lived daemon against a server: test pooled connections before use. A
+            # daemon's threads (main, writers, watcher) rarely need more than a few at once;
+            # a small pool keeps max_connections within reach of dozens of daemons.
+            options = {"pool_pre_ping": True, "pool_size": PG_POOL_SIZE, "max_overflow": PG_MAX_OVERFLOW}
         try:
-            # Long-lived daemon against a server: test pooled connections before use.
-            engine = sa.create_engine(url, pool_pre_ping=self._dialect != "sqlite")
+            engine = sa.create_engine(url, **options)
         except (NoSuchModuleError, ImportError) as exc:
             raise QueueError(f"{self._where}: cannot load the database driver: {exc}") from exc
         if self._dialect == "sqlite":
@@ -533,38 +587,46 @@ class SqlJobQueue(JobQueue):
             event.listen(engine, "connect", _postgresql_on_connect_read_only)
         return engine
 
+    def _server_time(self) -> float:
+        with self._transaction("server time", write=False) as conn:
+            # clock_timestamp(), not now(): now() is frozen at the transaction's start.
+            return float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+
     def _check_schema(self, url: URL) -> None:
         """What a read-only open checks instead of migrating: a semwatch queue at exactly
-        this code's schema version."""
-        with self._transaction("schema check", write=False) as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table(_VERSION.name):
-                raise QueueError(f"{self._where}: {_not_a_queue(url)}")
-            stored = conn.execute(sa.select(sa.func.max(_VERSION.c.version))).scalar()
-        if stored is None:
-            raise QueueError(f"{self._where}: schema_version table is empty: the database is damaged")
-        if int(stored) > SCHEMA_VERSION:
-            raise QueueError(
-                f"{self._where}: database schema version {stored} is newer than "
-                f"this semwatch understands ({SCHEMA_VERSION}); upgrade semwatch"
-            )
-        if int(stored) < SCHEMA_VERSION:
-            raise QueueError(
-                f"{self._where}: database schema version {stored} is older than "
-                f"this semwatch's ({SCHEMA_VERSION}); the service upgrades it at "
-                "its next start (restart it after upgrading semwatch)"
-            )
+        this code's schema revision."""
+        try:
+            with self._transaction("schema check", write=False) as conn:
+                if schema.current_revision(conn) is None:
+                    raise QueueError(f"{self._where}: {_not_a_queue(url)}")
+                schema.check_current(conn)
+        except schema.SchemaError as exc:
+            raise QueueError(f"{self._where}: {exc}") from None
 
     def _migrate(self) -> None:
-        with self._transaction("schema migration", write=True) as conn:
-            if self._dialect == "postgresql":  # dialect: SQLite's IMMEDIATE lock suffices
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
-            try:
-                found = migrate(conn)
-            except QueueError as exc:
-                raise QueueError(f"{self._where}: {exc}") from None
-        if found == 0:
-            log.info("queue database created", database=self._where, schema_version=SCHEMA_VERSION)
+        try:
+            with self._transaction("schema migration", write=True) as conn:
+                if self._dialect == "postgresql":  # dialect: SQLite's IMMEDIATE lock suffices
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+                found = schema.upgrade(conn)
+        except schema.SchemaError as exc:
+            raise QueueError(f"{self._where}: {exc}") from None
+        head = schema.head_revision()
+        if found is None:
+            log.info("queue database created", database=self._where, revision=head)
+        elif found != head:
+            log.info("queue schema upgraded", database=self._where, from_revision=found, to_revision=head)
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (`semwatch db current`)."""
+        try:
+            with self._transaction("schema revision", write=False) as conn:
+                return schema.current_revision(conn)
+        except schema.SchemaError as exc:
+            raise QueueError(f"{self._where}: {exc}") from None
+
+    def now(self) -> float:
+        return self._now()
 
     @contextmanager
     def _transaction(self, what: str, *, write: bool) -> Iterator[Connection]:
@@ -1159,6 +1221,71 @@ class SqlJobQueue(JobQueue):
             {"path": row.rel_path, "error": row.error, "at": row.finished_at} for row in conn.execute(query)
         ]
 
+    # ---- daemons on several hosts
+
+    def beat(self, owner: Owner, role: str) -> None:
+        now = self._now()
+        stmt = self._insert(_DAEMONS)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_DAEMONS.c.token],
+            set_={"last_seen": stmt.excluded.last_seen, "role": stmt.excluded.role},
+        )
+        row = {"token": owner.token, "host": owner.host, "pid": owner.pid, "role": role}
+        with self._transaction("heartbeat", write=True) as conn:
+            conn.execute(stmt, {**row, "started_at": now, "last_seen": now})
+            conn.execute(sa.delete(_DAEMONS).where(_DAEMONS.c.last_seen < now - FORGET_SECONDS))
+
+    def forget(self, owner: Owner) -> None:
+        with self._transaction("forget daemon", write=True) as conn:
+            conn.execute(sa.delete(_DAEMONS).where(_DAEMONS.c.token == owner.token))
+
+    def alive_workers(self, within: float = ALIVE_SECONDS) -> int:
+        query = sa.select(sa.func.count()).where(
+            _DAEMONS.c.role.in_(sorted(WORKER_ROLES)), _DAEMONS.c.last_seen >= self._now() - within
+        )
+        with self._transaction("alive workers", write=False) as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def hold_watch(self, root: str, owner: Owner, seconds: float) -> Owner | None:
+        now = self._now()
+        lock = _WATCH_LOCKS
+        # Make sure the row exists, then lock it: two hosts starting at once serialise here.
+        ensure = self._insert(lock).on_conflict_do_nothing(index_elements=[lock.c.root])
+        with self._transaction("watch lock", write=True) as conn:
+            conn.execute(ensure, {"root": root, "lease_until": 0.0})
+            row = conn.execute(sa.select(lock).where(lock.c.root == root).with_for_update()).one()
+            held = row.owner_token is not None and row.lease_until > now
+            if held and row.owner_token != owner.token and self._orphan_reason(row, owner, now) is None:
+                return Owner(host=row.owner_host, pid=int(row.owner_pid), token=row.owner_token)
+            conn.execute(
+                sa.update(lock)
+                .where(lock.c.root == root)
+                .values(
+                    owner_host=owner.host,
+                    owner_pid=owner.pid,
+                    owner_token=owner.token,
+                    lease_until=now + seconds,
+                )
+            )
+        if row.owner_token != owner.token:
+            log.info(
+                "watch lock taken",
+                root=root,
+                previous_host=row.owner_host if held else None,
+                previous_pid=row.owner_pid if held else None,
+            )
+        return None
+
+    def release_watch(self, root: str, owner: Owner) -> None:
+        lock = _WATCH_LOCKS
+        stmt = (
+            sa.update(lock)
+            .where(lock.c.root == root, lock.c.owner_token == owner.token)
+            .values(owner_host=None, owner_pid=None, owner_token=None, lease_until=0.0)
+        )
+        with self._transaction("watch unlock", write=True) as conn:
+            conn.execute(stmt)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -1280,6 +1407,10 @@ def _parse_url(database_url: str) -> URL:
     except ArgumentError as exc:
         raise QueueError(f"{database_url!r}: not a database URL ({exc})") from None
     backend = url.get_backend_name()
+    if url.drivername == "postgresql":
+        # A plain postgresql:// means psycopg 3 (the `postgres` extra), not SQLAlchemy's
+        # default psycopg2, which semwatch does not install.
+        url = url.set(drivername="postgresql+psycopg")
     where = url.render_as_string(hide_password=True)
     if backend not in _INSERTS:
         raise QueueError(
@@ -1291,6 +1422,25 @@ def _parse_url(database_url: str) -> URL:
             "daemon's connections; give a file path"
         )
     return url
+
+
+def database_revision(database_url: str) -> str | None:
+    """The schema revision of a database (None: empty), read without migrating anything."""
+    url = _parse_url(database_url)
+    where = url.render_as_string(hide_password=True)
+    try:
+        engine = sa.create_engine(url)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise QueueError(f"{where}: cannot load the database driver: {exc}") from exc
+    try:
+        with engine.connect() as conn:
+            return schema.current_revision(conn)
+    except schema.SchemaError as exc:
+        raise QueueError(f"{where}: {exc}") from None
+    except DBAPIError as exc:
+        raise QueueError(f"{where}: {_one_line(str(exc.orig or exc))}") from exc
+    finally:
+        engine.dispose()
 
 
 def sqlite_path(database_url: str) -> Path | None:

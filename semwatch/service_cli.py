@@ -7,6 +7,7 @@ second, also while the daemon is running.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -62,8 +63,16 @@ def _console_logging(config: Config) -> None:
 
 
 @click.command("run", context_settings=CONTEXT)
+@click.option(
+    "--role",
+    type=click.Choice(["all", "watcher", "worker"]),
+    default=None,
+    help="What this process does: all (watch and colorize), watcher (only queue new files) "
+    "or worker (only colorize queued files). Default: daemon.role of the configuration. "
+    "watcher and worker need a PostgreSQL queue.",
+)
 @_config_option
-def run_command(config_path: Path | None) -> None:
+def run_command(role: str | None, config_path: Path | None) -> None:
     """Run the watch-folder service in the foreground (systemd starts exactly this).
 
     \b
@@ -81,6 +90,8 @@ def run_command(config_path: Path | None) -> None:
     (fix config.toml; systemd does not restart).
     """
     config = _load(config_path, exit_code=EXIT_CONFIG)
+    if role is not None:
+        config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, role=role))
     from semwatch.daemon import run_daemon
 
     sys.exit(run_daemon(config))
@@ -395,3 +406,51 @@ def _retry(queue, job_ids: Sequence[int], all_failed: bool) -> tuple[int, list[i
         if job is None or job.state != JobState.FAILED or job.superseded_by is not None
     ]
     return queue.retry(list(job_ids)), not_failed
+
+
+# --------------------------------------------------------------------------- db
+
+
+@click.group("db", context_settings=CONTEXT)
+def db_command() -> None:
+    """The queue database's schema, for admins who migrate by hand.
+
+    \b
+    The service upgrades the schema itself at start; on PostgreSQL with several hosts,
+    run `semwatch db upgrade` once after upgrading semwatch, before restarting them.
+    """
+
+
+@db_command.command("upgrade", context_settings=CONTEXT)
+@_config_option
+def db_upgrade_command(config_path: Path | None) -> None:
+    """Create the queue database's schema, or upgrade it to this semwatch's revision."""
+    config = _load(config_path)
+    _console_logging(config)
+    queue = _create_queue(config)
+    try:
+        with _one_line_errors(config):
+            click.echo(f"{_database(config)}: at revision {queue.revision()}")
+    finally:
+        queue.close()
+
+
+@db_command.command("current", context_settings=CONTEXT)
+@_config_option
+def db_current_command(config_path: Path | None) -> None:
+    """Show the schema revision of the queue database and this semwatch's; exit 1 when
+    they differ (the database needs `semwatch db upgrade`, or semwatch is older)."""
+    from semwatch import schema
+    from semwatch.queue import database_revision, sqlite_path
+
+    config = _load(config_path)
+    _console_logging(config)
+    path = sqlite_path(config.queue.database_url)
+    if path is not None and not path.is_file():
+        raise click.ClickException(f"{path}: no queue database yet (semwatch db upgrade creates it)")
+    with _one_line_errors(config):
+        found = database_revision(config.queue.database_url)
+    head = schema.head_revision()
+    click.echo(f"database: {found or 'empty'}\nsemwatch: {head}")
+    if found != head:
+        sys.exit(1)

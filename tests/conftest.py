@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import postgres_server
 import pytest
 import torch
 
@@ -34,3 +37,39 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     save_generator(path, model, config, {"name": "tiny-random"})
     return path
+
+
+# --------------------------------------------------------------------------- databases
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the session: CI's (SEMWATCH_TEST_POSTGRES_URL), else a
+    throw-away cluster started here; skipped where neither is possible, failed under CI."""
+    url = os.environ.get(postgres_server.ENV_URL)
+    if url:
+        yield url
+        return
+    reason = postgres_server.unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}")
+        pytest.skip(reason)
+    with postgres_server.cluster() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database of its own for each test."""
+    url = postgres_server.fresh_database(postgres_admin_url)
+    yield url
+    postgres_server.drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The queue database, once per supported back-end: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -1,8 +1,9 @@
 """Running `semwatch run` as a real subprocess on real folders, for the daemon tests.
 
 A `Site` is one installation in a temporary folder: config.toml, inbox/, outbox/, var/
-(SQLite queue) and a tiny random generator. `Site.start()` launches the daemon exactly as
-systemd would (`semwatch run --config FILE`), stderr (JSON log lines) into a file.
+(SQLite queue, unless `db_url` names a PostgreSQL database) and a tiny random generator.
+`Site.start()` launches the daemon exactly as systemd would (`semwatch run --config FILE`,
+optionally `--role`), stderr (JSON log lines) into a file.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class Site:
     root: Path
     model: Path
     polling: bool = False
+    # The queue database; None: a SQLite file in var/.
+    db_url: str | None = None
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[DaemonProcess] = field(default_factory=list)
 
@@ -213,7 +216,7 @@ class Site:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.database}"
+        return self.db_url or f"sqlite:///{self.database}"
 
     def write_config(self, **sections: Mapping[str, Any]) -> None:
         """config.toml with test-sized settings; keyword sections override/extend keys."""
@@ -253,7 +256,7 @@ class Site:
             )
         )
 
-    def start(self, env: Mapping[str, str] | None = None) -> DaemonProcess:
+    def start(self, env: Mapping[str, str] | None = None, role: str | None = None) -> DaemonProcess:
         log_path = self.root / f"daemon-{len(self.runs)}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -261,7 +264,7 @@ class Site:
                 environment.pop(key, None)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [*CLI, "run", "--config", str(self.config)],
+                [*CLI, "run", "--config", str(self.config), *(["--role", role] if role else [])],
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -296,8 +299,12 @@ class Site:
     def database(self) -> Path:
         return self.root / "var" / "semwatch.db"
 
+    def _no_database_yet(self) -> bool:
+        # A server database exists before the daemon starts (the test made it).
+        return self.db_url is None and not self.database.exists()
+
     def jobs(self, state: JobState | None = None) -> list[Job]:
-        if not self.database.exists():
+        if self._no_database_yet():
             return []  # the daemon has not created it yet
         queue = self.queue()
         try:
@@ -306,7 +313,7 @@ class Site:
             queue.close()
 
     def counts(self) -> dict[str, int]:
-        if not self.database.exists():
+        if self._no_database_yet():
             return {state.value: 0 for state in JobState}
         queue = self.queue()
         try:

@@ -1,5 +1,8 @@
 """The daemon as systemd runs it: `semwatch run` in a subprocess, real folders, real SQLite.
 
+Tests about the queue's semantics (exactly once, recovery, attempts, failures, leases) run
+on SQLite and on PostgreSQL (`queue_db`).
+
 Nothing is mocked. Each test builds a site (config.toml, inbox/, outbox/, var/) in tmp_path
 with a tiny random generator and a small chroma_size, so compute is quick; the time goes
 into starting Python + torch, which is why related checks share one daemon run.
@@ -57,6 +60,12 @@ def make_site(tmp_path: Path, tiny_model: Path):
         site.stop_all()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_db(request: pytest.FixtureRequest) -> str | None:
+    """A site's queue: None (SQLite in its var/) or a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
 def _assert_outputs_match_inputs(site: Site) -> None:
     """Exactly one output per input, made from the input's final bytes."""
     inputs = input_files(site.inbox)
@@ -70,8 +79,10 @@ def _assert_outputs_match_inputs(site: Site) -> None:
 
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
-def test_arrivals_are_colorized_exactly_once_also_while_stopped(make_site, polling: bool) -> None:
-    site = make_site(polling=polling)
+def test_arrivals_are_colorized_exactly_once_also_while_stopped(
+    make_site, queue_db: str | None, polling: bool
+) -> None:
+    site = make_site(polling=polling, db_url=queue_db)
     site.write_config(watch={"settle_seconds": 1.5})
     for i in range(3):  # already there before the first start
         write_atomically(site.inbox / f"early{i}.png", png_bytes(gray_image(100 + i)))
@@ -139,8 +150,8 @@ def _source_sha(output: Path) -> str | None:
         return None
 
 
-def test_outputs_follow_each_files_current_content(make_site) -> None:
-    site = make_site()
+def test_outputs_follow_each_files_current_content(make_site, queue_db: str | None) -> None:
+    site = make_site(db_url=queue_db)
     # Two sources whose names differ only in the extension's case: two outputs.
     lower, upper = site.inbox / "x.tif", site.inbox / "x.TIF"
     write_atomically(lower, tiff_bytes(gray_image(1)))
@@ -178,8 +189,10 @@ def test_outputs_follow_each_files_current_content(make_site) -> None:
 # --------------------------------------------------------------------------- crashes
 
 
-def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_site) -> None:
-    site = make_site()
+def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(
+    make_site, queue_db: str | None
+) -> None:
+    site = make_site(db_url=queue_db)
     site.write_config(engine={"chroma_size": 256, "batch_size": 4})
     for i in range(40):
         write_atomically(site.inbox / f"k{i:02d}.png", png_bytes(gray_image(i, 384, 512)))
@@ -214,9 +227,9 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(make_sit
     assert daemon.stop() == 0
 
 
-def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
+def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site, queue_db: str | None) -> None:
     """An operator's kills while jobs wait for their batch to fill once failed good files."""
-    site = make_site()
+    site = make_site(db_url=queue_db)
     # A long fill wait: the claimed job waits there, deterministically not started.
     site.write_config(queue={"max_attempts": 2}, engine={"batch_size": 4, "max_batch_wait": 120.0})
     write_atomically(site.inbox / "good.png", png_bytes(gray_image(1)))
@@ -240,8 +253,8 @@ def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
 # --------------------------------------------------------------------------- bad inputs
 
 
-def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None:
-    site = make_site()
+def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site, queue_db: str | None) -> None:
+    site = make_site(db_url=queue_db)
     good16 = gray_image(1).astype(np.uint16) * 200 + 1000
     bad = {
         "zero.tif": b"",
@@ -384,8 +397,10 @@ def test_systemd_notify_protocol_and_sigterm_mid_batch(make_site, tmp_path: Path
     assert daemon.has_event("semwatch daemon stopped", exit_code=0)
 
 
-def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(make_site) -> None:
-    site = make_site()
+def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(
+    make_site, queue_db: str | None
+) -> None:
+    site = make_site(db_url=queue_db)
     site.write_config(engine={"chroma_size": 512, "batch_size": 8}, daemon={"shutdown_timeout": 0.05})
     # Written before the start, so the start-up scan queues all 8 together and the first
     # claim is one batch of 8 full-size frames: seconds of work, far beyond 0.05 s, on any
@@ -453,8 +468,8 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     assert daemon.stop() == 0
 
 
-def test_missing_output_share_pauses_without_using_attempts(make_site) -> None:
-    site = make_site()
+def test_missing_output_share_pauses_without_using_attempts(make_site, queue_db: str | None) -> None:
+    site = make_site(db_url=queue_db)
     daemon = site.start()
     daemon.wait_ready()
     write_atomically(site.inbox / "before.png", png_bytes(gray_image(1)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import Site, gray_image, png_bytes, write_atomically
 
+from semwatch import schema
 from semwatch.queue import JobState, Owner
 
 
@@ -188,3 +189,15 @@ def test_every_subcommand_explains_itself_and_takes_config(site: Site) -> None:
         text = site.cli(command, "--help").stdout
         assert "--config FILE" in text, command
     assert "SIGTERM" in site.cli("run", "--help").stdout
+
+
+def test_db_upgrade_and_current_for_admins(tmp_path: Path, database_url: str) -> None:
+    site = Site(tmp_path / "db-site", tmp_path / "unused.safetensors", db_url=database_url)
+    head = schema.head_revision()
+    before = site.cli("db", "current", check=False)
+    assert before.returncode == 1
+    assert "no queue database yet" in before.stderr or before.stdout.startswith("database: empty\n")
+    upgraded = site.cli("db", "upgrade")
+    assert upgraded.stdout.strip().endswith(f"at revision {head}")
+    assert site.cli("db", "current").stdout == f"database: {head}\nsemwatch: {head}\n"
+    assert site.cli("db", "upgrade").returncode == 0  # nothing to do, still fine

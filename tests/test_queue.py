@@ -1,4 +1,8 @@
-"""The job queue on real SQLite files: dedup, the lease cycle, recovery, stats, schema, locks.
+"""The job queue on real databases: dedup, the lease cycle, recovery, stats, schema, locks.
+
+Every test of the queue's semantics runs twice, on a SQLite file and on a fresh PostgreSQL
+database (the `database_url` fixture of conftest.py); tests of SQLite's own behaviour (WAL,
+the lock file, databases of semwatch before Alembic) use `sqlite_url`.
 
 Time is moved with an injected clock, never by sleeping. Concurrency is exercised with real
 processes and threads on one database file. Nothing is mocked except, in one test, the
@@ -22,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from semwatch import queue as queue_module
+from semwatch import schema
 from semwatch.config import QueueConfig
 from semwatch.queue import (
     SCHEMA_VERSION,
@@ -36,7 +41,6 @@ from semwatch.queue import (
     is_network_filesystem,
     is_network_fs_type,
     lock_path,
-    migrate,
     open_queue,
     parse_mountinfo,
 )
@@ -66,7 +70,12 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_url(database_url: str) -> str:
+    return database_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'queue.db'}"
 
 
@@ -99,11 +108,16 @@ def _dead_pid() -> int:
 # ------------------------------------------------------------------ schema and set-up
 
 
-def test_new_database_is_wal_and_versioned(queue: SqlJobQueue, tmp_path: Path) -> None:
+def test_new_sqlite_database_is_wal_and_versioned(sqlite_url: str, tmp_path: Path) -> None:
+    SqlJobQueue(sqlite_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1).close()
     with sqlite3.connect(tmp_path / "queue.db") as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"jobs", "files", "schema_version"} <= tables
+        assert {"jobs", "files", "daemons", "watch_locks", "alembic_version"} <= tables
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (schema.head_revision(),)
+        ]
+        # The pre-Alembic marker, at the value that makes semwatch before Alembic refuse.
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     raw.close()
 
@@ -115,47 +129,44 @@ def test_reopening_keeps_the_data(db_url: str, clock: FakeClock) -> None:
     second = SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
     try:
         assert second.get(job_id).state is JobState.PENDING
+        assert second.revision() == schema.head_revision()
     finally:
         second.close()
 
 
-def test_newer_schema_is_refused(db_url: str, tmp_path: Path) -> None:
-    SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1).close()
-    with sqlite3.connect(tmp_path / "queue.db") as raw:
-        raw.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    raw.close()
-    newer = SCHEMA_VERSION + 1
-    with pytest.raises(QueueError, match=rf"queue\.db.*schema version {newer} is newer") as info:
-        SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
-    assert "\n" not in str(info.value)
-
-
-def test_migration_steps_run_in_order(tmp_path: Path) -> None:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    ran: list[int] = []
-
-    def step(version: int) -> Any:
-        def upgrade(conn: sa.Connection) -> None:
-            ran.append(version)
-            conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN extra{version} TEXT")
-
-        return upgrade
-
-    now = SCHEMA_VERSION
+def _set_revision(url: str, revision: str) -> None:
+    engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            assert migrate(conn) == 0  # created at the current version
-        with engine.begin() as conn:
-            assert migrate(conn, target=now + 2, steps={now: step(now), now + 1: step(now + 1)}) == now
-        with engine.begin() as conn:
-            assert conn.execute(sa.text("SELECT version FROM schema_version")).scalar() == now + 2
-            columns = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
-        assert ran == [now, now + 1] and {f"extra{now}", f"extra{now + 1}"} <= columns
-        with pytest.raises(QueueError, match=f"no migration from schema version {now + 2} to"):
-            with engine.begin() as conn:
-                migrate(conn, target=now + 3, steps={})
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
     finally:
         engine.dispose()
+
+
+def test_newer_schema_is_refused(db_url: str) -> None:
+    SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1).close()
+    _set_revision(db_url, "9999")
+    with pytest.raises(QueueError, match=r"schema revision 9999 is newer than this semwatch") as info:
+        SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1)
+    assert "\n" not in str(info.value)
+    with pytest.raises(QueueError, match=r"schema revision 9999 is newer"):
+        _read_only(db_url)
+
+
+def test_migrations_build_exactly_the_declared_schema(db_url: str) -> None:
+    """The migration scripts and the tables the code declares agree (Alembic's autogenerate
+    comparison finds nothing to do), on both back-ends."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1).close()
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), queue_module.Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
 
 
 # The schema semwatch 0.1 created (schema version 1), as SQLite stored it.
@@ -194,6 +205,35 @@ def _schema_1_database(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+# What schema version 2 (the last before Alembic) added to schema 1, as SQLite stored it.
+SCHEMA_2_SQLITE = """
+ALTER TABLE jobs ADD COLUMN attempt_started DOUBLE;
+ALTER TABLE jobs ADD COLUMN superseded_by BIGINT;
+UPDATE jobs SET attempt_started = 5.0, superseded_by = NULL;
+INSERT INTO jobs (id, rel_path, sha256, size, mtime, state, attempts, arrived_at, enqueued_at,
+    not_before, finished_at, error, superseded_by)
+    VALUES (2, 'a.tif', '' , 10, 1.0, 'failed', 0, 0.0, 0.0, 0.0, 0.0, 'unreadable', 1);
+UPDATE schema_version SET version = 2;
+"""
+
+
+def _schema_2_database(path: Path) -> str:
+    url = _schema_1_database(path)
+    raw = sqlite3.connect(path)
+    raw.executescript(SCHEMA_2_SQLITE)
+    raw.close()
+    return url
+
+
+def _assert_at_head(path: Path) -> None:
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (schema.head_revision(),)
+        ]
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
+
+
 def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path, clock: FakeClock) -> None:
     url = _schema_1_database(tmp_path / "old.db")
     queue = SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
@@ -202,11 +242,26 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path, clock: FakeClo
         # Schema 1 counted the attempt at the claim: the running job's attempt stays counted.
         assert (job.state, job.attempts, job.attempt_started) == (JobState.RUNNING, 1, 5.0)
         assert job.superseded_by is None
+        assert queue.alive_workers() == 0  # the scale-out tables exist
     finally:
         queue.close()
-    with sqlite3.connect(tmp_path / "old.db") as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-    raw.close()
+    _assert_at_head(tmp_path / "old.db")
+
+
+def test_a_schema_2_database_is_stamped_then_upgraded(tmp_path: Path, clock: FakeClock) -> None:
+    url = _schema_2_database(tmp_path / "old.db")
+    queue = SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, clock=clock)
+    try:
+        # Stamped as 0002: schema 1 -> 2 did not run again (it would reset attempt_started
+        # from started_at) and the columns it added were not added twice.
+        assert queue.get(1).attempt_started == 5.0
+        failed = queue.get(2)
+        assert (failed.state, failed.superseded_by, failed.error) == (JobState.FAILED, 1, "unreadable")
+        owner = Owner.current()
+        assert queue.hold_watch("/inbox", owner, 30.0) is None
+    finally:
+        queue.close()
+    _assert_at_head(tmp_path / "old.db")
 
 
 def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
@@ -684,10 +739,10 @@ def _read_only(url: str) -> SqlJobQueue:
     return SqlJobQueue(url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1, read_only=True)
 
 
-def test_read_only_queue_answers_while_a_writer_holds_the_lock(
-    queue: SqlJobQueue, db_url: str, tmp_path: Path
-) -> None:
-    queue.enqueue("a.tif", SHA_A, 10, 1.0)
+def test_read_only_queue_answers_while_a_writer_holds_the_lock(sqlite_url: str, tmp_path: Path) -> None:
+    db_url = sqlite_url
+    with SqlJobQueue(db_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1) as queue:
+        queue.enqueue("a.tif", SHA_A, 10, 1.0)
     writer = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # the daemon in the middle of a write
@@ -704,6 +759,18 @@ def test_read_only_queue_answers_while_a_writer_holds_the_lock(
         writer.close()
 
 
+def test_read_only_queue_reads_and_refuses_writes(queue: SqlJobQueue, db_url: str) -> None:
+    queue.enqueue("a.tif", SHA_A, 10, 1.0)
+    reader = _read_only(db_url)
+    try:
+        assert reader.stats().counts["pending"] == 1
+        with pytest.raises(QueueError, match="readonly|read-only|read only") as info:
+            reader.enqueue("b.tif", SHA_B, 1, 1.0)
+        assert "\n" not in str(info.value)
+    finally:
+        reader.close()
+
+
 def test_read_only_open_never_creates_or_migrates(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
@@ -715,7 +782,7 @@ def test_read_only_open_never_creates_or_migrates(tmp_path: Path) -> None:
         _read_only(f"sqlite:///{tmp_path / 'missing.db'}")
     assert not (tmp_path / "missing.db").exists()
     old = _schema_1_database(tmp_path / "old.db")
-    with pytest.raises(QueueError, match="schema version 1 is older"):
+    with pytest.raises(QueueError, match="schema revision 0001 is older"):
         _read_only(old)
     with sqlite3.connect(tmp_path / "old.db") as raw:
         assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
@@ -757,6 +824,99 @@ def test_stats_numbers(queue: SqlJobQueue, owner: Owner, clock: FakeClock) -> No
     assert queue.stats(now=T0 + 30 + 4000).median_latency_s is None
 
 
+# ------------------------------------------------------------------ daemons on several hosts
+
+
+def test_heartbeats_count_the_workers_alive(queue: SqlJobQueue, clock: FakeClock) -> None:
+    worker = Owner(host="gpu1", pid=10, token="w" * 32)
+    both = Owner(host="gpu2", pid=11, token="a" * 32)
+    watcher = Owner(host="scope1", pid=12, token="s" * 32)
+    assert queue.alive_workers() == 0
+    queue.beat(worker, "worker")
+    queue.beat(both, "all")
+    queue.beat(watcher, "watcher")
+    assert queue.alive_workers() == 2  # a watcher colorizes nothing
+    clock.advance(queue_module.ALIVE_SECONDS - 1)
+    queue.beat(worker, "worker")  # an upsert: still one row for this daemon
+    clock.advance(2)
+    assert queue.alive_workers() == 1  # gpu2 stopped beating
+    queue.forget(worker)
+    assert queue.alive_workers() == 0
+
+
+def test_one_watcher_per_input_folder(queue: SqlJobQueue, clock: FakeClock) -> None:
+    first = Owner(host="scope-a", pid=_dead_pid(), token="1" * 32)
+    second = Owner(host="scope-b", pid=os.getpid(), token="2" * 32)
+    assert queue.hold_watch("/data/inbox", first, 30.0) is None
+    # Another host's watcher: a dead-looking PID means nothing there, only the lock's expiry.
+    assert queue.hold_watch("/data/inbox", second, 30.0) == first
+    assert queue.hold_watch("/data/other", second, 30.0) is None  # another root is free
+    clock.advance(20)
+    assert queue.hold_watch("/data/inbox", first, 30.0) is None  # renewed
+    clock.advance(20)
+    assert queue.hold_watch("/data/inbox", second, 30.0) == first
+    clock.advance(11)
+    assert queue.hold_watch("/data/inbox", second, 30.0) is None  # expired: taken over
+    assert queue.hold_watch("/data/inbox", first, 30.0) == second
+    queue.release_watch("/data/inbox", second)
+    assert queue.hold_watch("/data/inbox", first, 30.0) is None
+
+
+def test_a_dead_watcher_on_this_host_is_replaced_at_once(queue: SqlJobQueue) -> None:
+    gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token="1" * 32)
+    assert queue.hold_watch("/inbox", gone, 3600.0) is None
+    me = Owner(host=socket.gethostname(), pid=os.getpid(), token="2" * 32)
+    assert queue.hold_watch("/inbox", me, 3600.0) is None
+
+
+def test_watch_lock_is_exclusive_across_threads(queue: SqlJobQueue) -> None:
+    owners = [Owner(host=f"h{i}", pid=1, token=f"{i:032d}") for i in range(4)]
+    winners: list[Owner] = []
+    barrier = threading.Barrier(len(owners))
+
+    def contend(owner: Owner) -> None:
+        barrier.wait()
+        if queue.hold_watch("/inbox", owner, 60.0) is None:
+            winners.append(owner)
+
+    threads = [threading.Thread(target=contend, args=(o,)) for o in owners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(winners) == 1
+
+
+def test_the_server_clock_is_read_once_per_sync_interval() -> None:
+    reads: list[float] = []
+
+    def server() -> float:
+        reads.append(1.0)
+        return 5_000.0 + len(reads)
+
+    clock = queue_module.ServerClock(server, sync_seconds=3600.0)
+    first, second = clock(), clock()
+    assert len(reads) == 1 and 5_001.0 <= first <= second < 5_002.0
+    assert queue_module.ServerClock(server, sync_seconds=0.0)() >= 5_002.0
+
+
+def test_postgresql_queues_use_the_servers_clock(postgres_url: str) -> None:
+    with SqlJobQueue(postgres_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1) as queue:
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.connect() as conn:
+                server = float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+        finally:
+            engine.dispose()
+        assert abs(queue.now() - server) < 5.0
+
+
+def test_a_plain_postgresql_url_uses_psycopg_3(postgres_url: str) -> None:
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with SqlJobQueue(plain, lease_seconds=LEASE, max_attempts=3, retry_backoff=1) as queue:
+        assert queue.enqueue("a.tif", SHA_A, 1, 1.0) is not None
+
+
 # ------------------------------------------------------------------ one daemon per database
 
 _LOCK_SCRIPT = """
@@ -779,7 +939,8 @@ def _try_lock_in_another_process(url: str, state_dir: Path) -> subprocess.Comple
     )
 
 
-def test_daemon_lock_is_exclusive_across_processes(db_url: str, tmp_path: Path) -> None:
+def test_daemon_lock_is_exclusive_across_processes(sqlite_url: str, tmp_path: Path) -> None:
+    db_url = sqlite_url
     cfg = QueueConfig(database_url=db_url)
     lock = DaemonLock(cfg, tmp_path / "state")
     assert lock.path == tmp_path / "queue.db.lock"

@@ -1,0 +1,135 @@
+"""Several daemons on one PostgreSQL queue: `semwatch run --role watcher|worker` as real
+subprocesses on a real server (a throw-away cluster, see conftest.py), real folders.
+
+All processes run on this one host, so a killed worker's jobs come back by the same-host
+rule (its PID is gone) at the next recovery pass, which runs every half lease; the
+cross-host rule (lease expiry only) is tested in test_queue.py with an injected clock.
+Roles on SQLite are refused with one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from daemon_harness import (
+    Site,
+    gray_image,
+    input_files,
+    names,
+    output_for,
+    png_bytes,
+    provenance,
+    sha256_of,
+    wait_until,
+    write_atomically,
+)
+
+from semwatch.queue import ALIVE_SECONDS, JobState
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 200
+LEASE = 6.0
+
+
+def _started_jobs_of(site: Site, pid: int) -> list[int]:
+    engine = sa.create_engine(site.database_url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text(
+                "SELECT id FROM jobs WHERE state = 'running' AND owner_pid = :pid "
+                "AND attempt_started IS NOT NULL"
+            )
+            return list(conn.execute(query, {"pid": pid}).scalars())
+    finally:
+        engine.dispose()
+
+
+def _alive_workers(site: Site) -> int:
+    queue = site.queue()
+    try:
+        return queue.alive_workers()
+    finally:
+        queue.close()
+
+
+def _done_events(runs) -> dict[str, int]:
+    done: dict[str, int] = {}
+    for run in runs:
+        for event in run.events():
+            if event.get("event") == "job done":
+                done[event["path"]] = done.get(event["path"], 0) + 1
+    return done
+
+
+def test_one_watcher_three_workers_kill_9_and_takeover(
+    tmp_path: Path, tiny_model: Path, postgres_url: str
+) -> None:
+    site = Site(tmp_path / "site", tiny_model, db_url=postgres_url)
+    site.write_config(
+        queue={"lease_seconds": LEASE, "retry_backoff": 0.5},
+        engine={"batch_size": 4, "max_batch_wait": 0.2, "chroma_size": 64},
+        watch={"settle_seconds": 0.5, "scan_interval": 2.0},
+        daemon={"decode_threads": 1, "write_threads": 1},
+    )
+    try:
+        watcher = site.start(role="watcher")
+        watcher.wait_ready()
+        workers = [site.start(role="worker") for _ in range(3)]
+        for worker in workers:
+            worker.wait_ready()
+        # Started on an empty queue, they idle (and beat) until work arrives.
+        wait_until(lambda: _alive_workers(site) == 3, 60, "3 workers alive")
+        assert site.counts() == {"pending": 0, "running": 0, "done": 0, "failed": 0}
+
+        for i in range(IMAGES):
+            write_atomically(site.inbox / f"d{i % 4}" / f"img{i:03d}.png", png_bytes(gray_image(i, 48, 64)))
+        victim = workers[0]
+        held = wait_until(lambda: _started_jobs_of(site, victim.pid), 120, "a batch in flight", interval=0.02)
+        victim.kill()  # kill -9 mid-batch: its leases stay behind
+
+        counts = site.wait_settled(IMAGES, timeout=600)
+        assert counts == {"pending": 0, "running": 0, "done": IMAGES, "failed": 0}
+        jobs = {job.id: job for job in site.jobs()}
+        assert len(jobs) == IMAGES  # one job per file: the watcher queued each once
+        assert all(jobs[i].state is JobState.DONE and jobs[i].attempts == 2 for i in held)
+        inputs = input_files(site.inbox)
+        assert names(site.outputs(), site.outbox) == names((output_for(site, p) for p in inputs), site.outbox)
+        for source in inputs:
+            assert provenance(output_for(site, source))["source"]["sha256"] == sha256_of(source)
+        # Each file colorized once by the living workers; the killed one's jobs were taken
+        # over, so only those may show a second "job done" (the victim's own, if it got
+        # that far before the kill).
+        done = _done_events(workers[1:])
+        assert set(done) | {jobs[i].rel_path for i in held} == {job.rel_path for job in jobs.values()}
+        assert all(n == 1 for n in done.values())
+        assert sum(1 for w in workers[1:] if any(e.get("event") == "job done" for e in w.events())) == 2
+        # The killed worker stops counting once its last beat is ALIVE_SECONDS old.
+        wait_until(lambda: _alive_workers(site) == 2, ALIVE_SECONDS + 30, "the killed worker not counted")
+
+        # A second watcher on the same folder waits; it takes over when the first dies.
+        standby = site.start(role="watcher")
+        standby.wait_event("input folder watched by another watcher; waiting to take over")
+        watcher.kill()
+        standby.wait_event("watch lock taken", timeout=60)
+        write_atomically(site.inbox / "late" / "after.png", png_bytes(gray_image(999, 48, 64)))
+        site.wait_settled(IMAGES + 1, timeout=120)
+        assert (site.outbox / "late" / "after.tif").is_file()
+
+        for run in (standby, *workers[1:]):
+            assert run.stop() == 0
+        assert _alive_workers(site) == 0  # a clean stop removes the heartbeat row
+    finally:
+        site.stop_all()
+
+
+def test_roles_on_sqlite_are_refused_in_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    site = Site(tmp_path / "site", tiny_model)
+    daemon = site.start(role="worker")
+    assert daemon.proc.wait(120) == 78
+    refusal = [e for e in daemon.events() if e.get("event") == "semwatch daemon cannot start"]
+    assert len(refusal) == 1
+    assert "daemon.role = 'worker'" in refusal[0]["reason"] and "PostgreSQL" in refusal[0]["reason"]
+    assert "\n" not in refusal[0]["reason"]
