@@ -41,7 +41,16 @@ PRECISION_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES
 
 
 class EngineError(RuntimeError):
-    """The engine cannot be set up as configured (device, backend, model)."""
+    """The engine cannot be set up as configured (device, backend, model).
+
+    ``retryable``: whether the same configuration may work on a later start (a GPU whose
+    driver is not loaded yet at boot); the daemon exits with a restartable code for those and
+    with EX_CONFIG (78, systemd does not restart) for the rest, which need an admin.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -51,7 +60,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("engine.device = 'cuda' but no CUDA GPU is available")
+        raise EngineError("engine.device = 'cuda' but no CUDA GPU is available", retryable=True)
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise EngineError(f"unknown device {device!r} (auto, cpu or cuda)")
     return torch.device(device)

@@ -1219,8 +1219,9 @@ def load_colorizer(cfg: Config) -> Colorizer:
     except ModelError as exc:
         raise StartupError(str(exc), EXIT_CONFIG) from None
     except EngineError as exc:
-        # e.g. the GPU driver not loaded yet at boot: a restart may help.
-        raise StartupError(str(exc)) from None
+        # A GPU driver not loaded yet at boot may be there at the next start; a missing
+        # package or a wrong setting will not.
+        raise StartupError(str(exc), EXIT_FAILURE if exc.retryable else EXIT_CONFIG) from None
     log.info(
         "model loaded",
         model=colorizer.model_name,

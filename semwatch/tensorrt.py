@@ -116,7 +116,9 @@ def detect_toolchain(device: torch.device) -> Toolchain:
     if importlib.util.find_spec("torch_tensorrt") is None:
         missing.append("torch-tensorrt (not installed: pip install 'semwatch[tensorrt]')")
     if missing:
-        raise EngineError("the tensorrt backend needs " + " and ".join(missing))
+        # Only a GPU that is not visible yet can appear by itself (a driver loading at boot).
+        gpu_only = importlib.util.find_spec("torch_tensorrt") is not None
+        raise EngineError("the tensorrt backend needs " + " and ".join(missing), retryable=gpu_only)
     try:
         import tensorrt
         import torch_tensorrt

@@ -24,6 +24,7 @@ from semwatch.daemon import (
     _Item,
     _ping_interval,
     check_config,
+    load_colorizer,
     prepare_folders,
 )
 from semwatch.imaging import read_image
@@ -190,6 +191,28 @@ def test_start_up_checks_name_the_key_and_exit_78(tmp_path: Path, tiny_model: Pa
     with pytest.raises(StartupError, match="same folder") as info:
         check_config(same)
     assert info.value.exit_code == EXIT_CONFIG
+
+
+def test_an_engine_that_cannot_start_exits_78_unless_a_later_start_may_work(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+) -> None:
+    """A missing torch-tensorrt needs an admin (78: systemd does not restart); a GPU the
+    driver has not brought up yet may be there at the next start (1: systemd retries)."""
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # no torch-tensorrt
+    with pytest.raises(StartupError, match="needs a CUDA GPU .* and torch-tensorrt") as info:
+        load_colorizer(_config(tmp_path, model=tiny_model, backend="tensorrt"))
+    assert info.value.exit_code == EXIT_CONFIG
+    with pytest.raises(StartupError, match="unknown engine.precision") as info:
+        load_colorizer(_config(tmp_path, model=tiny_model, precision="fp8"))
+    assert info.value.exit_code == EXIT_CONFIG
+    with pytest.raises(StartupError, match="no CUDA GPU is available") as info:
+        load_colorizer(_config(tmp_path, model=tiny_model, device="cuda"))
+    assert info.value.exit_code == 1
 
 
 def test_the_bundled_model_needs_no_engine_model(tmp_path: Path) -> None:
