@@ -29,7 +29,7 @@ from semwatch.model import GeneratorConfig, build_generator, save_generator
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
 from trainer.cli import main as trainer_main
 from trainer.cli import resolve_config
-from trainer.data import build_datasets
+from trainer.data import DataSummary, build_datasets
 from trainer.discriminator import build_patchgan, receptive_field
 from trainer.distributed import init_distributed
 from trainer.loops import StageSpec, StepRecord, TrainingError, lr_factor, run_pipeline, train_stage, validate
@@ -533,3 +533,137 @@ def test_torchrun_two_processes_with_gloo_complete_both_stages(data_root: Path, 
     rows = _rows(run_dir)
     assert [r["stage"] for r in rows] == ["pretrain", "gan"]  # rank 0 alone writes
     assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+# ------------------------------------------------------------------ numerics pinned
+
+# Recorded from the code before the stages became policy objects (float32, one thread).
+# Re-record only for a deliberate change of the training maths, and say so in the commit.
+PINNED_LOSSES: dict[str, tuple[list, list[dict[str, float]]]] = {
+    "plain-bce": (
+        [
+            ("pretrain", 1, {"train_l1": 45.05814}),
+            ("pretrain", 2, {"train_l1": 35.40323}),
+            ("pretrain", 3, {"train_l1": 27.29791}),
+            ("pretrain", 4, {"train_l1": 22.68201}),
+            ("pretrain", 5, {"train_l1": 20.4871}),
+            ("pretrain", 6, {"train_l1": 19.28083}),
+            ("pretrain", 7, {"train_l1": 13.45096}),
+            ("pretrain", 8, {"train_l1": 21.84778}),
+            ("gan", 1, {"train_l1": 20.32057, "train_g_gan": 1.308572, "train_d": 0.7695907}),
+            ("gan", 2, {"train_l1": 20.05563, "train_g_gan": 1.475726, "train_d": 0.7823725}),
+            ("gan", 3, {"train_l1": 16.51276, "train_g_gan": 1.378528, "train_d": 0.707216}),
+            ("gan", 4, {"train_l1": 17.10472, "train_g_gan": 2.000298, "train_d": 0.7128199}),
+            ("gan", 5, {"train_l1": 18.39496, "train_g_gan": 1.393962, "train_d": 0.6343315}),
+            ("gan", 6, {"train_l1": 16.8572, "train_g_gan": 1.135021, "train_d": 0.6577748}),
+            ("gan", 7, {"train_l1": 11.845, "train_g_gan": 0.9200428, "train_d": 0.7297388}),
+            ("gan", 8, {"train_l1": 18.51587, "train_g_gan": 1.004317, "train_d": 0.7416911}),
+        ],
+        [
+            {"val_l1": 95.7812, "val_hist_intersection": 0.0, "lr_g": 0.02},
+            {"val_l1": 79.4887, "val_hist_intersection": 0.0454102, "lr_g": 0.0002},
+            {"val_l1": 32.4885, "val_hist_intersection": 0.104873, "lr_g": 0.002},
+            {"val_l1": 17.3183, "val_hist_intersection": 0.109118, "lr_g": 0.001},
+        ],
+    ),
+    "hints-lsgan": (
+        [
+            ("pretrain", 1, {"train_l1": 42.51683}),
+            ("pretrain", 2, {"train_l1": 37.60875}),
+            ("pretrain", 3, {"train_l1": 27.76193}),
+            ("pretrain", 4, {"train_l1": 21.45789}),
+            ("pretrain", 5, {"train_l1": 22.07646}),
+            ("pretrain", 6, {"train_l1": 22.24651}),
+            ("pretrain", 7, {"train_l1": 15.79583}),
+            ("pretrain", 8, {"train_l1": 22.28407}),
+            ("gan", 1, {"train_l1": 20.42826, "train_g_gan": 8.740303, "train_d": 1.666984}),
+            ("gan", 2, {"train_l1": 21.86738, "train_g_gan": 4.454046, "train_d": 1.664753}),
+            ("gan", 3, {"train_l1": 19.78247, "train_g_gan": 4.311652, "train_d": 1.681326}),
+            ("gan", 4, {"train_l1": 19.91083, "train_g_gan": 7.793169, "train_d": 3.289263}),
+            ("gan", 5, {"train_l1": 21.69876, "train_g_gan": 1.160215, "train_d": 4.367679}),
+            ("gan", 6, {"train_l1": 20.7918, "train_g_gan": 0.7730136, "train_d": 1.695027}),
+            ("gan", 7, {"train_l1": 15.11007, "train_g_gan": 0.8552274, "train_d": 1.475235}),
+            ("gan", 8, {"train_l1": 21.1937, "train_g_gan": 0.6636372, "train_d": 1.399807}),
+        ],
+        [
+            {"val_l1": 90.304, "val_hist_intersection": 0.0, "lr_g": 0.02},
+            {"val_l1": 84.0007, "val_hist_intersection": 0.00439453, "lr_g": 0.0002},
+            {"val_l1": 62.2395, "val_hist_intersection": 0.0183374, "lr_g": 0.002},
+            {"val_l1": 34.728, "val_hist_intersection": 0.0526575, "lr_g": 0.001},
+        ],
+    ),
+}
+
+
+class SyntheticColorData(torch.utils.data.Dataset):
+    """Generated (input, ab) pairs that depend only on (epoch, index): no decoder, no files.
+
+    The ab target is a smooth function of L, so there is something to learn; with ``hints``
+    the input carries three more planes (a, b at a few points, and their mask), like
+    ColorDataset's.
+    """
+
+    def __init__(self, count: int, size: int, offset: int, hints: bool) -> None:
+        self.count, self.size, self.offset, self.hints = count, size, offset, hints
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(1000 * self.epoch + self.offset + index)
+        coarse = torch.rand(1, 1, 4, 4, generator=g) * 2 - 1
+        light = torch.nn.functional.interpolate(coarse, size=(self.size, self.size), mode="bilinear")[0]
+        ab = torch.cat((0.3 + 0.3 * torch.sin(3 * light), 0.3 * light - 0.1))
+        if not self.hints:
+            return light, ab
+        mask = (torch.rand(1, self.size, self.size, generator=g) < 0.01).float()
+        return torch.cat((light, ab * mask, mask)), ab
+
+
+def _synthetic_datasets(hints: bool):
+    summary = DataSummary(root="synthetic", images=20, train=16, val=4, skipped_gray=0, skipped_bad=0)
+    return SyntheticColorData(16, 32, 0, hints), SyntheticColorData(4, 32, 500, hints), summary
+
+
+@pytest.mark.parametrize("variant", sorted(PINNED_LOSSES))
+def test_both_stages_take_the_pinned_steps(variant: str, tmp_path: Path) -> None:
+    """A few float32 steps of each stage, seeded, give the losses recorded before the stages
+    became policy objects: any change to a loss, an optimizer, the schedule or the choice of
+    the stage-1 ``best`` that stage 2 starts from shows here."""
+    hints = variant == "hints-lsgan"
+    config = dataclasses.replace(
+        TINY,
+        amp=False,  # float32 everywhere: bf16 autocast exists on some CPUs only
+        pretrain_epochs=2,
+        gan_epochs=2,
+        max_steps_per_epoch=4,
+        pretrain_lr=2e-2,
+        lr_g=2e-3,
+        hints=hints,
+        gan_loss="lsgan" if hints else "bce",
+    )
+    datasets = _synthetic_datasets(hints)
+    seen: list[StepRecord] = []
+    train_stage(
+        StageSpec("pretrain", tmp_path, tmp_path, config), _env(), on_step=seen.append, datasets=datasets
+    )
+    init = checkpoint_path(tmp_path, "pretrain", "best")
+    run_gan = tmp_path / "gan-run"
+    train_stage(
+        StageSpec("gan", tmp_path, run_gan, config, init=init), _env(), on_step=seen.append, datasets=datasets
+    )
+    observed = [(r.stage, r.step, r.losses) for r in seen]
+    observed_val = [
+        {k: float(row[k]) for k in ("val_l1", "val_hist_intersection", "lr_g")}
+        for row in _rows(tmp_path) + _rows(run_gan)
+    ]
+    expected, expected_val = PINNED_LOSSES[variant]
+    assert [(stage, step) for stage, step, _ in observed] == [(stage, step) for stage, step, _ in expected]
+    for (_, _, got), (_, _, want) in zip(observed, expected, strict=True):
+        assert set(got) == set(want) and got == pytest.approx(want, rel=1e-4, abs=1e-6), observed
+    for got, want in zip(observed_val, expected_val, strict=True):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), observed_val
