@@ -32,9 +32,10 @@ from trainer.cli import resolve_config
 from trainer.data import DataSummary, build_datasets
 from trainer.discriminator import build_patchgan, receptive_field
 from trainer.distributed import init_distributed
-from trainer.loops import StageSpec, StepRecord, TrainingError, lr_factor, run_pipeline, train_stage, validate
+from trainer.loops import StageSpec, StepRecord, TrainingError, run_pipeline, train_stage, validate
 from trainer.losses import discriminator_loss, gan_loss
 from trainer.rundir import MetricsLog, render_trainer_toml
+from trainer.stages import GAN, PRETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TrainerConfig(
@@ -374,11 +375,11 @@ def test_gan_losses() -> None:
 
 
 def test_learning_rate_schedules() -> None:
-    cosine = [lr_factor("pretrain", e, 5) for e in range(5)]
+    cosine = [PRETRAIN.lr_factor(e, 5) for e in range(5)]
     assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.01) and cosine == sorted(cosine, reverse=True)
-    linear = [lr_factor("gan", e, 6) for e in range(6)]
+    linear = [GAN.lr_factor(e, 6) for e in range(6)]
     assert linear[:3] == [1.0, 1.0, 1.0] and linear[3] > linear[4] > linear[5] > 0
-    assert lr_factor("pretrain", 0, 1) == 1.0
+    assert PRETRAIN.lr_factor(0, 1) == 1.0
 
 
 def test_load_any_generator_reads_checkpoints_and_generator_files(
