@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import torch
 from click.testing import CliRunner
 from test_trainer_data import write_shapes_dataset
 
+import trainer.checkpoint
 from semwatch.config import TrainerConfig, load_config_file
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
@@ -99,6 +101,11 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _documented_checkpoint_keys() -> set[str]:
+    """The keys of the format table in trainer/checkpoint.py's docstring."""
+    return set(re.findall(r"^    ``(\w+)``", trainer.checkpoint.__doc__ or "", flags=re.MULTILINE))
+
+
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SEMWATCH_CONFIG"):
@@ -146,6 +153,7 @@ def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     last = load_checkpoint(checkpoint_path(run_dir, "pretrain", "last"))
     assert last["stage"] == "pretrain" and last["epoch"] == 25 and last["step"] == 200
     assert last["finished"] and last["discriminator"] is None and last["opt_d"] is None
+    assert set(last) == _documented_checkpoint_keys()
     assert last["generator_config"]["decoder_width"] == 8
     assert set(last["metrics"]) == {"val_l1", "val_hist_intersection"}
     samples = sorted(p.name for p in (run_dir / "samples").iterdir())
@@ -184,6 +192,8 @@ def test_stage2_from_stage1_checkpoint(
     assert best["epoch"] == 1 + hist.index(max(hist))  # realism, not L1, picks the best
     last = load_checkpoint(checkpoint_path(tmp_path, "gan", "last"))
     assert last["discriminator"] is not None and last["opt_d"] is not None and last["epoch"] == 3
+    assert set(last) == _documented_checkpoint_keys()
+    assert last["sched_g"] == {"kind": "constant-then-linear", "total_epochs": 3, "base_lr": config.lr_g}
     # The GAN stage starts from the stage-1 weights, not from scratch.
     assert steps[0].losses["train_l1"] < 0.8 * pretrained_run["start_l1"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

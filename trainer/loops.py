@@ -21,7 +21,6 @@ must be visible to all ranks (one node, or a shared filesystem): resuming ranks 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import random
@@ -44,12 +43,12 @@ from semwatch.log import get_logger
 from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
 from trainer.checkpoint import (
     CheckpointError,
-    capture_rng_state,
     checkpoint_path,
     load_any_generator,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    training_checkpoint,
 )
 from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
 from trainer.discriminator import build_patchgan
@@ -286,46 +285,6 @@ def _load_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None) -> 
         scaler.load_state_dict(saved)
 
 
-def _config_dict(config: TrainerConfig) -> dict[str, Any]:
-    """TrainerConfig as plain values (Paths as strings): checkpoints hold no custom types."""
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        out[f.name] = str(value) if isinstance(value, Path) else value
-    return out
-
-
-def _checkpoint_state(
-    spec: StageSpec, state: TrainState, summary: DataSummary, early_stopped: bool
-) -> dict[str, Any]:
-    policy = spec.policy
-    schedule = {"kind": policy.schedule, "total_epochs": policy.epochs(spec.config)}
-    discriminator = unwrap(state.discriminator) if state.discriminator is not None else None
-    return {
-        "stage": spec.stage,
-        "generator": unwrap(state.generator).state_dict(),
-        "generator_config": state.gen_config.to_dict(),
-        "discriminator": discriminator.state_dict() if discriminator is not None else None,
-        "opt_g": state.opt_g.state_dict(),
-        "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
-        "sched_g": dict(schedule, base_lr=policy.base_lr_g(spec.config)),
-        "sched_d": dict(schedule, base_lr=spec.config.lr_d) if state.opt_d is not None else None,
-        "scaler_g": state.scaler_g.state_dict(),
-        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
-        "epoch": state.epoch,
-        "step": state.step,
-        "best_metric": state.best_metric,
-        "best_metric_name": policy.best_metric,
-        "bad_epochs": state.bad_epochs,
-        "early_stopped": early_stopped,
-        "finished": policy.is_finished(state.epoch, state.bad_epochs, spec.config),
-        "rng": capture_rng_state(),
-        "trainer_config": _config_dict(spec.config),
-        "data_summary": summary.as_dict(),
-        "metrics": dict(state.metrics),
-    }
-
-
 # ------------------------------------------------------------------ epochs
 
 
@@ -480,7 +439,7 @@ def _record_epoch(
         save_sample_grid(spec.run_dir, spec.stage, state.epoch, grid)
         board.image(spec.stage, grid, state.step)
     board.scalars(spec.stage, {k: v for k, v in row.items() if isinstance(v, float)}, state.step)
-    checkpoint = _checkpoint_state(spec, state, summary, early_stopped)
+    checkpoint = training_checkpoint(spec.policy, state, spec.config, summary, early_stopped)
     if improved:
         save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "best"), checkpoint)
     save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "last"), checkpoint)
