@@ -23,13 +23,7 @@ from semwatch.regions import HINT_PULL, RegionSettings, apply_dominant_hue, segm
 from trainer.hints import HintSimulation, sample_points
 from trainer.metrics import region_hue_coherence
 
-
-@pytest.fixture(autouse=True)
-def few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
