@@ -385,6 +385,21 @@ def test_learning_rate_schedules() -> None:
     assert PRETRAIN.lr_factor(0, 1) == 1.0
 
 
+def test_stage_policies_hold_the_per_stage_rules(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, patience=2, pretrain_epochs=10, gan_epochs=10)
+    assert [PRETRAIN.stops_early(n, config) for n in (0, 1, 2, 3)] == [False, False, True, True]
+    assert not PRETRAIN.stops_early(5, dataclasses.replace(config, patience=0))  # 0 = never
+    assert not GAN.stops_early(5, config)  # GAN losses do not converge: no early stopping
+    assert PRETRAIN.is_finished(3, 2, config) and not PRETRAIN.is_finished(3, 1, config)
+    assert GAN.is_finished(10, 0, config) and not GAN.is_finished(9, 9, config)
+    assert PRETRAIN.improves(0.4, 0.5) and not PRETRAIN.improves(0.6, 0.5)
+    assert GAN.improves(0.6, 0.5) and not GAN.improves(0.4, 0.5)
+    assert not PRETRAIN.improves(math.nan, PRETRAIN.initial_best())
+    assert StageSpec("gan", tmp_path, tmp_path, config).policy is GAN
+    with pytest.raises(ValueError, match="unknown stage 'gann'"):
+        StageSpec("gann", tmp_path, tmp_path, config)  # type: ignore[arg-type]
+
+
 def test_load_any_generator_reads_checkpoints_and_generator_files(
     pretrained_run: dict, tmp_path: Path
 ) -> None:
