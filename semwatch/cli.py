@@ -17,7 +17,7 @@ from semwatch import __version__
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.log import configure_logging, get_logger
 
-log = get_logger("semwatch.cli")
+log = get_logger(__name__)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

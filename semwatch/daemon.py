@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from semwatch.engine import Colorizer
     from semwatch.watcher import Watcher
 
-log = get_logger("semwatch.daemon")
+log = get_logger(__name__)
 
 # sysexits.h EX_CONFIG: a wrong configuration. systemd's RestartPreventExitStatus=78 keeps
 # the unit from restarting into the same error every 10 s.

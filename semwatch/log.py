@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import structlog
 
@@ -41,4 +43,17 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    """The logger of module ``name`` (pass ``__name__``): every event it logs has ``logger=name``.
+
+    The name is the initial context of structlog's lazy proxy rather than a ``bind()``:
+    binding would assemble the logger at import time, before configure_logging() (or
+    capture_logs()) set the level, processors and output it must use. It goes in through
+    ``context_class`` because wrap_logger's first parameter is itself called ``logger``.
+    """
+    return structlog.wrap_logger(
+        None, logger_factory_args=(name,), context_class=functools.partial(_module_context, name)
+    )
+
+
+def _module_context(name: str, initial: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logger": name, **initial}

@@ -41,7 +41,7 @@ from semwatch.queue import JobState, QueueStats
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer
 
-log = get_logger("semwatch.metrics")
+log = get_logger(__name__)
 
 # Arrival (the file seen settled and queued) to output written: at least settle_seconds,
 # minutes while a backlog drains, hours when the service was down.

@@ -23,7 +23,7 @@ import click
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.log import configure_logging, get_logger
 
-log = get_logger("semwatch.service_cli")
+log = get_logger(__name__)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_CONFIG = 78  # sysexits EX_CONFIG; the systemd unit does not restart on it

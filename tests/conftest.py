@@ -1,4 +1,4 @@
-"""Shared fixtures: the sample-data folder and small generator files made on the spot."""
+"""Shared fixtures: the sample-data folder, small generator files made on the spot, torch on one thread."""
 
 from __future__ import annotations
 
@@ -26,6 +26,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    On the oversubscribed test machine OpenMP's spinning threads make small CPU training
+    several times slower, not faster. Module scope, so that it is in force before the
+    module's other module-scoped fixtures (a mark's fixtures are set up before arguments').
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import tifffile
 import torch
 from click.testing import CliRunner
 from helpers import textured_gray
+from structlog.testing import capture_logs
 
 from semwatch.cli import main as semwatch_main
 from semwatch.engine import Colorizer, GrayImage, Refinement
@@ -23,13 +24,7 @@ from semwatch.regions import HINT_PULL, RegionSettings, apply_dominant_hue, segm
 from trainer.hints import HintSimulation, sample_points
 from trainer.metrics import region_hue_coherence
 
-
-@pytest.fixture(autouse=True)
-def few_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +144,18 @@ def test_engine_hints_colour_the_object_they_fall_in(hint_model: Path) -> None:
     assert torch.allclose(alone, plain, atol=1e-4)
 
 
-def test_hint_in_the_data_bar_is_ignored_with_a_warning(hint_model: Path, capsys) -> None:
+def test_hint_in_the_data_bar_is_ignored_with_a_warning(hint_model: Path) -> None:
     engine = Colorizer.from_file(hint_model, device="cpu", chroma_size=128)
     gray = textured_gray(200, 160)
     image = GrayImage(gray, databar_row=170)
     (plain,) = engine.colorize([image])
-    (hinted,) = engine.colorize([image], hints=[[Hint.from_color(50, 185, "#ff0000")]])
+    # capture_logs, not capsys: an earlier test's logging set-up may have bound the console
+    # logger to its own stderr (the test failed after the trainer CLI tests).
+    with capture_logs() as logs:
+        (hinted,) = engine.colorize([image], hints=[[Hint.from_color(50, 185, "#ff0000")]])
     assert np.array_equal(plain, hinted)
-    captured = capsys.readouterr()
-    assert "hint in the data bar ignored" in captured.out + captured.err
+    warnings = [e for e in logs if e["event"] == "hint in the data bar ignored"]
+    assert [(e["log_level"], e["logger"]) for e in warnings] == [("warning", "semwatch.engine")]
 
 
 def test_one_channel_model_still_takes_hints_through_the_regions(tiny_model: Path) -> None:

@@ -12,11 +12,11 @@ import csv
 import dataclasses
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,17 +24,19 @@ import torch
 from click.testing import CliRunner
 from test_trainer_data import write_shapes_dataset
 
+import trainer.checkpoint
 from semwatch.config import TrainerConfig, load_config_file
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
 from trainer.cli import main as trainer_main
 from trainer.cli import resolve_config
-from trainer.data import build_datasets
+from trainer.data import DataSummary, build_datasets
 from trainer.discriminator import build_patchgan, receptive_field
 from trainer.distributed import init_distributed
-from trainer.loops import StageSpec, StepRecord, TrainingError, lr_factor, run_pipeline, train_stage, validate
+from trainer.loops import StageSpec, StepRecord, TrainingError, run_pipeline, train_stage, validate
 from trainer.losses import discriminator_loss, gan_loss
 from trainer.rundir import MetricsLog, render_trainer_toml
+from trainer.stages import GAN, PRETRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TrainerConfig(
@@ -70,13 +72,7 @@ TINY_OPTIONS = [
     "cpu",
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:  # module scope: in force before the module's other fixtures
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +92,11 @@ def _env():
 def _rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "metrics.csv").open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _documented_checkpoint_keys() -> set[str]:
+    """The keys of the format table in trainer/checkpoint.py's docstring."""
+    return set(re.findall(r"^    ``(\w+)``", trainer.checkpoint.__doc__ or "", flags=re.MULTILINE))
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -145,6 +146,7 @@ def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     last = load_checkpoint(checkpoint_path(run_dir, "pretrain", "last"))
     assert last["stage"] == "pretrain" and last["epoch"] == 25 and last["step"] == 200
     assert last["finished"] and last["discriminator"] is None and last["opt_d"] is None
+    assert set(last) == _documented_checkpoint_keys()
     assert last["generator_config"]["decoder_width"] == 8
     assert set(last["metrics"]) == {"val_l1", "val_hist_intersection"}
     samples = sorted(p.name for p in (run_dir / "samples").iterdir())
@@ -183,6 +185,8 @@ def test_stage2_from_stage1_checkpoint(
     assert best["epoch"] == 1 + hist.index(max(hist))  # realism, not L1, picks the best
     last = load_checkpoint(checkpoint_path(tmp_path, "gan", "last"))
     assert last["discriminator"] is not None and last["opt_d"] is not None and last["epoch"] == 3
+    assert set(last) == _documented_checkpoint_keys()
+    assert last["sched_g"] == {"kind": "constant-then-linear", "total_epochs": 3, "base_lr": config.lr_g}
     # The GAN stage starts from the stage-1 weights, not from scratch.
     assert steps[0].losses["train_l1"] < 0.8 * pretrained_run["start_l1"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -374,11 +378,26 @@ def test_gan_losses() -> None:
 
 
 def test_learning_rate_schedules() -> None:
-    cosine = [lr_factor("pretrain", e, 5) for e in range(5)]
+    cosine = [PRETRAIN.lr_factor(e, 5) for e in range(5)]
     assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.01) and cosine == sorted(cosine, reverse=True)
-    linear = [lr_factor("gan", e, 6) for e in range(6)]
+    linear = [GAN.lr_factor(e, 6) for e in range(6)]
     assert linear[:3] == [1.0, 1.0, 1.0] and linear[3] > linear[4] > linear[5] > 0
-    assert lr_factor("pretrain", 0, 1) == 1.0
+    assert PRETRAIN.lr_factor(0, 1) == 1.0
+
+
+def test_stage_policies_hold_the_per_stage_rules(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, patience=2, pretrain_epochs=10, gan_epochs=10)
+    assert [PRETRAIN.stops_early(n, config) for n in (0, 1, 2, 3)] == [False, False, True, True]
+    assert not PRETRAIN.stops_early(5, dataclasses.replace(config, patience=0))  # 0 = never
+    assert not GAN.stops_early(5, config)  # GAN losses do not converge: no early stopping
+    assert PRETRAIN.is_finished(3, 2, config) and not PRETRAIN.is_finished(3, 1, config)
+    assert GAN.is_finished(10, 0, config) and not GAN.is_finished(9, 9, config)
+    assert PRETRAIN.improves(0.4, 0.5) and not PRETRAIN.improves(0.6, 0.5)
+    assert GAN.improves(0.6, 0.5) and not GAN.improves(0.4, 0.5)
+    assert not PRETRAIN.improves(math.nan, PRETRAIN.initial_best())
+    assert StageSpec("gan", tmp_path, tmp_path, config).policy is GAN
+    with pytest.raises(ValueError, match="unknown stage 'gann'"):
+        StageSpec("gann", tmp_path, tmp_path, config)  # type: ignore[arg-type]
 
 
 def test_load_any_generator_reads_checkpoints_and_generator_files(
@@ -533,3 +552,137 @@ def test_torchrun_two_processes_with_gloo_complete_both_stages(data_root: Path, 
     rows = _rows(run_dir)
     assert [r["stage"] for r in rows] == ["pretrain", "gan"]  # rank 0 alone writes
     assert all(float(r["images_per_s"]) > 0 for r in rows)
+
+
+# ------------------------------------------------------------------ numerics pinned
+
+# Recorded from the code before the stages became policy objects (float32, one thread).
+# Re-record only for a deliberate change of the training maths, and say so in the commit.
+PINNED_LOSSES: dict[str, tuple[list, list[dict[str, float]]]] = {
+    "plain-bce": (
+        [
+            ("pretrain", 1, {"train_l1": 45.05814}),
+            ("pretrain", 2, {"train_l1": 35.40323}),
+            ("pretrain", 3, {"train_l1": 27.29791}),
+            ("pretrain", 4, {"train_l1": 22.68201}),
+            ("pretrain", 5, {"train_l1": 20.4871}),
+            ("pretrain", 6, {"train_l1": 19.28083}),
+            ("pretrain", 7, {"train_l1": 13.45096}),
+            ("pretrain", 8, {"train_l1": 21.84778}),
+            ("gan", 1, {"train_l1": 20.32057, "train_g_gan": 1.308572, "train_d": 0.7695907}),
+            ("gan", 2, {"train_l1": 20.05563, "train_g_gan": 1.475726, "train_d": 0.7823725}),
+            ("gan", 3, {"train_l1": 16.51276, "train_g_gan": 1.378528, "train_d": 0.707216}),
+            ("gan", 4, {"train_l1": 17.10472, "train_g_gan": 2.000298, "train_d": 0.7128199}),
+            ("gan", 5, {"train_l1": 18.39496, "train_g_gan": 1.393962, "train_d": 0.6343315}),
+            ("gan", 6, {"train_l1": 16.8572, "train_g_gan": 1.135021, "train_d": 0.6577748}),
+            ("gan", 7, {"train_l1": 11.845, "train_g_gan": 0.9200428, "train_d": 0.7297388}),
+            ("gan", 8, {"train_l1": 18.51587, "train_g_gan": 1.004317, "train_d": 0.7416911}),
+        ],
+        [
+            {"val_l1": 95.7812, "val_hist_intersection": 0.0, "lr_g": 0.02},
+            {"val_l1": 79.4887, "val_hist_intersection": 0.0454102, "lr_g": 0.0002},
+            {"val_l1": 32.4885, "val_hist_intersection": 0.104873, "lr_g": 0.002},
+            {"val_l1": 17.3183, "val_hist_intersection": 0.109118, "lr_g": 0.001},
+        ],
+    ),
+    "hints-lsgan": (
+        [
+            ("pretrain", 1, {"train_l1": 42.51683}),
+            ("pretrain", 2, {"train_l1": 37.60875}),
+            ("pretrain", 3, {"train_l1": 27.76193}),
+            ("pretrain", 4, {"train_l1": 21.45789}),
+            ("pretrain", 5, {"train_l1": 22.07646}),
+            ("pretrain", 6, {"train_l1": 22.24651}),
+            ("pretrain", 7, {"train_l1": 15.79583}),
+            ("pretrain", 8, {"train_l1": 22.28407}),
+            ("gan", 1, {"train_l1": 20.42826, "train_g_gan": 8.740303, "train_d": 1.666984}),
+            ("gan", 2, {"train_l1": 21.86738, "train_g_gan": 4.454046, "train_d": 1.664753}),
+            ("gan", 3, {"train_l1": 19.78247, "train_g_gan": 4.311652, "train_d": 1.681326}),
+            ("gan", 4, {"train_l1": 19.91083, "train_g_gan": 7.793169, "train_d": 3.289263}),
+            ("gan", 5, {"train_l1": 21.69876, "train_g_gan": 1.160215, "train_d": 4.367679}),
+            ("gan", 6, {"train_l1": 20.7918, "train_g_gan": 0.7730136, "train_d": 1.695027}),
+            ("gan", 7, {"train_l1": 15.11007, "train_g_gan": 0.8552274, "train_d": 1.475235}),
+            ("gan", 8, {"train_l1": 21.1937, "train_g_gan": 0.6636372, "train_d": 1.399807}),
+        ],
+        [
+            {"val_l1": 90.304, "val_hist_intersection": 0.0, "lr_g": 0.02},
+            {"val_l1": 84.0007, "val_hist_intersection": 0.00439453, "lr_g": 0.0002},
+            {"val_l1": 62.2395, "val_hist_intersection": 0.0183374, "lr_g": 0.002},
+            {"val_l1": 34.728, "val_hist_intersection": 0.0526575, "lr_g": 0.001},
+        ],
+    ),
+}
+
+
+class SyntheticColorData(torch.utils.data.Dataset):
+    """Generated (input, ab) pairs that depend only on (epoch, index): no decoder, no files.
+
+    The ab target is a smooth function of L, so there is something to learn; with ``hints``
+    the input carries three more planes (a, b at a few points, and their mask), like
+    ColorDataset's.
+    """
+
+    def __init__(self, count: int, size: int, offset: int, hints: bool) -> None:
+        self.count, self.size, self.offset, self.hints = count, size, offset, hints
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(1000 * self.epoch + self.offset + index)
+        coarse = torch.rand(1, 1, 4, 4, generator=g) * 2 - 1
+        light = torch.nn.functional.interpolate(coarse, size=(self.size, self.size), mode="bilinear")[0]
+        ab = torch.cat((0.3 + 0.3 * torch.sin(3 * light), 0.3 * light - 0.1))
+        if not self.hints:
+            return light, ab
+        mask = (torch.rand(1, self.size, self.size, generator=g) < 0.01).float()
+        return torch.cat((light, ab * mask, mask)), ab
+
+
+def _synthetic_datasets(hints: bool):
+    summary = DataSummary(root="synthetic", images=20, train=16, val=4, skipped_gray=0, skipped_bad=0)
+    return SyntheticColorData(16, 32, 0, hints), SyntheticColorData(4, 32, 500, hints), summary
+
+
+@pytest.mark.parametrize("variant", sorted(PINNED_LOSSES))
+def test_both_stages_take_the_pinned_steps(variant: str, tmp_path: Path) -> None:
+    """A few float32 steps of each stage, seeded, give the losses recorded before the stages
+    became policy objects: any change to a loss, an optimizer, the schedule or the choice of
+    the stage-1 ``best`` that stage 2 starts from shows here."""
+    hints = variant == "hints-lsgan"
+    config = dataclasses.replace(
+        TINY,
+        amp=False,  # float32 everywhere: bf16 autocast exists on some CPUs only
+        pretrain_epochs=2,
+        gan_epochs=2,
+        max_steps_per_epoch=4,
+        pretrain_lr=2e-2,
+        lr_g=2e-3,
+        hints=hints,
+        gan_loss="lsgan" if hints else "bce",
+    )
+    datasets = _synthetic_datasets(hints)
+    seen: list[StepRecord] = []
+    train_stage(
+        StageSpec("pretrain", tmp_path, tmp_path, config), _env(), on_step=seen.append, datasets=datasets
+    )
+    init = checkpoint_path(tmp_path, "pretrain", "best")
+    run_gan = tmp_path / "gan-run"
+    train_stage(
+        StageSpec("gan", tmp_path, run_gan, config, init=init), _env(), on_step=seen.append, datasets=datasets
+    )
+    observed = [(r.stage, r.step, r.losses) for r in seen]
+    observed_val = [
+        {k: float(row[k]) for k in ("val_l1", "val_hist_intersection", "lr_g")}
+        for row in _rows(tmp_path) + _rows(run_gan)
+    ]
+    expected, expected_val = PINNED_LOSSES[variant]
+    assert [(stage, step) for stage, step, _ in observed] == [(stage, step) for stage, step, _ in expected]
+    for (_, _, got), (_, _, want) in zip(observed, expected, strict=True):
+        assert set(got) == set(want) and got == pytest.approx(want, rel=1e-4, abs=1e-6), observed
+    for got, want in zip(observed_val, expected_val, strict=True):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), observed_val

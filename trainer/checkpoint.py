@@ -2,20 +2,40 @@
 
 A checkpoint is a plain dict written with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``: only tensors, dicts, lists, tuples, str, int, float,
-bool and None may be inside (optimizer and scheduler state dicts qualify). Layout of a
-run directory::
+bool and None may be inside (optimizer state dicts qualify). Layout of a run directory::
 
     RUN_DIR/pretrain/last.pt   RUN_DIR/pretrain/best.pt
     RUN_DIR/gan/last.pt        RUN_DIR/gan/best.pt
 
-Keys: ``kind`` ("semwatch-train-checkpoint"), ``version`` (1), ``stage`` ("pretrain" |
-"gan"), ``generator`` (state dict), ``generator_config`` (GeneratorConfig.to_dict()),
-``discriminator`` (state dict | None), ``opt_g``, ``opt_d`` (optimizer state dicts |
-None), ``sched_g``, ``sched_d`` (scheduler state dicts | None), ``scaler`` (AMP grad
-scaler state | None), ``epoch`` (epochs completed), ``step`` (optimizer steps done),
-``best_metric``, ``bad_epochs`` (epochs since the best, for early stopping),
-``finished`` (the stage has nothing left to do), ``rng`` (python/numpy/torch/cuda
-states), ``trainer_config``, ``data_summary``, ``metrics`` (last validation metrics).
+Format version 1. :func:`training_checkpoint` builds the dict and :func:`save_checkpoint`
+adds ``kind`` and ``version``; these are all the keys (a test holds this table to what
+training really writes):
+
+    ``kind``              str: "semwatch-train-checkpoint"
+    ``version``           int: format version, 1
+    ``stage``             str: "pretrain" | "gan"
+    ``generator``         dict[str, Tensor]: the generator's state dict (unwrapped from DDP)
+    ``generator_config``  dict: GeneratorConfig.to_dict() (architecture)
+    ``discriminator``     dict[str, Tensor] | None: PatchGAN state dict (gan stage only)
+    ``opt_g``             dict: the generator's Adam state dict
+    ``opt_d``             dict | None: the discriminator's Adam state dict (gan stage only)
+    ``sched_g``           dict: {"kind": schedule name, "total_epochs": int, "base_lr": float};
+                          a record only: resuming recomputes the rate from (epoch, epochs)
+    ``sched_d``           dict | None: the same for the discriminator (gan stage only)
+    ``scaler_g``          dict: AMP GradScaler state (empty when the scaler is disabled)
+    ``scaler_d``          dict | None: the discriminator's GradScaler state (gan stage only)
+    ``epoch``             int: epochs completed
+    ``step``              int: optimizer steps done
+    ``best_metric``       float: best value so far of ``best_metric_name`` (+-inf before any)
+    ``best_metric_name``  str: the validation metric that picks ``best`` ("val_l1" |
+                          "val_hist_intersection")
+    ``bad_epochs``        int: epochs since the best improved (early stopping)
+    ``early_stopped``     bool: this stage stopped on ``patience``
+    ``finished``          bool: the stage had nothing left to do under its configuration
+    ``rng``               dict: {"python", "numpy", "torch", "cuda"} generator states
+    ``trainer_config``    dict: TrainerConfig as plain values (paths as str)
+    ``data_summary``      dict: DataSummary.as_dict() of the training data
+    ``metrics``           dict[str, float]: the last validation metrics
 
 Files are written to a temporary name in the same folder, fsynced and renamed, so a
 crash or a full disk never leaves a truncated ``last.pt`` in place of a good one.
@@ -23,20 +43,27 @@ crash or a full disk never leaves a truncated ``last.pt`` in place of a good one
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from semwatch.config import TrainerConfig
 from semwatch.fsutil import atomic_path
 from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_generator
+from trainer.distributed import unwrap
+from trainer.stages import POLICIES, StagePolicy, TrainState
+
+if TYPE_CHECKING:
+    from trainer.data import DataSummary
 
 KIND = "semwatch-train-checkpoint"
 VERSION = 1
-STAGES = ("pretrain", "gan")
+STAGES = tuple(POLICIES)
 
 
 class CheckpointError(ValueError):
@@ -50,6 +77,50 @@ def checkpoint_path(run_dir: Path, stage: str, which: str = "last") -> Path:
     if which not in ("last", "best"):
         raise ValueError(f"unknown checkpoint {which!r} (expected 'last' or 'best')")
     return Path(run_dir) / stage / f"{which}.pt"
+
+
+def training_checkpoint(
+    policy: StagePolicy,
+    state: TrainState,
+    config: TrainerConfig,
+    summary: DataSummary,
+    early_stopped: bool,
+) -> dict[str, Any]:
+    """The checkpoint of a stage after a completed epoch (the keys of the table above)."""
+    schedule = {"kind": policy.schedule, "total_epochs": policy.epochs(config)}
+    discriminator = unwrap(state.discriminator) if state.discriminator is not None else None
+    return {
+        "stage": policy.name,
+        "generator": unwrap(state.generator).state_dict(),
+        "generator_config": state.gen_config.to_dict(),
+        "discriminator": discriminator.state_dict() if discriminator is not None else None,
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
+        "sched_g": dict(schedule, base_lr=policy.base_lr_g(config)),
+        "sched_d": dict(schedule, base_lr=config.lr_d) if state.opt_d is not None else None,
+        "scaler_g": state.scaler_g.state_dict(),
+        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_metric": state.best_metric,
+        "best_metric_name": policy.best_metric,
+        "bad_epochs": state.bad_epochs,
+        "early_stopped": early_stopped,
+        "finished": policy.is_finished(state.epoch, state.bad_epochs, config),
+        "rng": capture_rng_state(),
+        "trainer_config": _config_dict(config),
+        "data_summary": summary.as_dict(),
+        "metrics": dict(state.metrics),
+    }
+
+
+def _config_dict(config: TrainerConfig) -> dict[str, Any]:
+    """TrainerConfig as plain values (Paths as strings): checkpoints hold no custom types."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = str(value) if isinstance(value, Path) else value
+    return out
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:

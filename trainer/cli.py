@@ -249,7 +249,11 @@ def resolve_config(
     run_config = run_dir / CONFIG_NAME
     if resuming and run_config.is_file():
         if config_file is not None and config_file != run_config:
-            log.warning("--config ignored: a resumed run keeps its own configuration", used=str(run_config))
+            log.warning(
+                "config file ignored on resume",
+                reason="a resumed run keeps its own configuration",
+                used=str(run_config),
+            )
         base = load_config_file(run_config).trainer
     else:
         base = load_config(config_file).trainer
@@ -295,8 +299,9 @@ def _run_guarded(action: Callable[[], list[StageResult]], run_dir: Path, env_hol
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         log.warning(
-            "interrupted; the last completed epoch is kept",
+            "training interrupted",
             run_dir=str(run_dir),
+            kept="the last completed epoch",
             hint="continue with --resume (or re-run `trainer run`)",
         )
         sys.exit(130)

@@ -238,7 +238,7 @@ def _load_truths(paths: Sequence[Path], totals: _Totals) -> Iterator[tuple[Path,
             continue
         if is_really_gray(rgb):
             totals.skipped_gray += 1
-            log.warning("skipping gray image (no colour truth)", path=str(path))
+            log.warning("skipping gray image", reason="no colour truth", path=str(path))
             continue
         yield path, rgb
 

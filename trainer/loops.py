@@ -1,17 +1,9 @@
-"""The two training stages and the pipeline that chains them.
+"""The training loop of both stages, and the pipeline that chains them.
 
-Stage 1, ``pretrain``: the generator alone, L1 on ab (the network's ab/110 units; reported
-in Lab units), Adam (0.9, 0.999). Learning rate: cosine from ``pretrain_lr`` down to 1 %
-of it over ``pretrain_epochs``. Early stopping: after ``patience`` epochs without a lower
-validation L1 (0 disables it). ``best`` = lowest validation L1.
-
-Stage 2, ``gan``: pix2pix. The 70x70 PatchGAN sees (L, ab) pairs; D minimises
-0.5 * (loss(D(real), 1) + loss(D(fake), 0)); G minimises loss(D(fake), 1) + lambda_l1 * L1,
-with ``gan_loss`` BCE-with-logits or least squares. Adam (0.5, 0.999) for both with
-``lr_g`` / ``lr_d``: constant for the first half of ``gan_epochs``, then linearly down
-(pix2pix's schedule). No early stopping: GAN losses do not converge in the usual sense.
-``best`` = highest validation ab-histogram intersection (realism), not lowest L1, which
-prefers the desaturated "sepia" generator.
+Stage 1 (``pretrain``) trains the generator alone with L1; stage 2 (``gan``) is the pix2pix
+fine-tune. What differs between them (losses, optimizers, schedule, the metric that picks
+``best``, early stopping) is the stage's policy in ``trainer/stages.py``, chosen once when
+the StageSpec is made; this module asks the policy and never compares stage names.
 
 Both stages: one checkpoint per epoch (``last``, and ``best`` when it improves; atomic), a
 metrics.csv row, a sample grid, one log line; ``resume`` continues after the last
@@ -29,7 +21,7 @@ must be visible to all ranks (one node, or a shared filesystem): resuming ranks 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import math
 import random
 import sys
@@ -51,30 +43,23 @@ from semwatch.log import get_logger
 from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
 from trainer.checkpoint import (
     CheckpointError,
-    capture_rng_state,
     checkpoint_path,
     load_any_generator,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    training_checkpoint,
 )
 from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
 from trainer.discriminator import build_patchgan
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag, unwrap, wrap_model
 from trainer.hints import HintSimulation
-from trainer.losses import discriminator_loss, gan_loss, l1_ab
+from trainer.losses import AB_UNITS
 from trainer.metrics import ab_histogram, histogram_intersection
 from trainer.rundir import METRICS_NAME, Board, MetricsLog, sample_grid, save_sample_grid
+from trainer.stages import GAN, PRETRAIN, Stage, StagePolicy, TrainState, policy_for
 
 log = get_logger(__name__)
-
-Stage = Literal["pretrain", "gan"]
-AB_UNITS = 110.0  # network ab units -> Lab units, for reporting
-# Adam runs fused (one kernel over all parameters): on CPU the default per-tensor loop
-# spends ~0.8 s per step on the 14M-parameter generator, the fused kernel ~10 ms.
-PRETRAIN_BETAS = (0.9, 0.999)
-GAN_BETAS = (0.5, 0.999)
-COSINE_FLOOR = 0.01
 
 
 class TrainingError(RuntimeError):
@@ -91,6 +76,11 @@ class StageSpec:
     init: Path | None = None  # generator to start from; ignored when resuming
     resume: bool = False
     tensorboard: bool = False
+    # Chosen once from ``stage`` (an unknown name fails here, with the known ones).
+    policy: StagePolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", policy_for(self.stage))
 
 
 @dataclass(frozen=True)
@@ -119,75 +109,19 @@ class StageResult:
 StepCallback = Callable[[StepRecord], None]
 
 
-@dataclass
-class TrainState:
-    """Everything a stage mutates while it runs (and what its checkpoints hold)."""
-
-    stage: Stage
-    gen_config: GeneratorConfig
-    generator: nn.Module  # DDP-wrapped under torchrun
-    opt_g: torch.optim.Optimizer
-    scaler_g: torch.amp.GradScaler
-    discriminator: nn.Module | None = None
-    opt_d: torch.optim.Optimizer | None = None
-    scaler_d: torch.amp.GradScaler | None = None
-    epoch: int = 0  # completed epochs
-    step: int = 0
-    best_metric: float = math.inf
-    bad_epochs: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------ schedule and metrics
-
-
-def lr_factor(stage: Stage, epoch: int, total_epochs: int) -> float:
-    """Multiplier of the base learning rate during 0-based ``epoch`` of ``total_epochs``."""
-    if total_epochs <= 1:
-        return 1.0
-    if stage == "pretrain":
-        t = min(epoch, total_epochs - 1) / (total_epochs - 1)
-        return COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
-    keep = total_epochs - total_epochs // 2
-    decay = total_epochs // 2
-    return max(0.0, 1.0 - max(0, epoch + 1 - keep) / (decay + 1))
-
-
-def best_metric_name(stage: Stage) -> str:
-    return "val_l1" if stage == "pretrain" else "val_hist_intersection"
-
-
-def _improves(stage: Stage, value: float, best: float) -> bool:
-    if math.isnan(value):
-        return False
-    return value < best if stage == "pretrain" else value > best
-
-
-def _initial_best(stage: Stage) -> float:
-    return math.inf if stage == "pretrain" else -math.inf
-
-
-def stage_epochs(stage: Stage, config: TrainerConfig) -> int:
-    return config.pretrain_epochs if stage == "pretrain" else config.gan_epochs
+# ------------------------------------------------------------------ where a stage stands
 
 
 def stage_status(
-    run_dir: Path, stage: Stage, config: TrainerConfig
+    run_dir: Path, policy: StagePolicy, config: TrainerConfig
 ) -> Literal["absent", "partial", "finished"]:
     """Where a stage stands in ``run_dir`` under ``config`` (epochs and patience may have changed)."""
-    path = checkpoint_path(run_dir, stage, "last")
+    path = checkpoint_path(run_dir, policy.name, "last")
     if not path.exists():
         return "absent"
     state = load_checkpoint(path)
-    return (
-        "finished" if _is_finished(stage, state["epoch"], state.get("bad_epochs", 0), config) else "partial"
-    )
-
-
-def _is_finished(stage: Stage, epoch: int, bad_epochs: int, config: TrainerConfig) -> bool:
-    if epoch >= stage_epochs(stage, config):
-        return True
-    return stage == "pretrain" and config.patience > 0 and bad_epochs >= config.patience
+    finished = policy.is_finished(state["epoch"], state.get("bad_epochs", 0), config)
+    return "finished" if finished else "partial"
 
 
 # ------------------------------------------------------------------ building the state
@@ -222,14 +156,16 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
     config = spec.config
     if spec.init is not None:
         if config.pretrained_encoder is not None:
-            log.warning("pretrained_encoder ignored: the generator comes from --init", init=str(spec.init))
+            log.warning(
+                "pretrained encoder ignored", reason="the generator comes from --init", init=str(spec.init)
+            )
         try:
             model, gen_config, info = load_any_generator(spec.init)
         except CheckpointError as exc:
             raise TrainingError(str(exc)) from exc
         if gen_config.decoder_width != config.decoder_width:
             log.warning(
-                "decoder_width comes from the --init model",
+                "decoder width taken from the init model",
                 init=str(spec.init),
                 model=gen_config.decoder_width,
                 configured=config.decoder_width,
@@ -244,8 +180,10 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
             log.info("generator input widened for hints", init=str(spec.init), in_channels=wanted)
         return model.train(), gen_config
     gen_config = GeneratorConfig(decoder_width=config.decoder_width, in_channels=_in_channels(config))
-    if spec.stage == "gan":
-        log.warning("GAN stage starts from a random generator (no --init and no stage 1)")
+    if spec.policy.expects_trained_generator:
+        log.warning(
+            "starting from a random generator", stage=spec.stage, reason="no --init and no earlier stage"
+        )
     return build_generator(gen_config, pretrained_encoder=config.pretrained_encoder), gen_config
 
 
@@ -260,27 +198,26 @@ def _new_state(
     gen_config: GeneratorConfig,
     discriminator: nn.Module | None,
 ) -> TrainState:
-    config = spec.config
+    config, policy = spec.config, spec.policy
     generator = wrap_model(env, generator.train())
     amp = _amp_enabled(config, env)
-    if spec.stage == "pretrain":
-        opt_g = torch.optim.Adam(
-            generator.parameters(), lr=config.pretrain_lr, betas=PRETRAIN_BETAS, fused=True
-        )
-    else:
-        opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=GAN_BETAS, fused=True)
+    # Adam runs fused (one kernel over all parameters): on CPU the default per-tensor loop
+    # spends ~0.8 s per step on the 14M-parameter generator, the fused kernel ~10 ms.
+    opt_g = torch.optim.Adam(
+        generator.parameters(), lr=policy.base_lr_g(config), betas=policy.betas, fused=True
+    )
     state = TrainState(
         stage=spec.stage,
         gen_config=gen_config,
         generator=generator,
         opt_g=opt_g,
         scaler_g=torch.amp.GradScaler("cuda", enabled=amp),
-        best_metric=_initial_best(spec.stage),
+        best_metric=policy.initial_best(),
     )
     if discriminator is not None:
         state.discriminator = wrap_model(env, discriminator.train())
         state.opt_d = torch.optim.Adam(
-            state.discriminator.parameters(), lr=config.lr_d, betas=GAN_BETAS, fused=True
+            state.discriminator.parameters(), lr=config.lr_d, betas=policy.betas, fused=True
         )
         state.scaler_d = torch.amp.GradScaler("cuda", enabled=amp)
     return state
@@ -295,8 +232,12 @@ def _start_fresh(spec: StageSpec, env: DistEnv) -> TrainState:
         )
     _seed_everything(spec.config.seed)
     generator, gen_config = _fresh_generator(spec)
-    discriminator = build_patchgan(in_channels=1 + gen_config.out_channels) if spec.stage == "gan" else None
+    discriminator = _fresh_discriminator(gen_config) if spec.policy.trains_discriminator else None
     return _new_state(spec, env, generator, gen_config, discriminator)
+
+
+def _fresh_discriminator(gen_config: GeneratorConfig) -> nn.Module:
+    return build_patchgan(in_channels=1 + gen_config.out_channels)
 
 
 def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
@@ -314,8 +255,8 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
         generator = UNetGenerator(gen_config)
         generator.load_state_dict(ckpt["generator"])
         discriminator = None
-        if spec.stage == "gan":
-            discriminator = build_patchgan(in_channels=1 + gen_config.out_channels)
+        if spec.policy.trains_discriminator:
+            discriminator = _fresh_discriminator(gen_config)
             discriminator.load_state_dict(ckpt["discriminator"])
         state = _new_state(spec, env, generator, gen_config, discriminator)
         state.opt_g.load_state_dict(ckpt["opt_g"])
@@ -333,7 +274,7 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
     state.bad_epochs = int(ckpt.get("bad_epochs", 0))
     state.metrics = dict(ckpt.get("metrics") or {})
     restore_rng_state(ckpt.get("rng") or {})
-    log.info("resuming", stage=spec.stage, checkpoint=str(path), epochs_done=state.epoch, step=state.step)
+    log.info("resuming run", stage=spec.stage, checkpoint=str(path), epochs_done=state.epoch, step=state.step)
     return state
 
 
@@ -344,118 +285,13 @@ def _load_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None) -> 
         scaler.load_state_dict(saved)
 
 
-def _config_dict(config: TrainerConfig) -> dict[str, Any]:
-    """TrainerConfig as plain values (Paths as strings): checkpoints hold no custom types."""
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        out[f.name] = str(value) if isinstance(value, Path) else value
-    return out
-
-
-def _checkpoint_state(
-    spec: StageSpec, state: TrainState, summary: DataSummary, early_stopped: bool
-) -> dict[str, Any]:
-    total = stage_epochs(spec.stage, spec.config)
-    schedule = {
-        "kind": "cosine" if spec.stage == "pretrain" else "constant-then-linear",
-        "total_epochs": total,
-    }
-    discriminator = unwrap(state.discriminator) if state.discriminator is not None else None
-    return {
-        "stage": spec.stage,
-        "generator": unwrap(state.generator).state_dict(),
-        "generator_config": state.gen_config.to_dict(),
-        "discriminator": discriminator.state_dict() if discriminator is not None else None,
-        "opt_g": state.opt_g.state_dict(),
-        "opt_d": state.opt_d.state_dict() if state.opt_d is not None else None,
-        "sched_g": dict(
-            schedule, base_lr=spec.config.pretrain_lr if spec.stage == "pretrain" else spec.config.lr_g
-        ),
-        "sched_d": dict(schedule, base_lr=spec.config.lr_d) if state.opt_d is not None else None,
-        "scaler_g": state.scaler_g.state_dict(),
-        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
-        "epoch": state.epoch,
-        "step": state.step,
-        "best_metric": state.best_metric,
-        "best_metric_name": best_metric_name(spec.stage),
-        "bad_epochs": state.bad_epochs,
-        "early_stopped": early_stopped,
-        "finished": _is_finished(spec.stage, state.epoch, state.bad_epochs, spec.config),
-        "rng": capture_rng_state(),
-        "trainer_config": _config_dict(spec.config),
-        "data_summary": summary.as_dict(),
-        "metrics": dict(state.metrics),
-    }
-
-
-# ------------------------------------------------------------------ one step
-
-
-def _pretrain_step(
-    state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig, env: DistEnv
-) -> dict[str, float]:
-    state.opt_g.zero_grad(set_to_none=True)
-    with _autocast(config, env):
-        pred = state.generator(l_in)
-    loss = l1_ab(pred, ab)
-    state.scaler_g.scale(loss).backward()
-    state.scaler_g.step(state.opt_g)
-    state.scaler_g.update()
-    return {"train_l1": float(loss.detach()) * AB_UNITS}
-
-
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
-def _gan_step(
-    state: TrainState, l_in: torch.Tensor, ab: torch.Tensor, config: TrainerConfig, env: DistEnv
-) -> dict[str, float]:
-    assert state.discriminator is not None and state.opt_d is not None and state.scaler_d is not None
-    with _autocast(config, env):
-        fake = state.generator(l_in)
-    # The discriminator judges (L, ab) pairs: hints are the generator's input, not the image's.
-    l_in = l_in[:, :1]
-    # Discriminator: real pairs against the generator's current output (no gradient to G).
-    _set_requires_grad(state.discriminator, True)
-    state.opt_d.zero_grad(set_to_none=True)
-    with _autocast(config, env):
-        fake_logits = state.discriminator(torch.cat((l_in, fake.detach()), dim=1))
-        real_logits = state.discriminator(torch.cat((l_in, ab), dim=1))
-    loss_d = discriminator_loss(real_logits, fake_logits, config.gan_loss)
-    state.scaler_d.scale(loss_d).backward()
-    state.scaler_d.step(state.opt_d)
-    state.scaler_d.update()
-    # Generator: fool D and stay near the truth. D is frozen and called unwrapped, so this
-    # pass neither computes D's weight gradients nor takes part in DDP's gradient sync.
-    plain_d = unwrap(state.discriminator)
-    _set_requires_grad(plain_d, False)
-    state.opt_g.zero_grad(set_to_none=True)
-    with _autocast(config, env):
-        g_logits = plain_d(torch.cat((l_in, fake), dim=1))
-    loss_gan = gan_loss(g_logits, True, config.gan_loss)
-    loss_l1 = l1_ab(fake, ab)
-    loss_g = loss_gan + config.lambda_l1 * loss_l1
-    state.scaler_g.scale(loss_g).backward()
-    state.scaler_g.step(state.opt_g)
-    state.scaler_g.update()
-    _set_requires_grad(plain_d, True)
-    return {
-        "train_l1": float(loss_l1.detach()) * AB_UNITS,
-        "train_g_gan": float(loss_gan.detach()),
-        "train_d": float(loss_d.detach()),
-    }
-
-
 # ------------------------------------------------------------------ epochs
 
 
 def _set_learning_rates(spec: StageSpec, state: TrainState, epoch: int) -> tuple[float, float | None]:
-    config = spec.config
-    factor = lr_factor(spec.stage, epoch, stage_epochs(spec.stage, config))
-    lr_g = (config.pretrain_lr if spec.stage == "pretrain" else config.lr_g) * factor
+    config, policy = spec.config, spec.policy
+    factor = policy.lr_factor(epoch, policy.epochs(config))
+    lr_g = policy.base_lr_g(config) * factor
     for group in state.opt_g.param_groups:
         group["lr"] = lr_g
     lr_d = None
@@ -485,7 +321,7 @@ def _train_epoch(
     config = spec.config
     limit = config.max_steps_per_epoch
     total = min(len(loader), limit) if limit else len(loader)
-    step_fn = _pretrain_step if spec.stage == "pretrain" else _gan_step
+    autocast = functools.partial(_autocast, config, env)
     sums: dict[str, float] = {}
     steps = images = 0
     started = time.monotonic()
@@ -495,14 +331,14 @@ def _train_epoch(
         unit="batch",
         leave=False,
         dynamic_ncols=True,
-        desc=f"{spec.stage} {epoch + 1}/{stage_epochs(spec.stage, config)}",
+        desc=f"{spec.stage} {epoch + 1}/{spec.policy.epochs(config)}",
         disable=not (env.is_main and sys.stderr.isatty()),
     )
     non_blocking = env.device.type == "cuda"
     for l_in, ab in bar:
         l_in = l_in.to(env.device, non_blocking=non_blocking)
         ab = ab.to(env.device, non_blocking=non_blocking)
-        losses = step_fn(state, l_in, ab, config, env)
+        losses = spec.policy.step(state, l_in, ab, config, autocast)
         state.step += 1
         steps += 1
         images += l_in.shape[0]
@@ -603,7 +439,7 @@ def _record_epoch(
         save_sample_grid(spec.run_dir, spec.stage, state.epoch, grid)
         board.image(spec.stage, grid, state.step)
     board.scalars(spec.stage, {k: v for k, v in row.items() if isinstance(v, float)}, state.step)
-    checkpoint = _checkpoint_state(spec, state, summary, early_stopped)
+    checkpoint = training_checkpoint(spec.policy, state, spec.config, summary, early_stopped)
     if improved:
         save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "best"), checkpoint)
     save_checkpoint(checkpoint_path(spec.run_dir, spec.stage, "last"), checkpoint)
@@ -631,7 +467,7 @@ def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None
         threads=max(1, min(4, config.workers or 1)),
         hints=hints,
     )
-    log.info("data", **datasets[2].as_dict())
+    log.info("training data", **datasets[2].as_dict())
     return datasets
 
 
@@ -639,8 +475,8 @@ def train_stage(
     spec: StageSpec, env: DistEnv, *, on_step: StepCallback | None = None, datasets: Datasets | None = None
 ) -> StageResult:
     """Run (or resume) one stage to its end; returns where it stopped."""
-    config = spec.config
-    total_epochs = stage_epochs(spec.stage, config)
+    config, policy = spec.config, spec.policy
+    total_epochs = policy.epochs(config)
     train_ds, val_ds, summary = datasets or load_datasets(spec.data, config, spec.val_dir)
     state = _resume(spec, env) if spec.resume else _start_fresh(spec, env)
     loader, sampler = make_loader(
@@ -655,10 +491,10 @@ def train_stage(
     )
     if env.is_main:
         MetricsLog(spec.run_dir / METRICS_NAME).truncate_after(
-            spec.stage, state.epoch, later_stages=("gan",) if spec.stage == "pretrain" else ()
+            spec.stage, state.epoch, later_stages=policy.later_stages
         )
     board = Board(spec.run_dir, spec.tensorboard and env.is_main)
-    early_stopped = spec.stage == "pretrain" and config.patience > 0 and state.bad_epochs >= config.patience
+    early_stopped = policy.stops_early(state.bad_epochs, config)
     try:
         while state.epoch < total_epochs and not early_stopped:
             early_stopped = _run_epoch(
@@ -668,7 +504,7 @@ def train_stage(
         board.close()
     if early_stopped and env.is_main:
         log.info(
-            "early stop",
+            "stopped early",
             stage=spec.stage,
             epochs=state.epoch,
             patience=config.patience,
@@ -679,7 +515,7 @@ def train_stage(
         epochs=state.epoch,
         step=state.step,
         best_metric=state.best_metric,
-        finished=_is_finished(spec.stage, state.epoch, state.bad_epochs, config),
+        finished=policy.is_finished(state.epoch, state.bad_epochs, config),
         early_stopped=early_stopped,
         last=checkpoint_path(spec.run_dir, spec.stage, "last"),
         best=checkpoint_path(spec.run_dir, spec.stage, "best"),
@@ -700,7 +536,7 @@ def _run_epoch(
     on_step: StepCallback | None,
 ) -> bool:
     """One epoch, its validation and its records; returns whether early stopping fired."""
-    config = spec.config
+    config, policy = spec.config, spec.policy
     epoch = state.epoch
     started = time.monotonic()
     lr_g, lr_d = _set_learning_rates(spec, state, epoch)
@@ -711,14 +547,14 @@ def _run_epoch(
     val = validate(state.generator, val_ds, env, config)
     state.epoch += 1
     state.metrics = dict(val)
-    metric = val[best_metric_name(spec.stage)]
-    improved = _improves(spec.stage, metric, state.best_metric)
+    metric = val[policy.best_metric]
+    improved = policy.improves(metric, state.best_metric)
     if improved:
         state.best_metric = metric
         state.bad_epochs = 0
     else:
         state.bad_epochs += 1
-    early = spec.stage == "pretrain" and config.patience > 0 and state.bad_epochs >= config.patience
+    early = policy.stops_early(state.bad_epochs, config)
     early = broadcast_flag(env, early)
     if env.is_main:
         row = {
@@ -776,22 +612,21 @@ def run_pipeline(
 
     results: list[StageResult] = []
     try:
-        gan = stage_status(run_dir, "gan", config)
-        pre = stage_status(run_dir, "pretrain", config) if gan == "absent" else "finished"
+        gan = stage_status(run_dir, GAN, config)
+        pre = stage_status(run_dir, PRETRAIN, config) if gan == "absent" else "finished"
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from exc
     if gan == "finished":
-        log.info("nothing to do: both stages are finished", run_dir=str(run_dir))
+        log.info("both stages already finished", run_dir=str(run_dir))
         return results
     datasets = load_datasets(data, config, val_dir)
     if gan != "absent":
-        results.append(train_stage(spec("gan", True, None), env, on_step=on_step, datasets=datasets))
+        results.append(train_stage(spec(GAN.name, True, None), env, on_step=on_step, datasets=datasets))
         return results
-    if config.pretrain_epochs > 0 and pre != "finished":
-        results.append(
-            train_stage(spec("pretrain", pre == "partial", init), env, on_step=on_step, datasets=datasets)
-        )
-    best = checkpoint_path(run_dir, "pretrain", "best")
+    if PRETRAIN.epochs(config) > 0 and pre != "finished":
+        pre_spec = spec(PRETRAIN.name, pre == "partial", init)
+        results.append(train_stage(pre_spec, env, on_step=on_step, datasets=datasets))
+    best = checkpoint_path(run_dir, PRETRAIN.name, "best")
     gan_init = best if best.exists() else init
-    results.append(train_stage(spec("gan", False, gan_init), env, on_step=on_step, datasets=datasets))
+    results.append(train_stage(spec(GAN.name, False, gan_init), env, on_step=on_step, datasets=datasets))
     return results

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 GanLossKind = Literal["bce", "lsgan"]
+AB_UNITS = 110.0  # network ab units -> Lab units, for reporting
 
 
 def l1_ab(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error in the network's ab/110 units (multiply by 110 for Lab units)."""
+    """Mean absolute error in the network's ab/110 units (multiply by AB_UNITS for Lab units)."""
     return F.l1_loss(pred.float(), target.float())
 
 

@@ -174,7 +174,7 @@ class MetricsLog:
         writer.writeheader()
         writer.writerows(keep)
         atomic_write_bytes(self.path, buffer.getvalue().encode("utf-8"))
-        log.info("metrics.csv rows of unfinished epochs dropped", dropped=len(rows) - len(keep))
+        log.info("unfinished epochs dropped from metrics", file=METRICS_NAME, dropped=len(rows) - len(keep))
 
 
 def _csv_cell(value: Any) -> str:
