@@ -54,12 +54,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from semwatch.config import QueueConfig
+from semwatch.errors import one_line
 from semwatch.log import get_logger
 
 log = get_logger(__name__)
 
 SCHEMA_VERSION = 2
-ERROR_MAX_CHARS = 500
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Bound parameters per IN (...) list, well under SQLite's and drivers' limits.
 _CHUNK = 500
@@ -576,7 +576,7 @@ class SqlJobQueue(JobQueue):
                 with conn.begin():
                     yield conn
         except DBAPIError as exc:
-            reason = _one_line(str(exc.orig) if exc.orig is not None else str(exc))
+            reason = one_line(str(exc.orig) if exc.orig is not None else str(exc))
             raise QueueError(f"{self._where}: {what} failed: {reason}") from exc
 
     def _now(self) -> float:
@@ -705,7 +705,7 @@ class SqlJobQueue(JobQueue):
 
     def record_failure(self, rel_path: str, size: int, mtime: float, error: str) -> bool:
         now = self._now()
-        message = _one_line(error)
+        message = one_line(error)
         version = (_JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == UNKNOWN_CONTENT)
         with self._transaction("record_failure", write=True) as conn:
             row = conn.execute(
@@ -889,7 +889,7 @@ class SqlJobQueue(JobQueue):
 
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
         now = self._now()
-        message = _one_line(error)
+        message = one_line(error)
         with self._transaction("fail", write=True) as conn:
             row = conn.execute(
                 sa.select(_JOBS.c.state, _JOBS.c.attempts, _JOBS.c.owner_token)
@@ -1191,12 +1191,6 @@ def _job(row: Any) -> Job:
         attempt_started=row.attempt_started,
         superseded_by=row.superseded_by,
     )
-
-
-def _one_line(text: str, limit: int = ERROR_MAX_CHARS) -> str:
-    """Errors are shown in one status line and one log field: no newlines, bounded length."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _pid_alive(pid: int) -> bool:

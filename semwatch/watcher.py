@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import hashlib
 import os
 import re
 import stat
@@ -48,10 +47,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
+from semwatch.hashing import sha256_file
 from semwatch.log import get_logger
 from semwatch.queue import JobQueue, QueueError
 
-HASH_CHUNK = 1 << 20
 # Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
 # LibreOffice) and our own atomic-write temporaries.
 TEMPORARY_PATTERNS: tuple[str, ...] = (
@@ -91,17 +90,6 @@ class _Candidate:
     mtime: float
     stable_since: float  # this host's monotonic clock
     arrived_at: float  # wall clock, when first noticed (for latency figures)
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
-    """SHA-256 of a file, streamed so a multi-GB stack never sits in memory."""
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def printable_name(rel: str) -> str:
