@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -34,17 +34,20 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from semwatch.config import Config, ConfigError, load_config
-from semwatch.imaging import (
-    DecodedImage,
-    ImageError,
-    build_provenance,
-    output_name,
-    read_image,
-    sweep_temp_files,
-    write_image,
-)
+from semwatch.errors import one_line
+from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
 from semwatch.notify import Notifier, watchdog_interval
+from semwatch.pipeline import (
+    OutputSettings,
+    Task,
+    colorize_batch,
+    colorize_error,
+    decode,
+    decode_error,
+    write_error,
+    write_output,
+)
 from semwatch.queue import (
     DaemonLock,
     Job,
@@ -57,10 +60,10 @@ from semwatch.queue import (
     open_queue,
     sqlite_path,
 )
-from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
+from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
 
 if TYPE_CHECKING:
-    from semwatch.engine import Colorizer
+    from semwatch.engine import Colorizer, EngineInfo
     from semwatch.watcher import Watcher
 
 log = get_logger("semwatch.daemon")
@@ -242,7 +245,7 @@ class StorageGuard:
         with self._lock:
             if self._reason is not None:
                 return
-            self._reason = " ".join(reason.split())
+            self._reason = one_line(reason)
             self._next_check = self.clock() + self.recheck_seconds
         log.error(
             "output paused: storage unavailable; jobs released without using attempts",
@@ -270,30 +273,6 @@ class StorageGuard:
 
 
 # --------------------------------------------------------------------------- work items
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What the provenance says about the model; captured when a batch is computed, so a
-    reload while writes are pending cannot mislabel them."""
-
-    model_name: str
-    model_sha256: str
-    backend: str
-    device: str
-    chroma_size: int
-    refinement: Mapping[str, float]  # as recorded in the provenance
-
-    @classmethod
-    def of(cls, colorizer: Colorizer) -> EngineInfo:
-        return cls(
-            colorizer.model_name,
-            colorizer.model_sha256,
-            colorizer.backend_name,
-            colorizer.device,
-            colorizer.chroma_size,
-            colorizer.refinement.as_dict(),
-        )
 
 
 @dataclass
@@ -559,9 +538,7 @@ class Daemon:
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
-        return read_image(
-            item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root
-        )
+        return decode(item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root)
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.
@@ -577,7 +554,7 @@ class Daemon:
         if not decoded:
             return upcoming
         colorizer = self._colorizer
-        info = EngineInfo.of(colorizer)
+        info = colorizer.info
         t0 = time.monotonic()
         with self._staged("compute"):
             rgbs = self._colorize(colorizer, decoded)
@@ -634,35 +611,21 @@ class Daemon:
                 self._storage.trip(problem)
                 self._release([item], "storage unavailable")
                 return
-            self._fail(item.job, error.reason, permanent=error.permanent, started=item.claimed_at)
+            self._fail(item.job, decode_error(error), permanent=error.permanent, started=item.claimed_at)
             return
         # One image must not stop the service.
         log.error("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id, exc_info=error)
-        self._fail(item.job, f"decode failed: {_describe(error)}", permanent=False, started=item.claimed_at)
+        self._fail(item.job, decode_error(error), permanent=False, started=item.claimed_at)
 
     def _colorize(self, colorizer: Colorizer, items: list[_Item]) -> list[Any]:
-        """One batched forward pass; if it fails, image by image to find the culprit."""
+        """RGB per item (None for one that failed, recorded); the pipeline falls back to
+        image by image when the batch fails, in the compute thread."""
         images = [item.image for item in items]
-        try:
-            return self._wait_result(self._compute.submit(colorizer.colorize, images))
-        except _ShutdownTimeout:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if len(items) == 1:
-                self._fail(
-                    items[0].job,
-                    f"colorization failed: {_describe(exc)}",
-                    permanent=False,
-                    started=items[0].claimed_at,
-                )
-                return [None]
-            log.warning(
-                "batch colorization failed; retrying image by image", jobs=len(items), error=_describe(exc)
-            )
-        results: list[Any] = []
-        for item in items:
-            results.extend(self._colorize(colorizer, [item]))
-        return results
+        rgbs = self._wait_result(self._compute.submit(colorize_batch, colorizer, images))
+        for item, rgb in zip(items, rgbs):
+            if isinstance(rgb, Exception):
+                self._fail(item.job, colorize_error(rgb), permanent=False, started=item.claimed_at)
+        return [None if isinstance(rgb, Exception) else rgb for rgb in rgbs]
 
     # ---- writing
 
@@ -689,46 +652,21 @@ class Daemon:
         if self._superseded_before_write(item):
             return
         try:
-            provenance = build_provenance(
-                image,
-                source_path=str(item.source),
-                model_name=info.model_name,
-                model_sha256=info.model_sha256,
-                backend=info.backend,
-                device=info.device,
-                chroma_size=info.chroma_size,
-                refinement=info.refinement,
-            )
-            write_image(
-                item.target,
-                rgb,
-                fmt=cfg.format,
-                metadata=image.metadata,
-                provenance=provenance,
-                jpeg_quality=cfg.jpeg_quality,
-            )
-            # After the output: a sidecar that settles from now on finds the output there
-            # (_sidecar_settled), one that came earlier is in this listing.
-            sidecars = copy_sidecars(item.source, item.target, cfg.sidecars)
+            # The output first, then its sidecars: a sidecar that settles from now on finds
+            # the output there (_sidecar_settled), one that came earlier is in the listing.
+            sidecars = write_output(Task(item.source, item.target), image, rgb, info, OutputSettings.of(cfg))
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
-                self._fail(job, _write_failure(item.target, exc), permanent=True, started=item.claimed_at)
+                self._fail(job, write_error(item.target, exc), permanent=True, started=item.claimed_at)
             elif self._storage.is_storage_error(exc):
-                self._storage.trip(self._storage.problem() or _describe(exc))
+                self._storage.trip(self._storage.problem() or one_line(exc))
                 self._release([item], "storage unavailable")
             else:
-                self._fail(
-                    job,
-                    f"cannot write {item.target}: {_describe(exc)}",
-                    permanent=False,
-                    started=item.claimed_at,
-                )
+                self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
         except Exception as exc:  # noqa: BLE001
             log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
-            self._fail(
-                job, f"cannot write {item.target}: {_describe(exc)}", permanent=False, started=item.claimed_at
-            )
+            self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
         try:
             self._queue.complete(self._owner, job.id, str(item.target))
@@ -738,7 +676,7 @@ class Daemon:
                 "output written but job not marked done",
                 job_id=job.id,
                 path=job.rel_path,
-                error=_describe(exc),
+                error=one_line(exc),
             )
             return
         finally:
@@ -776,7 +714,7 @@ class Daemon:
         try:
             latest = self._queue.latest_sha256(job.rel_path)
         except QueueError as exc:
-            log.warning("cannot check for a newer version; writing", job_id=job.id, error=_describe(exc))
+            log.warning("cannot check for a newer version; writing", job_id=job.id, error=one_line(exc))
             return False
         if latest is None or latest == job.sha256:
             return False
@@ -792,7 +730,7 @@ class Daemon:
     # ---- job outcomes
 
     def _fail(self, job: Job, reason: str, *, permanent: bool, started: float) -> None:
-        reason = " ".join(reason.split())
+        reason = one_line(reason)
         try:
             state = self._queue.fail(self._owner, job.id, reason, permanent=permanent)
         except Exception as exc:  # noqa: BLE001
@@ -801,7 +739,7 @@ class Daemon:
                 job_id=job.id,
                 path=job.rel_path,
                 reason=reason,
-                error=_describe(exc),
+                error=one_line(exc),
             )
             return
         finally:
@@ -830,7 +768,7 @@ class Daemon:
             self._queue.release(self._owner, ids)
         except Exception as exc:  # noqa: BLE001
             log.error(
-                "leases not released; they expire after lease_seconds", job_ids=ids, error=_describe(exc)
+                "leases not released; they expire after lease_seconds", job_ids=ids, error=one_line(exc)
             )
             return
         for job_id in ids:
@@ -898,7 +836,7 @@ class Daemon:
                 self._next_recover = now + RECOVER_INTERVAL_SECONDS
                 self._queue.recover(self._owner)
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
-            log.error("heartbeat step failed", error=_describe(exc))
+            log.error("heartbeat step failed", error=one_line(exc))
 
     def _stalled(self, now: float) -> bool:
         stage = self._stage
@@ -968,7 +906,7 @@ class Daemon:
                 "model reload failed; keeping the current model",
                 model=self._colorizer.model_name,
                 sha256=self._colorizer.model_sha256,
-                reason=str(exc) if isinstance(exc, StartupError) else _describe(exc),
+                reason=str(exc) if isinstance(exc, StartupError) else one_line(exc),
             )
             new = dataclasses.replace(new, engine=old.engine)
         else:
@@ -1149,21 +1087,9 @@ def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
         try:
             cache[folder] = os.listdir(folder)
         except OSError as exc:
-            log.debug("cannot list source folder", folder=str(folder), error=_describe(exc))
+            log.debug("cannot list source folder", folder=str(folder), error=one_line(exc))
             cache[folder] = []
     return cache[folder]
-
-
-def _write_failure(target: Path, exc: OSError) -> str:
-    """One readable line; a name too long for the file system is shortened in it."""
-    if exc.errno != errno.ENAMETOOLONG:
-        return f"cannot write {target}: {_describe(exc)}"
-    name = target.name
-    shown = name if len(name) <= 60 else f"{name[:30]}…{name[-20:]}"
-    return (
-        f"cannot write the output: {exc.strerror} ({len(os.fsencode(name))}-byte name "
-        f"{shown} in {target.parent})"
-    )
 
 
 def _drop_frames(error: BaseException) -> None:
@@ -1189,14 +1115,6 @@ def _where(database_url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(database_url).render_as_string(hide_password=True)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(f"{type(exc).__name__}: {text}".split())[:500]
 
 
 def run_daemon(config: Config) -> int:
