@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from semwatch import __version__
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
 from semwatch.log import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -21,28 +21,6 @@ if TYPE_CHECKING:
     from semwatch.pipeline import Pipeline, Result, Task
 
 log = get_logger("semwatch.cli")
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def config_option(func):
-    """--config FILE, shared by every subcommand."""
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-        "/etc/semwatch/config.toml, else built-in defaults.",
-    )(func)
-
-
-def load_cli_config(config_path: Path | None) -> Config:
-    """Load the configuration or stop with a one-line usage error (exit 2)."""
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings=CONTEXT)

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
 from semwatch.errors import one_line
 from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
@@ -55,10 +55,9 @@ from semwatch.queue import (
     JobState,
     Owner,
     QueueError,
-    filesystem_type,
-    is_network_fs_type,
+    check_sqlite_is_local,
     open_queue,
-    sqlite_path,
+    redacted_url,
 )
 from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
 
@@ -68,9 +67,6 @@ if TYPE_CHECKING:
 
 log = get_logger("semwatch.daemon")
 
-# sysexits.h EX_CONFIG: a wrong configuration. systemd's RestartPreventExitStatus=78 keeps
-# the unit from restarting into the same error every 10 s.
-EXIT_CONFIG = 78
 EXIT_FAILURE = 1
 # Longest the main thread waits without feeding the watchdog and looking at its flags.
 TICK_SECONDS = 0.5
@@ -411,7 +407,7 @@ class Daemon:
         swept = sweep_temp_files(cfg.output.dir)
         log.info(
             "queue open",
-            database=_where(cfg.queue.database_url),
+            database=redacted_url(cfg.queue.database_url),
             recovered_jobs=recovered,
             temp_files_swept=swept,
             owner_pid=self._owner.pid,
@@ -1009,15 +1005,10 @@ def check_config(cfg: Config) -> None:
             )
     elif not model.is_file():
         raise StartupError(f"{model}: model file not found (engine.model{where})", EXIT_CONFIG)
-    db = sqlite_path(cfg.queue.database_url)
-    if db is not None:
-        fs_type = filesystem_type(db.parent if db.parent.exists() else _existing_parent(db))
-        if fs_type is not None and is_network_fs_type(fs_type):
-            raise StartupError(
-                f"{db}: SQLite on a network filesystem ({fs_type}) is refused (queue.database_url"
-                f"{where}); put the database on a local disk",
-                EXIT_CONFIG,
-            )
+    try:
+        check_sqlite_is_local(cfg.queue.database_url)
+    except QueueError as exc:
+        raise StartupError(f"{exc}{where}", EXIT_CONFIG) from None
 
 
 def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
@@ -1074,13 +1065,6 @@ def _layout(cfg: Config) -> OutputLayout:
     return OutputLayout(cfg.watch.input_dir, cfg.output.dir, cfg.output.format)
 
 
-def _existing_parent(path: Path) -> Path:
-    for parent in path.parents:
-        if parent.exists():
-            return parent
-    return Path("/")
-
-
 def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
     """Names in a source's folder (once per folder per batch) for output_name's x.png.tif rule."""
     if folder not in cache:
@@ -1109,12 +1093,6 @@ def _drop_frames(error: BaseException) -> None:
 def _ping_interval(watchdog_s: float | None) -> float | None:
     # systemd wants a ping at least every WatchdogSec; a quarter leaves room for a slow tick.
     return None if watchdog_s is None else max(watchdog_s / 4, 0.05)
-
-
-def _where(database_url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(database_url).render_as_string(hide_password=True)
 
 
 def run_daemon(config: Config) -> int:

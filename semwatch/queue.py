@@ -496,7 +496,7 @@ class SqlJobQueue(JobQueue):
                 f"max_attempts={max_attempts}, retry_backoff={retry_backoff}"
             )
         url = _parse_url(database_url)
-        self._where = url.render_as_string(hide_password=True)
+        self._where = redacted_url(url)
         self._dialect = url.get_backend_name()
         self._insert = _INSERTS[self._dialect]
         self._lease = float(lease_seconds)
@@ -1274,7 +1274,7 @@ def _parse_url(database_url: str) -> URL:
     except ArgumentError as exc:
         raise QueueError(f"{database_url!r}: not a database URL ({exc})") from None
     backend = url.get_backend_name()
-    where = url.render_as_string(hide_password=True)
+    where = redacted_url(url)
     if backend not in _INSERTS:
         raise QueueError(
             f"{where}: unsupported database {backend!r} (semwatch supports sqlite and postgresql)"
@@ -1285,6 +1285,26 @@ def _parse_url(database_url: str) -> URL:
             "daemon's connections; give a file path"
         )
     return url
+
+
+def redacted_url(database_url: str | URL) -> str:
+    """A database URL as logs and messages show it: the password as ***."""
+    url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    return url.render_as_string(hide_password=True)
+
+
+def check_sqlite_is_local(database_url: str) -> None:
+    """QueueError when the URL's SQLite file is (to be) on a network filesystem, where
+    its locking does not hold; other databases pass."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return
+    folder = next((p for p in path.parents if p.exists()), Path("/"))
+    if is_network_filesystem(folder):
+        raise QueueError(
+            f"{path}: SQLite on a network filesystem ({filesystem_type(folder)}) corrupts "
+            "under concurrent access; put it on a local disk or use PostgreSQL (queue.database_url)"
+        )
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -1308,13 +1328,7 @@ def open_queue(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QueueError(f"{path.parent}: cannot create the database folder: {exc.strerror}") from exc
-        fs_type = filesystem_type(path.parent)
-        if fs_type is not None and is_network_fs_type(fs_type):
-            raise QueueError(
-                f"{path}: SQLite on a network filesystem ({fs_type}) corrupts "
-                "under concurrent access; put it on a local disk or use "
-                "PostgreSQL (queue.database_url)"
-            )
+        check_sqlite_is_local(cfg.database_url)
     return SqlJobQueue(
         cfg.database_url,
         lease_seconds=cfg.lease_seconds,
@@ -1381,8 +1395,7 @@ def lock_path(database_url: str, state_dir: Path) -> Path:
     path = sqlite_path(database_url)
     if path is not None:
         return path.with_name(path.name + ".lock")
-    where = make_url(database_url).render_as_string(hide_password=True)
-    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(redacted_url(database_url).encode()).hexdigest()[:16]
     return Path(state_dir) / f"daemon-{digest}.lock"
 
 

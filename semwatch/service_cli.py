@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +19,15 @@ from typing import Any
 
 import click
 
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
+from semwatch.config import EXIT_CONFIG, Config
+from semwatch.errors import one_line
 from semwatch.log import configure_logging, get_logger
 
 log = get_logger("semwatch.service_cli")
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXIT_CONFIG = 78  # sysexits EX_CONFIG; the systemd unit does not restart on it
 # Files hashed per enqueue_many transaction during a backfill.
 ENQUEUE_CHUNK = 200
-
-
-def _config_option(func: Callable) -> Callable:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-        "/etc/semwatch/config.toml, else built-in defaults. Use the same file as the "
-        "service (the unit passes /etc/semwatch/config.toml).",
-    )(func)
-
-
-def _load(config_path: Path | None, *, exit_code: int = 2) -> Config:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exit_code)
 
 
 def _console_logging(config: Config) -> None:
@@ -62,7 +42,7 @@ def _console_logging(config: Config) -> None:
 
 
 @click.command("run", context_settings=CONTEXT)
-@_config_option
+@config_option
 def run_command(config_path: Path | None) -> None:
     """Run the watch-folder service in the foreground (systemd starts exactly this).
 
@@ -80,7 +60,7 @@ def run_command(config_path: Path | None) -> None:
     Exit codes: 0 stopped cleanly, 1 failed (systemd restarts it), 78 configuration error
     (fix config.toml; systemd does not restart).
     """
-    config = _load(config_path, exit_code=EXIT_CONFIG)
+    config = load_cli_config(config_path, exit_code=EXIT_CONFIG)
     from semwatch.daemon import run_daemon
 
     sys.exit(run_daemon(config))
@@ -122,8 +102,7 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - damaged rows raise anything while read
         log.debug("queue access failed", exc_info=exc)
         raise click.ClickException(
-            f"{_database(config)}: cannot use the queue: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())} (is the database damaged?)"
+            f"{_database(config)}: cannot use the queue: {one_line(exc)} (is the database damaged?)"
         ) from None
 
 
@@ -135,7 +114,7 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
     "throughput_per_min, median_latency_s, recent_failures.",
 )
-@_config_option
+@config_option
 def status_command(as_json: bool, config_path: Path | None) -> None:
     """Show what the service's queue holds.
 
@@ -148,7 +127,7 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
     Also: the age of the oldest waiting image, images done per minute over the last
     10 minutes and hour, the median time from arrival to done, and the latest failures.
     """
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     from semwatch.queue import JobState
 
@@ -189,9 +168,9 @@ def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[A
 
 
 def _database(config: Config) -> str:
-    from sqlalchemy.engine import make_url
+    from semwatch.queue import redacted_url
 
-    return make_url(config.queue.database_url).render_as_string(hide_password=True)
+    return redacted_url(config.queue.database_url)
 
 
 def _duration(seconds: float) -> str:
@@ -302,7 +281,7 @@ def _flush(queue, records: list, report: EnqueueReport, again: bool, *, force: b
     help="Also re-do files that are already done or failed (e.g. after a model "
     "upgrade). Without it, a file already colorized is not queued twice.",
 )
-@_config_option
+@config_option
 def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | None) -> None:
     """Queue image files or folders for the service now (backfill, re-do).
 
@@ -313,7 +292,7 @@ def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | No
     the jobs up within a second (if it is not running, they wait for `semwatch run`).
     Exit code 1 if some PATH could not be queued (each is named on one line).
     """
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     queue = _open_existing_queue(config) if _db_exists(config) else _create_queue(config)
     try:
@@ -356,7 +335,7 @@ def _create_queue(config: Config):
 @click.command("retry", context_settings=CONTEXT)
 @click.argument("job_ids", nargs=-1, type=click.IntRange(min=1))
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
-@_config_option
+@config_option
 def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path | None) -> None:
     """Queue failed jobs again: every one (--failed) or the JOB_IDs given.
 
@@ -367,7 +346,7 @@ def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path 
     """
     if all_failed == bool(job_ids):
         raise click.UsageError("give either --failed or one or more JOB_IDs")
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     queue = _open_existing_queue(config)
     try:
