@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -37,27 +36,14 @@ def main() -> None:
     """
 
 
-def _supported(path: Path) -> bool:
-    from semwatch.imaging import SUPPORTED_SUFFIXES
+def _folder_files(folder: Path, output_dir: Path) -> list[Path]:
+    """The images under ``folder`` by the watch folder's rules (recursive; no hidden or
+    temporary names, no symlink leading out, nothing in the output folder), sorted."""
+    from semwatch.walk import WatchRules, walk
 
-    return path.suffix.lower() in SUPPORTED_SUFFIXES
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    """Supported, non-hidden files under ``folder`` (recursive, sorted, no symlink escapes)."""
-    root = folder.resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or not _supported(path) or not path.is_file():
-                continue
-            if not path.resolve().is_relative_to(root):
-                log.warning("skipped: symlink leads outside the folder", path=str(path))
-                continue
-            found.append(path)
-    return found
+    rules = WatchRules.for_images(folder, output_dir=output_dir)
+    # Paths under the folder as given (not resolved): outputs mirror what the user named.
+    return [folder / rel for rel in sorted(rel for rel, _size, _mtime in walk(rules))]
 
 
 def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]:
@@ -69,7 +55,7 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     tasks: list[Task] = []
     for given in inputs:
         if given.is_dir():
-            files = _folder_files(given)
+            files = _folder_files(given, output_dir)
             if not files:
                 log.warning("no supported images in folder", folder=str(given))
             siblings: dict[Path, list[str]] = {}

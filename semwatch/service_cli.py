@@ -23,6 +23,7 @@ from semwatch.cli_options import CONTEXT, config_option, load_cli_config
 from semwatch.config import EXIT_CONFIG, Config
 from semwatch.errors import one_line
 from semwatch.log import configure_logging, get_logger
+from semwatch.walk import WatchRules, walk
 
 log = get_logger("semwatch.service_cli")
 
@@ -199,53 +200,49 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
 
     Paths outside the watch folder are refused before anything is queued (ValueError).
     """
-    from semwatch.watcher import Watcher
-
-    watcher = Watcher(config.watch, queue, output_dir=config.output.dir, sidecars=config.output.sidecars)
-    root = watcher.root
+    watch = config.watch
+    rules = WatchRules(
+        watch.input_dir, watch.patterns, watch.recursive, config.output.dir, config.output.sidecars
+    )
+    root = rules.root
     resolved = [Path(os.path.abspath(p)) for p in paths]
     for given, path in zip(paths, resolved):
-        if path.resolve() != root and watcher.relpath(path) is None:
+        if path.resolve() != root and rules.relpath(path) is None:
             raise ValueError(
                 f"{given}: outside the watch folder {root} (watch.input_dir); "
                 "semwatch only processes files under it"
             )
     report = EnqueueReport()
     records: list[tuple[str, str, int, float, float]] = []
+
+    def skip(rel: str) -> None:
+        report.skipped += 1
+
     for given, path in zip(paths, resolved):
         if path.is_dir():
-            for file in _walk_files(path):
-                if watcher.is_ignored(file):
-                    report.skipped += 1
-                else:
-                    _hash_into(watcher, file, records, report)
-                    _flush(queue, records, report, again, force=False)
+            for rel in sorted(rel for rel, _size, _mtime in walk(rules, str(path), skipped=skip)):
+                _hash_into(rules, Path(rules.abspath(rel)), records, report)
+                _flush(queue, records, report, again, force=False)
         elif path.is_file():
-            if watcher.is_ignored(path):
+            if rules.is_ignored(path):
                 report.errors.append(
                     f"{given}: not picked up by semwatch (hidden or temporary "
                     "name, inside the output folder, not matching "
                     "watch.patterns, or a sidecar of output.sidecars)"
                 )
             else:
-                _hash_into(watcher, path, records, report)
+                _hash_into(rules, path, records, report)
         else:
             report.errors.append(f"{given}: no such file or folder")
     _flush(queue, records, report, again, force=True)
     return report
 
 
-def _walk_files(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath, name)
+def _hash_into(rules: WatchRules, path: Path, records: list, report: EnqueueReport) -> None:
+    from semwatch.hashing import sha256_file
+    from semwatch.watcher import name_problem, printable_name
 
-
-def _hash_into(watcher, path: Path, records: list, report: EnqueueReport) -> None:
-    from semwatch.watcher import name_problem, printable_name, sha256_file
-
-    rel = watcher.relpath(path)
+    rel = rules.relpath(path)
     problem = name_problem(rel)
     if problem is not None:
         report.errors.append(f"{printable_name(str(path))}: {problem}")

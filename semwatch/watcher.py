@@ -21,10 +21,7 @@ line of `Watcher._start_observer`.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
-import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,19 +47,8 @@ from semwatch.config import WatchConfig
 from semwatch.hashing import sha256_file
 from semwatch.log import get_logger
 from semwatch.queue import JobQueue, QueueError
+from semwatch.walk import WalkItem, WatchRules, walk
 
-# Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
-# LibreOffice) and our own atomic-write temporaries.
-TEMPORARY_PATTERNS: tuple[str, ...] = (
-    "~$*",
-    "*.tmp",
-    "*.part",
-    "*.crdownload",
-    "*.partial",
-    ".~lock*",
-    "*.swp",
-    ".semwatch-tmp-*",
-)
 # Jobs are handed to the queue in slices so the daemon can start on the first files of a
 # large batch (a share with thousands of unprocessed files) while the rest are hashed.
 ENQUEUE_SLICE = 100
@@ -105,10 +91,6 @@ def name_problem(rel: str) -> str | None:
     except UnicodeEncodeError:
         return "file name is not valid UTF-8 (shown with \\x escapes); rename the file"
     return None
-
-
-def _compile_globs(patterns: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE)
 
 
 class _CandidateMarker(FileSystemEventHandler):
@@ -165,14 +147,14 @@ class Watcher:
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_enqueued = on_enqueued
-        self._root = str(Path(cfg.input_dir).resolve())
-        self._root_prefix = self._root.rstrip(os.sep) + os.sep
-        self._output_rel = self._output_rel_of(output_dir)
-        self._wanted = _compile_globs(cfg.patterns)
-        self._temporary = _compile_globs(TEMPORARY_PATTERNS)
         # Sidecar suffixes are never jobs, whatever the patterns say; they are watched only
         # when someone takes them (on_sidecar, called from the worker thread with rel_path).
-        self._sidecar_suffixes = frozenset(suffix.lower() for suffix in sidecars)
+        self.rules = WatchRules(cfg.input_dir, cfg.patterns, cfg.recursive, output_dir, frozenset(sidecars))
+        if self.rules.output_dir == self.rules.root:
+            raise ValueError(
+                f"{output_dir}: the output folder is the watched folder; colorized files would be colorized again"
+            )
+        self._root = str(self.rules.root)
         self._on_sidecar = on_sidecar
         self._tick = max(0.05, min(1.0, cfg.settle_seconds / 4))
 
@@ -244,7 +226,7 @@ class Watcher:
         seen = changed = 0
         errors: list[str] = []
         still_resolved: set[str] = set()
-        for rel, size, mtime in self._walk(self._root, "", errors):
+        for rel, size, mtime in self._walk(self._root, errors):
             seen += 1
             key = (size, mtime)
             if known.get(rel) == key:
@@ -291,20 +273,11 @@ class Watcher:
 
     def is_ignored(self, path: Path) -> bool:
         """True for anything that must never become a job (see DESIGN.md "Arrival detection")."""
-        rel = self.relpath(path)
-        if rel is None or self._ignored_name(rel):
-            return True
-        return self._regular_stat(os.path.abspath(path)) is None
+        return self.rules.is_ignored(path)
 
     def relpath(self, path: Path) -> str | None:
-        """POSIX path relative to the root, or None outside it.
-
-        Symlinked folders on the way are resolved; the file's own name is kept (a symlinked
-        file is known by its link's name; `is_ignored` judges its target).
-        """
-        absolute = os.path.abspath(path)
-        parent = os.path.realpath(os.path.dirname(absolute))
-        return self._rel_of(os.path.join(parent, os.path.basename(absolute)))
+        """POSIX path relative to the root, or None outside it (see WatchRules.relpath)."""
+        return self.rules.relpath(path)
 
     @property
     def observer(self) -> BaseObserver | None:
@@ -345,12 +318,12 @@ class Watcher:
         with self._lock:
             dirs, self._pending_dirs = self._pending_dirs, set()
         for rel in sorted(dirs):
-            folder = self._abspath(rel)
+            folder = self.rules.abspath(rel)
             if os.path.realpath(folder) != folder:
                 continue  # a symlinked folder (or one on the way): never entered
             # A folder copied in as a whole: its files may predate the folder's own watch.
             # Its paths are new, so there is no queue record to compare with; hashing decides.
-            for file_rel, size, mtime in self._walk(folder, rel, []):
+            for file_rel, size, mtime in self._walk(folder, []):
                 self._mark_unless_resolved(file_rel, (size, mtime))
 
     # ------------------------------------------------------------- settle + hash
@@ -366,7 +339,7 @@ class Watcher:
             return None
 
     def _settle_one(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
-        path = self._abspath(rel)
+        path = self.rules.abspath(rel)
         # Events may name a path through a symlinked folder (the polling observer follows
         # them); such a file is either outside the root or already known by its real name.
         current = self._stat_key(path) if self.relpath(Path(path)) == rel else None
@@ -378,7 +351,7 @@ class Watcher:
             self._record_failure(rel, key, problem)
             self._forget(rel, key)  # a rename is a new path; this one cannot change
             return None
-        if self._is_sidecar(rel):
+        if self.rules.is_sidecar(rel):
             self._settle_sidecar(rel, key)
             return None
         try:
@@ -495,16 +468,16 @@ class Watcher:
     # ---------------------------------------------------------------- events
 
     def _on_file_event(self, path: str) -> None:
-        rel = self._rel_of(path)
-        if rel is None or self._ignored_name(rel, self._watched_name):
+        rel = self.rules.rel_of(path)
+        if rel is None or self.rules.ignored_name(rel, self._watched_name):
             return
         key = self._stat_key(path)
         if key is not None:
             self._mark_unless_resolved(rel, key)
 
     def _on_dir_event(self, path: str) -> None:
-        rel = self._rel_of(path)
-        if rel is None or not self._cfg.recursive or self._ignored_dir(rel):
+        rel = self.rules.rel_of(path)
+        if rel is None or not self._cfg.recursive or self.rules.ignored_dir(rel):
             return
         with self._lock:
             self._pending_dirs.add(rel)
@@ -565,115 +538,18 @@ class Watcher:
         self._root_missing = not available
         return available
 
-    def _walk(self, top: str, top_rel: str, errors: list[str]) -> Iterator[tuple[str, int, float]]:
-        """(rel_path, size, mtime) of every wanted regular file; no objects kept per file."""
-        stack = [(top, top_rel)]
-        while stack:
-            folder, folder_rel = stack.pop()
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        item = self._walk_entry(entry, folder_rel, stack)
-                        if item is not None:
-                            yield item
-            except FileNotFoundError:
-                self._log.debug("folder vanished during scan", path=folder_rel or ".")
-            except OSError as exc:
-                errors.append(folder_rel)
-                self._log.warning(
-                    "cannot list folder", path=folder_rel or ".", reason=exc.strerror or str(exc)
-                )
-
-    def _walk_entry(
-        self, entry: os.DirEntry[str], folder_rel: str, stack: list[tuple[str, str]]
-    ) -> tuple[str, int, float] | None:
-        name = entry.name
-        if name.startswith("."):
-            return None
-        rel = f"{folder_rel}/{name}" if folder_rel else name
-        try:
-            # follow_symlinks=False: a symlinked folder is never entered (no loops, no
-            # second name for files that are already under the root).
-            if entry.is_dir(follow_symlinks=False):
-                if self._cfg.recursive and not self._in_output(rel):
-                    stack.append((entry.path, rel))
-                return None
-            if not self._watched_name(name):
-                return None
-            st = self._regular_stat(entry.path, entry.stat(follow_symlinks=False))
-        except OSError:
-            return None  # vanished between listing and stat
-        return None if st is None else (rel, st.st_size, st.st_mtime)
+    def _walk(self, top: str, errors: list[str]) -> Iterator[WalkItem]:
+        """(rel_path, size, mtime) of every watched regular file under ``top``."""
+        return walk(self.rules, top, accept=self._watched_name, unreadable=errors)
 
     def _stat_key(self, path: str) -> tuple[int, float] | None:
-        st = self._regular_stat(path)
+        st = self.rules.regular_stat(path)
         return None if st is None else (st.st_size, st.st_mtime)
-
-    def _regular_stat(self, path: str, lst: os.stat_result | None = None) -> os.stat_result | None:
-        """stat of a regular file (through a symlink that stays inside the root), else None."""
-        try:
-            if lst is None:
-                lst = os.lstat(path)
-            st = lst
-            if stat.S_ISLNK(lst.st_mode):
-                target = self._rel_of(os.path.realpath(path))
-                if target is None or self._in_output(target):
-                    return None
-                st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._log.debug("cannot stat", path=path, reason=exc.strerror or str(exc))
-            return None
-        return st if stat.S_ISREG(st.st_mode) else None
 
     # ------------------------------------------------------------- names
 
-    def _abspath(self, rel: str) -> str:
-        return os.path.join(self._root, *rel.split("/"))
-
-    def _rel_of(self, absolute: str) -> str | None:
-        if not absolute.startswith(self._root_prefix):
-            return None
-        return absolute[len(self._root_prefix) :].replace(os.sep, "/") or None
-
-    def _output_rel_of(self, output_dir: Path | None) -> str | None:
-        if output_dir is None:
-            return None
-        resolved = str(Path(output_dir).resolve())
-        if resolved == self._root:
-            raise ValueError(
-                f"{output_dir}: the output folder is the watched folder; "
-                "colorized files would be colorized again"
-            )
-        return self._rel_of(resolved)
-
-    def _in_output(self, rel: str) -> bool:
-        out = self._output_rel
-        return out is not None and (rel == out or rel.startswith(out + "/"))
-
-    def _wanted_name(self, name: str) -> bool:
-        """A name that becomes a job."""
-        return (
-            self._temporary.match(name) is None
-            and self._wanted.match(name) is not None
-            and not self._is_sidecar(name)
-        )
-
     def _watched_name(self, name: str) -> bool:
         """A name that becomes a candidate: a job's, or a sidecar's when one is taken."""
-        if self._on_sidecar is not None and self._is_sidecar(name):
-            return self._temporary.match(name) is None
-        return self._wanted_name(name)
-
-    def _is_sidecar(self, rel: str) -> bool:
-        return os.path.splitext(rel)[1].lower() in self._sidecar_suffixes
-
-    def _ignored_dir(self, rel: str) -> bool:
-        return any(part.startswith(".") for part in rel.split("/")) or self._in_output(rel)
-
-    def _ignored_name(self, rel: str, accept: Callable[[str], bool] | None = None) -> bool:
-        parts = rel.split("/")
-        if not self._cfg.recursive and len(parts) > 1:
-            return True
-        return self._ignored_dir(rel) or not (accept or self._wanted_name)(parts[-1])
+        if self._on_sidecar is not None and self.rules.is_sidecar(name):
+            return not self.rules.is_temporary(name)
+        return self.rules.wanted_name(name)
