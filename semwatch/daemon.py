@@ -218,8 +218,10 @@ class StorageGuard:
             if device != parent:
                 self._devices[root] = device  # a mount point again: the share is back
         if device != parent:
+            # A mount point of another device: taken as the share mounted again.
             log.info(
-                f"the {what} is a mount point of another device: taken as the share mounted again",
+                "share mounted again",
+                folder=what,
                 path=str(root),
                 device=device,
                 was=known,
@@ -243,8 +245,9 @@ class StorageGuard:
                 return
             self._reason = one_line(reason)
             self._next_check = self.clock() + self.recheck_seconds
+        # The jobs in hand are released without using attempts: not the images' fault.
         log.error(
-            "output paused: storage unavailable; jobs released without using attempts",
+            "output paused",
             reason=self._reason,
             recheck_seconds=self.recheck_seconds,
         )
@@ -367,11 +370,11 @@ class Daemon:
         if self._stop.is_set():
             # A second Ctrl-C/SIGTERM: do not wait for the batch any longer.
             self._stop_deadline = time.monotonic()
-            log.warning("second stop request: giving up on work in flight", reason=reason)
+            log.warning("second stop request", reason=reason, giving_up="work in flight")
         else:
             self._stop_deadline = time.monotonic() + self.config.daemon.shutdown_timeout
             log.info(
-                "stopping: finishing the batch in flight",
+                "stopping",
                 reason=reason,
                 shutdown_timeout=self.config.daemon.shutdown_timeout,
             )
@@ -379,7 +382,7 @@ class Daemon:
         self._wake.set()
 
     def request_reload(self) -> None:
-        log.info("reload requested: configuration and model reload after this batch")
+        log.info("reload requested", when="after this batch")
         self._reload.set()
         self._wake.set()
 
@@ -469,7 +472,7 @@ class Daemon:
                 raise
             except Exception:
                 log.exception(
-                    "error in the daemon loop; continuing after a pause",
+                    "daemon loop error",
                     pause_seconds=LOOP_ERROR_SLEEP_SECONDS,
                 )
                 self._after_loop_error(carry)
@@ -764,7 +767,10 @@ class Daemon:
             self._queue.release(self._owner, ids)
         except Exception as exc:  # noqa: BLE001
             log.error(
-                "leases not released; they expire after lease_seconds", job_ids=ids, error=one_line(exc)
+                "leases not released",
+                job_ids=ids,
+                error=one_line(exc),
+                expire_after_s=self.config.queue.lease_seconds,
             )
             return
         for job_id in ids:
@@ -839,9 +845,10 @@ class Daemon:
         if stage is None or now - stage[1] <= self.config.queue.lease_seconds:
             return False
         if not self._stall_logged:
+            # No more watchdog pings or lease renewals: systemd restarts the daemon, and the
+            # jobs are recovered.
             log.error(
-                "stage hung longer than lease_seconds; no more watchdog pings or lease "
-                "renewals (systemd restarts the daemon, the jobs are recovered)",
+                "stage hung",
                 stage=stage[0],
                 seconds=round(now - stage[1], 1),
             )
@@ -878,13 +885,13 @@ class Daemon:
             # share, and a fresh local folder would hide either.
             prepare_folders(new, create_watch_folder=False)
         except (ConfigError, StartupError) as exc:
-            log.error("reload refused; keeping the running configuration and model", reason=str(exc))
+            log.error("reload refused", reason=str(exc), kept="the running configuration and model")
             return None
         restart_only = [
             name for name in ("queue", "daemon") if getattr(new, name) != getattr(self.config, name)
         ]
         if restart_only:
-            log.warning("changed sections take effect at the next restart", sections=restart_only)
+            log.warning("sections need a restart", sections=restart_only)
             new = dataclasses.replace(new, queue=self.config.queue, daemon=self.config.daemon)
         return new
 
@@ -899,7 +906,7 @@ class Daemon:
             raise
         except Exception as exc:  # noqa: BLE001 - keep serving with the model we have
             log.error(
-                "model reload failed; keeping the current model",
+                "model reload failed",
                 model=self._colorizer.model_name,
                 sha256=self._colorizer.model_sha256,
                 reason=str(exc) if isinstance(exc, StartupError) else one_line(exc),
@@ -926,7 +933,7 @@ class Daemon:
         try:
             self._watcher = self._start_watcher(new)
         except StartupError as exc:
-            log.error("new watch settings unusable; watching with the previous ones", reason=str(exc))
+            log.error("new watch settings refused", reason=str(exc), kept="the previous watch settings")
             self._watcher = self._start_watcher(old)
 
     # ---- shutdown
@@ -945,7 +952,7 @@ class Daemon:
         if leftover:
             if code != 0:
                 log.error(
-                    "shutdown_timeout passed; releasing unfinished jobs",
+                    "shutdown timeout passed",
                     shutdown_timeout=self.config.daemon.shutdown_timeout,
                 )
             self._release_ids(leftover, "shutdown")
@@ -1033,7 +1040,7 @@ def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"{folder}: cannot create the {what}: {exc.strerror or exc}") from None
-        log.info(f"created the {what}", path=str(folder))
+        log.info("folder created", folder=what, path=str(folder))
 
 
 def load_colorizer(cfg: Config) -> Colorizer:

@@ -213,7 +213,7 @@ class Watcher:
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
-                self._log.warning("watcher thread still busy after stop timeout", timeout=timeout)
+                self._log.warning("watcher thread still busy", timeout=timeout)
 
     def scan(self) -> ScanResult:
         """One reconciliation pass: every new or changed file under the root becomes a candidate."""
@@ -305,7 +305,7 @@ class Watcher:
                 failures = 0
             except Exception:
                 failures += 1
-                self._log.exception("watcher pass failed, will retry", consecutive_failures=failures)
+                self._log.exception("watcher pass failed", consecutive_failures=failures)
             self._stopping.wait(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
@@ -380,7 +380,7 @@ class Watcher:
             self._on_sidecar(rel)
         except Exception:
             # Not resolved: the next scan finds it again and retries.
-            self._log.exception("sidecar handling failed, retrying at the next scan", path=rel)
+            self._log.exception("sidecar handling failed", path=rel, retry="at the next scan")
             self._restart_or_drop(rel, None)
             return
         self._forget(rel, key)
@@ -394,9 +394,7 @@ class Watcher:
             self._log.debug("file still not queued", path=name, reason=reason)
 
     def _file_failed(self, rel: str, key: tuple[int, float], exc: Exception) -> None:
-        self._log.error(
-            "unexpected error with one file; the others go on", path=printable_name(rel), exc_info=exc
-        )
+        self._log.error("unexpected error with one file", path=printable_name(rel), exc_info=exc)
         self._record_failure(rel, key, f"cannot queue: {type(exc).__name__}: {exc}")
         self._forget(rel, key)  # not again until the file changes
 
@@ -498,7 +496,7 @@ class Watcher:
                 # Scans still find every file, only later; the next scan tries again.
                 limit = exc.errno in (errno.ENOSPC, errno.EMFILE)
                 self._log.error(
-                    "file events unavailable, relying on periodic scans",
+                    "file events unavailable",
                     reason=exc.strerror or str(exc),
                     hint=INOTIFY_LIMIT_HINT if limit else None,
                 )
@@ -523,7 +521,7 @@ class Watcher:
         """Re-arm events after the root vanished and came back (emitters stop on its deletion)."""
         if self._stopping.is_set() or self._observer_healthy() or not os.path.isdir(self._root):
             return
-        self._log.warning("file event observer not running, restarting it")
+        self._log.warning("restarting the file event observer")
         self._stop_observer(OBSERVER_JOIN_SECONDS)
         self._start_observer()
 
@@ -532,7 +530,7 @@ class Watcher:
     def _root_available(self) -> bool:
         available = os.path.isdir(self._root)
         if not available and not self._root_missing:
-            self._log.warning("watch folder unavailable (share unmounted?), will keep trying")
+            self._log.warning("watch folder unavailable", hint="share unmounted?")
         elif available and self._root_missing:
             self._log.info("watch folder available again")
         self._root_missing = not available

@@ -235,7 +235,7 @@ def test_worker_logs_a_failing_pass_and_carries_on(
         for w in running:
             w.stop()
         queue.close()
-    failed = [e for e in logs if e["event"] == "watcher pass failed, will retry"]
+    failed = [e for e in logs if e["event"] == "watcher pass failed"]
     assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
