@@ -179,7 +179,7 @@ def walk(
                     item = _entry(rules, entry, folder_rel, stack, accept)
                     if item is not None:
                         yield item
-                    elif skipped is not None and not entry.is_dir(follow_symlinks=False):
+                    elif skipped is not None and not entry.is_dir():  # a linked folder is no file
                         skipped(f"{folder_rel}/{entry.name}" if folder_rel else entry.name)
         except FileNotFoundError:
             log.debug("folder vanished during the walk", path=folder_rel or ".", root=str(rules.root))
