@@ -201,7 +201,8 @@ def queue_fixture(root: Path) -> None:
     """A queue as the service leaves it: three samples done, one failed, one waiting."""
     from semwatch.config import load_config
     from semwatch.engine import Colorizer
-    from semwatch.imaging import build_provenance, read_image, write_image
+    from semwatch.imaging import read_image
+    from semwatch.pipeline import OutputSettings, Task, write_output
     from semwatch.queue import Owner, open_queue
 
     config = load_config(root / "config.toml")
@@ -219,21 +220,7 @@ def queue_fixture(root: Path) -> None:
         queue.claim(owner, 1)
         target = outbox / (Path(name).stem + ".tif")
         rgb = colorizer.colorize([decoded])[0]
-        write_image(
-            target,
-            rgb,
-            fmt="tiff",
-            metadata=decoded.metadata,
-            provenance=build_provenance(
-                decoded,
-                source_path=str(inbox / name),
-                model_name=colorizer.model_name,
-                model_sha256=colorizer.model_sha256,
-                backend=colorizer.backend_name,
-                device=colorizer.device,
-                chroma_size=colorizer.chroma_size,
-            ),
-        )
+        write_output(Task(inbox / name, target), decoded, rgb, colorizer.info, OutputSettings("tiff"))
         queue.complete(owner, job_id, str(target))
     (inbox / "truncated.tif").write_bytes((SAMPLES / "zeiss-sem-512.tif").read_bytes()[:5000])
     bad = queue.enqueue("truncated.tif", "f" * 64, 5000, now)

@@ -21,7 +21,7 @@ decode, network input (down-scale), network, refinements at the network's resolu
 every step, the median of the per-run ratio defaults/fp32 and defaults/before, the engine's
 CPU seconds per image (less sensitive to other processes than wall time), and the largest
 difference of the delivered ab (before the 8-bit chroma table) from fp32. Then the same
-three through `semwatch colorize`'s own pipeline (run_tasks: decode and write threads
+three through `semwatch colorize`'s own pipeline (semwatch.pipeline.Pipeline: decode and write threads
 overlapping the engine, batches of 4) on --pipeline-images copies of the image.
 Speed does not depend on the weights: without the bundled model, a randomly initialised
 generator of the default architecture is timed.
@@ -153,28 +153,18 @@ def instrument(colorizer, clock: StepClock, previous: bool) -> None:
 
 
 def run_once(colorizer, clock: StepClock, image_path: Path, target: Path) -> tuple[dict[str, float], float]:
-    from semwatch.imaging import build_provenance, read_image, write_image
+    from semwatch.pipeline import OutputSettings, Task, decode, write_output
 
     clock.seconds.clear()
     start = time.perf_counter()
-    decoded = read_image(image_path)
+    decoded = decode(image_path, max_pixels=200_000_000)
     clock.seconds["decode"] = time.perf_counter() - start
     engine_start, cpu_start = time.perf_counter(), time.process_time()
     rgb = colorizer.colorize([decoded])[0]
     engine = time.perf_counter() - engine_start
     cpu = time.process_time() - cpu_start
-    provenance = build_provenance(
-        decoded,
-        source_path=str(image_path),
-        model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256,
-        backend=colorizer.backend_name,
-        device=colorizer.device,
-        chroma_size=colorizer.chroma_size,
-        refinement=colorizer.refinement.as_dict(),
-    )
     start = time.perf_counter()
-    write_image(target, rgb, fmt="tiff", metadata=decoded.metadata, provenance=provenance)
+    write_output(Task(image_path, target), decoded, rgb, colorizer.info, OutputSettings("tiff"))
     clock.seconds["write"] = time.perf_counter() - start
     # The filter's coefficients are computed inside the full-resolution call: count them once.
     clock.seconds["full resolution"] -= clock.seconds["filter coefficients"]
@@ -187,13 +177,13 @@ def run_once(colorizer, clock: StepClock, image_path: Path, target: Path) -> tup
 
 
 def pipelined(engines: dict, image: Path, folder: Path, count: int, runs: int) -> None:
-    """``semwatch colorize`` on ``count`` copies of the image: its own run_tasks, decode and
+    """``semwatch colorize`` on ``count`` copies of the image: its own pipeline, decode and
     write threads overlapping the engine, batches of the CLI's default size (4); seconds
     per image over the whole run, median of ``runs``, configurations interleaved."""
     import shutil
 
-    from semwatch.cli import Task, run_tasks
     from semwatch.config import EngineConfig
+    from semwatch.pipeline import OutputSettings, Pipeline, Task
 
     sources = folder / "many"
     sources.mkdir(exist_ok=True)
@@ -207,7 +197,10 @@ def pipelined(engines: dict, image: Path, folder: Path, count: int, runs: int) -
         for name, colorizer in engines.items():
             colorizer.batch_size = EngineConfig.batch_size
             start = time.perf_counter()
-            failures = run_tasks(tasks, colorizer, "tiff", EngineConfig.max_pixels, 95, progress=False)
+            results = Pipeline(colorizer, OutputSettings("tiff"), max_pixels=EngineConfig.max_pixels).run(
+                tasks
+            )
+            failures = sum(not result.ok for result in results)
             per_image[name].append((time.perf_counter() - start) / count)
             colorizer.batch_size = 1
             if failures:

@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from semwatch import __version__
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
 from semwatch.log import configure_logging, get_logger
 
+if TYPE_CHECKING:
+    # Not at run time: `semwatch status` must not pay for the imaging libraries.
+    from semwatch.pipeline import Pipeline, Result, Task
+
 log = get_logger(__name__)
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def config_option(func):
-    """--config FILE, shared by every subcommand."""
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-        "/etc/semwatch/config.toml, else built-in defaults.",
-    )(func)
-
-
-def load_cli_config(config_path: Path | None) -> Config:
-    """Load the configuration or stop with a one-line usage error (exit 2)."""
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings=CONTEXT)
@@ -56,44 +36,26 @@ def main() -> None:
     """
 
 
-@dataclass(frozen=True)
-class Task:
-    source: Path
-    target: Path
+def _folder_files(folder: Path, output_dir: Path) -> list[Path]:
+    """The images under ``folder`` by the watch folder's rules (recursive; no hidden or
+    temporary names, no symlink leading out, nothing in the output folder), sorted."""
+    from semwatch.walk import WatchRules, walk
 
-
-def _supported(path: Path) -> bool:
-    from semwatch.imaging import SUPPORTED_SUFFIXES
-
-    return path.suffix.lower() in SUPPORTED_SUFFIXES
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    """Supported, non-hidden files under ``folder`` (recursive, sorted, no symlink escapes)."""
-    root = folder.resolve()
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or not _supported(path) or not path.is_file():
-                continue
-            if not path.resolve().is_relative_to(root):
-                log.warning("skipped: symlink leads outside the folder", path=str(path))
-                continue
-            found.append(path)
-    return found
+    rules = WatchRules.for_images(folder, output_dir=output_dir)
+    # Paths under the folder as given (not resolved): outputs mirror what the user named.
+    return [folder / rel for rel in sorted(rel for rel, _size, _mtime in walk(rules))]
 
 
 def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]:
     """Map inputs to outputs; a file named directly goes to DIR/<stem>.<ext>, a folder's files
     keep their relative paths. Raises click.UsageError on missing inputs and collisions."""
     from semwatch.imaging import output_name
+    from semwatch.pipeline import Task
 
     tasks: list[Task] = []
     for given in inputs:
         if given.is_dir():
-            files = _folder_files(given)
+            files = _folder_files(given, output_dir)
             if not files:
                 log.warning("no supported images in folder", folder=str(given))
             siblings: dict[Path, list[str]] = {}
@@ -215,6 +177,7 @@ def colorize_command(
 
     from semwatch.engine import Colorizer, EngineError
     from semwatch.model import ModelError
+    from semwatch.pipeline import OutputSettings, Pipeline
 
     engine_cfg = config.engine
     started = time.perf_counter()
@@ -240,16 +203,10 @@ def colorize_command(
         precision=colorizer.precision,
         seconds=round(time.perf_counter() - started, 2),
     )
-    failures = run_tasks(
-        tasks,
-        colorizer,
-        fmt,
-        config.engine.max_pixels,
-        config.output.jpeg_quality,
-        progress=not quiet,
-        hints=hints,
-        sidecars=config.output.sidecars,
-    )
+    if hints:
+        tasks = [dataclasses.replace(tasks[0], hints=tuple(hints))]
+    pipeline = Pipeline(colorizer, OutputSettings.of(config.output, fmt), max_pixels=engine_cfg.max_pixels)
+    failures = run_tasks(tasks, pipeline, progress=not quiet)
     done = len(tasks) - failures
     seconds = time.perf_counter() - started
     click.echo(
@@ -274,151 +231,23 @@ def _load_hints_for(hints_file: Path | None, tasks: Sequence[Task]) -> list | No
         raise click.UsageError(str(exc)) from None
 
 
-def run_tasks(
-    tasks: Sequence[Task],
-    colorizer,
-    fmt: str,
-    max_pixels: int,
-    jpeg_quality: int,
-    *,
-    progress: bool = True,
-    hints: Sequence | None = None,
-    sidecars: Sequence[str] = (),
-) -> int:
-    """Decode, colorize and write every task (and copy its sidecars); returns how many failed.
-    ``hints`` (one task only) steer that image's colour.
-
-    Decoding of the next batch and writing of the previous one run in threads beside the
-    network, so the CPU or GPU is not idle during file I/O.
-    """
+def run_tasks(tasks: Sequence[Task], pipeline: Pipeline, *, progress: bool = True) -> int:
+    """Colorize every task through the shared pipeline; each failure is one "error:" line
+    naming the file. Returns how many failed."""
     from tqdm import tqdm
 
-    from semwatch.imaging import ImageError, read_image
-
     failures = 0
-    bar = tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr)
-    batch_size = colorizer.batch_size
+    with tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr) as bar:
 
-    def report(task: Task, reason: str) -> None:
-        nonlocal failures
-        failures += 1
-        line = reason if str(task.source) in reason else f"{task.source}: {reason}"
-        tqdm.write(f"error: {line}", file=sys.stderr)
-
-    def decode(task: Task):
-        try:
-            return read_image(task.source, max_pixels=max_pixels)
-        except ImageError as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            log.exception("unexpected error decoding", path=str(task.source))
-            return RuntimeError(f"{task.source}: {type(exc).__name__}: {exc}")
-
-    with (
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as decoders,
-        ThreadPoolExecutor(max_workers=2, thread_name_prefix="write") as writers,
-    ):
-        batches = [list(tasks[i : i + batch_size]) for i in range(0, len(tasks), batch_size)]
-        pending_writes: list[tuple[Task, Future]] = []
-        next_decoded = [decoders.submit(decode, t) for t in batches[0]] if batches else []
-        for index, batch in enumerate(batches):
-            decoded = [f.result() for f in next_decoded]
-            if index + 1 < len(batches):
-                next_decoded = [decoders.submit(decode, t) for t in batches[index + 1]]
-            good = []
-            for task, item in zip(batch, decoded):
-                if isinstance(item, Exception):
-                    report(task, " ".join(str(item).split()))
-                    bar.update(1)
-                else:
-                    for warning in item.warnings:
-                        log.warning(warning, path=str(task.source))
-                    good.append((task, item))
-            if good and hints:
-                good = _fitting_hints(good, hints, report, bar)
-            if good:
-                try:
-                    rgbs = colorizer.colorize(
-                        [item for _, item in good], hints=[hints] * len(good) if hints else None
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    log.exception("colorization failed", files=len(good))
-                    for task, _ in good:
-                        report(task, f"colorization failed: {type(exc).__name__}: {exc}")
-                        bar.update(1)
-                    continue
-                for (task, item), rgb in zip(good, rgbs):
-                    pending_writes.append(
-                        (
-                            task,
-                            writers.submit(
-                                _write_one, task, item, rgb, colorizer, fmt, jpeg_quality, sidecars, hints
-                            ),
-                        )
-                    )
-            still = []
-            for task, future in pending_writes:
-                if future.done():
-                    _finish_write(task, future, report)
-                    bar.update(1)
-                else:
-                    still.append((task, future))
-            pending_writes = still
-        for task, future in pending_writes:
-            _finish_write(task, future, report)
+        def report(result: Result) -> None:
+            nonlocal failures
+            if not result.ok:
+                failures += 1
+                tqdm.write(f"error: {result.line}", file=sys.stderr)
             bar.update(1)
-    bar.close()
+
+        pipeline.run(tasks, on_result=report)
     return failures
-
-
-def _fitting_hints(good: list, hints: Sequence, report, bar) -> list:
-    """The decoded tasks whose image holds every hint; the others are reported."""
-    from semwatch.hints import HintError, check_hints_fit
-
-    kept = []
-    for task, item in good:
-        try:
-            check_hints_fit(hints, *item.gray.shape, source=str(task.source))
-        except HintError as exc:
-            report(task, str(exc))
-            bar.update(1)
-            continue
-        kept.append((task, item))
-    return kept
-
-
-def _write_one(
-    task: Task, image, rgb, colorizer, fmt: str, jpeg_quality: int, sidecars: Sequence[str], hints=None
-) -> None:
-    from semwatch.imaging import build_provenance, write_image
-    from semwatch.sidecars import copy_sidecars
-
-    provenance = build_provenance(
-        image,
-        source_path=str(task.source),
-        model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256,
-        backend=colorizer.backend_name,
-        device=colorizer.device,
-        chroma_size=colorizer.chroma_size,
-        refinement=colorizer.refinement.as_dict(),
-        hints=[h.as_record() for h in hints] if hints else None,
-    )
-    write_image(
-        task.target, rgb, fmt=fmt, metadata=image.metadata, provenance=provenance, jpeg_quality=jpeg_quality
-    )
-    copy_sidecars(task.source, task.target, sidecars)
-
-
-def _finish_write(task: Task, future: Future, report) -> None:
-    """Wait for a write; a failure is reported (and counted) by ``report``."""
-    try:
-        future.result()
-    except OSError as exc:
-        report(task, f"cannot write {task.target}: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001
-        log.exception("unexpected error writing", path=str(task.target))
-        report(task, f"cannot write {task.target}: {type(exc).__name__}: {exc}")
 
 
 def _parse_shape(

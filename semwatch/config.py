@@ -26,6 +26,9 @@ else:  # pragma: no cover
 
 ENV_VAR = "SEMWATCH_CONFIG"
 SYSTEM_CONFIG = Path("/etc/semwatch/config.toml")
+# sysexits.h EX_CONFIG: a wrong configuration. systemd's RestartPreventExitStatus=78 keeps
+# the unit from restarting into the same error every 10 s.
+EXIT_CONFIG = 78
 
 
 class ConfigError(ValueError):

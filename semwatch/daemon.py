@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
@@ -33,19 +33,22 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from semwatch.config import Config, ConfigError, load_config
-from semwatch.imaging import (
-    DecodedImage,
-    ImageError,
-    build_provenance,
-    output_name,
-    read_image,
-    sweep_temp_files,
-    write_image,
-)
+from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
+from semwatch.errors import one_line
+from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
+from semwatch.pipeline import (
+    OutputSettings,
+    Task,
+    colorize_batch,
+    colorize_error,
+    decode,
+    decode_error,
+    write_error,
+    write_output,
+)
 from semwatch.queue import (
     HEARTBEAT_SECONDS,
     WORKER_ROLES,
@@ -55,22 +58,19 @@ from semwatch.queue import (
     JobState,
     Owner,
     QueueError,
-    filesystem_type,
-    is_network_fs_type,
+    check_sqlite_is_local,
     open_queue,
+    redacted_url,
     sqlite_path,
 )
-from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
+from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
 
 if TYPE_CHECKING:
-    from semwatch.engine import Colorizer
+    from semwatch.engine import Colorizer, EngineInfo
     from semwatch.watcher import Watcher
 
 log = get_logger(__name__)
 
-# sysexits.h EX_CONFIG: a wrong configuration. systemd's RestartPreventExitStatus=78 keeps
-# the unit from restarting into the same error every 10 s.
-EXIT_CONFIG = 78
 EXIT_FAILURE = 1
 # Longest the main thread waits without feeding the watchdog and looking at its flags.
 TICK_SECONDS = 0.5
@@ -228,8 +228,10 @@ class StorageGuard:
             if device != parent:
                 self._devices[root] = device  # a mount point again: the share is back
         if device != parent:
+            # A mount point of another device: taken as the share mounted again.
             log.info(
-                f"the {what} is a mount point of another device: taken as the share mounted again",
+                "share mounted again",
+                folder=what,
                 path=str(root),
                 device=device,
                 was=known,
@@ -251,10 +253,11 @@ class StorageGuard:
         with self._lock:
             if self._reason is not None:
                 return
-            self._reason = " ".join(reason.split())
+            self._reason = one_line(reason)
             self._next_check = self.clock() + self.recheck_seconds
+        # The jobs in hand are released without using attempts: not the images' fault.
         log.error(
-            "output paused: storage unavailable; jobs released without using attempts",
+            "output paused",
             reason=self._reason,
             recheck_seconds=self.recheck_seconds,
         )
@@ -279,30 +282,6 @@ class StorageGuard:
 
 
 # --------------------------------------------------------------------------- work items
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What the provenance says about the model; captured when a batch is computed, so a
-    reload while writes are pending cannot mislabel them."""
-
-    model_name: str
-    model_sha256: str
-    backend: str
-    device: str
-    chroma_size: int
-    refinement: Mapping[str, float]  # as recorded in the provenance
-
-    @classmethod
-    def of(cls, colorizer: Colorizer) -> EngineInfo:
-        return cls(
-            colorizer.model_name,
-            colorizer.model_sha256,
-            colorizer.backend_name,
-            colorizer.device,
-            colorizer.chroma_size,
-            colorizer.refinement.as_dict(),
-        )
 
 
 @dataclass
@@ -408,11 +387,11 @@ class Daemon:
         if self._stop.is_set():
             # A second Ctrl-C/SIGTERM: do not wait for the batch any longer.
             self._stop_deadline = time.monotonic()
-            log.warning("second stop request: giving up on work in flight", reason=reason)
+            log.warning("second stop request", reason=reason, giving_up="work in flight")
         else:
             self._stop_deadline = time.monotonic() + self.config.daemon.shutdown_timeout
             log.info(
-                "stopping: finishing the batch in flight",
+                "stopping",
                 reason=reason,
                 shutdown_timeout=self.config.daemon.shutdown_timeout,
             )
@@ -420,7 +399,7 @@ class Daemon:
         self._wake.set()
 
     def request_reload(self) -> None:
-        log.info("reload requested: configuration and model reload after this batch")
+        log.info("reload requested", when="after this batch")
         self._reload.set()
         self._wake.set()
 
@@ -452,7 +431,7 @@ class Daemon:
         swept = sweep_temp_files(cfg.output.dir) if working else 0
         log.info(
             "queue open",
-            database=_where(cfg.queue.database_url),
+            database=redacted_url(cfg.queue.database_url),
             role=self._role,
             recovered_jobs=recovered,
             temp_files_swept=swept,
@@ -549,7 +528,7 @@ class Daemon:
                 raise
             except Exception:
                 log.exception(
-                    "error in the daemon loop; continuing after a pause",
+                    "daemon loop error",
                     pause_seconds=LOOP_ERROR_SLEEP_SECONDS,
                 )
                 self._after_loop_error(carry)
@@ -614,9 +593,7 @@ class Daemon:
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
-        return read_image(
-            item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root
-        )
+        return decode(item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root)
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.
@@ -632,7 +609,7 @@ class Daemon:
         if not decoded:
             return upcoming
         colorizer = self._colorizer
-        info = EngineInfo.of(colorizer)
+        info = colorizer.info
         t0 = time.monotonic()
         with self._staged("compute"):
             rgbs = self._colorize(colorizer, decoded)
@@ -690,35 +667,21 @@ class Daemon:
                 self._storage.trip(problem)
                 self._release([item], "storage unavailable")
                 return
-            self._fail(item.job, error.reason, permanent=error.permanent, started=item.claimed_at)
+            self._fail(item.job, decode_error(error), permanent=error.permanent, started=item.claimed_at)
             return
         # One image must not stop the service.
         log.error("unexpected error decoding", path=item.job.rel_path, job_id=item.job.id, exc_info=error)
-        self._fail(item.job, f"decode failed: {_describe(error)}", permanent=False, started=item.claimed_at)
+        self._fail(item.job, decode_error(error), permanent=False, started=item.claimed_at)
 
     def _colorize(self, colorizer: Colorizer, items: list[_Item]) -> list[Any]:
-        """One batched forward pass; if it fails, image by image to find the culprit."""
+        """RGB per item (None for one that failed, recorded); the pipeline falls back to
+        image by image when the batch fails, in the compute thread."""
         images = [item.image for item in items]
-        try:
-            return self._wait_result(self._compute.submit(colorizer.colorize, images))
-        except _ShutdownTimeout:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if len(items) == 1:
-                self._fail(
-                    items[0].job,
-                    f"colorization failed: {_describe(exc)}",
-                    permanent=False,
-                    started=items[0].claimed_at,
-                )
-                return [None]
-            log.warning(
-                "batch colorization failed; retrying image by image", jobs=len(items), error=_describe(exc)
-            )
-        results: list[Any] = []
-        for item in items:
-            results.extend(self._colorize(colorizer, [item]))
-        return results
+        rgbs = self._wait_result(self._compute.submit(colorize_batch, colorizer, images))
+        for item, rgb in zip(items, rgbs):
+            if isinstance(rgb, Exception):
+                self._fail(item.job, colorize_error(rgb), permanent=False, started=item.claimed_at)
+        return [None if isinstance(rgb, Exception) else rgb for rgb in rgbs]
 
     # ---- writing
 
@@ -745,46 +708,21 @@ class Daemon:
         if self._superseded_before_write(item):
             return
         try:
-            provenance = build_provenance(
-                image,
-                source_path=str(item.source),
-                model_name=info.model_name,
-                model_sha256=info.model_sha256,
-                backend=info.backend,
-                device=info.device,
-                chroma_size=info.chroma_size,
-                refinement=info.refinement,
-            )
-            write_image(
-                item.target,
-                rgb,
-                fmt=cfg.format,
-                metadata=image.metadata,
-                provenance=provenance,
-                jpeg_quality=cfg.jpeg_quality,
-            )
-            # After the output: a sidecar that settles from now on finds the output there
-            # (_sidecar_settled), one that came earlier is in this listing.
-            sidecars = copy_sidecars(item.source, item.target, cfg.sidecars)
+            # The output first, then its sidecars: a sidecar that settles from now on finds
+            # the output there (_sidecar_settled), one that came earlier is in the listing.
+            sidecars = write_output(Task(item.source, item.target), image, rgb, info, OutputSettings.of(cfg))
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
-                self._fail(job, _write_failure(item.target, exc), permanent=True, started=item.claimed_at)
+                self._fail(job, write_error(item.target, exc), permanent=True, started=item.claimed_at)
             elif self._storage.is_storage_error(exc):
-                self._storage.trip(self._storage.problem() or _describe(exc))
+                self._storage.trip(self._storage.problem() or one_line(exc))
                 self._release([item], "storage unavailable")
             else:
-                self._fail(
-                    job,
-                    f"cannot write {item.target}: {_describe(exc)}",
-                    permanent=False,
-                    started=item.claimed_at,
-                )
+                self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
         except Exception as exc:  # noqa: BLE001
             log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
-            self._fail(
-                job, f"cannot write {item.target}: {_describe(exc)}", permanent=False, started=item.claimed_at
-            )
+            self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
         try:
             self._queue.complete(self._owner, job.id, str(item.target))
@@ -794,7 +732,7 @@ class Daemon:
                 "output written but job not marked done",
                 job_id=job.id,
                 path=job.rel_path,
-                error=_describe(exc),
+                error=one_line(exc),
             )
             return
         finally:
@@ -833,7 +771,7 @@ class Daemon:
         try:
             latest = self._queue.latest_sha256(job.rel_path)
         except QueueError as exc:
-            log.warning("cannot check for a newer version; writing", job_id=job.id, error=_describe(exc))
+            log.warning("cannot check for a newer version; writing", job_id=job.id, error=one_line(exc))
             return False
         if latest is None or latest == job.sha256:
             return False
@@ -849,7 +787,7 @@ class Daemon:
     # ---- job outcomes
 
     def _fail(self, job: Job, reason: str, *, permanent: bool, started: float) -> None:
-        reason = " ".join(reason.split())
+        reason = one_line(reason)
         try:
             state = self._queue.fail(self._owner, job.id, reason, permanent=permanent)
         except Exception as exc:  # noqa: BLE001
@@ -858,7 +796,7 @@ class Daemon:
                 job_id=job.id,
                 path=job.rel_path,
                 reason=reason,
-                error=_describe(exc),
+                error=one_line(exc),
             )
             return
         finally:
@@ -888,7 +826,10 @@ class Daemon:
             self._queue.release(self._owner, ids)
         except Exception as exc:  # noqa: BLE001
             log.error(
-                "leases not released; they expire after lease_seconds", job_ids=ids, error=_describe(exc)
+                "leases not released",
+                job_ids=ids,
+                error=one_line(exc),
+                expire_after_s=self.config.queue.lease_seconds,
             )
             return
         for job_id in ids:
@@ -962,7 +903,7 @@ class Daemon:
                 self._next_recover = now + self._recover_interval()
                 self._queue.recover(self._owner)
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
-            log.error("heartbeat step failed", error=_describe(exc))
+            log.error("heartbeat step failed", error=one_line(exc))
 
     def _recover_interval(self) -> float:
         # A dead worker's jobs wait at most half a lease past its expiry for another worker.
@@ -973,9 +914,10 @@ class Daemon:
         if stage is None or now - stage[1] <= self.config.queue.lease_seconds:
             return False
         if not self._stall_logged:
+            # No more watchdog pings or lease renewals: systemd restarts the daemon, and the
+            # jobs are recovered.
             log.error(
-                "stage hung longer than lease_seconds; no more watchdog pings or lease "
-                "renewals (systemd restarts the daemon, the jobs are recovered)",
+                "stage hung",
                 stage=stage[0],
                 seconds=round(now - stage[1], 1),
             )
@@ -1012,7 +954,7 @@ class Daemon:
             # share, and a fresh local folder would hide either.
             prepare_folders(new, create_watch_folder=False)
         except (ConfigError, StartupError) as exc:
-            log.error("reload refused; keeping the running configuration and model", reason=str(exc))
+            log.error("reload refused", reason=str(exc), kept="the running configuration and model")
             return None
         restart_only = [
             name
@@ -1020,7 +962,7 @@ class Daemon:
             if getattr(new, name) != getattr(self.config, name)
         ]
         if restart_only:
-            log.warning("changed sections take effect at the next restart", sections=restart_only)
+            log.warning("sections need a restart", sections=restart_only)
             new = dataclasses.replace(new, **{name: getattr(self.config, name) for name in restart_only})
         return new
 
@@ -1050,10 +992,10 @@ class Daemon:
             raise
         except Exception as exc:  # noqa: BLE001 - keep serving with the model we have
             log.error(
-                "model reload failed; keeping the current model",
+                "model reload failed",
                 model=self._colorizer.model_name,
                 sha256=self._colorizer.model_sha256,
-                reason=str(exc) if isinstance(exc, StartupError) else _describe(exc),
+                reason=str(exc) if isinstance(exc, StartupError) else one_line(exc),
             )
             new = dataclasses.replace(new, engine=old.engine)
         else:
@@ -1074,7 +1016,7 @@ class Daemon:
         try:
             self._watcher = self._start_watcher(new)
         except StartupError as exc:
-            log.error("new watch settings unusable; watching with the previous ones", reason=str(exc))
+            log.error("new watch settings refused", reason=str(exc), kept="the previous watch settings")
             self._watcher = self._start_watcher(old)
 
     # ---- shutdown
@@ -1093,7 +1035,7 @@ class Daemon:
         if leftover:
             if code != 0:
                 log.error(
-                    "shutdown_timeout passed; releasing unfinished jobs",
+                    "shutdown timeout passed",
                     shutdown_timeout=self.config.daemon.shutdown_timeout,
                 )
             self._release_ids(leftover, "shutdown")
@@ -1173,14 +1115,10 @@ def check_config(cfg: Config) -> None:
             )
     elif not model.is_file():
         raise StartupError(f"{model}: model file not found (engine.model{where})", EXIT_CONFIG)
-    if db is not None:
-        fs_type = filesystem_type(db.parent if db.parent.exists() else _existing_parent(db))
-        if fs_type is not None and is_network_fs_type(fs_type):
-            raise StartupError(
-                f"{db}: SQLite on a network filesystem ({fs_type}) is refused (queue.database_url"
-                f"{where}); put the database on a local disk",
-                EXIT_CONFIG,
-            )
+    try:
+        check_sqlite_is_local(cfg.queue.database_url)
+    except QueueError as exc:
+        raise StartupError(f"{exc}{where}", EXIT_CONFIG) from None
 
 
 def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
@@ -1205,7 +1143,7 @@ def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StartupError(f"{folder}: cannot create the {what}: {exc.strerror or exc}") from None
-        log.info(f"created the {what}", path=str(folder))
+        log.info("folder created", folder=what, path=str(folder))
 
 
 def load_colorizer(cfg: Config) -> Colorizer:
@@ -1278,34 +1216,15 @@ def _layout(cfg: Config) -> OutputLayout:
     return OutputLayout(cfg.watch.input_dir, cfg.output.dir, cfg.output.format)
 
 
-def _existing_parent(path: Path) -> Path:
-    for parent in path.parents:
-        if parent.exists():
-            return parent
-    return Path("/")
-
-
 def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
     """Names in a source's folder (once per folder per batch) for output_name's x.png.tif rule."""
     if folder not in cache:
         try:
             cache[folder] = os.listdir(folder)
         except OSError as exc:
-            log.debug("cannot list source folder", folder=str(folder), error=_describe(exc))
+            log.debug("cannot list source folder", folder=str(folder), error=one_line(exc))
             cache[folder] = []
     return cache[folder]
-
-
-def _write_failure(target: Path, exc: OSError) -> str:
-    """One readable line; a name too long for the file system is shortened in it."""
-    if exc.errno != errno.ENAMETOOLONG:
-        return f"cannot write {target}: {_describe(exc)}"
-    name = target.name
-    shown = name if len(name) <= 60 else f"{name[:30]}…{name[-20:]}"
-    return (
-        f"cannot write the output: {exc.strerror} ({len(os.fsencode(name))}-byte name "
-        f"{shown} in {target.parent})"
-    )
 
 
 def _drop_frames(error: BaseException) -> None:
@@ -1325,20 +1244,6 @@ def _drop_frames(error: BaseException) -> None:
 def _ping_interval(watchdog_s: float | None) -> float | None:
     # systemd wants a ping at least every WatchdogSec; a quarter leaves room for a slow tick.
     return None if watchdog_s is None else max(watchdog_s / 4, 0.05)
-
-
-def _where(database_url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(database_url).render_as_string(hide_password=True)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(f"{type(exc).__name__}: {text}".split())[:500]
 
 
 def run_daemon(config: Config) -> int:

@@ -17,9 +17,10 @@ backend's device in float32, and the full-resolution step is :mod:`semwatch.full
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -156,6 +157,21 @@ class Refinement:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an output's provenance says about the engine that made it. One per Colorizer,
+    taken with the images it colorized: a reload while their writes are pending cannot
+    mislabel them."""
+
+    model_name: str
+    model_sha256: str
+    backend: str
+    device: str
+    precision: str
+    chroma_size: int
+    refinement: Mapping[str, float]
+
+
 class Colorizer:
     """Colorizes decoded gray images with one generator on one device."""
 
@@ -271,6 +287,18 @@ class Colorizer:
     def precision(self) -> str:
         """The network's numbers: fp32, bf16 or fp16 (``auto`` resolved)."""
         return self.backend.precision
+
+    @functools.cached_property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            model_name=self.model_name,
+            model_sha256=self.model_sha256,
+            backend=self.backend_name,
+            device=self.device,
+            precision=self.precision,
+            chroma_size=self.chroma_size,
+            refinement=self.refinement.as_dict(),
+        )
 
     def canvas_shapes(self) -> list[tuple[int, int]]:
         """Every batch shape this Colorizer can use (for compile-ahead backends)."""

@@ -7,7 +7,6 @@ the architecture's hyper-parameters (so a file rebuilds its own network) and a m
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 from torchvision.models import resnet18
 
+from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
+from semwatch.hashing import sha256_file as file_sha256  # the name trainer/ imports
 
 FORMAT_NAME = "semwatch-generator"
 FORMAT_VERSION = 1
@@ -219,14 +220,6 @@ class LoadedGenerator:
     name: str = field(default="")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_generator(
     path: Path,
     model: nn.Module,
@@ -263,7 +256,7 @@ def read_generator_metadata(path: Path) -> tuple[GeneratorConfig, dict[str, Any]
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a safetensors generator file ({_one_line(exc)})") from exc
+        raise ModelError(f"{path}: not a safetensors generator file ({one_line(exc)})") from exc
     if meta.get("format") != FORMAT_NAME:
         raise ModelError(
             f"{path}: not a semwatch generator file (format {meta.get('format')!r}, expected {FORMAT_NAME!r})"
@@ -281,7 +274,7 @@ def read_generator_metadata(path: Path) -> tuple[GeneratorConfig, dict[str, Any]
         config = GeneratorConfig.from_dict(json.loads(meta.get("architecture", "{}")))
         card = json.loads(meta.get("card", "{}"))
     except (ValueError, TypeError) as exc:
-        raise ModelError(f"{path}: bad generator metadata: {_one_line(exc)}") from exc
+        raise ModelError(f"{path}: bad generator metadata: {one_line(exc)}") from exc
     return config, card
 
 
@@ -294,13 +287,13 @@ def load_generator(path: Path, *, device: torch.device | str = "cpu") -> LoadedG
         with safe_open(str(path), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read weights ({_one_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot read weights ({one_line(exc)})") from exc
     reference = model.state_dict()
     state = {k: (v.to(reference[k].dtype) if k in reference else v) for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not match the stored architecture: {_one_line(exc)}") from exc
+        raise ModelError(f"{path}: weights do not match the stored architecture: {one_line(exc)}") from exc
     model.to(device).eval()
     name = str(card.get("name") or path.stem)
     return LoadedGenerator(model, config, card, path, file_sha256(path), name)
@@ -309,7 +302,3 @@ def load_generator(path: Path, *, device: torch.device | str = "cpu") -> LoadedG
 def default_model_path() -> Path:
     """The generator bundled with the package (trained on the semcolour set)."""
     return Path(__file__).resolve().parent / "models" / "default.safetensors"
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

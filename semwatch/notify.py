@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from semwatch.errors import one_line
 from semwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -70,7 +71,8 @@ class Notifier:
         """Send one message, e.g. ``send(READY=1, STATUS="idle")``; True when delivered."""
         if self.address is None or not fields:
             return False
-        message = "\n".join(f"{key}={_one_line(str(value))}" for key, value in fields.items())
+        # A newline inside a value would start a new KEY=VALUE assignment.
+        message = "\n".join(f"{key}={one_line(str(value))}" for key, value in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.sendto(message.encode(), socket_address(self.address))
@@ -104,8 +106,3 @@ class Notifier:
 
     def status(self, text: str) -> bool:
         return self.send(STATUS=text)
-
-
-def _one_line(text: str) -> str:
-    # A newline would start a new KEY=VALUE assignment inside the datagram.
-    return " ".join(text.split())

@@ -55,6 +55,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from semwatch import schema
 from semwatch.config import QueueConfig
+from semwatch.errors import one_line
 from semwatch.log import get_logger
 
 log = get_logger(__name__)
@@ -62,7 +63,6 @@ log = get_logger(__name__)
 # The pre-Alembic marker (table schema_version), frozen at 3 by revision 0003 so that older
 # semwatch refuses the database as newer; the schema's version is Alembic's revision now.
 SCHEMA_VERSION = 3
-ERROR_MAX_CHARS = 500
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Bound parameters per IN (...) list, well under SQLite's and drivers' limits.
 _CHUNK = 500
@@ -543,7 +543,7 @@ class SqlJobQueue(JobQueue):
                 f"max_attempts={max_attempts}, retry_backoff={retry_backoff}"
             )
         url = _parse_url(database_url)
-        self._where = url.render_as_string(hide_password=True)
+        self._where = redacted_url(url)
         self._dialect = url.get_backend_name()
         self._insert = _INSERTS[self._dialect]
         self._lease = float(lease_seconds)
@@ -638,7 +638,7 @@ class SqlJobQueue(JobQueue):
                 with conn.begin():
                     yield conn
         except DBAPIError as exc:
-            reason = _one_line(str(exc.orig) if exc.orig is not None else str(exc))
+            reason = one_line(str(exc.orig) if exc.orig is not None else str(exc))
             raise QueueError(f"{self._where}: {what} failed: {reason}") from exc
 
     def _now(self) -> float:
@@ -767,7 +767,7 @@ class SqlJobQueue(JobQueue):
 
     def record_failure(self, rel_path: str, size: int, mtime: float, error: str) -> bool:
         now = self._now()
-        message = _one_line(error)
+        message = one_line(error)
         version = (_JOBS.c.rel_path == rel_path, _JOBS.c.sha256 == UNKNOWN_CONTENT)
         with self._transaction("record_failure", write=True) as conn:
             row = conn.execute(
@@ -951,7 +951,7 @@ class SqlJobQueue(JobQueue):
 
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
         now = self._now()
-        message = _one_line(error)
+        message = one_line(error)
         with self._transaction("fail", write=True) as conn:
             row = conn.execute(
                 sa.select(_JOBS.c.state, _JOBS.c.attempts, _JOBS.c.owner_token)
@@ -1320,12 +1320,6 @@ def _job(row: Any) -> Job:
     )
 
 
-def _one_line(text: str, limit: int = ERROR_MAX_CHARS) -> str:
-    """Errors are shown in one status line and one log field: no newlines, bounded length."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False  # os.kill(0 or -n) would address a process group, not a process
@@ -1411,7 +1405,7 @@ def _parse_url(database_url: str) -> URL:
         # A plain postgresql:// means psycopg 3 (the `postgres` extra), not SQLAlchemy's
         # default psycopg2, which semwatch does not install.
         url = url.set(drivername="postgresql+psycopg")
-    where = url.render_as_string(hide_password=True)
+    where = redacted_url(url)
     if backend not in _INSERTS:
         raise QueueError(
             f"{where}: unsupported database {backend!r} (semwatch supports sqlite and postgresql)"
@@ -1427,7 +1421,7 @@ def _parse_url(database_url: str) -> URL:
 def database_revision(database_url: str) -> str | None:
     """The schema revision of a database (None: empty), read without migrating anything."""
     url = _parse_url(database_url)
-    where = url.render_as_string(hide_password=True)
+    where = redacted_url(url)
     try:
         engine = sa.create_engine(url)
     except (NoSuchModuleError, ImportError) as exc:
@@ -1438,9 +1432,29 @@ def database_revision(database_url: str) -> str | None:
     except schema.SchemaError as exc:
         raise QueueError(f"{where}: {exc}") from None
     except DBAPIError as exc:
-        raise QueueError(f"{where}: {_one_line(str(exc.orig or exc))}") from exc
+        raise QueueError(f"{where}: {one_line(str(exc.orig) if exc.orig is not None else str(exc))}") from exc
     finally:
         engine.dispose()
+
+
+def redacted_url(database_url: str | URL) -> str:
+    """A database URL as logs and messages show it: the password as ***."""
+    url = database_url if isinstance(database_url, URL) else make_url(database_url)
+    return url.render_as_string(hide_password=True)
+
+
+def check_sqlite_is_local(database_url: str) -> None:
+    """QueueError when the URL's SQLite file is (to be) on a network filesystem, where
+    its locking does not hold; other databases pass."""
+    path = sqlite_path(database_url)
+    if path is None:
+        return
+    folder = next((p for p in path.parents if p.exists()), Path("/"))
+    if is_network_filesystem(folder):
+        raise QueueError(
+            f"{path}: SQLite on a network filesystem ({filesystem_type(folder)}) corrupts "
+            "under concurrent access; put it on a local disk or use PostgreSQL (queue.database_url)"
+        )
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -1464,13 +1478,7 @@ def open_queue(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QueueError(f"{path.parent}: cannot create the database folder: {exc.strerror}") from exc
-        fs_type = filesystem_type(path.parent)
-        if fs_type is not None and is_network_fs_type(fs_type):
-            raise QueueError(
-                f"{path}: SQLite on a network filesystem ({fs_type}) corrupts "
-                "under concurrent access; put it on a local disk or use "
-                "PostgreSQL (queue.database_url)"
-            )
+        check_sqlite_is_local(cfg.database_url)
     return SqlJobQueue(
         cfg.database_url,
         lease_seconds=cfg.lease_seconds,
@@ -1537,8 +1545,7 @@ def lock_path(database_url: str, state_dir: Path) -> Path:
     path = sqlite_path(database_url)
     if path is not None:
         return path.with_name(path.name + ".lock")
-    where = make_url(database_url).render_as_string(hide_password=True)
-    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(redacted_url(database_url).encode()).hexdigest()[:16]
     return Path(state_dir) / f"daemon-{digest}.lock"
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,35 +20,16 @@ from typing import Any
 
 import click
 
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
+from semwatch.config import EXIT_CONFIG, Config
+from semwatch.errors import one_line
 from semwatch.log import configure_logging, get_logger
+from semwatch.walk import WatchRules, walk
 
 log = get_logger(__name__)
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-EXIT_CONFIG = 78  # sysexits EX_CONFIG; the systemd unit does not restart on it
 # Files hashed per enqueue_many transaction during a backfill.
 ENQUEUE_CHUNK = 200
-
-
-def _config_option(func: Callable) -> Callable:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-        "/etc/semwatch/config.toml, else built-in defaults. Use the same file as the "
-        "service (the unit passes /etc/semwatch/config.toml).",
-    )(func)
-
-
-def _load(config_path: Path | None, *, exit_code: int = 2) -> Config:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exit_code)
 
 
 def _console_logging(config: Config) -> None:
@@ -71,7 +52,7 @@ def _console_logging(config: Config) -> None:
     "or worker (only colorize queued files). Default: daemon.role of the configuration. "
     "watcher and worker need a PostgreSQL queue.",
 )
-@_config_option
+@config_option
 def run_command(role: str | None, config_path: Path | None) -> None:
     """Run the watch-folder service in the foreground (systemd starts exactly this).
 
@@ -89,7 +70,7 @@ def run_command(role: str | None, config_path: Path | None) -> None:
     Exit codes: 0 stopped cleanly, 1 failed (systemd restarts it), 78 configuration error
     (fix config.toml; systemd does not restart).
     """
-    config = _load(config_path, exit_code=EXIT_CONFIG)
+    config = load_cli_config(config_path, exit_code=EXIT_CONFIG)
     if role is not None:
         config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, role=role))
     from semwatch.daemon import run_daemon
@@ -133,8 +114,7 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - damaged rows raise anything while read
         log.debug("queue access failed", exc_info=exc)
         raise click.ClickException(
-            f"{_database(config)}: cannot use the queue: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())} (is the database damaged?)"
+            f"{_database(config)}: cannot use the queue: {one_line(exc)} (is the database damaged?)"
         ) from None
 
 
@@ -146,7 +126,7 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
     "throughput_per_min, median_latency_s, recent_failures.",
 )
-@_config_option
+@config_option
 def status_command(as_json: bool, config_path: Path | None) -> None:
     """Show what the service's queue holds.
 
@@ -159,7 +139,7 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
     Also: the age of the oldest waiting image, images done per minute over the last
     10 minutes and hour, the median time from arrival to done, and the latest failures.
     """
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     from semwatch.queue import JobState
 
@@ -200,9 +180,9 @@ def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[A
 
 
 def _database(config: Config) -> str:
-    from sqlalchemy.engine import make_url
+    from semwatch.queue import redacted_url
 
-    return make_url(config.queue.database_url).render_as_string(hide_password=True)
+    return redacted_url(config.queue.database_url)
 
 
 def _duration(seconds: float) -> str:
@@ -231,53 +211,49 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
 
     Paths outside the watch folder are refused before anything is queued (ValueError).
     """
-    from semwatch.watcher import Watcher
-
-    watcher = Watcher(config.watch, queue, output_dir=config.output.dir, sidecars=config.output.sidecars)
-    root = watcher.root
+    watch = config.watch
+    rules = WatchRules(
+        watch.input_dir, watch.patterns, watch.recursive, config.output.dir, config.output.sidecars
+    )
+    root = rules.root
     resolved = [Path(os.path.abspath(p)) for p in paths]
     for given, path in zip(paths, resolved):
-        if path.resolve() != root and watcher.relpath(path) is None:
+        if path.resolve() != root and rules.relpath(path) is None:
             raise ValueError(
                 f"{given}: outside the watch folder {root} (watch.input_dir); "
                 "semwatch only processes files under it"
             )
     report = EnqueueReport()
     records: list[tuple[str, str, int, float, float]] = []
+
+    def skip(rel: str) -> None:
+        report.skipped += 1
+
     for given, path in zip(paths, resolved):
         if path.is_dir():
-            for file in _walk_files(path):
-                if watcher.is_ignored(file):
-                    report.skipped += 1
-                else:
-                    _hash_into(watcher, file, records, report)
-                    _flush(queue, records, report, again, force=False)
+            for rel in sorted(rel for rel, _size, _mtime in walk(rules, str(path), skipped=skip)):
+                _hash_into(rules, Path(rules.abspath(rel)), records, report)
+                _flush(queue, records, report, again, force=False)
         elif path.is_file():
-            if watcher.is_ignored(path):
+            if rules.is_ignored(path):
                 report.errors.append(
                     f"{given}: not picked up by semwatch (hidden or temporary "
                     "name, inside the output folder, not matching "
                     "watch.patterns, or a sidecar of output.sidecars)"
                 )
             else:
-                _hash_into(watcher, path, records, report)
+                _hash_into(rules, path, records, report)
         else:
             report.errors.append(f"{given}: no such file or folder")
     _flush(queue, records, report, again, force=True)
     return report
 
 
-def _walk_files(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath, name)
+def _hash_into(rules: WatchRules, path: Path, records: list, report: EnqueueReport) -> None:
+    from semwatch.hashing import sha256_file
+    from semwatch.watcher import name_problem, printable_name
 
-
-def _hash_into(watcher, path: Path, records: list, report: EnqueueReport) -> None:
-    from semwatch.watcher import name_problem, printable_name, sha256_file
-
-    rel = watcher.relpath(path)
+    rel = rules.relpath(path)
     problem = name_problem(rel)
     if problem is not None:
         report.errors.append(f"{printable_name(str(path))}: {problem}")
@@ -313,7 +289,7 @@ def _flush(queue, records: list, report: EnqueueReport, again: bool, *, force: b
     help="Also re-do files that are already done or failed (e.g. after a model "
     "upgrade). Without it, a file already colorized is not queued twice.",
 )
-@_config_option
+@config_option
 def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | None) -> None:
     """Queue image files or folders for the service now (backfill, re-do).
 
@@ -324,7 +300,7 @@ def enqueue_command(paths: tuple[Path, ...], again: bool, config_path: Path | No
     the jobs up within a second (if it is not running, they wait for `semwatch run`).
     Exit code 1 if some PATH could not be queued (each is named on one line).
     """
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     queue = _open_existing_queue(config) if _db_exists(config) else _create_queue(config)
     try:
@@ -367,7 +343,7 @@ def _create_queue(config: Config):
 @click.command("retry", context_settings=CONTEXT)
 @click.argument("job_ids", nargs=-1, type=click.IntRange(min=1))
 @click.option("--failed", "all_failed", is_flag=True, help="Retry every failed job.")
-@_config_option
+@config_option
 def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path | None) -> None:
     """Queue failed jobs again: every one (--failed) or the JOB_IDs given.
 
@@ -378,7 +354,7 @@ def retry_command(job_ids: tuple[int, ...], all_failed: bool, config_path: Path 
     """
     if all_failed == bool(job_ids):
         raise click.UsageError("give either --failed or one or more JOB_IDs")
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     queue = _open_existing_queue(config)
     try:
@@ -422,10 +398,10 @@ def db_command() -> None:
 
 
 @db_command.command("upgrade", context_settings=CONTEXT)
-@_config_option
+@config_option
 def db_upgrade_command(config_path: Path | None) -> None:
     """Create the queue database's schema, or upgrade it to this semwatch's revision."""
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     queue = _create_queue(config)
     try:
@@ -436,14 +412,14 @@ def db_upgrade_command(config_path: Path | None) -> None:
 
 
 @db_command.command("current", context_settings=CONTEXT)
-@_config_option
+@config_option
 def db_current_command(config_path: Path | None) -> None:
     """Show the schema revision of the queue database and this semwatch's; exit 1 when
     they differ (the database needs `semwatch db upgrade`, or semwatch is older)."""
     from semwatch import schema
     from semwatch.queue import database_revision, sqlite_path
 
-    config = _load(config_path)
+    config = load_cli_config(config_path)
     _console_logging(config)
     path = sqlite_path(config.queue.database_url)
     if path is not None and not path.is_file():

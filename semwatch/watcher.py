@@ -21,11 +21,7 @@ line of `Watcher._start_observer`.
 from __future__ import annotations
 
 import errno
-import fnmatch
-import hashlib
 import os
-import re
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,23 +44,11 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
-from semwatch.fsutil import TEMP_PREFIX
+from semwatch.hashing import sha256_file
 from semwatch.log import get_logger
 from semwatch.queue import JobQueue, QueueError
+from semwatch.walk import WalkItem, WatchRules, walk
 
-HASH_CHUNK = 1 << 20
-# Names that writers use while a file is incomplete (Office, browsers, rsync/curl, vim,
-# LibreOffice) and our own atomic-write temporaries.
-TEMPORARY_PATTERNS: tuple[str, ...] = (
-    "~$*",
-    "*.tmp",
-    "*.part",
-    "*.crdownload",
-    "*.partial",
-    ".~lock*",
-    "*.swp",
-    f"{TEMP_PREFIX}*",
-)
 # Jobs are handed to the queue in slices so the daemon can start on the first files of a
 # large batch (a share with thousands of unprocessed files) while the rest are hashed.
 ENQUEUE_SLICE = 100
@@ -94,17 +78,6 @@ class _Candidate:
     arrived_at: float  # wall clock, when first noticed (for latency figures)
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
-    """SHA-256 of a file, streamed so a multi-GB stack never sits in memory."""
-    digest = hashlib.sha256()
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
 def printable_name(rel: str) -> str:
     """A path (or a message quoting one) as it can be stored and shown: bytes that are not
     UTF-8 as \\xNN escapes."""
@@ -118,10 +91,6 @@ def name_problem(rel: str) -> str | None:
     except UnicodeEncodeError:
         return "file name is not valid UTF-8 (shown with \\x escapes); rename the file"
     return None
-
-
-def _compile_globs(patterns: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE)
 
 
 class _CandidateMarker(FileSystemEventHandler):
@@ -178,14 +147,14 @@ class Watcher:
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_enqueued = on_enqueued
-        self._root = str(Path(cfg.input_dir).resolve())
-        self._root_prefix = self._root.rstrip(os.sep) + os.sep
-        self._output_rel = self._output_rel_of(output_dir)
-        self._wanted = _compile_globs(cfg.patterns)
-        self._temporary = _compile_globs(TEMPORARY_PATTERNS)
         # Sidecar suffixes are never jobs, whatever the patterns say; they are watched only
         # when someone takes them (on_sidecar, called from the worker thread with rel_path).
-        self._sidecar_suffixes = frozenset(suffix.lower() for suffix in sidecars)
+        self.rules = WatchRules(cfg.input_dir, cfg.patterns, cfg.recursive, output_dir, frozenset(sidecars))
+        if self.rules.output_dir == self.rules.root:
+            raise ValueError(
+                f"{output_dir}: the output folder is the watched folder; colorized files would be colorized again"
+            )
+        self._root = str(self.rules.root)
         self._on_sidecar = on_sidecar
         self._tick = max(0.05, min(1.0, cfg.settle_seconds / 4))
 
@@ -244,7 +213,7 @@ class Watcher:
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
-                self._log.warning("watcher thread still busy after stop timeout", timeout=timeout)
+                self._log.warning("watcher thread still busy", timeout=timeout)
 
     def scan(self) -> ScanResult:
         """One reconciliation pass: every new or changed file under the root becomes a candidate."""
@@ -257,7 +226,7 @@ class Watcher:
         seen = changed = 0
         errors: list[str] = []
         still_resolved: set[str] = set()
-        for rel, size, mtime in self._walk(self._root, "", errors):
+        for rel, size, mtime in self._walk(self._root, errors):
             seen += 1
             key = (size, mtime)
             if known.get(rel) == key:
@@ -304,20 +273,11 @@ class Watcher:
 
     def is_ignored(self, path: Path) -> bool:
         """True for anything that must never become a job (see DESIGN.md "Arrival detection")."""
-        rel = self.relpath(path)
-        if rel is None or self._ignored_name(rel):
-            return True
-        return self._regular_stat(os.path.abspath(path)) is None
+        return self.rules.is_ignored(path)
 
     def relpath(self, path: Path) -> str | None:
-        """POSIX path relative to the root, or None outside it.
-
-        Symlinked folders on the way are resolved; the file's own name is kept (a symlinked
-        file is known by its link's name; `is_ignored` judges its target).
-        """
-        absolute = os.path.abspath(path)
-        parent = os.path.realpath(os.path.dirname(absolute))
-        return self._rel_of(os.path.join(parent, os.path.basename(absolute)))
+        """POSIX path relative to the root, or None outside it (see WatchRules.relpath)."""
+        return self.rules.relpath(path)
 
     @property
     def observer(self) -> BaseObserver | None:
@@ -345,7 +305,7 @@ class Watcher:
                 failures = 0
             except Exception:
                 failures += 1
-                self._log.exception("watcher pass failed, will retry", consecutive_failures=failures)
+                self._log.exception("watcher pass failed", consecutive_failures=failures)
             self._stopping.wait(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
@@ -358,12 +318,12 @@ class Watcher:
         with self._lock:
             dirs, self._pending_dirs = self._pending_dirs, set()
         for rel in sorted(dirs):
-            folder = self._abspath(rel)
+            folder = self.rules.abspath(rel)
             if os.path.realpath(folder) != folder:
                 continue  # a symlinked folder (or one on the way): never entered
             # A folder copied in as a whole: its files may predate the folder's own watch.
             # Its paths are new, so there is no queue record to compare with; hashing decides.
-            for file_rel, size, mtime in self._walk(folder, rel, []):
+            for file_rel, size, mtime in self._walk(folder, []):
                 self._mark_unless_resolved(file_rel, (size, mtime))
 
     # ------------------------------------------------------------- settle + hash
@@ -379,7 +339,7 @@ class Watcher:
             return None
 
     def _settle_one(self, rel: str, key: tuple[int, float], arrived_at: float) -> EnqueueRecord | None:
-        path = self._abspath(rel)
+        path = self.rules.abspath(rel)
         # Events may name a path through a symlinked folder (the polling observer follows
         # them); such a file is either outside the root or already known by its real name.
         current = self._stat_key(path) if self.relpath(Path(path)) == rel else None
@@ -391,7 +351,7 @@ class Watcher:
             self._record_failure(rel, key, problem)
             self._forget(rel, key)  # a rename is a new path; this one cannot change
             return None
-        if self._is_sidecar(rel):
+        if self.rules.is_sidecar(rel):
             self._settle_sidecar(rel, key)
             return None
         try:
@@ -420,7 +380,7 @@ class Watcher:
             self._on_sidecar(rel)
         except Exception:
             # Not resolved: the next scan finds it again and retries.
-            self._log.exception("sidecar handling failed, retrying at the next scan", path=rel)
+            self._log.exception("sidecar handling failed", path=rel, retry="at the next scan")
             self._restart_or_drop(rel, None)
             return
         self._forget(rel, key)
@@ -434,9 +394,7 @@ class Watcher:
             self._log.debug("file still not queued", path=name, reason=reason)
 
     def _file_failed(self, rel: str, key: tuple[int, float], exc: Exception) -> None:
-        self._log.error(
-            "unexpected error with one file; the others go on", path=printable_name(rel), exc_info=exc
-        )
+        self._log.error("unexpected error with one file", path=printable_name(rel), exc_info=exc)
         self._record_failure(rel, key, f"cannot queue: {type(exc).__name__}: {exc}")
         self._forget(rel, key)  # not again until the file changes
 
@@ -508,16 +466,16 @@ class Watcher:
     # ---------------------------------------------------------------- events
 
     def _on_file_event(self, path: str) -> None:
-        rel = self._rel_of(path)
-        if rel is None or self._ignored_name(rel, self._watched_name):
+        rel = self.rules.rel_of(path)
+        if rel is None or self.rules.ignored_name(rel, self._watched_name):
             return
         key = self._stat_key(path)
         if key is not None:
             self._mark_unless_resolved(rel, key)
 
     def _on_dir_event(self, path: str) -> None:
-        rel = self._rel_of(path)
-        if rel is None or not self._cfg.recursive or self._ignored_dir(rel):
+        rel = self.rules.rel_of(path)
+        if rel is None or not self._cfg.recursive or self.rules.ignored_dir(rel):
             return
         with self._lock:
             self._pending_dirs.add(rel)
@@ -538,7 +496,7 @@ class Watcher:
                 # Scans still find every file, only later; the next scan tries again.
                 limit = exc.errno in (errno.ENOSPC, errno.EMFILE)
                 self._log.error(
-                    "file events unavailable, relying on periodic scans",
+                    "file events unavailable",
                     reason=exc.strerror or str(exc),
                     hint=INOTIFY_LIMIT_HINT if limit else None,
                 )
@@ -563,7 +521,7 @@ class Watcher:
         """Re-arm events after the root vanished and came back (emitters stop on its deletion)."""
         if self._stopping.is_set() or self._observer_healthy() or not os.path.isdir(self._root):
             return
-        self._log.warning("file event observer not running, restarting it")
+        self._log.warning("restarting the file event observer")
         self._stop_observer(OBSERVER_JOIN_SECONDS)
         self._start_observer()
 
@@ -572,121 +530,24 @@ class Watcher:
     def _root_available(self) -> bool:
         available = os.path.isdir(self._root)
         if not available and not self._root_missing:
-            self._log.warning("watch folder unavailable (share unmounted?), will keep trying")
+            self._log.warning("watch folder unavailable", hint="share unmounted?")
         elif available and self._root_missing:
             self._log.info("watch folder available again")
         self._root_missing = not available
         return available
 
-    def _walk(self, top: str, top_rel: str, errors: list[str]) -> Iterator[tuple[str, int, float]]:
-        """(rel_path, size, mtime) of every wanted regular file; no objects kept per file."""
-        stack = [(top, top_rel)]
-        while stack:
-            folder, folder_rel = stack.pop()
-            try:
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        item = self._walk_entry(entry, folder_rel, stack)
-                        if item is not None:
-                            yield item
-            except FileNotFoundError:
-                self._log.debug("folder vanished during scan", path=folder_rel or ".")
-            except OSError as exc:
-                errors.append(folder_rel)
-                self._log.warning(
-                    "cannot list folder", path=folder_rel or ".", reason=exc.strerror or str(exc)
-                )
-
-    def _walk_entry(
-        self, entry: os.DirEntry[str], folder_rel: str, stack: list[tuple[str, str]]
-    ) -> tuple[str, int, float] | None:
-        name = entry.name
-        if name.startswith("."):
-            return None
-        rel = f"{folder_rel}/{name}" if folder_rel else name
-        try:
-            # follow_symlinks=False: a symlinked folder is never entered (no loops, no
-            # second name for files that are already under the root).
-            if entry.is_dir(follow_symlinks=False):
-                if self._cfg.recursive and not self._in_output(rel):
-                    stack.append((entry.path, rel))
-                return None
-            if not self._watched_name(name):
-                return None
-            st = self._regular_stat(entry.path, entry.stat(follow_symlinks=False))
-        except OSError:
-            return None  # vanished between listing and stat
-        return None if st is None else (rel, st.st_size, st.st_mtime)
+    def _walk(self, top: str, errors: list[str]) -> Iterator[WalkItem]:
+        """(rel_path, size, mtime) of every watched regular file under ``top``."""
+        return walk(self.rules, top, accept=self._watched_name, unreadable=errors)
 
     def _stat_key(self, path: str) -> tuple[int, float] | None:
-        st = self._regular_stat(path)
+        st = self.rules.regular_stat(path)
         return None if st is None else (st.st_size, st.st_mtime)
-
-    def _regular_stat(self, path: str, lst: os.stat_result | None = None) -> os.stat_result | None:
-        """stat of a regular file (through a symlink that stays inside the root), else None."""
-        try:
-            if lst is None:
-                lst = os.lstat(path)
-            st = lst
-            if stat.S_ISLNK(lst.st_mode):
-                target = self._rel_of(os.path.realpath(path))
-                if target is None or self._in_output(target):
-                    return None
-                st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._log.debug("cannot stat", path=path, reason=exc.strerror or str(exc))
-            return None
-        return st if stat.S_ISREG(st.st_mode) else None
 
     # ------------------------------------------------------------- names
 
-    def _abspath(self, rel: str) -> str:
-        return os.path.join(self._root, *rel.split("/"))
-
-    def _rel_of(self, absolute: str) -> str | None:
-        if not absolute.startswith(self._root_prefix):
-            return None
-        return absolute[len(self._root_prefix) :].replace(os.sep, "/") or None
-
-    def _output_rel_of(self, output_dir: Path | None) -> str | None:
-        if output_dir is None:
-            return None
-        resolved = str(Path(output_dir).resolve())
-        if resolved == self._root:
-            raise ValueError(
-                f"{output_dir}: the output folder is the watched folder; "
-                "colorized files would be colorized again"
-            )
-        return self._rel_of(resolved)
-
-    def _in_output(self, rel: str) -> bool:
-        out = self._output_rel
-        return out is not None and (rel == out or rel.startswith(out + "/"))
-
-    def _wanted_name(self, name: str) -> bool:
-        """A name that becomes a job."""
-        return (
-            self._temporary.match(name) is None
-            and self._wanted.match(name) is not None
-            and not self._is_sidecar(name)
-        )
-
     def _watched_name(self, name: str) -> bool:
         """A name that becomes a candidate: a job's, or a sidecar's when one is taken."""
-        if self._on_sidecar is not None and self._is_sidecar(name):
-            return self._temporary.match(name) is None
-        return self._wanted_name(name)
-
-    def _is_sidecar(self, rel: str) -> bool:
-        return os.path.splitext(rel)[1].lower() in self._sidecar_suffixes
-
-    def _ignored_dir(self, rel: str) -> bool:
-        return any(part.startswith(".") for part in rel.split("/")) or self._in_output(rel)
-
-    def _ignored_name(self, rel: str, accept: Callable[[str], bool] | None = None) -> bool:
-        parts = rel.split("/")
-        if not self._cfg.recursive and len(parts) > 1:
-            return True
-        return self._ignored_dir(rel) or not (accept or self._wanted_name)(parts[-1])
+        if self._on_sidecar is not None and self.rules.is_sidecar(name):
+            return not self.rules.is_temporary(name)
+        return self.rules.wanted_name(name)

@@ -415,7 +415,7 @@ def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(
     assert daemon.proc.wait(60) != 0
     jobs = site.jobs()
     assert jobs and not [j for j in jobs if j.state == JobState.RUNNING]
-    assert daemon.has_event("shutdown_timeout passed; releasing unfinished jobs")
+    assert daemon.has_event("shutdown timeout passed")
 
 
 # --------------------------------------------------------------------------- reload, storage
@@ -447,7 +447,7 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
 
     model.write_bytes(b"not a generator")
     daemon.signal(signal.SIGHUP)
-    daemon.wait_event("model reload failed; keeping the current model", timeout=120)
+    daemon.wait_event("model reload failed", timeout=120)
     write_atomically(site.inbox / "three.png", png_bytes(gray_image(3)))
     site.wait_settled(3)
     assert provenance(site.outbox / "three.tif")["model"]["sha256"] == retrained
@@ -455,12 +455,10 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     # A watch folder that does not exist is refused like a broken config, never created.
     site.write_config(watch={"input_dir": "inbox-typo"})
     daemon.signal(signal.SIGHUP)
-    daemon.wait_event("reload refused; keeping the running configuration and model", timeout=120)
+    daemon.wait_event("reload refused", timeout=120)
     assert not (site.root / "inbox-typo").exists()
     assert any(
-        "inbox-typo" in e.get("reason", "")
-        for e in daemon.events()
-        if e.get("event") == "reload refused; keeping the running configuration and model"
+        "inbox-typo" in e.get("reason", "") for e in daemon.events() if e.get("event") == "reload refused"
     )
     write_atomically(site.inbox / "four.png", png_bytes(gray_image(4)))
     site.wait_settled(4)
@@ -479,7 +477,7 @@ def test_missing_output_share_pauses_without_using_attempts(make_site, queue_db:
     site.outbox.rename(away)  # the share goes away
     for i in range(3):
         write_atomically(site.inbox / f"during{i}.png", png_bytes(gray_image(10 + i)))
-    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts", timeout=60)
+    daemon.wait_event("output paused", timeout=60)
     wait_until(lambda: site.counts()["pending"] == 3, 30, "3 jobs pending")
     time.sleep(1.0)
     counts = site.counts()
@@ -530,7 +528,7 @@ def test_unmounting_a_share_mounted_at_the_output_folder_pauses(make_site, mount
 
     _umount(site.outbox)  # the share goes away; its empty mount point folder stays
     write_atomically(site.inbox / "during.png", png_bytes(gray_image(2)))
-    daemon.wait_event("output paused: storage unavailable; jobs released without using attempts", timeout=60)
+    daemon.wait_event("output paused", timeout=60)
     wait_until(lambda: site.counts()["pending"] == 1, 30, "the job pending")
     time.sleep(1.0)
     assert site.counts()["pending"] == 1 and site.jobs(JobState.PENDING)[0].attempts == 0

@@ -310,5 +310,5 @@ def test_a_reload_keeps_the_served_address_until_the_next_restart(tmp_path: Path
         new = daemon._reloaded_config()
     assert new is not None and new.logging.level == "debug"  # the rest is reloaded
     assert new.metrics.listen == "127.0.0.1:9464"
-    [line] = [e for e in logs if e["event"] == "changed sections take effect at the next restart"]
+    [line] = [e for e in logs if e["event"] == "sections need a restart"]
     assert line["sections"] == ["metrics"]

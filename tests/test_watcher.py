@@ -21,8 +21,9 @@ from watchdog.observers.polling import PollingObserver
 
 import semwatch.watcher as watcher_mod
 from semwatch.config import WatchConfig
+from semwatch.hashing import HASH_CHUNK, sha256_file
 from semwatch.queue import Job, JobQueue, QueueError, SqlJobQueue
-from semwatch.watcher import ScanResult, Watcher, WatcherError, sha256_file
+from semwatch.watcher import ScanResult, Watcher, WatcherError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_TIFF = SHARED_DATA / "sem-real" / "fei-helios-rbc.tif"
@@ -234,7 +235,7 @@ def test_worker_logs_a_failing_pass_and_carries_on(
         for w in running:
             w.stop()
         queue.close()
-    failed = [e for e in logs if e["event"] == "watcher pass failed, will retry"]
+    failed = [e for e in logs if e["event"] == "watcher pass failed"]
     assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
@@ -333,7 +334,7 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         return
     real = watcher_mod.sha256_file
 
-    def denied(target: str | os.PathLike[str], chunk_size: int = watcher_mod.HASH_CHUNK) -> str:
+    def denied(target: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
         if Path(target) == path:
             raise PermissionError(13, "Permission denied", os.fspath(target))
         return real(target, chunk_size)
@@ -548,7 +549,7 @@ def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = watcher_mod.sha256_file
 
-    def spy(path: str | os.PathLike[str], chunk_size: int = watcher_mod.HASH_CHUNK) -> str:
+    def spy(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
         calls.append(os.fspath(path))
         return real(path, chunk_size)
 

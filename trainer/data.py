@@ -92,6 +92,7 @@ def list_images(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     found: list[Path] = []
+    # Not semwatch.walk's WatchRules: a training set is often a folder of symlinks to images elsewhere.
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:

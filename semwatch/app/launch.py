@@ -15,9 +15,8 @@ from pathlib import Path
 import click
 
 from semwatch.app import APP_SCRIPT
-from semwatch.config import ENV_VAR, Config, ConfigError, load_config
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
+from semwatch.config import ENV_VAR, Config
 
 
 def streamlit_argv(config: Config, *, host: str, port: int) -> list[str]:
@@ -58,14 +57,7 @@ def is_loopback(host: str) -> bool:
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=None, help="TCP port. Default: app.port (8501)."
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Configuration file. Default: $SEMWATCH_CONFIG, ./config.toml, "
-    "/etc/semwatch/config.toml, else built-in defaults.",
-)
+@config_option
 def app_command(host: str | None, port: int | None, config_path: Path | None) -> None:
     """Start the web UI: colorize uploads with colour hints, watch the service's queue.
 
@@ -76,10 +68,7 @@ def app_command(host: str | None, port: int | None, config_path: Path | None) ->
     retry failed jobs, refine a finished job into <name>.refined.tif beside its output.
     Uses the service's configuration: model, engine settings, database, folders.
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    config = load_cli_config(config_path)
     try:
         import streamlit  # noqa: F401 - only checks that the app extra is installed
     except ImportError:

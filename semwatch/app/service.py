@@ -1,9 +1,7 @@
-"""The one place the web UI decodes, colorizes and writes images.
-
-The daemon and `semwatch colorize` run the same three steps (cli.run_tasks / _write_one):
-imaging.read_image -> Colorizer.colorize -> imaging.write_image with build_provenance. When
-they move into one shared pipeline module, this module is the only part of the UI that
-switches to it. No Streamlit here: the pages hold the state, this holds the work.
+"""The one place the web UI decodes, colorizes and writes images: through the pipeline
+(:mod:`semwatch.pipeline`) that the daemon and `semwatch colorize` drive, so a UI result
+carries the same provenance and tags as the service's outputs. No Streamlit here: the
+pages hold the state, this holds the work.
 """
 
 from __future__ import annotations
@@ -15,15 +13,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
 
 import numpy as np
 
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer
 from semwatch.hints import Hint, check_hints_fit
-from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage, build_provenance, read_image, write_image
+from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage
 from semwatch.log import get_logger
+from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 
 log = get_logger(__name__)
 
@@ -67,13 +65,13 @@ def decode_upload(data: bytes, name: str, *, max_pixels: int) -> DecodedImage:
     with tempfile.TemporaryDirectory(prefix="semwatch-upload-") as folder:
         path = Path(folder) / safe_name
         path.write_bytes(data)
-        image = read_image(path, max_pixels=max_pixels)
+        image = decode(path, max_pixels=max_pixels)
     return dataclasses.replace(image, path=Path(safe_name))
 
 
 def decode_file(path: Path, *, max_pixels: int) -> DecodedImage:
     """Decode a file of the watch folder (a finished job's source)."""
-    return read_image(path, max_pixels=max_pixels)
+    return decode(path, max_pixels=max_pixels)
 
 
 def colorize(
@@ -84,8 +82,10 @@ def colorize(
     check_hints_fit(hints, *image.gray.shape, source=source_path)
     with _ENGINE_LOCK:
         started = time.perf_counter()
-        rgb = colorizer.colorize([image], hints=[list(hints)] if hints else None)[0]
+        rgb = colorize_batch(colorizer, [image], [hints])[0]
         seconds = time.perf_counter() - started
+    if isinstance(rgb, Exception):
+        raise rgb
     log.info(
         "colorized in the web UI",
         source=source_path,
@@ -96,31 +96,11 @@ def colorize(
     return Colorized(image, rgb, hints, source_path, seconds)
 
 
-def provenance(result: Colorized, colorizer: Colorizer) -> dict[str, Any]:
-    """The provenance record of a UI result (the same record as the service's outputs)."""
-    return build_provenance(
-        result.image,
-        source_path=result.source_path,
-        model_name=colorizer.model_name,
-        model_sha256=colorizer.model_sha256,
-        backend=colorizer.backend_name,
-        device=colorizer.device,
-        chroma_size=colorizer.chroma_size,
-        refinement=colorizer.refinement.as_dict(),
-        hints=[h.as_record() for h in result.hints] or None,
-    )
-
-
 def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> None:
     """Write a result atomically with the source's metadata and the provenance."""
-    write_image(
-        target,
-        result.rgb,
-        fmt=fmt,
-        metadata=result.image.metadata,
-        provenance=provenance(result, colorizer),
-        jpeg_quality=jpeg_quality,
-    )
+    # No sidecars: an upload has none, and a finished job's were copied by the service.
+    task = Task(result.image.path, target, result.hints, source_path=result.source_path)
+    write_output(task, result.image, result.rgb, colorizer.info, OutputSettings(fmt, jpeg_quality))
 
 
 def encode(result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> bytes:
