@@ -737,14 +737,17 @@ class Daemon:
             return
         finally:
             self._leases.discard(job.id)
-        self._metrics.job_done(time.time() - job.arrived_at)
+        # arrived_at is on the queue's clock (the database server's on PostgreSQL), so the
+        # latency is too: a worker whose clock is off does not skew it.
+        latency = self._queue.now() - job.arrived_at
+        self._metrics.job_done(latency)
         log.info(
             "job done",
             job_id=job.id,
             path=job.rel_path,
             output=str(item.target),
             seconds=round(time.monotonic() - item.claimed_at, 3),
-            latency_s=round(time.time() - job.arrived_at, 3),
+            latency_s=round(latency, 3),
             sidecars=sidecars,
         )
 
