@@ -119,7 +119,7 @@ def provenance(
     image: DecodedImage, info: EngineInfo, *, source_path: str, hints: Sequence[Hint] = ()
 ) -> dict[str, Any]:
     """The provenance record of an output (DESIGN.md "Input and output")."""
-    record = build_provenance(
+    return build_provenance(
         image,
         source_path=source_path,
         model_name=info.model_name,
@@ -127,12 +127,10 @@ def provenance(
         backend=info.backend,
         device=info.device,
         chroma_size=info.chroma_size,
+        precision=info.precision,
         refinement=info.refinement,
         hints=[hint.as_record() for hint in hints] or None,
     )
-    # The network's number format changes the output as a refinement does (bf16 vs fp32).
-    record["semwatch"]["precision"] = info.precision
-    return record
 
 
 def write_output(

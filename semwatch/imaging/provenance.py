@@ -30,13 +30,15 @@ def build_provenance(
     backend: str,
     device: str,
     chroma_size: int,
+    precision: str | None = None,
     refinement: Mapping[str, Any] | None = None,
     hints: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
     ``refinement``: the engine's colour post-processing settings (hue coherence, guided
-    filter), which change the output as much as the model does. ``hints``: the colour
+    filter), which change the output as much as the model does; ``precision`` (fp32, bf16,
+    fp16), the network's number format, changes it slightly too. ``hints``: the colour
     hints given ({"x", "y", "color"} each), recorded only when there were any.
     """
     record = {
@@ -55,6 +57,7 @@ def build_provenance(
             "backend": backend,
             "device": device,
             "chroma_size": chroma_size,
+            "precision": precision,
             "refinement": dict(refinement) if refinement is not None else None,
             "databar_row": image.databar_row,
         }
