@@ -19,7 +19,7 @@ import pytest
 
 from semwatch.fsutil import TEMP_PREFIX, atomic_path, sweep_temp_files
 from semwatch.imaging import SourceMetadata, write_image
-from semwatch.watcher import TEMPORARY_PATTERNS
+from semwatch.walk import TEMPORARY_PATTERNS
 
 REPO = Path(__file__).resolve().parents[1]
 
