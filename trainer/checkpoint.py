@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from semwatch.config import TrainerConfig
+from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_generator
 from trainer.distributed import unwrap
@@ -143,7 +144,7 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     except Exception as exc:  # a damaged file surfaces as any of a dozen types from the unpickler
         if isinstance(exc, MemoryError):
             raise
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({_one_line(exc)})") from exc
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({one_line(exc)})") from exc
     if not isinstance(state, dict) or state.get("kind") != KIND:
         kind = state.get("kind") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a semwatch training checkpoint (kind {kind!r})")
@@ -188,12 +189,12 @@ def load_any_generator(
     try:
         config = GeneratorConfig.from_dict(state.get("generator_config") or {})
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: bad generator_config: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{path}: bad generator_config: {one_line(exc)}") from exc
     model = UNetGenerator(config)
     try:
         model.load_state_dict(state["generator"], strict=True)
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: generator weights do not match its config: {_one_line(exc)}") from exc
+        raise CheckpointError(f"{path}: generator weights do not match its config: {one_line(exc)}") from exc
     model.to(device).eval()
     info = {
         "source": "checkpoint",
@@ -255,7 +256,3 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     cuda_states = state.get("cuda") or []
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]

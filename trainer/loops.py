@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from semwatch.color import target_to_ab
 from semwatch.config import TrainerConfig
+from semwatch.errors import one_line
 from semwatch.hardware import cpu_has_native_bf16
 from semwatch.log import get_logger
 from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
@@ -265,9 +266,7 @@ def _resume(spec: StageSpec, env: DistEnv) -> TrainState:
             state.opt_d.load_state_dict(ckpt["opt_d"])
             _load_scaler(state.scaler_d, ckpt.get("scaler_d"))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise TrainingError(
-            f"{path}: cannot resume from this checkpoint: {' '.join(str(exc).split())[:300]}"
-        ) from exc
+        raise TrainingError(f"{path}: cannot resume from this checkpoint: {one_line(exc)}") from exc
     state.epoch = int(ckpt["epoch"])
     state.step = int(ckpt["step"])
     state.best_metric = float(ckpt["best_metric"])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from semwatch import errors
+
+# A reason is one part of a longer line ("<path>: <reason>"), so shorter than errors.MAX_CHARS.
 _MAX_REASON = 200
 
 
@@ -31,14 +34,10 @@ def is_system_io_error(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as one short line that says what went wrong."""
-    text = one_line(str(exc))
-    # A bare "'ResolutionY'" or "0" says nothing without the exception's type.
-    return text if len(text) >= 12 else f"{type(exc).__name__}: {text}".rstrip(": ")
+    """An exception as one short line that says what went wrong (semwatch.errors' rule:
+    a library's exception is named by its type, since "'ResolutionY'" alone says nothing)."""
+    return errors.one_line(exc, limit=_MAX_REASON)
 
 
 def one_line(text: str) -> str:
-    flat = " ".join(str(text).split())
-    if len(flat) > _MAX_REASON:
-        flat = flat[: _MAX_REASON - 3] + "..."
-    return flat
+    return errors.one_line(str(text), limit=_MAX_REASON)
