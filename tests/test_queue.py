@@ -300,7 +300,7 @@ def test_open_queue_refuses_sqlite_on_a_network_filesystem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Mocked: no NFS/SMB share can be mounted in the test environment.
-    monkeypatch.setattr(queue_module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(queue_module.sql, "filesystem_type", lambda path: "nfs4")
     db = tmp_path / "share" / "semwatch.db"
     with pytest.raises(QueueError, match=r"semwatch\.db: SQLite on a network filesystem \(nfs4\)"):
         open_queue(QueueConfig(database_url=f"sqlite:///{db}"))
