@@ -1,48 +1,39 @@
-"""The job queue (being split into modules by concern; see semwatch.queue.sql)."""
+"""The job queue, shaped like huey's storage layer: one small interface, a short back-end.
 
-from semwatch.queue.sql import (
+`JobQueue` (semwatch.queue.interface, which states the rules) is what the daemon, the
+watcher and the CLI code against; `SqlJobQueue` (semwatch.queue.sql) is the SQLAlchemy
+back-end behind it, on the tables of semwatch.queue.tables. `open_queue`
+(semwatch.queue.database) opens the one configured in [queue]. Importers take every name
+from here.
+"""
+
+from semwatch.queue.clock import ServerClock
+from semwatch.queue.database import check_sqlite_is_local, database_revision, open_queue
+from semwatch.queue.interface import (
     ALIVE_SECONDS,
+    FORGET_SECONDS,
     HEARTBEAT_SECONDS,
     ROLES,
-    SCHEMA_VERSION,
-    UNKNOWN_CONTENT,
     WORKER_ROLES,
-    Base,
-    DaemonLock,
-    Job,
     JobQueue,
-    JobState,
-    MountEntry,
-    Owner,
-    QueueError,
-    QueueStats,
-    ServerClock,
-    SqlJobQueue,
-    check_sqlite_is_local,
-    database_revision,
-    filesystem_type,
-    is_network_filesystem,
-    is_network_fs_type,
-    lock_path,
-    open_queue,
-    parse_mountinfo,
-    redacted_url,
-    sqlite_path,
 )
+from semwatch.queue.records import UNKNOWN_CONTENT, Job, JobState, Owner, QueueError, QueueStats
+from semwatch.queue.sql import SqlJobQueue
+from semwatch.queue.tables import SCHEMA_VERSION, Base
+from semwatch.queue.urls import redacted_url, sqlite_path
 
 __all__ = [
     "ALIVE_SECONDS",
+    "FORGET_SECONDS",
     "HEARTBEAT_SECONDS",
     "ROLES",
     "SCHEMA_VERSION",
     "UNKNOWN_CONTENT",
     "WORKER_ROLES",
     "Base",
-    "DaemonLock",
     "Job",
     "JobQueue",
     "JobState",
-    "MountEntry",
     "Owner",
     "QueueError",
     "QueueStats",
@@ -50,12 +41,7 @@ __all__ = [
     "SqlJobQueue",
     "check_sqlite_is_local",
     "database_revision",
-    "filesystem_type",
-    "is_network_filesystem",
-    "is_network_fs_type",
-    "lock_path",
     "open_queue",
-    "parse_mountinfo",
     "redacted_url",
     "sqlite_path",
 ]
