@@ -34,6 +34,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
+from semwatch.daemon_lock import DaemonLock
 from semwatch.errors import one_line
 from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
@@ -52,7 +53,6 @@ from semwatch.pipeline import (
 from semwatch.queue import (
     HEARTBEAT_SECONDS,
     WORKER_ROLES,
-    DaemonLock,
     Job,
     JobQueue,
     JobState,

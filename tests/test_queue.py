@@ -25,25 +25,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from semwatch import filesystems, schema
 from semwatch import queue as queue_module
-from semwatch import schema
 from semwatch.config import QueueConfig
-from semwatch.queue import (
-    SCHEMA_VERSION,
-    DaemonLock,
-    Job,
-    JobState,
+from semwatch.daemon_lock import DaemonLock, lock_path
+from semwatch.filesystems import (
     MountEntry,
-    Owner,
-    QueueError,
-    SqlJobQueue,
     filesystem_type,
     is_network_filesystem,
     is_network_fs_type,
-    lock_path,
-    open_queue,
     parse_mountinfo,
 )
+from semwatch.queue import SCHEMA_VERSION, Job, JobState, Owner, QueueError, SqlJobQueue, open_queue
 
 T0 = 1_700_000_000.0
 LEASE = 60.0
@@ -300,7 +293,7 @@ def test_open_queue_refuses_sqlite_on_a_network_filesystem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Mocked: no NFS/SMB share can be mounted in the test environment.
-    monkeypatch.setattr(queue_module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(filesystems, "filesystem_type", lambda path: "nfs4")
     db = tmp_path / "share" / "semwatch.db"
     with pytest.raises(QueueError, match=r"semwatch\.db: SQLite on a network filesystem \(nfs4\)"):
         open_queue(QueueConfig(database_url=f"sqlite:///{db}"))
@@ -923,7 +916,8 @@ _LOCK_SCRIPT = """
 import sys
 from pathlib import Path
 from semwatch.config import QueueConfig
-from semwatch.queue import DaemonLock, QueueError
+from semwatch.daemon_lock import DaemonLock
+from semwatch.queue import QueueError
 try:
     DaemonLock(QueueConfig(database_url=sys.argv[1]), Path(sys.argv[2])).acquire()
 except QueueError as exc:

@@ -1,0 +1,192 @@
+"""The storage interface of the job queue: what the daemon, the watcher and the CLI code against.
+
+A job is one source file version, (rel_path, sha256). States:
+pending -> running -> done; running -> pending (retry after back-off, lease expiry, owner
+gone, release) or failed (max_attempts reached, or a permanent error). Times are wall-clock
+epoch seconds from an injectable clock.
+
+Attempts: a claim takes an attempt provisionally; `start` makes it count (the job's work
+began). A claim that never started costs nothing when its owner dies or releases it, so a
+kill from outside does not fail good files, while a file that crashes the daemon during
+its decode or compute still ends failed after max_attempts.
+
+The output follows the file's current content: a path whose content comes back to an
+earlier version re-queues that version's finished job. A failed job is *superseded* once
+the path's current version is done: it stays as history but no longer counts as failed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+from semwatch.queue.records import Job, JobState, Owner, QueueStats
+
+# Daemon roles (`semwatch run --role`); those that claim and colorize jobs count as workers.
+ROLES = ("all", "watcher", "worker")
+WORKER_ROLES = frozenset({"all", "worker"})
+# A daemon beats every HEARTBEAT_SECONDS; one not seen for ALIVE_SECONDS counts as dead, and
+# its row is deleted after FORGET_SECONDS (a host that died never says goodbye).
+HEARTBEAT_SECONDS = 10.0
+ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
+FORGET_SECONDS = 7 * 86400.0
+
+
+class JobQueue(abc.ABC):
+    """The storage interface of the job queue; see the module docstring for the states."""
+
+    @abc.abstractmethod
+    def enqueue(
+        self,
+        rel_path: str,
+        sha256: str,
+        size: int,
+        mtime: float,
+        *,
+        arrived_at: float | None = None,
+        again: bool = False,
+    ) -> int | None:
+        """Queue one file version; returns the pending job's id, or None if nothing to do.
+
+        Always records (size, mtime, sha256) as the path's latest version. A known version
+        is not queued twice (DESIGN.md): its done or failed job is re-queued, attempts
+        reset, only when the path's content came back to it from another version (its
+        output was overwritten since) or with `again=True` (on purpose, after a model
+        upgrade).
+        """
+
+    @abc.abstractmethod
+    def enqueue_many(self, records: Iterable[tuple[str, str, int, float, float]]) -> int:
+        """Bulk enqueue of (rel_path, sha256, size, mtime, arrived_at) in one transaction.
+
+        Same rules as `enqueue` without `again`; a path given twice keeps its last record
+        (only the latest content exists on disk).
+        Returns how many jobs became pending.
+        """
+
+    @abc.abstractmethod
+    def record_failure(self, rel_path: str, size: int, mtime: float, error: str) -> bool:
+        """A file that cannot become a job (unreadable, unusable name): a failed job of
+        unknown content (UNKNOWN_CONTENT), one per path, so `status` shows it with the
+        reason. Returns True when newly recorded or its reason changed (worth a log line).
+        """
+
+    @abc.abstractmethod
+    def known_files(self) -> dict[str, tuple[int, float]]:
+        """rel_path -> (size, mtime) of the latest known version of every path (one query)."""
+
+    @abc.abstractmethod
+    def note_unchanged(self, rel_path: str, size: int, mtime: float) -> None:
+        """Record new size/mtime for a path whose content hash did not change (a touch)."""
+
+    @abc.abstractmethod
+    def latest_sha256(self, rel_path: str) -> str | None:
+        """SHA-256 of the path's latest known version, None for an unknown path."""
+
+    @abc.abstractmethod
+    def claim(self, owner: Owner, limit: int) -> list[Job]:
+        """Atomically lease up to `limit` due pending jobs, oldest first.
+
+        The attempt is taken provisionally (attempts + 1); it only counts once `start`
+        recorded that work began.
+        """
+
+    @abc.abstractmethod
+    def start(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Record that work (decoding) on these held jobs began: their attempts now count,
+        also when the process dies."""
+
+    @abc.abstractmethod
+    def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Extend the leases `owner` holds on these jobs."""
+
+    @abc.abstractmethod
+    def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
+        """Mark a job done once its output is written; when it is the path's current
+        version, the path's other failed jobs are superseded."""
+
+    @abc.abstractmethod
+    def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
+        """Record a failed attempt; returns the new state (PENDING with back-off or FAILED)."""
+
+    @abc.abstractmethod
+    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Return held jobs to pending and give their attempt back (shutdown, storage
+        outage: not the files' fault), started or not."""
+
+    @abc.abstractmethod
+    def recover(self, owner: Owner | None = None) -> int:
+        """Reclaim running jobs whose lease expired or whose owner is gone; returns how many.
+
+        Owners on this host are gone when their PID is dead, or (when `owner` is given) when
+        they have `owner`'s PID with another token: a previous run of this daemon. A live
+        PID on this host keeps its jobs until their lease expires (another daemon whose
+        lock file was deleted must not lose them). A started attempt stays counted, so a
+        file that crashes the daemon ends failed instead of looping; an unstarted claim is
+        given back. Only the daemon holding the DaemonLock may pass `owner`; anyone else
+        (the CLI) passes None.
+        """
+
+    @abc.abstractmethod
+    def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
+        """Failed jobs back to pending with attempts reset: these ids, or all with failed=True.
+
+        Superseded failures are history, not retried: their version is no longer the file.
+        """
+
+    @abc.abstractmethod
+    def get(self, job_id: int) -> Job | None:
+        """One job by id."""
+
+    @abc.abstractmethod
+    def jobs(self, state: JobState | None = None, limit: int = 100) -> list[Job]:
+        """The newest jobs (highest id first), optionally of one state (FAILED: the failures
+        that still stand, superseded ones left out)."""
+
+    @abc.abstractmethod
+    def stats(self, now: float | None = None) -> QueueStats:
+        """Counts, backlog age, throughput, latency and recent failures."""
+
+    # ---- daemons on several hosts
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The queue's clock (epoch seconds), on which leases are written and compared."""
+
+    @abc.abstractmethod
+    def beat(self, owner: Owner, role: str) -> None:
+        """Record that this daemon lives: its row (host, pid, role, last seen)."""
+
+    @abc.abstractmethod
+    def forget(self, owner: Owner) -> None:
+        """Remove the row of a daemon that stops cleanly."""
+
+    @abc.abstractmethod
+    def alive_workers(self, within: float = ALIVE_SECONDS) -> int:
+        """How many daemons that colorize (role worker or all) beat in the last `within` s."""
+
+    @abc.abstractmethod
+    def hold_watch(self, root: str, owner: Owner, seconds: float) -> Owner | None:
+        """Take or renew the lock on watching input folder `root` for `seconds`.
+
+        Returns None when `owner` holds it now, else the holder. A holder loses it when its
+        lock expires, or (on this host) when its process is gone: the same rule as a job's
+        lease, so a watcher on another host is replaced only after its lock expired.
+        """
+
+    @abc.abstractmethod
+    def release_watch(self, root: str, owner: Owner) -> None:
+        """Give the watch lock on `root` up, if `owner` holds it."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release database connections."""
+
+    def __enter__(self) -> JobQueue:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
