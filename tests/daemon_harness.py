@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,21 @@ from semwatch.imaging import TEMP_PREFIX, read_provenance
 from semwatch.queue import Job, JobState, SqlJobQueue
 
 CLI = [sys.executable, "-c", "from semwatch.cli import main; main()"]
+
+
+def other_host_cli(hostname: str) -> list[str] | None:
+    """The CLI in a UTS namespace of its own whose host name is ``hostname``: to the queue it
+    is a daemon on another host (same machine, same PID space). None where namespaces cannot
+    be made (not root, no util-linux unshare, a container that forbids it)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return None
+    if subprocess.run([unshare, "--uts", "true"], capture_output=True).returncode != 0:
+        return None
+    code = f"import socket; socket.sethostname({hostname!r}); from semwatch.cli import main; main()"
+    return [unshare, "--uts", sys.executable, "-c", code]
+
+
 # Generous: a daemon start imports torch and builds the chroma table, which takes seconds
 # on a loaded 2-core machine; a test fails on its assertion, not on a tight timeout.
 START_TIMEOUT = 120.0
@@ -256,7 +272,9 @@ class Site:
             )
         )
 
-    def start(self, env: Mapping[str, str] | None = None, role: str | None = None) -> DaemonProcess:
+    def start(
+        self, env: Mapping[str, str] | None = None, role: str | None = None, cli: Sequence[str] = CLI
+    ) -> DaemonProcess:
         log_path = self.root / f"daemon-{len(self.runs)}.log"
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -264,7 +282,7 @@ class Site:
                 environment.pop(key, None)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [*CLI, "run", "--config", str(self.config), *(["--role", role] if role else [])],
+                [*cli, "run", "--config", str(self.config), *(["--role", role] if role else [])],
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -1,23 +1,28 @@
 """Several daemons on one PostgreSQL queue: `semwatch run --role watcher|worker` as real
 subprocesses on a real server (a throw-away cluster, see conftest.py), real folders.
 
-All processes run on this one host, so a killed worker's jobs come back by the same-host
-rule (its PID is gone) at the next recovery pass, which runs every half lease; the
-cross-host rule (lease expiry only) is tested in test_queue.py with an injected clock.
-Roles on SQLite are refused with one line.
+The worker that is killed runs, where this machine allows it (root, util-linux unshare), in
+a UTS namespace with a host name of its own: to the queue it is a worker on another host,
+so its jobs must stay its own until its lease expires (never reclaimed by PID), and only
+then be finished by the others. Where namespaces cannot be made, it runs on this host and
+its jobs come back by the same-host rule (PID gone) instead; test_queue.py covers the
+cross-host rule with an injected clock either way. Roles on SQLite are refused with one line.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from daemon_harness import (
+    CLI,
     Site,
     gray_image,
     input_files,
     names,
+    other_host_cli,
     output_for,
     png_bytes,
     provenance,
@@ -32,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 IMAGES = 200
 LEASE = 6.0
+OTHER_HOST = "gpu-server-b"
 
 
 def _started_jobs_of(site: Site, pid: int) -> list[int]:
@@ -43,6 +49,21 @@ def _started_jobs_of(site: Site, pid: int) -> list[int]:
                 "AND attempt_started IS NOT NULL"
             )
             return list(conn.execute(query, {"pid": pid}).scalars())
+    finally:
+        engine.dispose()
+
+
+def _leases(site: Site, ids: list[int]) -> tuple[float, list[tuple[str, str, float]]]:
+    """The server's clock now, and (state, owner_host, lease_until) of jobs ``ids``."""
+    engine = sa.create_engine(site.database_url)
+    try:
+        with engine.connect() as conn:
+            now = conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one()
+            rows = conn.execute(
+                sa.text("SELECT state, owner_host, lease_until FROM jobs WHERE id = ANY(:ids)"),
+                {"ids": ids},
+            ).all()
+            return float(now), [(r.state, r.owner_host, r.lease_until) for r in rows]
     finally:
         engine.dispose()
 
@@ -77,7 +98,9 @@ def test_one_watcher_three_workers_kill_9_and_takeover(
     try:
         watcher = site.start(role="watcher")
         watcher.wait_ready()
-        workers = [site.start(role="worker") for _ in range(3)]
+        other_host = other_host_cli(OTHER_HOST)
+        workers = [site.start(role="worker", cli=other_host or CLI)]
+        workers += [site.start(role="worker") for _ in range(2)]
         for worker in workers:
             worker.wait_ready()
         # Started on an empty queue, they idle (and beat) until work arrives.
@@ -89,6 +112,19 @@ def test_one_watcher_three_workers_kill_9_and_takeover(
         victim = workers[0]
         held = wait_until(lambda: _started_jobs_of(site, victim.pid), 120, "a batch in flight", interval=0.02)
         victim.kill()  # kill -9 mid-batch: its leases stay behind
+        if other_host is not None:
+            # Another host's dead worker: the living workers' recovery passes (every half
+            # lease) must leave its jobs alone until their leases have expired.
+            now, rows = _leases(site, held)
+            expiry = min(lease_until for _, _, lease_until in rows)
+            assert expiry > now + 1.0  # a window to check, not an already expired lease
+            checks = 0
+            while now < expiry - 0.3:
+                assert all(state == "running" and host == OTHER_HOST for state, host, _ in rows), rows
+                checks += 1
+                time.sleep(0.2)
+                now, rows = _leases(site, held)
+            assert checks >= 3
 
         counts = site.wait_settled(IMAGES, timeout=600)
         assert counts == {"pending": 0, "running": 0, "done": IMAGES, "failed": 0}
