@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import click
 
 from semwatch import __version__
-from semwatch.cli_options import CONTEXT, config_option, load_cli_config
+from semwatch.cli_options import (
+    CONTEXT,
+    batch_size_option,
+    chroma_size_option,
+    config_option,
+    device_option,
+    load_cli_config,
+)
 from semwatch.log import configure_logging, get_logger
 
 if TYPE_CHECKING:
@@ -103,25 +110,9 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     default=None,
     help="Output format. Default: output.format (tiff).",
 )
-@click.option(
-    "--chroma-size",
-    type=int,
-    default=None,
-    help="Long side, in pixels, of the copy the network colors (multiple of 32). "
-    "Default: engine.chroma_size.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default=None,
-    help="Where the network runs. Default: engine.device.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Images per forward pass. Default: engine.batch_size.",
-)
+@chroma_size_option
+@device_option
+@batch_size_option
 @click.option(
     "--hints",
     "hints_file",

@@ -1003,13 +1003,7 @@ class Daemon:
             new = dataclasses.replace(new, engine=old.engine)
         else:
             self._colorizer = colorizer
-            log.info(
-                "model reloaded",
-                model=colorizer.model_name,
-                sha256=colorizer.model_sha256,
-                backend=colorizer.backend_name,
-                device=colorizer.device,
-            )
+            log.info("model reloaded", **_model_fields(colorizer))
         return new
 
     def _restart_watcher(self, new: Config, old: Config) -> None:
@@ -1165,14 +1159,21 @@ def load_colorizer(cfg: Config) -> Colorizer:
         raise StartupError(str(exc), EXIT_FAILURE if exc.retryable else EXIT_CONFIG) from None
     log.info(
         "model loaded",
-        model=colorizer.model_name,
-        sha256=colorizer.model_sha256,
-        backend=colorizer.backend_name,
-        device=colorizer.device,
+        **_model_fields(colorizer),
         chroma_size=colorizer.chroma_size,
         seconds=round(time.monotonic() - started, 2),
     )
     return colorizer
+
+
+def _model_fields(colorizer: Colorizer) -> dict[str, str]:
+    """How a log line names the model in use (start-up and reload say it alike)."""
+    return {
+        "model": colorizer.model_name,
+        "sha256": colorizer.model_sha256,
+        "backend": colorizer.backend_name,
+        "device": str(colorizer.device),
+    }
 
 
 def _daemon_metrics(daemon: Daemon) -> DaemonMetrics:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -121,27 +120,6 @@ def write_slowly(path: Path, data: bytes, chunks: int, pause: float) -> None:
             f.write(data[start : start + step])
             f.flush()
             time.sleep(pause)
-
-
-def huge_header_tiff(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A tiny, valid-looking TIFF whose header claims width x height 8-bit pixels."""
-    entries = [  # (tag, type, count, value): SHORT=3, LONG=4
-        (256, 4, 1, width),
-        (257, 4, 1, height),
-        (258, 3, 1, 8),
-        (259, 3, 1, 1),
-        (262, 3, 1, 1),
-        (273, 4, 1, 8),
-        (277, 3, 1, 1),
-        (278, 4, 1, height),
-        (279, 4, 1, width * height % 2**32),
-    ]
-    ifd = struct.pack("<H", len(entries))
-    for tag, typ, count, value in entries:
-        packed = struct.pack("<H", value) + b"\0\0" if typ == 3 else struct.pack("<I", value)
-        ifd += struct.pack("<HHI", tag, typ, count) + packed
-    ifd += struct.pack("<I", 0)
-    return b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 64
 
 
 # --------------------------------------------------------------------------- the daemon

@@ -23,7 +23,6 @@ import pytest
 from daemon_harness import (
     Site,
     gray_image,
-    huge_header_tiff,
     input_files,
     names,
     output_for,
@@ -36,6 +35,7 @@ from daemon_harness import (
     write_atomically,
     write_slowly,
 )
+from helpers import bomb_tiff_bytes
 
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from semwatch.queue import JobState
@@ -261,7 +261,7 @@ def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site, queue_d
         "truncated.tif": tiff_bytes(gray_image(2, 256, 256))[:9000],
         "random.png": np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
         "text.tif": b"this is not an image, it is a text file\n" * 20,
-        "huge.tif": huge_header_tiff(),
+        "huge.tif": bomb_tiff_bytes(),
         "volume.tif": tiff_bytes(np.zeros((2, 3, 32, 32, 3), np.uint8), photometric="rgb"),
         "stack4d.tif": tiff_bytes(np.zeros((3, 64, 64, 5), np.uint16)),
         "nan.tif": tiff_bytes(np.full((48, 64), np.nan, np.float32)),

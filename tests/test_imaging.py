@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import bomb_tiff_bytes
 from PIL import Image
 
 import semwatch
@@ -131,27 +132,6 @@ def png_claiming(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
     )
-
-
-def tiff_claiming(width: int, height: int) -> bytes:
-    """A classic little-endian TIFF of ~150 bytes whose IFD claims width x height 8-bit gray."""
-    entries = [  # (tag, type, count, value)
-        (256, 4, 1, width),
-        (257, 4, 1, height),
-        (258, 3, 1, 8),
-        (259, 3, 1, 1),
-        (262, 3, 1, 1),
-        (273, 4, 1, 8),
-        (277, 3, 1, 1),
-        (278, 4, 1, height),
-        (279, 4, 1, 16),
-    ]
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        packed = struct.pack("<H", value) + b"\x00\x00" if kind == 3 else struct.pack("<I", value)
-        ifd += struct.pack("<HHI", tag, kind, count) + packed
-    ifd += struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", 24) + b"\x00" * 16 + ifd
 
 
 def raw_tag_bytes(path: Path, code: int) -> bytes:
@@ -537,7 +517,7 @@ def test_truncated_tiff_and_png_are_permanent_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name, content",
-    [("huge.tif", tiff_claiming(100_000, 100_000)), ("huge.png", png_claiming(100_000, 100_000))],
+    [("huge.tif", bomb_tiff_bytes(100_000, 100_000)), ("huge.png", png_claiming(100_000, 100_000))],
 )
 def test_header_over_max_pixels_is_refused_before_decoding(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from semwatch.cli_options import batch_size_option, chroma_size_option, config_option, device_option
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import Config, ConfigError, load_config
 from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
@@ -459,12 +460,7 @@ def _load_cli_config(config_path: Path | None) -> Config:
     help="Validation fraction of the split. Default: trainer.val_fraction.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option(
-    "--chroma-size",
-    type=click.IntRange(min=32),
-    default=None,
-    help="Long side of the copy the network colors (multiple of 32). Default: engine.chroma_size.",
-)
+@chroma_size_option
 @click.option(
     "--hue-scale",
     type=click.FloatRange(min=0.0),
@@ -504,18 +500,8 @@ def _load_cli_config(config_path: Path | None) -> Config:
     "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.",
 )
 @click.option("--hint-seed", type=int, default=0, show_default=True, help="Seed of the simulated hints.")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default=None,
-    help="Where the network runs. Default: engine.device.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Images per forward pass. Default: engine.batch_size.",
-)
+@device_option
+@batch_size_option
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -523,13 +509,7 @@ def _load_cli_config(config_path: Path | None) -> Config:
     help="Evaluate only the first N files of the split (sorted by path).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Configuration file (default: $SEMWATCH_CONFIG, ./config.toml, /etc/semwatch/config.toml).",
-)
+@config_option
 def evaluate_command(
     model: Path,
     data: Path,

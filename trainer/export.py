@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from semwatch import __version__
+from semwatch.cli_options import config_option
 from semwatch.config import ConfigError, load_config
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import GeneratorConfig, ModelError, file_sha256, save_generator
@@ -221,13 +222,7 @@ def _save(
     default=None,
     help="A `trainer evaluate --json` report of this model to keep in the card.",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Configuration file (only its [logging] section is used here).",
-)
+@config_option(help="Configuration file (only its [logging] section is used here).")
 def export_command(
     checkpoint: Path,
     output: Path,
