@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -232,7 +231,7 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
     for given, path in zip(paths, resolved):
         if path.is_dir():
             for rel in sorted(rel for rel, _size, _mtime in walk(rules, str(path), skipped=skip)):
-                _hash_into(rules, Path(rules.abspath(rel)), records, report)
+                _hash_into(rules, Path(rules.abspath(rel)), records, report, queue.now())
                 _flush(queue, records, report, again, force=False)
         elif path.is_file():
             if rules.is_ignored(path):
@@ -242,14 +241,15 @@ def enqueue_paths(config: Config, paths: Sequence[Path], *, again: bool, queue) 
                     "watch.patterns, or a sidecar of output.sidecars)"
                 )
             else:
-                _hash_into(rules, path, records, report)
+                _hash_into(rules, path, records, report, queue.now())
         else:
             report.errors.append(f"{given}: no such file or folder")
     _flush(queue, records, report, again, force=True)
     return report
 
 
-def _hash_into(rules: WatchRules, path: Path, records: list, report: EnqueueReport) -> None:
+def _hash_into(rules: WatchRules, path: Path, records: list, report: EnqueueReport, arrived: float) -> None:
+    # ``arrived``: on the queue's clock, as the watcher's arrivals are (latency, claim order).
     from semwatch.hashing import sha256_file
     from semwatch.watcher import name_problem, printable_name
 
@@ -264,7 +264,7 @@ def _hash_into(rules: WatchRules, path: Path, records: list, report: EnqueueRepo
     except OSError as exc:
         report.errors.append(f"{path}: cannot read: {exc.strerror or exc}")
         return
-    records.append((rel, digest, st.st_size, st.st_mtime, time.time()))
+    records.append((rel, digest, st.st_size, st.st_mtime, arrived))
     report.files += 1
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,9 +47,12 @@ def check_sqlite_is_local(database_url: str) -> None:
 
 
 def open_queue(
-    cfg: QueueConfig, *, clock: Callable[[], float] = time.time, read_only: bool = False
+    cfg: QueueConfig, *, clock: Callable[[], float] | None = None, read_only: bool = False
 ) -> JobQueue:
     """The queue configured in [queue]; creates a SQLite file's folder, refuses network fs.
+
+    ``clock``: None for the queue's own choice (this host's clock for SQLite, the database
+    server's for PostgreSQL, which hosts share); tests inject one.
 
     ``read_only`` (reports): an existing database only, never created, migrated or written.
     """
