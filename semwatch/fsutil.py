@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,15 +119,23 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def sweep_temp_files(root: Path) -> int:
-    """Remove our temporaries (``TEMP_PREFIX``) left under ``root`` by a crash; returns how many."""
+def sweep_temp_files(root: Path, *, older_than: float = 0.0) -> int:
+    """Remove our temporaries (``TEMP_PREFIX``) left under ``root`` by a crash; returns how many.
+
+    ``older_than`` (seconds since last modified): 0 when nobody else writes under ``root``;
+    where other processes may be writing there (workers on other hosts sharing the output
+    folder), only files untouched for that long, so a live write is never cut off.
+    """
     removed = 0
+    cutoff = time.time() - older_than
     for folder, _dirs, files in os.walk(Path(root), onerror=_log_walk_error):
         for name in files:
             if not name.startswith(TEMP_PREFIX):
                 continue
             temp = Path(folder, name)
             try:
+                if older_than > 0 and temp.stat().st_mtime > cutoff:
+                    continue
                 temp.unlink()
             except FileNotFoundError:
                 continue  # gone already: nothing to sweep

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,19 @@ def test_a_writer_killed_mid_write_leaves_a_temp_that_the_watcher_ignores_and_th
     assert any(fnmatch.fnmatch(name, pattern) for pattern in TEMPORARY_PATTERNS)
     assert sweep_temp_files(tmp_path) == 1
     assert list(target.parent.iterdir()) == []
+
+
+def test_the_sweep_on_a_shared_output_folder_spares_temporaries_still_being_written(tmp_path: Path) -> None:
+    """Workers on several hosts share an output folder: a starting worker removes only a
+    crash's leftovers (untouched for `older_than` seconds), never another's live write."""
+    stale = tmp_path / "a" / f"{TEMP_PREFIX}0001-x.tif"
+    live = tmp_path / "b" / f"{TEMP_PREFIX}0002-y.tif"
+    for temp in (stale, live):
+        temp.parent.mkdir()
+        temp.write_bytes(b"partial")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    assert sweep_temp_files(tmp_path, older_than=240.0) == 1
+    assert not stale.exists() and live.exists()
+    assert sweep_temp_files(tmp_path) == 1  # alone on the folder (SQLite's lock): all of them
+    assert not live.exists()
