@@ -663,6 +663,24 @@ def test_retry_failed_jobs(queue: SqlJobQueue, owner: Owner) -> None:
         queue.retry()
 
 
+def test_stats_without_details_are_the_counts_and_backlog_age_of_the_full_stats(
+    queue: SqlJobQueue, owner: Owner
+) -> None:
+    """What the systemd status line and every metrics scrape read: the same numbers as
+    `semwatch status`, without the latency and failure queries."""
+    done = _one_job(queue, owner, "done.tif")
+    queue.complete(owner, done.id, "out/done.tif")
+    failed = _one_job(queue, owner, "bad.tif")
+    queue.fail(owner, failed.id, "cannot decode", permanent=True)
+    queue.enqueue("waiting.tif", SHA_B, 10, 1.0, arrived_at=queue.now() - 30)
+    full, brief = queue.stats(now=queue.now()), queue.stats(now=queue.now(), details=False)
+    assert brief.counts == full.counts == {"pending": 1, "running": 0, "done": 1, "failed": 1}
+    assert brief.oldest_pending_age_s == pytest.approx(full.oldest_pending_age_s, abs=1.0)
+    assert brief.oldest_pending_age_s >= 29
+    assert full.recent_failures and full.throughput_per_min["10m"] > 0
+    assert brief.recent_failures == [] and brief.throughput_per_min == {} and brief.median_latency_s is None
+
+
 # ------------------------------------------------------------------ superseded failures
 
 

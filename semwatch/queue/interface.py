@@ -145,8 +145,9 @@ class JobQueue(abc.ABC):
         that still stand, superseded ones left out)."""
 
     @abc.abstractmethod
-    def stats(self, now: float | None = None) -> QueueStats:
-        """Counts, backlog age, throughput, latency and recent failures."""
+    def stats(self, now: float | None = None, *, details: bool = True) -> QueueStats:
+        """Counts, backlog age, throughput, latency and recent failures; ``details=False``
+        (the systemd status line, each metrics scrape): counts and backlog age only."""
 
     # ---- daemons on several hosts
 

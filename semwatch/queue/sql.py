@@ -697,19 +697,23 @@ class SqlJobQueue(JobQueue):
         with self._transaction("jobs", write=False) as conn:
             return [to_job(row) for row in conn.execute(query)]
 
-    def stats(self, now: float | None = None) -> QueueStats:
+    def stats(self, now: float | None = None, *, details: bool = True) -> QueueStats:
         now = self._now() if now is None else float(now)
+        throughput: dict[str, float] = {}
+        latency: float | None = None
+        failures: list = []
         with self._transaction("stats", write=False) as conn:
             counts = self._counts(conn)
             oldest = conn.execute(
                 sa.select(sa.func.min(JOBS.c.arrived_at)).where(JOBS.c.state == JobState.PENDING.value)
             ).scalar()
-            throughput = {
-                "10m": self._done_since(conn, now - 600.0) / 10.0,
-                "1h": self._done_since(conn, now - 3600.0) / 60.0,
-            }
-            latency = self._median_latency(conn, now)
-            failures = self._recent_failures(conn)
+            if details:
+                throughput = {
+                    "10m": self._done_since(conn, now - 600.0) / 10.0,
+                    "1h": self._done_since(conn, now - 3600.0) / 60.0,
+                }
+                latency = self._median_latency(conn, now)
+                failures = self._recent_failures(conn)
         return QueueStats(
             counts=counts,
             oldest_pending_age_s=None if oldest is None else max(now - oldest, 0.0),
