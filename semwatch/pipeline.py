@@ -36,6 +36,8 @@ log = get_logger(__name__)
 # Decoding and encoding are mostly in C (zlib, tifffile, Pillow) and release the GIL: two
 # threads each keep the engine fed without taking its cores.
 IO_THREADS = 2
+# Colorized batches that may wait for their writes before the engine waits for the disk.
+WRITE_BACKLOG_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,11 @@ class Pipeline:
                     if rgb is not None:
                         writes.append(writers.submit(self.write_one, task, image, rgb, info))
                 writes = self._collect(writes, record, wait=False)
+                # A disk slower than the engine must not pile up full-size RGB frames in
+                # memory: at most two batches wait to be written.
+                while len(writes) > WRITE_BACKLOG_BATCHES * self.colorizer.batch_size:
+                    writes[0].result()
+                    writes = self._collect(writes, record, wait=False)
             self._collect(writes, record, wait=True)
         return results
 
