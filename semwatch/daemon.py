@@ -41,6 +41,7 @@ from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
 from semwatch.pipeline import (
+    WRITE_BACKLOG_BATCHES,
     OutputSettings,
     Task,
     colorize_batch,
@@ -92,8 +93,6 @@ WATCH_LOCK_SECONDS = 30.0
 WATCH_RENEW_SECONDS = 5.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
-# Writes queued behind the network, in batches: bounds memory held by full-size RGB images.
-WRITE_BACKLOG_BATCHES = 2
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # Write errors that the same output path will meet every time: retrying only repeats the
@@ -428,7 +427,12 @@ class Daemon:
             self._queue.beat(self._owner, self._role)
         except QueueError as exc:
             raise StartupError(str(exc)) from None
-        swept = sweep_temp_files(cfg.output.dir) if working else 0
+        swept = 0
+        if working:
+            # Alone on the output folder under SQLite's lock; on a shared queue other workers
+            # may be writing there now: only temporaries older than two leases are a crash's.
+            alone = self._lock is not None
+            swept = sweep_temp_files(cfg.output.dir, older_than=0.0 if alone else 2 * cfg.queue.lease_seconds)
         log.info(
             "queue open",
             database=redacted_url(cfg.queue.database_url),
@@ -930,7 +934,7 @@ class Daemon:
     def _status_text(self) -> str:
         if self._queue is None:
             return "starting"
-        counts = self._queue.stats().counts
+        counts = self._queue.stats(details=False).counts
         text = ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in JobState)
         reason = self._storage.paused_reason
         return f"paused ({reason}); {text}" if reason else text
@@ -979,10 +983,16 @@ class Daemon:
         self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
         self.config = new
         if self._watch_root is not None and new.watch.input_dir != old.watch.input_dir:
-            # Another folder, another lock: the next _keep_watching takes the new one.
+            # Another folder, another lock: nothing watches the new folder before this daemon
+            # holds its lock (another host may hold it); the next heartbeat step takes it.
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher = None
             self._queue.release_watch(self._watch_root, self._owner)
             self._watch_root = str(new.watch.input_dir.resolve())
-        if new.watch != old.watch or new.output.dir != old.output.dir:
+            self._watch_holder = None
+            self._next_watch = 0.0
+        elif new.watch != old.watch or new.output.dir != old.output.dir:
             self._restart_watcher(new, old)
         log.info("configuration reloaded", source=str(new.source))
 
@@ -1168,11 +1178,12 @@ def load_colorizer(cfg: Config) -> Colorizer:
 
 def _model_fields(colorizer: Colorizer) -> dict[str, str]:
     """How a log line names the model in use (start-up and reload say it alike)."""
+    info = colorizer.info
     return {
-        "model": colorizer.model_name,
-        "sha256": colorizer.model_sha256,
-        "backend": colorizer.backend_name,
-        "device": str(colorizer.device),
+        "model": info.model_name,
+        "sha256": info.model_sha256,
+        "backend": info.backend,
+        "device": info.device,
     }
 
 
@@ -1183,7 +1194,8 @@ def _daemon_metrics(daemon: Daemon) -> DaemonMetrics:
         queue = daemon._queue  # once: shutdown sets it to None
         if queue is None:
             raise RuntimeError("queue not open")
-        return queue.stats()
+        # Counts and backlog age are all a scrape shows: not the latency median's rows.
+        return queue.stats(details=False)
 
     def workers_alive() -> int:
         # From the heartbeat rows: every worker on this database, whichever host it runs on,

@@ -91,13 +91,8 @@ class ModelInfo:
 
     @classmethod
     def of(cls, colorizer: Colorizer) -> ModelInfo:
-        return cls(
-            colorizer.model_name,
-            colorizer.model_sha256,
-            colorizer.backend_name,
-            colorizer.precision,
-            colorizer.device,
-        )
+        info = colorizer.info  # the engine's one description of itself, as provenance reads it
+        return cls(info.model_name, info.model_sha256, info.backend, info.precision, info.device)
 
 
 @dataclass(frozen=True)

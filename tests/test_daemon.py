@@ -462,6 +462,16 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     )
     write_atomically(site.inbox / "four.png", png_bytes(gray_image(4)))
     site.wait_settled(4)
+
+    # Another watch folder that exists: the daemon takes that folder's watch lock, then
+    # watches it (the lock first: another watcher may hold it).
+    (site.root / "inbox-2").mkdir()
+    site.write_config(watch={"input_dir": "inbox-2"})
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_event("configuration reloaded", timeout=120)
+    write_atomically(site.root / "inbox-2" / "five.png", png_bytes(gray_image(5)))
+    site.wait_settled(5)
+    assert (site.outbox / "five.tif").is_file()
     assert daemon.alive()
     assert daemon.stop() == 0
 

@@ -31,9 +31,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from semwatch.cli_options import batch_size_option, chroma_size_option, config_option, device_option
+from semwatch.cli_options import (
+    batch_size_option,
+    chroma_size_option,
+    config_option,
+    device_option,
+    load_cli_config,
+)
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
-from semwatch.config import Config, ConfigError, load_config
+from semwatch.config import Config
 from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
 from semwatch.hints import Hint
 from semwatch.log import configure_logging, get_logger
@@ -436,13 +442,6 @@ def _hint_counts(text: str | None) -> list[int]:
     return counts
 
 
-def _load_cli_config(config_path: Path | None) -> Config:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
@@ -535,7 +534,7 @@ def evaluate_command(
     coherence, beside the gray baseline (and the truth's own coherence); with --hints, the
     error with simulated colour hints. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
     """
-    config = _load_cli_config(config_path)
+    config = load_cli_config(config_path)
     configure_logging(
         config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
     )

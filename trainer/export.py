@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from semwatch import __version__
-from semwatch.cli_options import config_option
-from semwatch.config import ConfigError, load_config
+from semwatch.cli_options import config_option, load_cli_config
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import GeneratorConfig, ModelError, file_sha256, save_generator
 from trainer.checkpoint import CheckpointError, load_any_generator, load_checkpoint
@@ -235,10 +234,7 @@ def export_command(
     """Export the generator of CHECKPOINT (a training checkpoint .pt, or a generator file to
     re-export, e.g. float32 -> float16) as a generator file for semwatch, with its model card.
     """
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    config = load_cli_config(config_path)
     configure_logging(
         config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
     )
