@@ -166,9 +166,14 @@ def colorize_command(
         click.echo("nothing to colorize", err=True)
         return
 
-    from semwatch.engine import Colorizer, EngineError
-    from semwatch.model import ModelError
-    from semwatch.pipeline import OutputSettings, Pipeline
+    try:
+        from semwatch.engine import Colorizer, EngineError
+        from semwatch.model import ModelError
+        from semwatch.pipeline import OutputSettings, Pipeline
+    except ModuleNotFoundError as exc:
+        from semwatch.dependencies import MissingPackage
+
+        raise click.ClickException(MissingPackage.from_error(exc).message()) from None
 
     engine_cfg = config.engine
     started = time.perf_counter()

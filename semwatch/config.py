@@ -157,7 +157,8 @@ class TrainerConfig:
     max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (quick runs, benchmarks)
     sample_images: int = 4  # validation images shown in samples/<stage>_<epoch>.png
     # Colour hints (trainer/hints.py): train a 4-channel generator on simulated hints.
-    hints: bool = False
+    # None: the --init generator decides (hint channels or not); from scratch, no hints.
+    hints: bool | None = None
     hint_none_share: float = 0.3  # share of training items with no hint
     hint_mean_points: float = 8.0  # mean number of hints on the others (geometric)
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
 from semwatch.daemon_lock import DaemonLock
+from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
 from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
@@ -369,6 +370,12 @@ class Daemon:
             log.error("semwatch daemon cannot start", reason=str(exc))
             self._abort_start()
             return exc.exit_code
+        except ModuleNotFoundError as exc:
+            # A package missing from the installation (modules load lazily, so it shows
+            # here): an admin must install it; a restart would meet the same error.
+            log.error("semwatch daemon cannot start", reason=MissingPackage.from_error(exc).message())
+            self._abort_start()
+            return EXIT_CONFIG
         except Exception:
             log.exception("semwatch daemon cannot start")
             self._abort_start()

@@ -66,14 +66,20 @@ def run_command(role: str | None, config_path: Path | None) -> None:
     Signals: SIGTERM or Ctrl-C finishes the batch in hand and exits 0; SIGHUP
     (systemctl reload semwatch) re-reads the configuration and the model between batches.
     Logs are JSON lines on stderr (journald) unless stderr is a terminal.
-    Exit codes: 0 stopped cleanly, 1 failed (systemd restarts it), 78 configuration error
-    (fix config.toml; systemd does not restart).
+    Exit codes: 0 stopped cleanly, 1 failed (systemd restarts it), 78 configuration or
+    installation error (fix config.toml, or install the package the error names; systemd
+    does not restart).
     """
     config = load_cli_config(config_path, exit_code=EXIT_CONFIG)
     if role is not None:
         config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon, role=role))
-    from semwatch.daemon import run_daemon
+    try:
+        from semwatch.daemon import run_daemon
+    except ModuleNotFoundError as exc:
+        from semwatch.dependencies import MissingPackage
 
+        click.echo(f"error: {MissingPackage.from_error(exc).message()}", err=True)
+        sys.exit(EXIT_CONFIG)
     sys.exit(run_daemon(config))
 
 

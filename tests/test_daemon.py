@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -571,3 +572,18 @@ def test_configuration_errors_exit_78_with_one_clear_line(make_site, tmp_path: P
     daemon = site.start()
     assert daemon.proc.wait(60) == 78
     assert "engine.batch_size" in daemon.log_path.read_text()
+
+
+@pytest.mark.parametrize("module, package", [("skimage", "scikit-image"), ("watchdog", "watchdog")])
+def test_a_missing_package_at_start_exits_78_naming_it(make_site, module: str, package: str) -> None:
+    """An installation without one of semwatch's packages (scikit-image was once undeclared):
+    one line naming the package and how to install it, and exit 78 so systemd does not
+    restart into it. The module is made unimportable in the daemon's process only."""
+    site = make_site()
+    hide = f"import sys; sys.modules[{module!r}] = None; from semwatch.cli import main; main()"
+    daemon = site.start(cli=[sys.executable, "-c", hide])
+    assert daemon.proc.wait(60) == 78, daemon.log_tail()
+    text = daemon.log_path.read_text()
+    assert f"'{package}'" in text and "pip install" in text and "Traceback" not in text
+    errors = [e for e in daemon.events() if e.get("level") == "error" or "raw" in e]
+    assert len(errors) == 1, errors

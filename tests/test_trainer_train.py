@@ -19,9 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 from test_trainer_data import write_shapes_dataset
 
 import trainer.checkpoint
@@ -686,3 +688,114 @@ def test_both_stages_take_the_pinned_steps(variant: str, tmp_path: Path) -> None
         assert set(got) == set(want) and got == pytest.approx(want, rel=1e-4, abs=1e-6), observed
     for got, want in zip(observed_val, expected_val, strict=True):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6), observed_val
+
+
+# ------------------------------------------------------------------ retraining the bundled model
+
+
+def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_path: Path) -> None:
+    """The README's retraining command, word for word but tiny: the bundled generator takes
+    hints, the run takes that layout from it (one log line), trains, exports, colorizes."""
+    from semwatch.model import default_model_path, read_generator_metadata
+    from trainer.export import export_command
+
+    bundled = default_model_path()
+    assert read_generator_metadata(bundled)[0].in_channels == 4
+    run_dir = tmp_path / "retrain"
+    runner = CliRunner()
+    result = runner.invoke(
+        trainer_main,
+        [
+            "run",
+            str(data_root),
+            "--out",
+            str(run_dir),
+            "--init",
+            str(bundled),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--pretrain-epochs",
+            "1",
+            "--gan-epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "input layout taken from the init generator" in result.output
+    assert load_config_file(run_dir / "config.toml").trainer.hints is True
+    for stage in ("pretrain", "gan"):
+        assert (
+            load_checkpoint(checkpoint_path(run_dir, stage, "last"))["generator_config"]["in_channels"] == 4
+        )
+
+    model_file = tmp_path / "retrained.safetensors"
+    exported = runner.invoke(
+        export_command, [str(checkpoint_path(run_dir, "gan", "best")), "-o", str(model_file)]
+    )
+    assert exported.exit_code == 0, exported.output
+    image = tmp_path / "sem.png"
+    Image.fromarray((np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) % 251).astype(np.uint8)).save(image)
+    colorized = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "semwatch",
+            "colorize",
+            str(image),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(model_file),
+            "--chroma-size",
+            "64",
+            "--device",
+            "cpu",
+            "-q",
+        ],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert colorized.returncode == 0, colorized.stderr
+    assert (tmp_path / "out" / "sem.tif").is_file()
+
+
+def test_no_hints_against_a_hint_taking_init_is_a_one_line_error(data_root: Path, tmp_path: Path) -> None:
+    from semwatch.model import default_model_path
+
+    result = CliRunner().invoke(
+        trainer_main,
+        [
+            "run",
+            str(data_root),
+            "--out",
+            str(tmp_path / "r"),
+            "--init",
+            str(default_model_path()),
+            "--no-hints",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "takes colour hints" in result.output and "--no-hints" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r" / "pretrain").exists()
+
+
+def test_without_init_or_option_a_run_trains_without_hints(tmp_path: Path) -> None:
+    from trainer.loops import resolve_input_layout
+
+    assert resolve_input_layout(TrainerConfig(), None).hints is False
+    assert resolve_input_layout(TrainerConfig(hints=True), None).hints is True
+    generator = build_generator(GeneratorConfig(decoder_width=8))
+    plain = tmp_path / "plain.safetensors"
+    save_generator(plain, generator, generator.config, {"name": "plain"})
+    assert resolve_input_layout(TrainerConfig(), plain).hints is False
+    assert resolve_input_layout(TrainerConfig(hints=True), plain).hints is True  # widened later

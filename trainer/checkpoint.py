@@ -55,7 +55,7 @@ import torch
 from semwatch.config import TrainerConfig
 from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
-from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_generator
+from semwatch.model import GeneratorConfig, ModelError, UNetGenerator, load_generator, read_generator_metadata
 from trainer.distributed import unwrap
 from trainer.stages import POLICIES, StagePolicy, TrainState
 
@@ -205,6 +205,22 @@ def load_any_generator(
         "epoch": state.get("epoch"),
     }
     return model, config, info
+
+
+def read_any_generator_config(path: Path) -> GeneratorConfig:
+    """The architecture of a generator file or training checkpoint, without building the
+    network (a generator file's weights are not read at all)."""
+    path = Path(path)
+    if _is_safetensors(path):
+        try:
+            return read_generator_metadata(path)[0]
+        except ModelError as exc:
+            raise CheckpointError(str(exc)) from exc
+    state = load_checkpoint(path)
+    try:
+        return GeneratorConfig.from_dict(state.get("generator_config") or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad generator_config: {one_line(exc)}") from exc
 
 
 def checkpoint_card(state: Mapping[str, Any]) -> dict[str, Any]:

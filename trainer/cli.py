@@ -28,7 +28,14 @@ from trainer.data import DataError
 from trainer.distributed import DistEnv, DistributedError, init_distributed, shutdown_distributed
 from trainer.evaluate import evaluate_command
 from trainer.export import export_command
-from trainer.loops import StageResult, StageSpec, TrainingError, run_pipeline, train_stage
+from trainer.loops import (
+    StageResult,
+    StageSpec,
+    TrainingError,
+    resolve_input_layout,
+    run_pipeline,
+    train_stage,
+)
 from trainer.rundir import CONFIG_NAME, run_facts, write_run_config
 
 log = get_logger(__name__)
@@ -110,7 +117,8 @@ def _common_options(func: Callable) -> Callable:
         click.option(
             "--hints/--no-hints",
             default=None,
-            help="Train a generator that also takes colour hints (simulated from the truth) [no].",
+            help="Train a generator that also takes colour hints (simulated from the truth). "
+            "Default: what the --init generator takes (the bundled model: hints), else no.",
         ),
         click.option(
             "--lr",
@@ -337,7 +345,7 @@ def _start(
     env_holder: list[DistEnv],
 ) -> tuple[TrainerConfig, DistEnv]:
     _configure_logging(config_file)
-    config = resolve_config(config_file, run_dir, resuming, overrides)
+    config = resolve_input_layout(resolve_config(config_file, run_dir, resuming, overrides), init)
     env = _setup(run_dir, config, _command_line(), data, val_dir, init)
     env_holder.append(env)
     return config, env
@@ -464,6 +472,11 @@ def run_command(
 
     A finished stage 1 goes on to stage 2 from stage 1's best checkpoint; an unfinished
     stage resumes from its last completed epoch.
+
+    \b
+    Retrain the bundled default model on a facility's own images (from the repository;
+    the generator's input, colour hints included, is taken from the --init model):
+      trainer run our-images/ --out runs/retrain/ --init semwatch/models/default.safetensors
     """
     env_holder: list[DistEnv] = []
     resuming = (run_dir / CONFIG_NAME).is_file()

@@ -21,6 +21,7 @@ must be visible to all ranks (one node, or a shared filesystem): resuming ranks 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import random
@@ -47,6 +48,7 @@ from trainer.checkpoint import (
     checkpoint_path,
     load_any_generator,
     load_checkpoint,
+    read_any_generator_config,
     restore_rng_state,
     save_checkpoint,
     training_checkpoint,
@@ -174,7 +176,9 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
         log.info("generator initialised", init=str(spec.init), source=info["source"], stage=info["stage"])
         wanted = _in_channels(config)
         if gen_config.in_channels > wanted:
-            raise TrainingError(f"{spec.init}: this generator takes colour hints; set trainer.hints = true")
+            raise TrainingError(
+                f"{spec.init}: this generator takes colour hints, but this run trains one without"
+            )
         if gen_config.in_channels != wanted:
             model = widen_input(model, wanted)
             gen_config = model.config
@@ -190,6 +194,32 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
 
 def _in_channels(config: TrainerConfig) -> int:
     return 4 if config.hints else 1
+
+
+def resolve_input_layout(config: TrainerConfig, init: Path | None) -> TrainerConfig:
+    """``config`` with ``hints`` decided: the ``--init`` generator's input layout unless the
+    configuration says otherwise (unset, a retrain simply keeps what the model takes).
+
+    Asking for no hints from a generator that takes them is refused (it would throw its
+    hint weights away); asking for hints from one without widens its input.
+    """
+    if init is None:
+        return config if config.hints is not None else dataclasses.replace(config, hints=False)
+    takes_hints = read_any_generator_config(init).in_channels > 1
+    if config.hints is None:
+        log.info(
+            "input layout taken from the init generator",
+            init=str(init),
+            hints=takes_hints,
+            in_channels=4 if takes_hints else 1,
+        )
+        return dataclasses.replace(config, hints=takes_hints)
+    if takes_hints and not config.hints:
+        raise TrainingError(
+            f"{init}: this generator takes colour hints, but --no-hints (or trainer.hints = false) "
+            "asks for one without; leave the option out to keep the model's hint input"
+        )
+    return config
 
 
 def _new_state(

@@ -226,7 +226,7 @@ class Board:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise RuntimeError(
-                "--tensorboard needs the tensorboard package (pip install 'semwatch[dev]' or tensorboard)"
+                "--tensorboard needs the tensorboard package: pip install 'semwatch[tensorboard]'"
             ) from exc
         self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
