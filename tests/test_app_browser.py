@@ -4,8 +4,8 @@ colorizes it, clicks a hint point and finds the re-colorized result and its hint
 go to the test's temporary folder (or $SEMWATCH_SCREENSHOTS, e.g. docs/, to refresh the
 README's pictures).
 
-Skipped only where the browser binaries are absent outside CI; under CI (env CI set) their
-absence is a failure: .ci/run installs them.
+Skipped only where the browser binaries are absent outside CI; under CI their absence is a
+failure (conftest.cannot_run): .ci/run installs them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from app_harness import write_app_config
+from conftest import cannot_run
 from helpers import textured_gray
 from PIL import Image
 
@@ -38,10 +39,7 @@ def _need_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if not missing:
         return
-    message = f"{', '.join(missing)} missing (Debian: apt-get install chromium chromium-driver)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser test: {message}")
-    pytest.skip(message)
+    cannot_run(f"{', '.join(missing)} missing (Debian: apt-get install chromium chromium-driver)")
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cannot_run
 from daemon_harness import (
     Site,
     gray_image,
@@ -505,7 +506,9 @@ def test_missing_output_share_pauses_without_using_attempts(make_site, queue_db:
 
 @pytest.fixture
 def mount_tmpfs():
-    """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end."""
+    """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end.
+
+    Needs root with CAP_SYS_ADMIN (.ci/run runs as root; a container must allow mounts)."""
     mounted: list[Path] = []
 
     def mount(folder: Path) -> None:
@@ -515,7 +518,7 @@ def mount_tmpfs():
             text=True,
         )
         if result.returncode != 0:
-            pytest.skip(f"cannot mount a file system here: {result.stderr.strip()}")
+            cannot_run(f"cannot mount a tmpfs here (needs root, CAP_SYS_ADMIN): {result.stderr.strip()}")
         mounted.append(folder)
 
     yield mount

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import SEM_REAL
 from helpers import bomb_tiff_bytes
 from PIL import Image
 
@@ -46,8 +47,8 @@ from semwatch.imaging import (
 )
 from semwatch.metadata import LAYOUT_TAGS, provenance_from_xmp
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sem-real"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/sem-real not present")
+REAL = SEM_REAL
+needs_real = pytest.mark.usefixtures("sem_real")  # skips here, fails under CI, when absent
 
 # Expected first data-bar rows of the real samples. FEI: [Image] ResolutionY (1024 for the
 # Helios RBC file, 442 for the 16-bit ebeam file); pollen: rows 1920-2047 per the data README;
@@ -663,9 +664,7 @@ def test_databar_from_fei_metadata_first() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_images() -> dict[str, DecodedImage]:
-    if not REAL.is_dir():
-        pytest.skip("../shared/data/sem-real not present")
+def real_images(sem_real: Path) -> dict[str, DecodedImage]:
     return {name: read_image(REAL / name) for name in REAL_BARS}
 
 

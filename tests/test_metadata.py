@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import cannot_run
 from PIL import Image, TiffImagePlugin
 
 import semwatch
@@ -30,7 +31,16 @@ from semwatch.metadata import (
 )
 
 EXIFTOOL = shutil.which("exiftool")
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
+needs_exiftool = pytest.mark.usefixtures("exiftool")
+
+
+@pytest.fixture
+def exiftool() -> str:
+    """exiftool's path: the second, independent reader of the carried tags; cannot_run without it."""
+    if EXIFTOOL is None:
+        cannot_run("exiftool not installed (Debian: apt-get install libimage-exiftool-perl)")
+    return EXIFTOOL
+
 
 FEI_TEXT = (
     b"[User]\r\nDate=05/06/2024\r\nUser=supervisor\r\n[Image]\r\nResolutionY=48\r\n"
