@@ -31,15 +31,18 @@ from semwatch.queue import Job, JobState, SqlJobQueue
 CLI = [sys.executable, "-c", "from semwatch.cli import main; main()"]
 
 
-def other_host_cli(hostname: str) -> list[str] | None:
+def other_host_cli(hostname: str) -> list[str] | str:
     """The CLI in a UTS namespace of its own whose host name is ``hostname``: to the queue it
-    is a daemon on another host (same machine, same PID space). None where namespaces cannot
-    be made (not root, no util-linux unshare, a container that forbids it)."""
+    is a daemon on another host (same machine, same PID space). Where namespaces cannot be
+    made, the reason instead (not root, no util-linux unshare, a container that forbids it)."""
     unshare = shutil.which("unshare")
-    if unshare is None or os.geteuid() != 0:
-        return None
-    if subprocess.run([unshare, "--uts", "true"], capture_output=True).returncode != 0:
-        return None
+    if unshare is None:
+        return "no unshare(1) (Debian: util-linux) to run a worker as another host"
+    if os.geteuid() != 0:
+        return "a UTS namespace (a worker as another host) needs root"
+    tried = subprocess.run([unshare, "--uts", "true"], capture_output=True, text=True)
+    if tried.returncode != 0:
+        return f"cannot make a UTS namespace here: {tried.stderr.strip()}"
     code = f"import socket; socket.sethostname({hostname!r}); from semwatch.cli import main; main()"
     return [unshare, "--uts", sys.executable, "-c", code]
 

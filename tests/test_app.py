@@ -300,15 +300,14 @@ def test_queue_page_answers_while_the_daemon_holds_the_write_lock(app_config: Pa
     writer = sqlite3.connect(database, timeout=1)
     writer.execute("BEGIN IMMEDIATE")  # what the daemon holds while it claims or completes
     try:
-        started = time.perf_counter()
+        # The lock is held until the page has answered: a writing open would wait out the
+        # busy timeout and fail (an error on the page, or AppTest's timeout), however fast.
         at.run()
-        elapsed = time.perf_counter() - started
     finally:
         writer.rollback()
         writer.close()
     assert not at.exception and not at.error, texts(at.error)
     assert {m.label: m.value for m in at.metric}["Done"] == "2"
-    assert elapsed < 10  # a writing open would wait for the 30 s busy timeout
 
 
 # --------------------------------------------------------------------------- refine

@@ -123,7 +123,7 @@ def test_fei_and_zeiss_settings_are_summarised() -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not (SEM_REAL / "fei-helios-rbc.tif").is_file(), reason="../shared/data absent")
+@pytest.mark.usefixtures("sem_real")
 def test_real_fei_file_summary() -> None:
     summary = dict(acquisition_summary(read_image(SEM_REAL / "fei-helios-rbc.tif").metadata))
     assert summary["High voltage"] == "2 kV" and summary["Detector"] == "ETD (SE)"

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cannot_run
 from daemon_harness import (
+    WORK_TIMEOUT,
     Site,
     gray_image,
     input_files,
@@ -38,6 +40,7 @@ from daemon_harness import (
 )
 from helpers import bomb_tiff_bytes
 
+from semwatch.imaging.encode import TEST_WRITE_DELAY_ENV
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from semwatch.queue import JobState
 
@@ -248,6 +251,47 @@ def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site, queue_db: str
     site.wait_settled(1)
     (job,) = site.jobs()
     assert (job.state, job.attempts) == (JobState.DONE, 1), job
+    assert daemon.stop() == 0
+
+
+def test_kill_9_while_outputs_are_written_leaves_no_job_done_without_its_output(
+    make_site, queue_db: str | None
+) -> None:
+    """Output written before the job is marked done (DESIGN.md): a kill between the two
+    re-runs the job onto the same file; the other order leaves a done job without its output.
+    The kills above land as a batch starts; here the test hook holds each output in its
+    temporary file, so the kill lands mid-write, after earlier outputs were written and done."""
+    site = make_site(db_url=queue_db)
+    site.write_config(engine={"batch_size": 2}, daemon={"write_threads": 1})
+    for i in range(4):
+        write_atomically(site.inbox / f"w{i}.png", png_bytes(gray_image(i)))
+    daemon = site.start(env={TEST_WRITE_DELAY_ENV: "2"})
+    daemon.wait_ready()
+    wait_until(
+        lambda: site.jobs(JobState.DONE) and temp_files(site.outbox),
+        WORK_TIMEOUT,
+        "a job done and the next output being written",
+        interval=0.02,
+    )
+    daemon.kill()
+    interrupted = set(temp_files(site.outbox))
+    assert interrupted, "the kill came after the write it waited for (raise the delay)"
+    done = site.jobs(JobState.DONE)
+    assert done
+    for job in done:
+        output = output_for(site, site.inbox / job.rel_path)
+        assert output.is_file(), f"{job.rel_path} is done without its output"
+        assert provenance(output)["source"]["sha256"] == job.sha256, job.rel_path
+
+    daemon = site.start()  # no hook: the interrupted write is re-run onto the same file
+    assert site.wait_settled(4) == {"pending": 0, "running": 0, "done": 4, "failed": 0}
+    # One daemon per SQLite queue sweeps every temporary at start; on PostgreSQL the output
+    # folder may be shared by workers on other hosts, so a temporary younger than two leases
+    # may be a live write and stays.
+    assert set(temp_files(site.outbox)) == (interrupted if queue_db else set())
+    for temp in interrupted:
+        temp.unlink(missing_ok=True)
+    _assert_outputs_match_inputs(site)
     assert daemon.stop() == 0
 
 
@@ -505,7 +549,9 @@ def test_missing_output_share_pauses_without_using_attempts(make_site, queue_db:
 
 @pytest.fixture
 def mount_tmpfs():
-    """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end."""
+    """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end.
+
+    Needs root with CAP_SYS_ADMIN (.ci/run runs as root; a container must allow mounts)."""
     mounted: list[Path] = []
 
     def mount(folder: Path) -> None:
@@ -515,7 +561,7 @@ def mount_tmpfs():
             text=True,
         )
         if result.returncode != 0:
-            pytest.skip(f"cannot mount a file system here: {result.stderr.strip()}")
+            cannot_run(f"cannot mount a tmpfs here (needs root, CAP_SYS_ADMIN): {result.stderr.strip()}")
         mounted.append(folder)
 
     yield mount

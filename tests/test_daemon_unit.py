@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import cannot_run
 
 from semwatch.config import Config, DaemonConfig, EngineConfig, OutputConfig, WatchConfig
 from semwatch.daemon import (
@@ -101,10 +102,11 @@ def test_storage_guard_pauses_until_the_output_share_is_back(roots) -> None:
 
 @pytest.fixture
 def other_filesystem(tmp_path: Path):
-    """A folder on another file system than tmp_path (tmpfs), or a skip."""
+    """A folder on another file system than tmp_path: /dev/shm (a tmpfs, writable without
+    privileges wherever it is mounted), or cannot_run."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second file system (/dev/shm) to move the output folder to")
+        cannot_run(f"no second file system: /dev/shm is absent or on {tmp_path}'s own")
     folder = Path(tempfile.mkdtemp(dir=shm, prefix="semwatch-test-"))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)

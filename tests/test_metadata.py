@@ -17,20 +17,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import cannot_run
 from PIL import Image, TiffImagePlugin
 
 import semwatch
 from semwatch.imaging import build_provenance, read_image, read_provenance, write_image
 from semwatch.metadata import (
     IMAGEJ_LAYOUT_KEYS,
-    LAYOUT_TAGS,
     XMP_NAMESPACE,
     append_sub_ifds,
     provenance_from_xmp,
 )
 
 EXIFTOOL = shutil.which("exiftool")
-needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool not installed")
+needs_exiftool = pytest.mark.usefixtures("exiftool")
+
+
+@pytest.fixture
+def exiftool() -> str:
+    """exiftool's path: the second, independent reader of the carried tags; cannot_run without it."""
+    if EXIFTOOL is None:
+        cannot_run("exiftool not installed (Debian: apt-get install libimage-exiftool-perl)")
+    return EXIFTOOL
+
 
 FEI_TEXT = (
     b"[User]\r\nDate=05/06/2024\r\nUser=supervisor\r\n[Image]\r\nResolutionY=48\r\n"
@@ -49,15 +58,48 @@ RECORD_TAGS = [
     (315, 2, 0, "Dr. A. Microscopist"),  # Artist
     (274, 3, 1, 6),  # Orientation
     (286, 5, 1, (3, 2)),  # XPosition
+    (287, 5, 1, (5, 4)),  # YPosition
     (37706, 4, 1, 7),  # TVIPS (a value small enough to sit inside its IFD entry)
     (37707, 1, 5, b"\x01\x02\x03\x04\x05"),
     (50431, 7, 9, b"TESCAN\x00\x01\x02"),  # TESCAN
     (34682, 2, len(FEI_TEXT), FEI_TEXT),  # FEI_HELIOS
     (34680, 2, len(FEI_TEXT), FEI_TEXT),  # FEI_SFEG
+    (34683, 2, len(FEI_TEXT), FEI_TEXT),  # FEI/Thermo, the README's third
     (34118, 2, len(ZEISS_TEXT), ZEISS_TEXT),  # CZ_SEM
     (65010, 3, 3, (1, 2, 65535)),  # a reusable private tag
     (42016, 2, 0, "0123456789abcdef"),  # ImageUniqueID
 ]
+# What must come through, written out here rather than computed from the code's LAYOUT_TAGS
+# (a tag wrongly added to the deny-list would drop out of both sides of such a check): every
+# tag RECORD_TAGS and test_every_tag_and_description_line_survives put in the source, which
+# covers the README's FEI/Thermo (34682, 34680, 34683), Zeiss (34118), TESCAN (50431), TVIPS
+# (37706/37707), XPosition/YPosition, Make, Model, DateTime, Artist and Software.
+MUST_CARRY = frozenset(
+    {
+        270,
+        271,
+        272,
+        274,
+        286,
+        287,
+        305,
+        306,
+        315,
+        34118,
+        34680,
+        34682,
+        34683,
+        37706,
+        37707,
+        42016,
+        50431,
+        65010,
+    }
+)
+# Carried too, but through the writer's resolution arguments rather than byte for byte.
+RESOLUTION_TAGS = frozenset({282, 283, 296})
+# How tifffile stored the source's 8-bit gray strips: the only tags that may stay behind.
+SOURCE_LAYOUT = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279})
 
 
 def gray(height: int = 64, width: int = 80, seed: int = 0) -> np.ndarray:
@@ -150,9 +192,9 @@ def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str)
     out = colorize(source, tmp_path / "out" / "sem.tif")
 
     before, after = raw_ifd(source), raw_ifd(out)
-    carried = [code for code in before if code not in LAYOUT_TAGS]
-    assert {270, 271, 272, 274, 305, 306, 315, 37706, 37707, 50431, 34682, 34118} <= set(carried)
-    for code in carried:
+    assert set(before) == MUST_CARRY | RESOLUTION_TAGS | SOURCE_LAYOUT  # the lists cover the source
+    assert not MUST_CARRY - set(after), "dropped: " + ", ".join(map(str, sorted(MUST_CARRY - set(after))))
+    for code in MUST_CARRY:
         if code == 270:  # the NUL padding at its end is not part of the text
             assert [(d, v.rstrip(b"\0")) for d, _n, v in after[code]] == [
                 (d, v.rstrip(b"\0")) for d, _n, v in before[code]

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from daemon_harness import Site, gray_image, png_bytes, write_atomically
 
 from semwatch import filesystems, schema
 from semwatch import queue as queue_module
@@ -911,15 +912,99 @@ def test_the_server_clock_is_read_once_per_sync_interval() -> None:
     assert queue_module.ServerClock(server, sync_seconds=0.0)() >= 5_002.0
 
 
-def test_postgresql_queues_use_the_servers_clock(postgres_url: str) -> None:
-    with SqlJobQueue(postgres_url, lease_seconds=LEASE, max_attempts=3, retry_backoff=1) as queue:
-        engine = sa.create_engine(postgres_url)
-        try:
-            with engine.connect() as conn:
-                server = float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
-        finally:
-            engine.dispose()
-        assert abs(queue.now() - server) < 5.0
+# A host whose clock runs an hour fast: time.time, the clock a queue on "this host's clock"
+# reads, moved for the whole process before semwatch is imported.
+HOST_SKEW = 3600.0
+_FAST_HOST = f"import time; _real = time.time; time.time = lambda: _real() + {HOST_SKEW}\n"
+
+# The queue as the daemon opens it (open_queue, no clock given): every write that stamps a
+# time, once each. Prints this host's clock and the queue's.
+_FAST_HOST_QUEUE = (
+    _FAST_HOST
+    + """
+import json, os, socket, sys
+from semwatch.config import QueueConfig
+from semwatch.queue import Owner, open_queue
+lease = float(sys.argv[2])
+queue = open_queue(QueueConfig(database_url=sys.argv[1], lease_seconds=lease))
+owner = Owner(host=socket.gethostname(), pid=os.getpid(), token="f" * 32)
+queue.enqueue("fast.tif", "f" * 64, 1, 1.0)
+(job,) = queue.claim(owner, 1)
+queue.start(owner, [job.id])
+queue.renew(owner, [job.id])
+queue.beat(owner, "worker")
+assert queue.hold_watch("/inbox", owner, lease) is None
+print(json.dumps({"host": time.time(), "queue": queue.now()}))
+queue.close()
+"""
+)
+
+
+def _server_time(url: str) -> float:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+    finally:
+        engine.dispose()
+
+
+def _stamps(url: str) -> dict[str, float]:
+    """Every time the queue wrote, by table.column (leases as the time they were taken)."""
+    queries = {
+        "jobs": "SELECT rel_path, arrived_at, enqueued_at, started_at, attempt_started, "
+        "lease_until - :lease AS lease_taken FROM jobs",
+        "files": "SELECT rel_path, seen_at FROM files",
+        "daemons": "SELECT started_at, last_seen FROM daemons",
+        "watch_locks": "SELECT root, lease_until - :lease AS lease_taken FROM watch_locks",
+    }
+    stamps: dict[str, float] = {}
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            for table, query in queries.items():
+                for row in conn.execute(sa.text(query), {"lease": LEASE}).mappings():
+                    key = row.get("rel_path") or row.get("root") or ""
+                    stamps.update(
+                        {f"{table}.{k} {key}": float(v) for k, v in row.items() if isinstance(v, float)}
+                    )
+    finally:
+        engine.dispose()
+    return stamps
+
+
+def test_postgresql_queues_run_on_the_servers_clock_on_a_host_an_hour_fast(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Leases, heartbeats, watch locks and arrivals written by a host whose clock is an hour
+    fast follow the server's clock: the queue as the daemon opens it, and `semwatch enqueue`.
+    (A server on the same host as the test agrees with the host's clock, so the skew is made.)"""
+    site = Site(tmp_path / "site", tmp_path / "unused.safetensors", db_url=postgres_url)
+    site.write_config(queue={"lease_seconds": LEASE})
+    write_atomically(site.inbox / "cli.png", png_bytes(gray_image(0)))
+    before = _server_time(postgres_url)
+    queue_run = subprocess.run(
+        [sys.executable, "-c", _FAST_HOST_QUEUE, postgres_url, str(LEASE)], capture_output=True, text=True
+    )
+    assert queue_run.returncode == 0, queue_run.stderr
+    enqueue = subprocess.run(
+        [sys.executable, "-c", _FAST_HOST + "from semwatch.cli import main; main()", "enqueue"]
+        + [str(site.inbox / "cli.png"), "--config", str(site.config)],
+        capture_output=True,
+        text=True,
+    )
+    assert enqueue.returncode == 0, enqueue.stderr
+    after = _server_time(postgres_url)
+
+    clocks = json.loads(queue_run.stdout.splitlines()[-1])  # after the log lines
+    assert clocks["host"] - after > HOST_SKEW - 60, "the host's clock was not skewed"
+    # ServerClock carries the server's time on the host's monotonic clock: a few seconds'
+    # allowance for the round trip, nothing near the hour of skew.
+    assert before - 5 <= clocks["queue"] <= after + 5
+    stamps = _stamps(postgres_url)
+    assert len(stamps) == 12, sorted(stamps)  # the CLI's job: arrival only, not claimed
+    off = {name: round(t - after) for name, t in stamps.items() if not before - 5 <= t <= after + 5}
+    assert not off, f"seconds after the server's clock (host skew {HOST_SKEW:.0f} s): {off}"
 
 
 def test_a_plain_postgresql_url_uses_psycopg_3(postgres_url: str) -> None:

@@ -4,18 +4,21 @@ subprocesses on a real server (a throw-away cluster, see conftest.py), real fold
 The worker that is killed runs, where this machine allows it (root, util-linux unshare), in
 a UTS namespace with a host name of its own: to the queue it is a worker on another host,
 so its jobs must stay its own until its lease expires (never reclaimed by PID), and only
-then be finished by the others. Where namespaces cannot be made, it runs on this host and
-its jobs come back by the same-host rule (PID gone) instead; test_queue.py covers the
+then be finished by the others. Where namespaces cannot be made, that is cannot_run: the
+test fails under CI; elsewhere it warns (the warnings summary names why) and the victim runs
+on this host, its jobs coming back by the same-host rule (PID gone). test_queue.py covers the
 cross-host rule with an injected clock either way. Roles on SQLite are refused with one line.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import cannot_run, under_ci
 from daemon_harness import (
     CLI,
     Site,
@@ -68,6 +71,20 @@ def _leases(site: Site, ids: list[int]) -> tuple[float, list[tuple[str, str, flo
         engine.dispose()
 
 
+def _other_host_or_warn() -> list[str] | None:
+    """The CLI as another host; where that cannot be, a failure under CI (cannot_run), else a
+    warning: the rest of the scenario still runs, on the same-host rule, and says so."""
+    other_host = other_host_cli(OTHER_HOST)
+    if isinstance(other_host, list):
+        return other_host
+    if under_ci():
+        cannot_run(f"the cross-host lease check: {other_host}")
+    warnings.warn(
+        f"cross-host lease check not run, the killed worker is on this host: {other_host}", stacklevel=2
+    )
+    return None
+
+
 def _alive_workers(site: Site) -> int:
     queue = site.queue()
     try:
@@ -98,7 +115,7 @@ def test_one_watcher_three_workers_kill_9_and_takeover(
     try:
         watcher = site.start(role="watcher")
         watcher.wait_ready()
-        other_host = other_host_cli(OTHER_HOST)
+        other_host = _other_host_or_warn()
         workers = [site.start(role="worker", cli=other_host or CLI)]
         workers += [site.start(role="worker") for _ in range(2)]
         for worker in workers:

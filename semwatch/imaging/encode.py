@@ -5,6 +5,8 @@ through `semwatch.fsutil.atomic_path`, so a reader never sees a partial output."
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +23,10 @@ from semwatch.metadata import OUTPUT_BYTEORDER, append_sub_ifds, provenance_xmp
 
 _XMP_TAG = 700
 _SOFTWARE_TAG = 305
+# Test hook, not a setting: seconds each output waits, encoded in its temporary file but not
+# yet renamed, so that a test's kill -9 lands while outputs are being written (the ordering
+# "output written before the job is marked done" is otherwise hard to hit). Unset: no wait.
+TEST_WRITE_DELAY_ENV = "SEMWATCH_TEST_WRITE_DELAY"
 
 
 def write_image(
@@ -48,6 +54,13 @@ def write_image(
     with atomic_path(path) as temp, temp.open("r+b") as fh:
         # Readable too: the EXIF/GPS IFDs are patched in after tifffile has written the file.
         _encode(fh, np.ascontiguousarray(rgb), fmt, metadata, record, jpeg_quality)
+        _test_write_delay()
+
+
+def _test_write_delay() -> None:
+    delay = os.environ.get(TEST_WRITE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
 
 
 def _check_rgb(path: Path, rgb: Any) -> None:
