@@ -24,7 +24,7 @@ from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
 from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
 from semwatch.config import load_config  # noqa: E402
 from semwatch.imaging import read_image, write_image  # noqa: E402
-from semwatch.queue import JobState, Owner, open_queue  # noqa: E402
+from semwatch.queue import JobState, Owner, open_queue, read_service_state  # noqa: E402
 
 TIMEOUT = 180  # seconds per script run: the machine may be busy training
 
@@ -249,7 +249,8 @@ def _service_database(config_path: Path, *, outside: Path) -> dict[str, int]:
         ids = {}
         now = time.time()
         for name, sha in (("grain.png", source_sha), ("evil.png", "e" * 64), ("bad.png", "b" * 64)):
-            ids[name] = queue.enqueue(name, sha, 10, now, arrived_at=now - 5)
+            # bad.png arrived two hours ago: once retried, its wait counts from the retry.
+            ids[name] = queue.enqueue(name, sha, 10, now, arrived_at=now - (7200 if name == "bad.png" else 5))
         claimed = {job.rel_path: job for job in queue.claim(owner, 10)}
         queue.complete(owner, claimed["grain.png"].id, str(output))
         queue.complete(owner, claimed["evil.png"].id, str(outside))
@@ -275,17 +276,69 @@ def test_queue_page_reads_jobs_read_only_and_retries_a_failure(app_config: Path,
         "1",
     )
     # Only the output inside the output folder is previewed; the other has no preview.
-    assert len(at.image) == 1
-    assert f"{ids['grain.png']}: grain.png" in at.image[0].captions[0]
-    assert f"{ids['evil.png']}: evil.png (no preview)" in texts(at.caption)
+    captions = sorted(image.captions[0] for image in at.image)
+    assert captions == sorted([f"{ids['evil.png']}: evil.png (no preview)", f"{ids['grain.png']}: grain.png"])
     assert "cannot decode PNG: truncated" in texts(at.markdown)
 
     at.button(key=f"q_retry_{ids['bad.png']}").click().run()
     assert not at.exception, at.exception
-    assert "Re-queued 1 failed job." in texts(at.success)
+    assert "Re-queued 1 failed job." in texts(at.warning)
     queue = open_queue(config.queue, read_only=True)
     try:
         assert queue.get(ids["bad.png"]).state == JobState.PENDING
+    finally:
+        queue.close()
+
+
+def _beat(config_path: Path, *owners: tuple[Owner, str], sign_off: bool = False) -> None:
+    """Heartbeat rows as running daemons write them (sign_off: as a clean stop leaves them)."""
+    queue = open_queue(load_config(config_path).queue)
+    try:
+        for owner, role in owners:
+            queue.beat(owner, role)
+            if sign_off:
+                queue.sign_off(owner)
+    finally:
+        queue.close()
+
+
+def test_queue_page_shows_the_service_state_and_that_a_retry_waits_for_it(
+    app_config: Path, tmp_path: Path
+) -> None:
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    assert "Service stopped: no daemon has run on this database" in texts(at.warning)
+    assert "pending jobs wait until the service starts" in texts(at.warning)
+    assert "without ever holding a lock the service waits for" in texts(at.caption)
+
+    # Retry while nothing runs: the page says the job waits for the service, and its wait
+    # counts from now, not from its arrival two hours ago.
+    at.button(key=f"q_retry_{ids['bad.png']}").click().run()
+    notice = texts(at.warning)
+    assert "Re-queued 1 failed job. It waits until the service starts (`semwatch run`" in notice
+    oldest = next(c.value for c in at.caption if "Oldest waiting image" in str(c.value))
+    assert " min" not in oldest and " h " not in oldest, oldest
+
+    gpu1, gpu2 = Owner("gpu1", 4242, "1" * 32), Owner("gpu2", 4343, "2" * 32)
+    _beat(app_config, (gpu1, "all"))
+    at.run()
+    assert "Service running on gpu1 (pid 4242, watches and colorizes) since" in texts(at.success)
+    assert not at.warning
+
+    _beat(app_config, (gpu2, "worker"))
+    at.run()
+    assert "Service running: 2 daemons on gpu1, gpu2, 2 of them colorizing" in texts(at.success)
+    assert "gpu2 pid 4343 (colorizes): running" in texts(at.caption)
+
+    _beat(app_config, (gpu1, "all"), (gpu2, "worker"), sign_off=True)
+    at.run()
+    stopped = texts(at.warning)
+    assert "Service stopped: last seen" in stopped and "stopped cleanly" in stopped
+    config = load_config(app_config)
+    queue = open_queue(config.queue, read_only=True)
+    try:
+        assert not read_service_state(queue).is_running
     finally:
         queue.close()
 
