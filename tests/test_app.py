@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
 
 from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
+from semwatch.app.workspace import SESSION_KEY, Workspace  # noqa: E402
 from semwatch.config import load_config  # noqa: E402
 from semwatch.imaging import read_image, write_image  # noqa: E402
 from semwatch.queue import JobState, Owner, open_queue, read_service_state  # noqa: E402
@@ -67,14 +68,18 @@ def app_config(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 
 
 class FakeClicks:
-    """Stands in for the browser's click component: returns the click queued last."""
+    """Stands in for the browser's click component: returns the click (or drag) queued last,
+    and keeps the images the page showed in it."""
 
     def __init__(self) -> None:
         self.click: widgets.Click | None = None
         self.shown: list[np.ndarray] = []
         self.stamp = 0
 
-    def __call__(self, image: np.ndarray, *, key: str) -> widgets.Click | None:
+    def latest(self, key: str) -> widgets.Click | None:
+        return self.click
+
+    def draw(self, image: np.ndarray, *, key: str) -> widgets.Click | None:
         self.shown.append(image)
         return self.click
 
@@ -82,11 +87,16 @@ class FakeClicks:
         self.stamp += 1
         self.click = widgets.Click(x, y, width, height, self.stamp)
 
+    def drag(self, x: float, y: float, x2: float, y2: float, width: float, height: float) -> None:
+        self.stamp += 1
+        self.click = widgets.Click(x, y, width, height, self.stamp, x2, y2)
+
 
 @pytest.fixture
 def clicks(monkeypatch: pytest.MonkeyPatch) -> FakeClicks:
     fake = FakeClicks()
-    monkeypatch.setattr(widgets, "click_point", fake)
+    monkeypatch.setattr(widgets, "latest_click", fake.latest)
+    monkeypatch.setattr(widgets, "click_point", fake.draw)
     return fake
 
 
@@ -115,8 +125,12 @@ def download_bytes(at: AppTest) -> bytes:
     raise AssertionError(f"no media file {name}")
 
 
+def work(at: AppTest) -> Workspace:
+    return at.session_state[SESSION_KEY]
+
+
 def result_rgb(at: AppTest) -> np.ndarray:
-    return at.session_state["cz_result"][1].rgb
+    return work(at).result.rgb
 
 
 def texts(elements) -> str:
@@ -167,7 +181,7 @@ def test_oversize_upload_is_refused_with_a_message(app_config: Path) -> None:
     too_big = b"\0" * (1024 * 1024 + 1)  # app.max_upload_mb = 1 in this configuration
     at = upload(new_app(), "huge.tif", too_big)
     assert "uploads are limited to 1 MB" in texts(at.error)
-    assert at.session_state["cz_source"] is None
+    assert work(at).source is None
     assert not at.download_button
 
 
@@ -190,7 +204,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     clicks.at(39.5, 29.5, 160, 120)
     at.run()
     assert not at.exception, at.exception
-    hints = at.session_state["cz_hints"]
+    hints = work(at).hints
     assert [(h.x, h.y, h.color) for h in hints] == [(80.0, 60.0, "#00c000")]
     after = result_rgb(at)
     assert after.shape == before.shape
@@ -198,7 +212,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     assert max_lightness_error(after, textured_gray(240, 320)) <= 1.0
     # The same click repeated by the component on the next rerun is not a second hint.
     at.run()
-    assert len(at.session_state["cz_hints"]) == 1
+    assert len(work(at).hints) == 1
     record = provenance_of_tiff(download_bytes(at))["semwatch"]
     assert record["hints"] == [{"x": 80, "y": 60, "color": "#00c000"}]
     assert at.download_button(key="cz_download").label == "Download sample.refined.tif"
@@ -207,7 +221,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     remove = [b for b in at.button if b.label == "Remove"]
     assert len(remove) == 1
     remove[0].click().run()
-    assert at.session_state["cz_hints"] == []
+    assert work(at).hints == ()
     assert np.array_equal(result_rgb(at), before)
 
 
@@ -216,9 +230,9 @@ def test_clear_removes_every_hint(app_config: Path, clicks: FakeClicks) -> None:
     for x in (10, 100):
         clicks.at(x, 20, 256, 192)
         at.run()
-    assert len(at.session_state["cz_hints"]) == 2
+    assert len(work(at).hints) == 2
     next(b for b in at.button if b.label == "Clear hints").click().run()
-    assert at.session_state["cz_hints"] == []
+    assert work(at).hints == ()
 
 
 # --------------------------------------------------------------------------- queue
@@ -385,8 +399,8 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     at.switch_page("pages/colorize.py")
     clicks.at(50, 40, 160, 120)
     at.run()
-    assert len(at.session_state["cz_hints"]) == 1
-    assert at.session_state["cz_source"].job_id == ids["grain.png"]
+    assert len(work(at).hints) == 1
+    assert work(at).source.job_id == ids["grain.png"]
 
     at.button(key="cz_save_refined").click().run()
     refined = config.output.dir / "grain.refined.tif"
@@ -423,8 +437,8 @@ def test_the_model_is_loaded_once_and_shared_by_sessions(
     first = upload(new_app(), "a.png", png_bytes(seed=1))
     second = upload(new_app(), "b.png", png_bytes(seed=2))  # another browser session
     assert len(loads) == 1
-    assert first.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
-    assert second.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+    assert first.session_state[SESSION_KEY].result.rgb.shape == (240, 320, 3)
+    assert second.session_state[SESSION_KEY].result.rgb.shape == (240, 320, 3)
 
 
 def _fei_tiff(height: int = 240, width: int = 320, image_rows: int = 200) -> bytes:
@@ -463,8 +477,8 @@ def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
     assert "Data bar detected: rows 200-239 (40 rows)" in texts(at.markdown)
     clicks.at(100, 110, 160, 120)  # y 220 in the image: inside the bar
     at.run()
-    assert at.session_state["cz_hints"] == []
-    assert "in the data bar" in texts(at.warning)
+    assert work(at).hints == ()
+    assert "in the data bar" in texts(at.markdown)  # in the status line: nothing moves
     # Below the bar's top the result stays the gray input.
     rgb = result_rgb(at)
     gray = textured_gray(240, 320, seed=4)
