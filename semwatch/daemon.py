@@ -1067,13 +1067,13 @@ class Daemon:
         return code
 
     def _say_goodbye(self) -> None:
-        """A clean stop leaves no heartbeat row and no watch lock for others to wait out."""
+        """A clean stop leaves no live heartbeat and no watch lock for others to wait out."""
         try:
             if self._watch_root is not None:
                 self._queue.release_watch(self._watch_root, self._owner)
-            self._queue.forget(self._owner)
+            self._queue.sign_off(self._owner)
         except QueueError as exc:
-            log.warning("heartbeat row or watch lock not removed", error=str(exc))
+            log.warning("heartbeat row or watch lock not released", error=str(exc))
 
     def _abort_start(self) -> None:
         if self._watcher is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from semwatch.config import EXIT_CONFIG, Config
 from semwatch.errors import one_line
 from semwatch.log import configure_logging, get_logger
 from semwatch.walk import WatchRules, walk
+
+if TYPE_CHECKING:
+    from semwatch.queue import ServiceState
 
 log = get_logger(__name__)
 
@@ -128,14 +131,17 @@ def _one_line_errors(config: Config) -> Iterator[None]:
     "--json",
     "as_json",
     is_flag=True,
-    help="One JSON object for monitoring scripts: counts, oldest_pending_age_s, "
-    "throughput_per_min, median_latency_s, recent_failures.",
+    help="One JSON object for monitoring scripts: service (state from the daemons' "
+    "heartbeats: running or stopped, hosts, last beat, each daemon), counts, "
+    "oldest_pending_age_s, throughput_per_min, median_latency_s, recent_failures.",
 )
 @config_option
 def status_command(as_json: bool, config_path: Path | None) -> None:
-    """Show what the service's queue holds.
+    """Show whether the service runs and what its queue holds.
 
     \b
+    service   running (host, since when, last heartbeat; each daemon when there are
+              several) or stopped (when last seen, and whether it stopped cleanly)
     pending   waiting for the service (or for a retry after a transient error)
     running   being colorized now
     done      written to the output folder
@@ -146,28 +152,44 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
     """
     config = load_cli_config(config_path)
     _console_logging(config)
-    from semwatch.queue import JobState
+    from semwatch.queue import JobState, read_service_state
 
     queue = _open_existing_queue(config, read_only=True)
     try:
         with _one_line_errors(config):
-            stats = queue.stats()
+            service = read_service_state(queue)
+            stats = queue.stats(now=service.now)
             failed = [] if as_json else queue.jobs(JobState.FAILED, limit=10)
     finally:
         queue.close()
     if as_json:
-        click.echo(json.dumps(stats.as_dict(), indent=2))
+        click.echo(json.dumps({"service": service.as_dict(), **stats.as_dict()}, indent=2))
     else:
-        click.echo(format_status(stats.as_dict(), config, failed))
+        click.echo(format_status(stats.as_dict(), config, failed, service=service))
 
 
-def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[Any] = ()) -> str:
-    """The readable `semwatch status` table."""
+def format_status(
+    stats: dict[str, Any],
+    config: Config,
+    failed_jobs: Sequence[Any] = (),
+    *,
+    service: ServiceState | None = None,
+) -> str:
+    """The readable `semwatch status` table; ``service``: the ServiceState, when read."""
+    from semwatch.report import duration, service_details, service_headline, waiting_note
+
     counts = stats["counts"]
     oldest = stats["oldest_pending_age_s"]
-    lines = [f"queue   {_database(config)}", ""]
+    lines = [f"queue   {_database(config)}"]
+    if service is not None:
+        lines.append(f"service {service_headline(service)}")
+        lines += [f"          {line}" for line in service_details(service)]
+        note = waiting_note(service) if counts.get("pending") else None
+        if note:
+            lines.append(f"        {note}")
+    lines.append("")
     for state in ("pending", "running", "done", "failed"):
-        extra = f"   oldest waiting {_duration(oldest)}" if state == "pending" and oldest else ""
+        extra = f"   oldest waiting {duration(oldest)}" if state == "pending" and oldest else ""
         lines.append(f"  {state:<8}{counts.get(state, 0):>9}{extra}")
     rate = stats["throughput_per_min"]
     latency = stats["median_latency_s"]
@@ -175,7 +197,7 @@ def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[A
         "",
         f"throughput      {rate['10m']:.1f}/min (last 10 min)   {rate['1h']:.1f}/min (last hour)",
         "median latency  "
-        + (f"{_duration(latency)} from arrival to done (last hour)" if latency is not None else "-"),
+        + (f"{duration(latency)} from arrival to done (last hour)" if latency is not None else "-"),
     ]
     if failed_jobs:
         lines += ["", "failed jobs (newest first; `semwatch retry JOB_ID` queues one again):"]
@@ -185,19 +207,9 @@ def format_status(stats: dict[str, Any], config: Config, failed_jobs: Sequence[A
 
 
 def _database(config: Config) -> str:
-    from semwatch.queue import redacted_url
+    from semwatch.report import database_name
 
-    return redacted_url(config.queue.database_url)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return database_name(config.queue.database_url)
 
 
 # --------------------------------------------------------------------------- enqueue

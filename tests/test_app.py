@@ -22,9 +22,10 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
 
 from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
+from semwatch.app.workspace import SESSION_KEY, Workspace  # noqa: E402
 from semwatch.config import load_config  # noqa: E402
 from semwatch.imaging import read_image, write_image  # noqa: E402
-from semwatch.queue import JobState, Owner, open_queue  # noqa: E402
+from semwatch.queue import JobState, Owner, open_queue, read_service_state  # noqa: E402
 
 TIMEOUT = 180  # seconds per script run: the machine may be busy training
 
@@ -67,14 +68,18 @@ def app_config(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 
 
 class FakeClicks:
-    """Stands in for the browser's click component: returns the click queued last."""
+    """Stands in for the browser's click component: returns the click (or drag) queued last,
+    and keeps the images the page showed in it."""
 
     def __init__(self) -> None:
         self.click: widgets.Click | None = None
         self.shown: list[np.ndarray] = []
         self.stamp = 0
 
-    def __call__(self, image: np.ndarray, *, key: str) -> widgets.Click | None:
+    def latest(self, key: str) -> widgets.Click | None:
+        return self.click
+
+    def draw(self, image: np.ndarray, *, key: str) -> widgets.Click | None:
         self.shown.append(image)
         return self.click
 
@@ -82,11 +87,16 @@ class FakeClicks:
         self.stamp += 1
         self.click = widgets.Click(x, y, width, height, self.stamp)
 
+    def drag(self, x: float, y: float, x2: float, y2: float, width: float, height: float) -> None:
+        self.stamp += 1
+        self.click = widgets.Click(x, y, width, height, self.stamp, x2, y2)
+
 
 @pytest.fixture
 def clicks(monkeypatch: pytest.MonkeyPatch) -> FakeClicks:
     fake = FakeClicks()
-    monkeypatch.setattr(widgets, "click_point", fake)
+    monkeypatch.setattr(widgets, "latest_click", fake.latest)
+    monkeypatch.setattr(widgets, "click_point", fake.draw)
     return fake
 
 
@@ -115,8 +125,12 @@ def download_bytes(at: AppTest) -> bytes:
     raise AssertionError(f"no media file {name}")
 
 
+def work(at: AppTest) -> Workspace:
+    return at.session_state[SESSION_KEY]
+
+
 def result_rgb(at: AppTest) -> np.ndarray:
-    return at.session_state["cz_result"][1].rgb
+    return work(at).result.rgb
 
 
 def texts(elements) -> str:
@@ -167,7 +181,7 @@ def test_oversize_upload_is_refused_with_a_message(app_config: Path) -> None:
     too_big = b"\0" * (1024 * 1024 + 1)  # app.max_upload_mb = 1 in this configuration
     at = upload(new_app(), "huge.tif", too_big)
     assert "uploads are limited to 1 MB" in texts(at.error)
-    assert at.session_state["cz_source"] is None
+    assert work(at).source is None
     assert not at.download_button
 
 
@@ -190,7 +204,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     clicks.at(39.5, 29.5, 160, 120)
     at.run()
     assert not at.exception, at.exception
-    hints = at.session_state["cz_hints"]
+    hints = work(at).hints
     assert [(h.x, h.y, h.color) for h in hints] == [(80.0, 60.0, "#00c000")]
     after = result_rgb(at)
     assert after.shape == before.shape
@@ -198,7 +212,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     assert max_lightness_error(after, textured_gray(240, 320)) <= 1.0
     # The same click repeated by the component on the next rerun is not a second hint.
     at.run()
-    assert len(at.session_state["cz_hints"]) == 1
+    assert len(work(at).hints) == 1
     record = provenance_of_tiff(download_bytes(at))["semwatch"]
     assert record["hints"] == [{"x": 80, "y": 60, "color": "#00c000"}]
     assert at.download_button(key="cz_download").label == "Download sample.refined.tif"
@@ -207,7 +221,7 @@ def test_a_clicked_hint_changes_the_result_and_is_recorded(app_config: Path, cli
     remove = [b for b in at.button if b.label == "Remove"]
     assert len(remove) == 1
     remove[0].click().run()
-    assert at.session_state["cz_hints"] == []
+    assert work(at).hints == ()
     assert np.array_equal(result_rgb(at), before)
 
 
@@ -216,9 +230,9 @@ def test_clear_removes_every_hint(app_config: Path, clicks: FakeClicks) -> None:
     for x in (10, 100):
         clicks.at(x, 20, 256, 192)
         at.run()
-    assert len(at.session_state["cz_hints"]) == 2
+    assert len(work(at).hints) == 2
     next(b for b in at.button if b.label == "Clear hints").click().run()
-    assert at.session_state["cz_hints"] == []
+    assert work(at).hints == ()
 
 
 # --------------------------------------------------------------------------- queue
@@ -249,7 +263,8 @@ def _service_database(config_path: Path, *, outside: Path) -> dict[str, int]:
         ids = {}
         now = time.time()
         for name, sha in (("grain.png", source_sha), ("evil.png", "e" * 64), ("bad.png", "b" * 64)):
-            ids[name] = queue.enqueue(name, sha, 10, now, arrived_at=now - 5)
+            # bad.png arrived two hours ago: once retried, its wait counts from the retry.
+            ids[name] = queue.enqueue(name, sha, 10, now, arrived_at=now - (7200 if name == "bad.png" else 5))
         claimed = {job.rel_path: job for job in queue.claim(owner, 10)}
         queue.complete(owner, claimed["grain.png"].id, str(output))
         queue.complete(owner, claimed["evil.png"].id, str(outside))
@@ -275,17 +290,69 @@ def test_queue_page_reads_jobs_read_only_and_retries_a_failure(app_config: Path,
         "1",
     )
     # Only the output inside the output folder is previewed; the other has no preview.
-    assert len(at.image) == 1
-    assert f"{ids['grain.png']}: grain.png" in at.image[0].captions[0]
-    assert f"{ids['evil.png']}: evil.png (no preview)" in texts(at.caption)
+    captions = sorted(image.captions[0] for image in at.image)
+    assert captions == sorted([f"{ids['evil.png']}: evil.png (no preview)", f"{ids['grain.png']}: grain.png"])
     assert "cannot decode PNG: truncated" in texts(at.markdown)
 
     at.button(key=f"q_retry_{ids['bad.png']}").click().run()
     assert not at.exception, at.exception
-    assert "Re-queued 1 failed job." in texts(at.success)
+    assert "Re-queued 1 failed job." in texts(at.warning)
     queue = open_queue(config.queue, read_only=True)
     try:
         assert queue.get(ids["bad.png"]).state == JobState.PENDING
+    finally:
+        queue.close()
+
+
+def _beat(config_path: Path, *owners: tuple[Owner, str], sign_off: bool = False) -> None:
+    """Heartbeat rows as running daemons write them (sign_off: as a clean stop leaves them)."""
+    queue = open_queue(load_config(config_path).queue)
+    try:
+        for owner, role in owners:
+            queue.beat(owner, role)
+            if sign_off:
+                queue.sign_off(owner)
+    finally:
+        queue.close()
+
+
+def test_queue_page_shows_the_service_state_and_that_a_retry_waits_for_it(
+    app_config: Path, tmp_path: Path
+) -> None:
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    assert "Service stopped: no daemon has run on this database" in texts(at.warning)
+    assert "pending jobs wait until the service starts" in texts(at.warning)
+    assert "without ever holding a lock the service waits for" in texts(at.caption)
+
+    # Retry while nothing runs: the page says the job waits for the service, and its wait
+    # counts from now, not from its arrival two hours ago.
+    at.button(key=f"q_retry_{ids['bad.png']}").click().run()
+    notice = texts(at.warning)
+    assert "Re-queued 1 failed job. It waits until the service starts (`semwatch run`" in notice
+    oldest = next(c.value for c in at.caption if "Oldest waiting image" in str(c.value))
+    assert " min" not in oldest and " h " not in oldest, oldest
+
+    gpu1, gpu2 = Owner("gpu1", 4242, "1" * 32), Owner("gpu2", 4343, "2" * 32)
+    _beat(app_config, (gpu1, "all"))
+    at.run()
+    assert "Service running on gpu1 (pid 4242, watches and colorizes) since" in texts(at.success)
+    assert not at.warning
+
+    _beat(app_config, (gpu2, "worker"))
+    at.run()
+    assert "Service running: 2 daemons on gpu1, gpu2, 2 of them colorizing" in texts(at.success)
+    assert "gpu2 pid 4343 (colorizes): running" in texts(at.caption)
+
+    _beat(app_config, (gpu1, "all"), (gpu2, "worker"), sign_off=True)
+    at.run()
+    stopped = texts(at.warning)
+    assert "Service stopped: last seen" in stopped and "stopped cleanly" in stopped
+    config = load_config(app_config)
+    queue = open_queue(config.queue, read_only=True)
+    try:
+        assert not read_service_state(queue).is_running
     finally:
         queue.close()
 
@@ -331,8 +398,8 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     at.switch_page("pages/colorize.py")
     clicks.at(50, 40, 160, 120)
     at.run()
-    assert len(at.session_state["cz_hints"]) == 1
-    assert at.session_state["cz_source"].job_id == ids["grain.png"]
+    assert len(work(at).hints) == 1
+    assert work(at).source.job_id == ids["grain.png"]
 
     at.button(key="cz_save_refined").click().run()
     refined = config.output.dir / "grain.refined.tif"
@@ -369,8 +436,8 @@ def test_the_model_is_loaded_once_and_shared_by_sessions(
     first = upload(new_app(), "a.png", png_bytes(seed=1))
     second = upload(new_app(), "b.png", png_bytes(seed=2))  # another browser session
     assert len(loads) == 1
-    assert first.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
-    assert second.session_state["cz_result"][1].rgb.shape == (240, 320, 3)
+    assert first.session_state[SESSION_KEY].result.rgb.shape == (240, 320, 3)
+    assert second.session_state[SESSION_KEY].result.rgb.shape == (240, 320, 3)
 
 
 def _fei_tiff(height: int = 240, width: int = 320, image_rows: int = 200) -> bytes:
@@ -409,8 +476,8 @@ def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
     assert "Data bar detected: rows 200-239 (40 rows)" in texts(at.markdown)
     clicks.at(100, 110, 160, 120)  # y 220 in the image: inside the bar
     at.run()
-    assert at.session_state["cz_hints"] == []
-    assert "in the data bar" in texts(at.warning)
+    assert work(at).hints == ()
+    assert "in the data bar" in texts(at.markdown)  # in the status line: nothing moves
     # Below the bar's top the result stays the gray input.
     rgb = result_rgb(at)
     gray = textured_gray(240, 320, seed=4)

@@ -4,6 +4,7 @@ real SQLite queue (no daemon needed; these commands must not import PyTorch)."""
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -200,3 +201,31 @@ def test_db_upgrade_and_current_for_admins(tmp_path: Path, database_url: str) ->
     assert upgraded.stdout.strip().endswith(f"at revision {head}")
     assert site.cli("db", "current").stdout == f"database: {head}\nsemwatch: {head}\n"
     assert site.cli("db", "upgrade").returncode == 0  # nothing to do, still fine
+
+
+def test_status_shows_the_service_running_then_stopped(tmp_path: Path, tiny_model: Path) -> None:
+    """The service's state from the heartbeat rows the daemon writes: a real daemon, then
+    its clean stop; text and JSON."""
+    site = Site(tmp_path / "live", tiny_model)
+    host = socket.gethostname()
+    daemon = site.start()
+    try:
+        daemon.wait_ready()
+        running = site.status()["service"]
+        assert running["state"] == "running" and running["hosts"] == [host] and running["workers"] == 1
+        (row,) = running["daemons"]
+        assert (row["host"], row["pid"], row["role"], row["state"]) == (host, daemon.pid, "all", "running")
+        assert row["last_beat"] >= row["started_at"]
+        text = site.cli("status").stdout
+        assert f"service running on {host} (pid {daemon.pid}, watches and colorizes) since " in text
+        assert "last beat" in text
+    finally:
+        assert daemon.stop() == 0
+    stopped = site.status()["service"]
+    assert stopped["state"] == "stopped" and stopped["hosts"] == [] and stopped["workers"] == 0
+    assert stopped["daemons"][0]["state"] == "stopped" and stopped["last_beat_age_s"] >= 0
+    _images(site, "waiting.png")
+    site.cli("enqueue", str(site.inbox))
+    text = site.cli("status").stdout
+    assert "service stopped: last seen " in text and f"on {host}, stopped cleanly" in text
+    assert "pending jobs wait until the service starts" in text

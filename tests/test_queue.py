@@ -852,8 +852,65 @@ def test_heartbeats_count_the_workers_alive(queue: SqlJobQueue, clock: FakeClock
     queue.beat(worker, "worker")  # an upsert: still one row for this daemon
     clock.advance(2)
     assert queue.alive_workers() == 1  # gpu2 stopped beating
-    queue.forget(worker)
-    assert queue.alive_workers() == 0
+    queue.sign_off(worker)
+    assert queue.alive_workers() == 0  # at once, not after ALIVE_SECONDS
+
+
+def test_the_service_state_from_the_heartbeat_rows(queue: SqlJobQueue, clock: FakeClock) -> None:
+    """Running (where, since when, last beat), several workers, then stopped: cleanly (its
+    row stays as "last seen") or by dying (it just stops beating)."""
+    from semwatch.queue import DaemonState, read_service_state
+    from semwatch.report import service_details, service_headline, waiting_note
+
+    never = read_service_state(queue)
+    assert never.as_dict()["state"] == "stopped" and never.as_dict()["last_beat"] is None
+    assert "no daemon has run on this database" in service_headline(never)
+
+    gpu1 = Owner(host="gpu1", pid=10, token="1" * 32)
+    gpu2 = Owner(host="gpu2", pid=11, token="2" * 32)
+    queue.beat(gpu1, "all")
+    clock.advance(5)
+    one = read_service_state(queue)
+    assert one.as_dict()["state"] == "running" and one.as_dict()["hosts"] == ["gpu1"]
+    assert one.as_dict()["last_beat_age_s"] == pytest.approx(5)
+    assert service_headline(one).startswith("running on gpu1 (pid 10, watches and colorizes) since ")
+    assert "last beat 5.0 s ago" in service_headline(one) and waiting_note(one) is None
+
+    queue.beat(gpu2, "worker")
+    several = read_service_state(queue)
+    assert several.as_dict()["workers"] == 2 and several.as_dict()["hosts"] == ["gpu1", "gpu2"]
+    assert service_headline(several) == "running: 2 daemons on gpu1, gpu2, 2 of them colorizing"
+    assert len(service_details(several)) == 2
+
+    queue.sign_off(gpu2)
+    clock.advance(queue_module.ALIVE_SECONDS + 60)  # gpu1 was killed: no goodbye, no beats
+    stopped = read_service_state(queue)
+    assert [stopped.state_of(d) for d in stopped.daemons] == [DaemonState.STOPPED, DaemonState.LOST]
+    assert stopped.as_dict()["state"] == "stopped" and stopped.as_dict()["hosts"] == []
+    assert stopped.as_dict()["last_beat_age_s"] == pytest.approx(queue_module.ALIVE_SECONDS + 60)
+    headline = service_headline(stopped)
+    assert (
+        headline.startswith("stopped: last seen 1 min 30 s ago (") and "on gpu2, stopped cleanly" in headline
+    )
+    assert "pending jobs wait until the service starts" in waiting_note(stopped)
+
+    watcher = Owner(host="scope", pid=12, token="3" * 32)
+    queue.beat(watcher, "watcher")
+    only_watching = read_service_state(queue)
+    assert "no worker colorizes, so pending jobs wait" in service_headline(only_watching)
+    assert waiting_note(only_watching) is not None
+
+
+def test_a_retried_job_waits_from_the_retry_not_from_its_first_arrival(
+    queue: SqlJobQueue, clock: FakeClock, owner: Owner
+) -> None:
+    job = _one_job(queue, owner, "bad.tif")
+    queue.fail(owner, job.id, "cannot decode", permanent=True)
+    clock.advance(3600)
+    assert queue.retry([job.id]) == 1
+    assert queue.stats().oldest_pending_age_s == 0
+    clock.advance(7)
+    assert queue.stats().oldest_pending_age_s == pytest.approx(7)
 
 
 def test_one_watcher_per_input_folder(queue: SqlJobQueue, clock: FakeClock) -> None:

@@ -173,7 +173,7 @@ def test_one_watcher_three_workers_kill_9_and_takeover(
 
         for run in (standby, *workers[1:]):
             assert run.stop() == 0
-        assert _alive_workers(site) == 0  # a clean stop removes the heartbeat row
+        assert _alive_workers(site) == 0  # a clean stop signs off at once
     finally:
         site.stop_all()
 

@@ -1,17 +1,19 @@
-"""The Colorize page: upload (or open a finished job), colorize, steer with hints, compare,
-download, and save a refined result beside the service's automatic output.
+"""The Colorize page: upload (or open a finished job), colorize, steer with hints, zoom,
+compare, download, and save a refined result beside the service's automatic output.
 
-Session state (per browser tab) holds the decoded source, the hints and the latest result;
-the model is shared (AppContext.colorizer). Every decode/colorize/write goes through
-semwatch.app.service.
+The work in progress is the session's Workspace (semwatch.app.workspace): it survives page
+switches, and replacing an image with unsaved hints asks first. The model is shared
+(AppContext.colorizer); every decode/colorize/write goes through semwatch.app.service.
+
+A run draws the page from the workspace as it is (a new hint's marker at once, on the
+result it is about to change), then colorizes what is stale and reruns: the image stays
+where it is, and a one-line status above it says what is going on.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -19,6 +21,7 @@ import streamlit as st
 from semwatch.app import queue_view, service, widgets
 from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.context import AppContext
+from semwatch.app.workspace import Change, Source, Workspace, workspace
 from semwatch.hints import Hint, HintError
 from semwatch.imaging import SUPPORTED_SUFFIXES, DecodedImage, ImageError, output_name
 from semwatch.log import get_logger
@@ -30,113 +33,148 @@ UPLOAD_TYPES = sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES)
 DEFAULT_HINT_COLOR = "#2f7fd8"
 DOWNLOAD_FORMATS = {"TIFF (metadata + provenance)": "tiff", "PNG": "png"}
 _SUFFIX_FORMATS = {".tif": "tiff", ".png": "png", ".jpg": "jpeg"}
-_tokens = itertools.count(1)  # tells sources and results apart across reruns
-
-
-@dataclass(frozen=True)
-class Source:
-    """The image on the page: an upload, or the source of a finished job (to refine)."""
-
-    token: int
-    name: str  # file name shown and used for download names
-    source_path: str  # recorded in the provenance
-    image: DecodedImage
-    gray_preview: np.ndarray  # RGB, long side app.preview_size
-    job_id: int | None = None
-    output: Path | None = None  # the job's automatic output (inside output.dir)
+# A full colorization slower than this gets a quick low-resolution look first; before the
+# first one of an image there is no timing yet, so its size decides.
+QUICK_AFTER_SECONDS = 1.0
+QUICK_PIXELS = 4_000_000
 
 
 def render(ctx: AppContext) -> None:
     st.title("Colorize")
-    state = st.session_state
-    state.setdefault("cz_hints", [])
-    _open_requested_job(ctx)
-    _take_upload(ctx)
-    source: Source | None = state.get("cz_source")
+    work = workspace(st.session_state)
+    _take_refine_request(work)
+    _uploader(ctx)
+    _settle_change(ctx, work)
+    error = st.session_state.get("cz_upload_error")  # until the next change of image
+    if error:
+        st.error(error)
+    source = work.source
     if source is None:
         st.info(
             "Upload a scanning electron microscope image (TIFF, PNG, JPEG or BMP). It is "
             "colorized with the service's model and settings; click the result to steer "
-            "its colours."
+            "its colours, drag a box on it to zoom in."
         )
         return
-    colorizer = ctx.colorizer()
-    _describe_source(source, colorizer.takes_hints)
-    result = _current_result(ctx, source)
-    if result is None:
-        return
-    after = _show_images(ctx, source, result)
-    compare, details = st.columns(2)
-    with compare:
-        st.markdown("**Compare** (drag across the image)")
-        st.iframe(widgets.compare_html(source.gray_preview, after), height="content")
-    with details:
-        _hint_list(source)
+    _describe_source(source, ctx.colorizer().takes_hints)
+    _take_click(work)
+    main, side = st.columns([3, 1], gap="medium")
+    with main:
+        _status_line(work)
+        _clickable_image(ctx, work)
+        with st.expander("Compare with the gray original"):
+            after = _result_preview(ctx, work)
+            if after is not None:
+                st.iframe(widgets.compare_html(source.gray_preview, after), height="content")
+    with side:
+        _hint_controls(work)
+        _hint_list(work)
+        _downloads(ctx, work)
+        if source.job_id is not None:
+            _save_refined(ctx, work)
         _show_acquisition(source.image)
-        _downloads(ctx, source, result)
-    if source.job_id is not None:
-        _save_refined(ctx, source, result)
+    _colorize_if_stale(ctx, work)
 
 
 # --------------------------------------------------------------------------- sources
 
 
-def _take_upload(ctx: AppContext) -> None:
-    state = st.session_state
+def _uploader(ctx: AppContext) -> None:
     cap_mb = ctx.config.app.max_upload_mb
-    uploaded = st.file_uploader(
+    st.file_uploader(
         f"SEM image (TIFF, PNG, JPEG, BMP; at most {cap_mb} MB)",
         type=UPLOAD_TYPES,
         key="cz_upload",
         max_upload_size=cap_mb,
+        # Only a change the user makes: the empty uploader met after a visit to the Queue
+        # page is not a removal.
+        on_change=_upload_changed,
     )
+
+
+def _upload_changed() -> None:
+    work = workspace(st.session_state)
+    uploaded = st.session_state.get("cz_upload")
     if uploaded is None:
-        current = state.get("cz_source")
-        if current is not None and current.job_id is None and state.get("cz_upload_id"):
-            _set_source(None)  # the upload was removed
-        state["cz_upload_id"] = None
+        if work.source is not None and work.source.job_id is None:
+            work.pending = Change(what=work.source.name, closes=True)  # removed from the uploader
         return
-    if uploaded.file_id != state.get("cz_upload_id"):
-        state["cz_upload_id"] = uploaded.file_id
-        state["cz_upload_error"] = _load_upload(ctx, uploaded)
-    if state.get("cz_upload_error"):
-        st.error(state["cz_upload_error"])
+    work.pending = Change(what=uploaded.name, upload=(uploaded.name, uploaded.getvalue()))
 
 
-def _load_upload(ctx: AppContext, uploaded: Any) -> str | None:
-    """Decode a new upload into the page's source; the error text when it cannot be."""
+def _take_refine_request(work: Workspace) -> None:
+    """The Queue page's "Refine" puts a job id in refine_job."""
+    job_id = st.session_state.pop("refine_job", None)
+    if job_id is not None:
+        work.pending = Change(what=f"job {job_id}", job_id=int(job_id))
+
+
+def _settle_change(ctx: AppContext, work: Workspace) -> None:
+    """Apply a requested change of image, or ask first when it would drop unsaved hints."""
+    change = work.pending
+    if change is None:
+        return
+    if not work.unsaved():
+        work.pending = None
+        _apply(ctx, work, change)
+        return
+    assert work.source is not None
+    count = len(work.hints)
+    instead = "Close it" if change.closes else f"Open {change.what} instead"
+    st.warning(
+        f"{count} hint{'s' if count != 1 else ''} on {work.source.name} "
+        f"{'were' if count != 1 else 'was'} neither downloaded nor saved. {instead} and drop "
+        f"{'them' if count != 1 else 'it'}?",
+        icon=":material/help:",
+    )
+    left, right, _ = st.columns([2, 2, 3])
+    if left.button(f"{instead}, drop the hints", key="cz_confirm_change", type="primary"):
+        work.pending = None
+        _apply(ctx, work, change)
+        st.rerun()
+    if right.button(f"Keep working on {work.source.name}", key="cz_keep"):
+        work.pending = None
+        st.rerun()
+
+
+def _apply(ctx: AppContext, work: Workspace, change: Change) -> None:
+    st.session_state["cz_upload_error"] = None
+    if change.upload is not None:
+        error = _open_upload(ctx, work, *change.upload)
+        st.session_state["cz_upload_error"] = error
+    elif change.job_id is not None:
+        _open_job(ctx, work, change.job_id)
+    else:
+        work.open(None, time.perf_counter())
+
+
+def _open_upload(ctx: AppContext, work: Workspace, name: str, data: bytes) -> str | None:
+    """Decode a new upload onto the page; the error text when it cannot be (the image on
+    the page, if any, stays)."""
     cap = ctx.config.app.max_upload_mb
-    if uploaded.size > cap * 1024 * 1024:
-        log.warning("upload refused: over the cap", name=uploaded.name, size=uploaded.size, max_upload_mb=cap)
-        _set_source(None)
+    if len(data) > cap * 1024 * 1024:
+        log.warning("upload refused: over the cap", name=name, size=len(data), max_upload_mb=cap)
         return (
-            f"{uploaded.name} is {uploaded.size / 1024 / 1024:.1f} MB: uploads are limited "
+            f"{name} is {len(data) / 1024 / 1024:.1f} MB: uploads are limited "
             f"to {cap} MB (app.max_upload_mb in the configuration)."
         )
     try:
-        with st.spinner(f"Reading {uploaded.name}..."):
-            image = service.decode_upload(
-                uploaded.getvalue(), uploaded.name, max_pixels=ctx.config.engine.max_pixels
-            )
+        with st.spinner(f"Reading {name}..."):
+            image = service.decode_upload(data, name, max_pixels=ctx.config.engine.max_pixels)
     except ImageError as exc:
-        log.warning("upload refused: not an image", name=uploaded.name, reason=exc.reason)
-        _set_source(None)
-        return f"{uploaded.name} is not an image semwatch can read: {exc.reason}"
+        log.warning("upload refused: not an image", name=name, reason=exc.reason)
+        return f"{name} is not an image semwatch can read: {exc.reason}"
     except OSError as exc:  # the private temporary folder could not be written
-        log.error("cannot stage the upload", name=uploaded.name, error=str(exc))
-        _set_source(None)
-        return f"Cannot read {uploaded.name} on the server: {exc.strerror or exc}"
-    _set_source(_make_source(ctx, image, name=uploaded.name, source_path=uploaded.name))
+        log.error("cannot stage the upload", name=name, error=str(exc))
+        return f"Cannot read {name} on the server: {exc.strerror or exc}"
+    work.open(_make_source(ctx, image, name=name, source_path=name), time.perf_counter())
     return None
 
 
-def _open_requested_job(ctx: AppContext) -> None:
-    """The queue page's "Refine" puts a job id in refine_job: open that job's source."""
-    job_id = st.session_state.pop("refine_job", None)
-    if job_id is None:
-        return
+def _open_job(ctx: AppContext, work: Workspace, job_id: int) -> None:
+    """Open a finished job's source to refine it."""
     try:
-        job = queue_view.get_job(ctx.config, int(job_id))
+        job = queue_view.get_job(ctx.config, job_id)
     except QueueError as exc:
         log.warning("cannot read the queue", error=str(exc))
         st.error(f"Cannot read the queue: {exc}")
@@ -161,14 +199,10 @@ def _open_requested_job(ctx: AppContext) -> None:
             f"{job.rel_path} has changed since job {job.id} colorized it; you are "
             "refining its current content."
         )
-    # A file still in the uploader is not new: it must not replace the job's source.
-    held = st.session_state.get("cz_upload")
-    st.session_state["cz_upload_id"] = getattr(held, "file_id", None)
-    _set_source(
-        _make_source(
-            ctx, image, name=Path(job.rel_path).name, source_path=str(path), job_id=job.id, output=output
-        )
+    source = _make_source(
+        ctx, image, name=Path(job.rel_path).name, source_path=str(path), job_id=job.id, output=output
     )
+    work.open(source, time.perf_counter())
 
 
 def _make_source(
@@ -181,15 +215,7 @@ def _make_source(
     output: Path | None = None,
 ) -> Source:
     gray = widgets.preview(image.gray, ctx.config.app.preview_size)
-    return Source(next(_tokens), name, source_path, image, np.dstack([gray] * 3), job_id, output)
-
-
-def _set_source(source: Source | None) -> None:
-    state = st.session_state
-    state["cz_source"] = source
-    state["cz_hints"] = []
-    state["cz_result"] = None
-    state["cz_downloads"] = {}
+    return Source(name, source_path, image, np.dstack([gray] * 3), job_id, output)
 
 
 def _describe_source(source: Source, takes_hints: bool) -> None:
@@ -209,112 +235,205 @@ def _describe_source(source: Source, takes_hints: bool) -> None:
         )
 
 
-# --------------------------------------------------------------------------- colorizing
+# --------------------------------------------------------------------------- the image
 
 
-def _current_result(ctx: AppContext, source: Source) -> service.Colorized | None:
-    """The result for the current source and hints, colorizing only when they changed."""
-    state = st.session_state
-    hints: list[Hint] = state["cz_hints"]
-    key = (source.token, tuple((h.x, h.y, h.color) for h in hints))
-    cached = state.get("cz_result")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    colorizer = ctx.colorizer()
-    try:
-        with st.spinner("Colorizing..."):
-            result = service.colorize(colorizer, source.image, hints, source_path=source.source_path)
-    except HintError as exc:
-        log.warning("hint refused", error=str(exc))
-        st.error(str(exc))
-        return None
-    except Exception as exc:  # noqa: BLE001 - the page says what failed; the log has the trace
-        log.exception("colorization failed in the web UI", source=source.source_path)
-        st.error(f"Colorization failed: {type(exc).__name__}: {exc}")
-        return None
-    state["cz_result"] = (key, result)
-    state["cz_downloads"] = {}
-    return result
+def _click_key(work: Workspace) -> str:
+    assert work.source is not None
+    return f"cz_click_{work.source.token}"
 
 
-def _show_images(ctx: AppContext, source: Source, result: service.Colorized) -> np.ndarray:
-    """Gray original beside the clickable result; returns the result's preview."""
-    state = st.session_state
-    after = _result_preview(ctx, result)
-    scale = after.shape[1] / result.rgb.shape[1]
-    controls = st.columns([2, 2, 3], vertical_alignment="bottom")
-    color = controls[0].color_picker("Colour of the next hint", DEFAULT_HINT_COLOR, key="cz_color")
-    controls[1].button("Clear hints", on_click=_clear_hints, disabled=not state["cz_hints"])
-    controls[2].caption(
-        f"Colorized in {result.seconds:.2f} s. Click a point on the colorized "
-        "image to give it the colour on the left."
+def _take_click(work: Workspace) -> None:
+    """A click adds a hint, a drag zooms: taken before anything is drawn, so this run
+    already shows the new marker (or the zoomed view)."""
+    click = widgets.latest_click(_click_key(work))
+    if click is None or click.stamp == work.click_stamp:
+        return
+    work.click_stamp = click.stamp
+    assert work.source is not None
+    height, width = work.source.image.gray.shape
+    if click.is_drag:
+        work.zoom = widgets.zoom_box(click, height, width, work.zoom)
+        return
+    x, y = widgets.to_image_pixels(click, height, width, work.zoom)
+    bar = work.source.image.databar_row
+    if bar is not None and y >= bar:
+        work.notice = "That point is in the data bar, which stays gray: no hint added."
+        return
+    color = st.session_state.get("cz_color", DEFAULT_HINT_COLOR)
+    work.steer((*work.hints, Hint.from_color(x, y, color)), time.perf_counter())
+
+
+def _status_line(work: Workspace) -> None:
+    """One line in a fixed place above the image: what the page is doing or did."""
+    bar = st.columns([5, 1], vertical_alignment="center")
+    count = len(work.hints)
+    with_hints = f" with {count} hint{'s' if count != 1 else ''}" if count else ""
+    failure = work.failure_now()
+    if failure is not None:
+        text = f":material/error: {failure}"
+    elif work.notice:
+        text = f":material/warning: {work.notice}"
+        work.notice = None
+    elif not work.fresh:
+        quick = work.quick is not None and work.quick[0] == work.recipe()
+        text = (
+            f":material/hourglass_top: Quick low-resolution look; colorizing at full resolution{with_hints}..."
+            if quick
+            else f":material/hourglass_top: Colorizing{with_hints}..."
+        )
+    else:
+        assert work.result is not None
+        waited = work.waited
+        text = (
+            f"Colorized in {waited:.1f} s ({work.result.seconds:.1f} s of it in the engine)"
+            if waited is not None
+            else f"Colorized ({work.result.seconds:.1f} s in the engine)"
+        ) + " · click: add a hint · drag a box: zoom in"
+    bar[0].markdown(text)
+    bar[1].button(
+        "Whole image",
+        key="cz_unzoom",
+        icon=":material/zoom_out_map:",
+        disabled=work.zoom is None,
+        on_click=_unzoom,
+        width="stretch",
     )
-    notice = state.pop("cz_notice", None)
-    if notice:
-        st.warning(notice)
-    left, right = st.columns(2)
-    left.markdown("**Gray original**")
-    left.image(source.gray_preview, width="stretch", output_format="JPEG")
-    with right:
-        st.markdown("**Colorized** (click to add a hint)")
-        points = [(h.x * scale, h.y * scale, h.color) for h in state["cz_hints"]]
-        click = widgets.click_point(widgets.draw_markers(after, points), key=f"cz_click_{source.token}")
-    if click is not None and click.stamp != state.get("cz_click_stamp"):
-        state["cz_click_stamp"] = click.stamp
-        _add_hint(source, click, color)
-    return after
 
 
-def _result_preview(ctx: AppContext, result: service.Colorized) -> np.ndarray:
-    """The result scaled to app.preview_size, once per result (every rerun shows it)."""
+def _unzoom() -> None:
+    workspace(st.session_state).zoom = None
+
+
+def _clickable_image(ctx: AppContext, work: Workspace) -> None:
+    """The best picture there is for the current hints (the result; while it is computed,
+    the quick look or the previous result; before any, the gray image), whole or zoomed,
+    with a numbered marker per hint."""
+    source = work.source
+    assert source is not None
+    full_shape = source.image.gray.shape
+    size = (source.gray_preview.shape[1], source.gray_preview.shape[0])
+    base = _picture(ctx, work)
+    shown = widgets.view(base, full_shape, work.zoom, size)
+    points = [(*widgets.to_view(h.x, h.y, full_shape, work.zoom, size), h.color) for h in work.hints]
+    widgets.click_point(widgets.draw_markers(shown, points), key=_click_key(work))
+
+
+def _picture(ctx: AppContext, work: Workspace) -> np.ndarray:
+    recipe = work.recipe()
+    assert work.source is not None and recipe is not None
+    full = (
+        work.result if work.result_recipe is not None and work.result_recipe.source == recipe.source else None
+    )
+    if full is not None and work.fresh:
+        # Zoomed: cut from the full resolution; whole: the preview made once per result.
+        return full.rgb if work.zoom is not None else _result_preview(ctx, work)
+    if work.quick is not None and work.quick[0] == recipe:
+        return work.quick[1]
+    if full is not None:  # the previous result, under the new marker, until the new one
+        return full.rgb if work.zoom is not None else _result_preview(ctx, work)
+    return work.source.gray_preview
+
+
+def _result_preview(ctx: AppContext, work: Workspace) -> np.ndarray | None:
+    """The latest result scaled to app.preview_size, once per result (every rerun shows it)."""
+    if work.result is None:
+        return None
     state = st.session_state
     cached = state.get("cz_preview")
-    if cached is None or cached[0] is not result:
-        cached = (result, widgets.preview(result.rgb, ctx.config.app.preview_size))
+    if cached is None or cached[0] is not work.result:
+        cached = (work.result, widgets.preview(work.result.rgb, ctx.config.app.preview_size))
         state["cz_preview"] = cached
     return cached[1]
 
 
-def _add_hint(source: Source, click: widgets.Click, color: str) -> None:
-    height, width = source.image.gray.shape
-    x, y = widgets.to_image_pixels(click, height, width)
-    bar = source.image.databar_row
-    if bar is not None and y >= bar:
-        st.session_state["cz_notice"] = "That point is in the data bar, which stays gray: no hint added."
-    else:
-        st.session_state["cz_hints"] = [*st.session_state["cz_hints"], Hint.from_color(x, y, color)]
+# --------------------------------------------------------------------------- colorizing
+
+
+def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
+    """After the page is drawn: the quick look (when the full result is slow), then the
+    full result; each followed by a rerun that shows it in place."""
+    recipe = work.recipe()
+    source = work.source
+    if source is None or recipe is None or work.fresh:
+        return
+    if work.failure_now() is not None:
+        return  # said in the status line; a new hint or image tries again
+    colorizer = ctx.colorizer()
+    try:
+        if _wants_quick(work) and (work.quick is None or work.quick[0] != recipe):
+            rgb = service.colorize_quick(
+                colorizer, source.image, work.hints, long_side=ctx.config.app.preview_size
+            )
+            work.quick = (recipe, rgb)
+            st.rerun()
+        started = time.perf_counter()
+        result = service.colorize(colorizer, source.image, work.hints, source_path=source.source_path)
+    except HintError as exc:
+        log.warning("hint refused", error=str(exc))
+        work.failure = (recipe, str(exc))
+        st.rerun()
+    except Exception as exc:  # noqa: BLE001 - the page says what failed; the log has the trace
+        log.exception("colorization failed in the web UI", source=source.source_path)
+        work.failure = (recipe, f"Colorization failed: {type(exc).__name__}: {exc}")
+        st.rerun()
+    now = time.perf_counter()
+    work.finish(result, recipe, now, now - started)
     st.rerun()
 
 
+def _wants_quick(work: Workspace) -> bool:
+    assert work.source is not None
+    if work.full_seconds is not None:
+        return work.full_seconds > QUICK_AFTER_SECONDS
+    return work.source.image.gray.size > QUICK_PIXELS
+
+
+# --------------------------------------------------------------------------- hints
+
+
+def _hint_controls(work: Workspace) -> None:
+    row = st.columns([3, 2], vertical_alignment="bottom")
+    # persist_state: the widgets' values come back after a visit to the Queue page too.
+    row[0].color_picker(
+        "Colour of the next hint", DEFAULT_HINT_COLOR, key="cz_color", persist_state="session"
+    )
+    row[1].button("Clear hints", on_click=_clear_hints, disabled=not work.hints, width="stretch")
+
+
 def _clear_hints() -> None:
-    st.session_state["cz_hints"] = []
+    workspace(st.session_state).steer((), time.perf_counter())
 
 
 def _remove_hint(index: int) -> None:
-    hints = list(st.session_state["cz_hints"])
+    work = workspace(st.session_state)
+    hints = list(work.hints)
     if 0 <= index < len(hints):
         del hints[index]
-    st.session_state["cz_hints"] = hints
+    work.steer(tuple(hints), time.perf_counter())
 
 
-def _hint_list(source: Source) -> None:
-    hints: list[Hint] = st.session_state["cz_hints"]
+def _hint_list(work: Workspace) -> None:
+    hints = work.hints
     if not hints:
+        st.caption("No hints yet: click the image to give a point the colour above.")
         return
+    assert work.source is not None
     st.markdown(f"**Hints** ({len(hints)}, recorded in the downloads' provenance)")
     for index, hint in enumerate(hints):
-        row = st.columns([4, 1], vertical_alignment="center")
+        row = st.columns([4, 2], vertical_alignment="center")
         row[0].markdown(
             f'<span style="display:inline-block;width:1em;height:1em;border:1px solid #333;'
             f'background:{hint.color};vertical-align:middle"></span> '
-            f"Hint {index + 1}: x {int(hint.x)}, y {int(hint.y)} · `{hint.color}`",
+            f"Hint {index + 1}: x {int(hint.x)}, y {int(hint.y)}",
             unsafe_allow_html=True,
         )
         row[1].button(
             "Remove",
-            key=f"cz_remove_{source.token}_{index}_{hint.x}_{hint.y}",
+            key=f"cz_remove_{work.source.token}_{index}_{hint.x}_{hint.y}",
             on_click=_remove_hint,
             args=(index,),
+            width="stretch",
         )
 
 
@@ -323,7 +442,7 @@ def _hint_list(source: Source) -> None:
 
 def _show_acquisition(image: DecodedImage) -> None:
     rows = acquisition_summary(image.metadata)
-    with st.expander("Acquisition metadata and data bar", expanded=True):
+    with st.expander("Acquisition metadata and data bar"):
         if rows:
             st.table({"setting": [r[0] for r in rows], "value": [r[1] for r in rows]})
         else:
@@ -331,60 +450,82 @@ def _show_acquisition(image: DecodedImage) -> None:
         st.write(databar_text(image.gray.shape[0], image.databar_row))
 
 
-def _downloads(ctx: AppContext, source: Source, result: service.Colorized) -> None:
-    state = st.session_state
-    label = st.radio("Download as", list(DOWNLOAD_FORMATS), horizontal=True, key="cz_format")
+def _downloads(ctx: AppContext, work: Workspace) -> None:
+    source = work.source
+    assert source is not None
+    label = st.radio(
+        "Download as", list(DOWNLOAD_FORMATS), horizontal=True, key="cz_format", persist_state="session"
+    )
     fmt = DOWNLOAD_FORMATS[label]
-    cache: dict = state.setdefault("cz_downloads", {})
-    if fmt not in cache:
+    steered = bool(work.hints)
+    name = queue_view.refined_name(source.name, fmt) if steered else output_name(source.name, fmt)
+    if not work.fresh or work.result is None:
+        # The same place and size as the button it becomes: nothing moves.
+        st.button(f"Download {name}", key="cz_download_wait", disabled=True, help="After colorizing")
+        return
+    if fmt not in work.downloads:
         try:
-            cache[fmt] = service.encode(
-                result, ctx.colorizer(), fmt=fmt, jpeg_quality=ctx.config.output.jpeg_quality
+            work.downloads[fmt] = service.encode(
+                work.result, ctx.colorizer(), fmt=fmt, jpeg_quality=ctx.config.output.jpeg_quality
             )
         except (OSError, ValueError) as exc:
             log.exception("cannot encode the download", fmt=fmt)
             st.error(f"Cannot prepare the {fmt.upper()} file: {exc}")
             return
-    name = queue_view.refined_name(source.name, fmt) if result.hints else output_name(source.name, fmt)
     st.download_button(
         f"Download {name}",
-        cache[fmt],
+        work.downloads[fmt],
         file_name=name,
         mime="image/tiff" if fmt == "tiff" else "image/png",
         key="cz_download",
         type="primary",
+        on_click=_mark_saved,
     )
 
 
-def _save_refined(ctx: AppContext, source: Source, result: service.Colorized) -> None:
-    """Save beside the automatic output (<stem>.refined<ext>); replacing either existing
-    file needs a tick first."""
-    assert source.output is not None
-    fmt = _SUFFIX_FORMATS.get(source.output.suffix.lower(), ctx.config.output.format)
-    target = queue_view.refined_target(source.output)
-    st.subheader("Save the refined result")
+def _mark_saved() -> None:
+    work = workspace(st.session_state)
+    work.saved = work.result_recipe
+
+
+def _save_refined(ctx: AppContext, work: Workspace) -> None:
+    """Save beside the automatic output (<stem>.refined<ext>), offered once there is
+    something to save (hints); replacing either existing file needs a tick first."""
+    source, result = work.source, work.result
+    assert source is not None and source.output is not None
+    st.markdown("**Save the refined result**")
     saved = st.session_state.pop("cz_saved", None)
     if saved:
         st.success(saved)
-    st.write(
-        f"Writes `{target}` beside the service's automatic output `{source.output.name}`, "
-        "which stays as it is."
+    if not work.hints:
+        st.caption(
+            f"Add a hint to save a refined result beside the service's automatic output "
+            f"`{source.output.name}` (without hints it would be a copy of it)."
+        )
+        return
+    if not work.fresh or result is None:
+        st.caption("Offered once the result for these hints is ready.")
+        return
+    fmt = _SUFFIX_FORMATS.get(source.output.suffix.lower(), ctx.config.output.format)
+    target = queue_view.refined_target(source.output)
+    st.caption(
+        f"Writes `{target.name}` beside the service's automatic output `{source.output.name}`, which stays."
     )
     confirmed = True
     if target.exists():
         confirmed = st.checkbox(f"Replace the existing {target.name}", key="cz_confirm_refined")
     if st.button("Save refined result", disabled=not confirmed, key="cz_save_refined"):
-        _write(ctx, target, result, fmt)
+        _write(ctx, work, target, result, fmt)
     with st.expander("Replace the automatic output instead"):
         sure = st.checkbox(
             f"Yes, overwrite {source.output.name}, the service's own output, with this refined result",
             key="cz_confirm_replace",
         )
         if st.button("Replace the automatic output", disabled=not sure, key="cz_replace"):
-            _write(ctx, source.output, result, fmt)
+            _write(ctx, work, source.output, result, fmt)
 
 
-def _write(ctx: AppContext, target: Path, result: service.Colorized, fmt: str) -> None:
+def _write(ctx: AppContext, work: Workspace, target: Path, result: service.Colorized, fmt: str) -> None:
     try:
         service.write(target, result, ctx.colorizer(), fmt=fmt, jpeg_quality=ctx.config.output.jpeg_quality)
     except OSError as exc:
@@ -392,6 +533,7 @@ def _write(ctx: AppContext, target: Path, result: service.Colorized, fmt: str) -
         st.error(f"Cannot write {target}: {exc.strerror or exc}")
         return
     log.info("refined result saved", path=str(target), hints=len(result.hints))
+    work.saved = work.result_recipe
     # Rerun so the page shows the files as they are now (replacing one needs a tick).
     st.session_state["cz_saved"] = f"Saved {target}"
     st.session_state.pop("cz_confirm_refined", None)

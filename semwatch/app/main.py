@@ -35,7 +35,8 @@ def _main() -> None:
         st.Page(COLORIZE_PAGE, title="Colorize", icon=":material/palette:", default=True),
         st.Page(QUEUE_PAGE, title="Queue", icon=":material/list:"),
     ]
-    st.navigation(pages).run()
+    # At the top, not in a sidebar: the clickable image gets the page's whole width.
+    st.navigation(pages, position="top").run()
 
 
 _main()

@@ -19,7 +19,16 @@ from PIL import Image
 from semwatch.config import Config
 from semwatch.imaging import FORMAT_EXTENSIONS
 from semwatch.log import get_logger
-from semwatch.queue import Job, JobState, QueueStats, open_queue, sqlite_path
+from semwatch.queue import (
+    Job,
+    JobState,
+    QueueStats,
+    ServiceState,
+    open_queue,
+    read_service_state,
+    sqlite_path,
+)
+from semwatch.report import database_name as redacted_database_name
 
 log = get_logger(__name__)
 
@@ -34,15 +43,14 @@ class NoDatabase(Exception):
 @dataclass(frozen=True)
 class QueueSnapshot:
     database: str  # URL, password hidden
+    service: ServiceState  # from the daemons' heartbeat rows
     stats: QueueStats
     recent: list[Job]  # newest first, every state
     failed: list[Job]  # newest first
 
 
 def database_name(config: Config) -> str:
-    from semwatch.service_cli import _database
-
-    return _database(config)
+    return redacted_database_name(config.queue.database_url)
 
 
 def read_snapshot(config: Config, *, recent: int = 20, failed: int = 50) -> QueueSnapshot:
@@ -54,9 +62,11 @@ def read_snapshot(config: Config, *, recent: int = 20, failed: int = 50) -> Queu
         raise NoDatabase(path)
     queue = open_queue(config.queue, read_only=True)
     try:
+        service = read_service_state(queue)
         return QueueSnapshot(
             database=database_name(config),
-            stats=queue.stats(),
+            service=service,
+            stats=queue.stats(now=service.now),
             recent=queue.jobs(limit=recent),
             failed=queue.jobs(JobState.FAILED, limit=failed),
         )
@@ -76,12 +86,17 @@ def get_job(config: Config, job_id: int) -> Job | None:
         queue.close()
 
 
-def retry_failed(config: Config, job_ids: Sequence[int]) -> int:
-    """Queue failed jobs again (attempts from zero), as `semwatch retry JOB_ID...` does;
-    returns how many were failed and are now pending."""
+@dataclass(frozen=True)
+class Retried:
+    count: int  # how many were failed and are now pending
+    service: ServiceState  # right after: whether a worker will pick them up
+
+
+def retry_failed(config: Config, job_ids: Sequence[int]) -> Retried:
+    """Queue failed jobs again (attempts from zero), as `semwatch retry JOB_ID...` does."""
     queue = open_queue(config.queue)
     try:
-        return queue.retry(list(job_ids))
+        return Retried(queue.retry(list(job_ids)), read_service_state(queue))
     finally:
         queue.close()
 
@@ -126,16 +141,20 @@ def refined_name(name: str, fmt: str) -> str:
     return PurePosixPath(name).stem + REFINED_MARK + FORMAT_EXTENSIONS[fmt]
 
 
-def thumbnail(path: Path, size: int = 192) -> np.ndarray | None:
-    """A small RGB copy of an output file, or None when it cannot be read (logged)."""
+def thumbnail(path: Path, box: tuple[int, int] = (480, 360), background: int = 240) -> np.ndarray | None:
+    """An RGB copy of an output file fitted into ``box`` (width, height) and centred on a
+    light background, so every card of the grid has the same height; None when the file
+    cannot be read (logged)."""
     try:
         with Image.open(path) as image:
             if image.width * image.height > THUMBNAIL_MAX_PIXELS:
                 log.warning("output too large to preview", path=str(path))
                 return None
-            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
-            image.thumbnail((size, size))
-            return np.asarray(image.convert("RGB"))
+            image.draft("RGB", box)  # JPEG: decode at a reduced scale
+            image.thumbnail(box, Image.Resampling.LANCZOS)
+            canvas = Image.new("RGB", box, (background,) * 3)
+            canvas.paste(image.convert("RGB"), ((box[0] - image.width) // 2, (box[1] - image.height) // 2))
+            return np.asarray(canvas)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("cannot preview output", path=str(path), error=f"{type(exc).__name__}: {exc}")
         return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
+from PIL import Image
 
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer
@@ -94,6 +95,36 @@ def colorize(
         seconds=round(seconds, 3),
     )
     return Colorized(image, rgb, hints, source_path, seconds)
+
+
+def colorize_quick(
+    colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *, long_side: int
+) -> np.ndarray:
+    """A quick look at the result: the same engine on a copy whose long side is
+    ``long_side``, hints scaled with it. The generator sees the same down-scaled input
+    either way; what costs on a large frame is the work at full resolution, skipped here."""
+    height, width = image.gray.shape
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return colorize(colorizer, image, hints, source_path=str(image.path)).rgb
+    small = np.asarray(
+        Image.fromarray(image.gray).resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
+        )
+    )
+    bar = image.databar_row
+    small_image = dataclasses.replace(
+        image, gray=small, databar_row=None if bar is None else int(bar * scale)
+    )
+    small_hints = [
+        dataclasses.replace(h, x=min(h.x * scale, small.shape[1] - 1), y=min(h.y * scale, small.shape[0] - 1))
+        for h in hints
+    ]
+    with _ENGINE_LOCK:
+        rgb = colorize_batch(colorizer, [small_image], [small_hints])[0]
+    if isinstance(rgb, Exception):
+        raise rgb
+    return rgb
 
 
 def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> None:

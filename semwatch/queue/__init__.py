@@ -9,6 +9,7 @@ from here.
 
 from semwatch.queue.clock import ServerClock
 from semwatch.queue.database import check_sqlite_is_local, database_revision, open_queue
+from semwatch.queue.fleet import DaemonState, ServiceState, read_service_state
 from semwatch.queue.interface import (
     ALIVE_SECONDS,
     FORGET_SECONDS,
@@ -17,7 +18,7 @@ from semwatch.queue.interface import (
     WORKER_ROLES,
     JobQueue,
 )
-from semwatch.queue.records import UNKNOWN_CONTENT, Job, JobState, Owner, QueueError, QueueStats
+from semwatch.queue.records import UNKNOWN_CONTENT, DaemonBeat, Job, JobState, Owner, QueueError, QueueStats
 from semwatch.queue.sql import SqlJobQueue
 from semwatch.queue.tables import SCHEMA_VERSION, Base
 from semwatch.queue.urls import redacted_url, sqlite_path
@@ -31,6 +32,8 @@ __all__ = [
     "UNKNOWN_CONTENT",
     "WORKER_ROLES",
     "Base",
+    "DaemonBeat",
+    "DaemonState",
     "Job",
     "JobQueue",
     "JobState",
@@ -38,10 +41,12 @@ __all__ = [
     "QueueError",
     "QueueStats",
     "ServerClock",
+    "ServiceState",
     "SqlJobQueue",
     "check_sqlite_is_local",
     "database_revision",
     "open_queue",
+    "read_service_state",
     "redacted_url",
     "sqlite_path",
 ]

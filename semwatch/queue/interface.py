@@ -21,13 +21,13 @@ import abc
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
-from semwatch.queue.records import Job, JobState, Owner, QueueStats
+from semwatch.queue.records import DaemonBeat, Job, JobState, Owner, QueueStats
 
 # Daemon roles (`semwatch run --role`); those that claim and colorize jobs count as workers.
 ROLES = ("all", "watcher", "worker")
 WORKER_ROLES = frozenset({"all", "worker"})
-# A daemon beats every HEARTBEAT_SECONDS; one not seen for ALIVE_SECONDS counts as dead, and
-# its row is deleted after FORGET_SECONDS (a host that died never says goodbye).
+# A daemon beats every HEARTBEAT_SECONDS; one not seen for ALIVE_SECONDS counts as dead. Its
+# row stays after it stops (the service's "last seen") and is deleted after FORGET_SECONDS.
 HEARTBEAT_SECONDS = 10.0
 ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
 FORGET_SECONDS = 7 * 86400.0
@@ -132,6 +132,9 @@ class JobQueue(abc.ABC):
     def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
         """Failed jobs back to pending with attempts reset: these ids, or all with failed=True.
 
+        A retried job arrives again: its wait, its latency and its place in line count
+        from the retry, not from the file's first arrival (maybe days before).
+
         Superseded failures are history, not retried: their version is no longer the file.
         """
 
@@ -160,8 +163,13 @@ class JobQueue(abc.ABC):
         """Record that this daemon lives: its row (host, pid, role, last seen)."""
 
     @abc.abstractmethod
-    def forget(self, owner: Owner) -> None:
-        """Remove the row of a daemon that stops cleanly."""
+    def sign_off(self, owner: Owner) -> None:
+        """Record that this daemon stops cleanly: it no longer counts as alive at once (no
+        ALIVE_SECONDS to wait out), and its row says when it was last seen."""
+
+    @abc.abstractmethod
+    def daemons(self) -> list[DaemonBeat]:
+        """Every daemon's heartbeat row of the last FORGET_SECONDS, latest beat first."""
 
     @abc.abstractmethod
     def alive_workers(self, within: float = ALIVE_SECONDS) -> int:

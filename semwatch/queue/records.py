@@ -44,6 +44,18 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class DaemonBeat:
+    """One daemon run's heartbeat row, times on the queue's clock."""
+
+    host: str
+    pid: int
+    role: str  # ROLES: all, watcher, worker
+    started_at: float
+    last_seen: float  # its latest beat (or its clean stop)
+    stopped_at: float | None = None  # set when it stopped cleanly
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     rel_path: str

@@ -36,6 +36,7 @@ from semwatch.queue.records import (
     LATENCY_WINDOW_S,
     RECENT_FAILURES,
     UNKNOWN_CONTENT,
+    DaemonBeat,
     Job,
     JobState,
     Owner,
@@ -668,6 +669,7 @@ class SqlJobQueue(JobQueue):
                 state=JobState.PENDING.value,
                 attempts=0,
                 error=None,
+                arrived_at=now,
                 not_before=now,
                 enqueued_at=now,
                 started_at=None,
@@ -768,20 +770,39 @@ class SqlJobQueue(JobQueue):
         stmt = self._insert(DAEMONS)
         stmt = stmt.on_conflict_do_update(
             index_elements=[DAEMONS.c.token],
-            set_={"last_seen": stmt.excluded.last_seen, "role": stmt.excluded.role},
+            set_={"last_seen": stmt.excluded.last_seen, "role": stmt.excluded.role, "stopped_at": None},
         )
         row = {"token": owner.token, "host": owner.host, "pid": owner.pid, "role": role}
         with self._transaction("heartbeat", write=True) as conn:
             conn.execute(stmt, {**row, "started_at": now, "last_seen": now})
             conn.execute(sa.delete(DAEMONS).where(DAEMONS.c.last_seen < now - FORGET_SECONDS))
 
-    def forget(self, owner: Owner) -> None:
-        with self._transaction("forget daemon", write=True) as conn:
-            conn.execute(sa.delete(DAEMONS).where(DAEMONS.c.token == owner.token))
+    def sign_off(self, owner: Owner) -> None:
+        now = self._now()
+        stmt = sa.update(DAEMONS).where(DAEMONS.c.token == owner.token).values(last_seen=now, stopped_at=now)
+        with self._transaction("daemon sign-off", write=True) as conn:
+            conn.execute(stmt)
+
+    def daemons(self) -> list[DaemonBeat]:
+        query = sa.select(DAEMONS).order_by(DAEMONS.c.last_seen.desc(), DAEMONS.c.started_at.desc())
+        with self._transaction("daemons", write=False) as conn:
+            return [
+                DaemonBeat(
+                    host=row.host,
+                    pid=int(row.pid),
+                    role=row.role,
+                    started_at=float(row.started_at),
+                    last_seen=float(row.last_seen),
+                    stopped_at=None if row.stopped_at is None else float(row.stopped_at),
+                )
+                for row in conn.execute(query)
+            ]
 
     def alive_workers(self, within: float = ALIVE_SECONDS) -> int:
         query = sa.select(sa.func.count()).where(
-            DAEMONS.c.role.in_(sorted(WORKER_ROLES)), DAEMONS.c.last_seen >= self._now() - within
+            DAEMONS.c.role.in_(sorted(WORKER_ROLES)),
+            DAEMONS.c.last_seen >= self._now() - within,
+            DAEMONS.c.stopped_at.is_(None),
         )
         with self._transaction("alive workers", write=False) as conn:
             return int(conn.execute(query).scalar() or 0)

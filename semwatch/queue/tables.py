@@ -77,7 +77,8 @@ class SchemaVersionRow(Base):
 
 
 class DaemonRow(Base):
-    """One running daemon (one start: its owner token), beating while it lives."""
+    """One daemon run (one start: its owner token): beating while it lives, marked stopped_at
+    when it stops cleanly; the row stays FORGET_SECONDS (the service's "last seen")."""
 
     __tablename__ = "daemons"
     __table_args__ = (sa.Index("ix_daemons_last_seen", "role", "last_seen"),)
@@ -88,6 +89,8 @@ class DaemonRow(Base):
     role: Mapped[str] = mapped_column(sa.String(16))
     started_at: Mapped[float] = mapped_column(sa.Double)
     last_seen: Mapped[float] = mapped_column(sa.Double)
+    # Revision 0004: when the daemon stopped cleanly; None while it runs or if it died.
+    stopped_at: Mapped[float | None] = mapped_column(sa.Double)
 
 
 class WatchLockRow(Base):
