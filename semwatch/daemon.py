@@ -97,6 +97,10 @@ RECOVER_INTERVAL_SECONDS = 60.0
 # again every WATCH_RENEW_SECONDS.
 WATCH_LOCK_SECONDS = 30.0
 WATCH_RENEW_SECONDS = 5.0
+# The watcher's intake without progress for this long is stuck (a blocked open, a hung
+# share): the watchdog is no longer fed, so systemd restarts the service. Progress comes with
+# every folder entry walked and every MiB hashed, so a busy intake is never taken for stuck.
+INTAKE_STALL_SECONDS = 120.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
@@ -367,6 +371,7 @@ class Daemon:
         self._watch_holder: Owner | None = None  # the other watcher we wait for
         self._stage: tuple[str, float] | None = None
         self._stall_logged = False
+        self._intake_stall_logged = False
 
     # ---- lifecycle
 
@@ -939,7 +944,7 @@ class Daemon:
         if self._stalled(now):
             return
         try:
-            if self._watchdog_every is not None and now >= self._next_ping:
+            if self._watchdog_every is not None and now >= self._next_ping and not self._intake_stalled():
                 self._notifier.watchdog()
                 self._next_ping = now + self._watchdog_every
             if now >= self._next_renew:
@@ -981,6 +986,24 @@ class Daemon:
             )
             self._stall_logged = True
         return True
+
+    def _intake_stalled(self) -> bool:
+        """Whether the watcher's intake is stuck (then the watchdog is not fed); the change
+        either way is logged once."""
+        watcher = self._watcher
+        seconds = 0.0 if watcher is None else watcher.stalled_seconds()
+        stalled = seconds > INTAKE_STALL_SECONDS
+        if stalled and not self._intake_stall_logged:
+            log.error(
+                "intake stuck; watchdog no longer fed",
+                step=watcher.current_step,
+                seconds=round(seconds, 1),
+                effect="systemd restarts the service (WatchdogSec)",
+            )
+        elif not stalled and self._intake_stall_logged:
+            log.warning("intake moving again")
+        self._intake_stall_logged = stalled
+        return stalled
 
     def _status_text(self) -> str:
         if self._queue is None:
