@@ -7,6 +7,11 @@ second pool. Batch k's writes overlap batch k+1's decode and compute, and batch 
 decode is started before batch k is computed. A job is marked done only after its atomic
 write returned, so a crash anywhere re-runs the job onto the same output path.
 
+Crash isolation (DESIGN.md "Queue"): a batch's attempts count from its turn, not from its
+decode ahead; every job in hand when the process dies comes back as a crash suspect, which
+is claimed alone and computed with nothing decoding beside it, so only a file that crashes
+the process itself runs out of attempts.
+
 The main thread itself only waits, in slices of at most ``TICK_SECONDS``, and feeds the
 systemd watchdog, renews leases and publishes STATUS between slices; it never blocks on the
 network or the disk. A stage that runs longer than ``queue.lease_seconds`` is considered
@@ -92,6 +97,10 @@ RECOVER_INTERVAL_SECONDS = 60.0
 # again every WATCH_RENEW_SECONDS.
 WATCH_LOCK_SECONDS = 30.0
 WATCH_RENEW_SECONDS = 5.0
+# The watcher's intake without progress for this long is stuck (a blocked open, a hung
+# share): the watchdog is no longer fed, so systemd restarts the service. Progress comes with
+# every folder entry walked and every MiB hashed, so a busy intake is never taken for stuck.
+INTAKE_STALL_SECONDS = 120.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
@@ -294,6 +303,9 @@ class _Item:
     claimed_at: float  # monotonic
     decode: Future | None = None
     image: DecodedImage | None = None
+    # Whether its attempt counts (queue.start): decoded ahead for the next batch, it does not
+    # until its batch's turn comes.
+    started: bool = False
 
 
 class _Leases:
@@ -359,6 +371,7 @@ class Daemon:
         self._watch_holder: Owner | None = None  # the other watcher we wait for
         self._stage: tuple[str, float] | None = None
         self._stall_logged = False
+        self._intake_stall_logged = False
 
     # ---- lifecycle
 
@@ -530,7 +543,7 @@ class Daemon:
                     self._sleep(TICK_SECONDS)
                     continue
                 if not carry:
-                    carry = self._claim(fill=True)
+                    carry = self._claim(ahead=False)
                     if not carry:
                         self._sleep(IDLE_POLL_SECONDS)
                         continue
@@ -557,14 +570,19 @@ class Daemon:
             self._wait(self._writes)
         self._release_ids(self._leases.snapshot(), "loop error")
 
-    def _claim(self, *, fill: bool) -> list[_Item]:
-        """Lease up to batch_size jobs; with ``fill``, wait up to max_batch_wait for more."""
+    def _claim(self, *, ahead: bool) -> list[_Item]:
+        """Lease up to batch_size jobs. The batch to work on next (not ``ahead``) waits up to
+        max_batch_wait for more, unless it is a crash suspect, which runs alone; a batch
+        decoded ahead never takes a suspect."""
         if self._stop.is_set() or self._reload.is_set():
             return []
         engine = self.config.engine
-        jobs = self._queue.claim(self._owner, engine.batch_size)
+        jobs = self._queue.claim(self._owner, engine.batch_size, suspects=not ahead)
         self._leases.add([job.id for job in jobs])
-        if fill and jobs and len(jobs) < engine.batch_size and engine.max_batch_wait > 0:
+        if jobs and jobs[0].crash_suspect:
+            self._before_alone(jobs[0])
+        fill = not ahead and jobs and not jobs[0].crash_suspect
+        if fill and len(jobs) < engine.batch_size and engine.max_batch_wait > 0:
             deadline = time.monotonic() + engine.max_batch_wait
             self._wake.clear()
             while len(jobs) < engine.batch_size and not self._stop.is_set():
@@ -574,15 +592,27 @@ class Daemon:
                 if self._wake.wait(min(remaining, TICK_SECONDS)):
                     self._wake.clear()
                 self._heartbeat()
-                more = self._queue.claim(self._owner, engine.batch_size - len(jobs))
+                more = self._queue.claim(self._owner, engine.batch_size - len(jobs), suspects=False)
                 self._leases.add([job.id for job in more])
                 jobs.extend(more)
             if self._stop.is_set():
                 self._release_ids([job.id for job in jobs], "shutdown: claimed, not started")
                 return []
-        return self._start_decoding(jobs)
+        return self._start_decoding(jobs, ahead=ahead)
 
-    def _start_decoding(self, jobs: Sequence[Job]) -> list[_Item]:
+    def _before_alone(self, job: Job) -> None:
+        """A crash suspect runs with no other job in hand: the previous batch's writes end
+        first, or a crash now would be charged to them too."""
+        log.info(
+            "running a job alone: it was in hand when a process died",
+            job_id=job.id,
+            path=job.rel_path,
+            attempts=job.attempts,
+        )
+        with self._staged("writes before a job run alone"):
+            self._wait(self._writes)
+
+    def _start_decoding(self, jobs: Sequence[Job], *, ahead: bool) -> list[_Item]:
         now = time.monotonic()
         listings: dict[Path, list[str]] = {}
         items = []
@@ -595,12 +625,23 @@ class Daemon:
                 self._fail(job, str(exc), permanent=True, started=now)
                 continue
             items.append(_Item(job, source, target, now))
-        # From here the attempts count: a crash while these files are decoded or computed
-        # may be their doing. Until here, a kill cost them nothing.
-        self._queue.start(self._owner, [item.job.id for item in items])
+        # From here a crash may be these files' doing: they become crash suspects. Their
+        # attempts count from their batch's turn (_start_work); until then a kill costs
+        # them nothing, and a merely claimed job is not even a suspect.
+        if ahead:
+            self._queue.decode_ahead(self._owner, [item.job.id for item in items])
+        else:
+            self._start_work(items)
         for item in items:
             item.decode = self._decoders.submit(self._decode, item)
         return items
+
+    def _start_work(self, items: Sequence[_Item]) -> None:
+        """The batch's turn: the attempts of its jobs count from now on."""
+        waiting = [item for item in items if not item.started]
+        self._queue.start(self._owner, [item.job.id for item in waiting])
+        for item in waiting:
+            item.started = True
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
@@ -611,12 +652,16 @@ class Daemon:
 
         Returns the next batch, claimed and decoding while this one was computed.
         """
+        self._start_work(items)
         started = time.monotonic()
         with self._staged("decode"):
             self._wait([item.decode for item in items if item.decode is not None])
         decoded = [item for item in items if self._take_decoded(item)]
         decode_s = time.monotonic() - started
-        upcoming = self._claim(fill=False) if self._storage.ready() else []
+        # A crash suspect is computed with nothing else decoding: whatever kills the process
+        # now is its doing, and no other job is charged for it.
+        alone = any(item.job.crash_suspect for item in items)
+        upcoming = self._claim(ahead=True) if not alone and self._storage.ready() else []
         if not decoded:
             return upcoming
         colorizer = self._colorizer
@@ -641,6 +686,10 @@ class Daemon:
             images_per_s=round(written / compute_s, 2) if compute_s > 0 else None,
             model=info.model_name,
         )
+        if alone:
+            # Its write too ends before the next job is taken: one job in hand, start to end.
+            with self._staged("write of a job run alone"):
+                self._wait(self._writes)
         return upcoming
 
     def _take_decoded(self, item: _Item) -> bool:
@@ -895,7 +944,7 @@ class Daemon:
         if self._stalled(now):
             return
         try:
-            if self._watchdog_every is not None and now >= self._next_ping:
+            if self._watchdog_every is not None and now >= self._next_ping and not self._intake_stalled():
                 self._notifier.watchdog()
                 self._next_ping = now + self._watchdog_every
             if now >= self._next_renew:
@@ -937,6 +986,24 @@ class Daemon:
             )
             self._stall_logged = True
         return True
+
+    def _intake_stalled(self) -> bool:
+        """Whether the watcher's intake is stuck (then the watchdog is not fed); the change
+        either way is logged once."""
+        watcher = self._watcher
+        seconds = 0.0 if watcher is None else watcher.stalled_seconds()
+        stalled = seconds > INTAKE_STALL_SECONDS
+        if stalled and not self._intake_stall_logged:
+            log.error(
+                "intake stuck; watchdog no longer fed",
+                step=watcher.current_step,
+                seconds=round(seconds, 1),
+                effect="systemd restarts the service (WatchdogSec)",
+            )
+        elif not stalled and self._intake_stall_logged:
+            log.warning("intake moving again")
+        self._intake_stall_logged = stalled
+        return stalled
 
     def _status_text(self) -> str:
         if self._queue is None:

@@ -13,6 +13,12 @@ One file never holds up the others: whatever goes wrong on one file's way to the
 recorded as that file's failure, which `semwatch status` shows; only a database error
 stops the pass (it is retried with back-off).
 
+Files are opened only through one descriptor each, without blocking (a FIFO swapped in for
+a settled file cannot hang the intake), never through a symlink leading out of the root,
+and checked with fstat to be the regular file that settled. The worker thread reports its
+progress (each folder entry walked, each file settled, each MiB hashed): a pass that makes
+none for long is a stuck intake, and the daemon stops feeding systemd's watchdog.
+
 Observers and handlers are split as watchdog intends: `_CandidateMarker` only marks paths;
 whether inotify or polling (SMB/NFS deliver no inotify events) feeds it is decided in one
 line of `Watcher._start_observer`.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +51,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
-from semwatch.hashing import sha256_file
+from semwatch.hashing import sha256_fd
+from semwatch.imaging.errors import ImageError
+from semwatch.imaging.source import open_regular
 from semwatch.log import get_logger
 from semwatch.queue import JobQueue, QueueError
 from semwatch.walk import WalkItem, WatchRules, walk
@@ -173,6 +182,11 @@ class Watcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._root_missing = False
+        # Progress of the worker thread (see stalled_seconds); plain assignments, read by
+        # the daemon's main thread.
+        self._busy = False
+        self._progress_at = clock()
+        self._step = ""
 
     @property
     def _log(self) -> FilteringBoundLogger:
@@ -226,7 +240,9 @@ class Watcher:
         seen = changed = 0
         errors: list[str] = []
         still_resolved: set[str] = set()
+        self._progress("scan")
         for rel, size, mtime in self._walk(self._root, errors):
+            self._progress()
             seen += 1
             key = (size, mtime)
             if known.get(rel) == key:
@@ -263,6 +279,7 @@ class Watcher:
         for rel, size, mtime, arrived_at in due:
             if self._stopping.is_set():
                 break
+            self._progress(f"settling {printable_name(rel)}")
             record = self._settle_safely(rel, (size, mtime), arrived_at)
             if record is not None:
                 batch.append(record)
@@ -284,6 +301,26 @@ class Watcher:
         """The running watchdog observer (None before start or while events are unavailable)."""
         return self._observer
 
+    def stalled_seconds(self) -> float:
+        """How long the worker thread has been inside a pass without progress (0 while it
+        waits between passes); a thread that died counts from its last progress."""
+        thread = self._thread
+        if thread is None or self._stopping.is_set():
+            return 0.0
+        if self._busy or not thread.is_alive():
+            return max(self._clock() - self._progress_at, 0.0)
+        return 0.0
+
+    @property
+    def current_step(self) -> str:
+        """What the worker thread was doing at its last progress (for the stuck-intake log)."""
+        return self._step
+
+    def _progress(self, step: str | None = None) -> None:
+        self._progress_at = self._clock()
+        if step is not None:
+            self._step = step
+
     @property
     def candidate_count(self) -> int:
         with self._lock:
@@ -295,6 +332,8 @@ class Watcher:
         next_scan = self._clock()  # the start-up scan: files that arrived while we were down
         failures = 0
         while not self._stopping.is_set():
+            self._busy = True
+            self._progress("pass")
             try:
                 if self._clock() >= next_scan:
                     self.scan()
@@ -306,6 +345,8 @@ class Watcher:
             except Exception:
                 failures += 1
                 self._log.exception("watcher pass failed", consecutive_failures=failures)
+            finally:
+                self._busy = False
             self._stopping.wait(self._delay(failures))
 
     def _delay(self, failures: int) -> float:
@@ -324,6 +365,7 @@ class Watcher:
             # A folder copied in as a whole: its files may predate the folder's own watch.
             # Its paths are new, so there is no queue record to compare with; hashing decides.
             for file_rel, size, mtime in self._walk(folder, []):
+                self._progress()
                 self._mark_unless_resolved(file_rel, (size, mtime))
 
     # ------------------------------------------------------------- settle + hash
@@ -355,17 +397,27 @@ class Watcher:
             self._settle_sidecar(rel, key)
             return None
         try:
-            sha256 = sha256_file(path)
+            sha256 = self._hash(rel, path, key)
         except FileNotFoundError:
             self._restart_or_drop(rel, None)
             return None
+        except ImageError as exc:  # a symlink leading out swapped in: never followed
+            self._log.warning("file not hashed", path=printable_name(rel), reason=exc.reason)
+            self._restart_or_drop(rel, self._stat_key(path))
+            return None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink swapped in after the check: not followed
+                self._log.warning(
+                    "file not hashed", path=printable_name(rel), reason="became a symbolic link"
+                )
+                self._restart_or_drop(rel, self._stat_key(path))
+                return None
             # Looked at again at every scan (permissions may be fixed without a new mtime).
             self._record_failure(rel, key, f"cannot read: {exc.strerror or exc}")
             self._restart_or_drop(rel, None)
             return None
         after = self._stat_key(path)
-        if after != key:  # written to while we hashed: settle again
+        if sha256 is None or after != key:  # changed (content or kind) while we looked: settle again
             self._restart_or_drop(rel, after)
             return None
         if sha256 == self._queue.latest_sha256(rel):
@@ -374,6 +426,28 @@ class Watcher:
             self._forget(rel, key)
             return None
         return (rel, sha256, key[0], key[1], arrived_at)
+
+    def _hash(self, rel: str, path: str, key: tuple[int, float]) -> str | None:
+        """SHA-256 of the settled file, through one descriptor opened without blocking and
+        without following a symlink out of the root; None when fstat shows that it is no
+        longer the regular file that settled (a FIFO or device swapped in is never read)."""
+        fd = open_regular(Path(path), self.rules.root)
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                self._log.warning(
+                    "file not hashed",
+                    path=printable_name(rel),
+                    reason="no longer a regular file (swapped for a FIFO, device or socket?)",
+                )
+                return None
+            if (before.st_size, before.st_mtime) != key:
+                return None
+            sha256 = sha256_fd(fd, on_chunk=self._progress)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return sha256 if (after.st_size, after.st_mtime) == key else None
 
     def _settle_sidecar(self, rel: str, key: tuple[int, float]) -> None:
         try:

@@ -295,6 +295,65 @@ def test_kill_9_while_outputs_are_written_leaves_no_job_done_without_its_output(
     assert daemon.stop() == 0
 
 
+# The daemon's CLI with one test-only change, made in the test's own process code and not in
+# semwatch: decoding a file whose name contains "poison" kills the process (SIGKILL), as a
+# decoder that segfaults or an OOM kill would. No product hook: the patch lives here.
+POISON_CLI = [
+    sys.executable,
+    "-c",
+    "import os, signal\n"
+    "import semwatch.daemon as daemon\n"
+    "real_decode = daemon.decode\n"
+    "def decode(source, **kwargs):\n"
+    "    if 'poison' in source.name:\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return real_decode(source, **kwargs)\n"
+    "daemon.decode = decode\n"
+    "from semwatch.cli import main\n"
+    "main()\n",
+]
+
+
+def test_an_image_that_kills_the_process_fails_alone(make_site, queue_db: str | None) -> None:
+    """Three crashes used to fail every job in hand (the batch computing and the one decoding
+    ahead): after a crash the jobs in hand run one at a time, so only the poison fails."""
+    site = make_site(db_url=queue_db)
+    site.write_config(queue={"max_attempts": 3}, engine={"batch_size": 4, "max_batch_wait": 1.0})
+    for i in range(8):
+        write_atomically(site.inbox / f"g{i}.png", png_bytes(gray_image(60 + i)))
+    write_atomically(site.inbox / "g4_poison.png", png_bytes(gray_image(70)))
+    crashes = 0
+    daemon = site.start(cli=POISON_CLI)
+    while True:
+        outcome = wait_until(
+            lambda run=daemon: "crashed" if not run.alive() else _settled(site, 9),
+            240,
+            "a crash or all 9 settled",
+        )
+        if outcome != "crashed":
+            break
+        crashes += 1
+        # The poison is charged once per crash it causes, except a crash while it was merely
+        # decoded ahead for the next batch.
+        assert crashes <= 4, daemon.log_tail()
+        daemon = site.start(cli=POISON_CLI)
+    jobs = {Path(job.rel_path).name: job for job in site.jobs()}
+    poison = jobs.pop("g4_poison.png")
+    assert poison.state is JobState.FAILED and poison.error.startswith("crashed/timed out 3 times"), poison
+    assert crashes >= 3
+    assert {name: job.state for name, job in jobs.items()} == {f"g{i}.png": JobState.DONE for i in range(8)}
+    # A good job was charged for the first crash at most (it was in the batch computing).
+    assert max(job.attempts for job in jobs.values()) <= 2, jobs
+    assert names(site.outputs(), site.outbox) == {f"g{i}.tif" for i in range(8)}
+    assert daemon.stop() == 0
+
+
+def _settled(site: Site, total: int) -> dict[str, int] | None:
+    counts = site.counts()
+    finished = counts["done"] + counts["failed"]
+    return counts if finished >= total and not counts["pending"] and not counts["running"] else None
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 

@@ -7,6 +7,7 @@ import errno
 import gc
 import shutil
 import tempfile
+import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 from conftest import cannot_run
+from structlog.testing import capture_logs
 
 from semwatch.config import Config, DaemonConfig, EngineConfig, OutputConfig, WatchConfig
 from semwatch.daemon import (
     EXIT_CONFIG,
+    INTAKE_STALL_SECONDS,
     Daemon,
     OutputLayout,
     StartupError,
@@ -30,6 +33,7 @@ from semwatch.daemon import (
 )
 from semwatch.imaging import read_image
 from semwatch.model import default_model_path
+from semwatch.notify import Notifier
 from semwatch.queue import JobState, SqlJobQueue
 
 
@@ -299,3 +303,78 @@ def test_watchdog_is_fed_well_within_its_interval() -> None:
     assert _ping_interval(None) is None
     assert _ping_interval(120.0) == 30.0
     assert 0 < _ping_interval(0.01) <= 0.05
+
+
+@dataclasses.dataclass
+class _CountingNotifier(Notifier):
+    """systemd's side of the watchdog: counts the pings."""
+
+    pings: int = 0
+
+    def watchdog(self) -> bool:
+        self.pings += 1
+        return True
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_stuck_intake_stops_feeding_the_watchdog(tmp_path: Path) -> None:
+    """A watcher thread blocked for good (once: in open() of a FIFO) left the watchdog fed,
+    so systemd never restarted the service whose intake had stopped."""
+    from semwatch.watcher import Watcher
+
+    config = _config(tmp_path)
+    config.watch.input_dir.mkdir()
+    (config.watch.input_dir / "a.tif").write_bytes(b"sem")
+    queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
+    notifier = _CountingNotifier(None)
+    daemon = Daemon(config, notifier=notifier, env={"WATCHDOG_USEC": "4000000"})
+    clock, entered, gate = _Clock(), threading.Event(), threading.Event()
+
+    def stuck(_jobs: int) -> None:  # the intake's pass blocks here for good
+        entered.set()
+        gate.wait(60)
+
+    watch = dataclasses.replace(config.watch, settle_seconds=0.1, scan_interval=3600.0)
+    watcher = Watcher(watch, queue, clock=clock, on_enqueued=stuck)
+    daemon._queue, daemon._watcher = queue, watcher
+    never = time.monotonic() + 3600
+    daemon._next_renew = daemon._next_beat = daemon._next_watch = daemon._next_recover = never
+
+    def beat() -> int:
+        daemon._next_ping = 0.0
+        before = notifier.pings
+        daemon._heartbeat()
+        return notifier.pings - before
+
+    try:
+        watcher.start()
+        assert beat() == 1
+        deadline = time.monotonic() + 60  # guards against a hang only
+        while not entered.is_set() and time.monotonic() < deadline:
+            clock.now += 0.1
+            time.sleep(0.05)
+        assert entered.is_set()
+        assert beat() == 1  # stuck for a moment: still fed
+        clock.now += INTAKE_STALL_SECONDS + 1
+        with capture_logs() as logs:
+            assert beat() == 0 and beat() == 0
+            gate.set()
+            while watcher.stalled_seconds() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert beat() == 1
+        events = [(e["event"], e.get("step")) for e in logs]
+        assert events == [
+            ("intake stuck; watchdog no longer fed", "settling a.tif"),
+            ("intake moving again", None),
+        ]
+    finally:
+        gate.set()
+        watcher.stop()
+        queue.close()

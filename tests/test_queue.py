@@ -623,6 +623,49 @@ def test_a_started_job_whose_owner_dies_each_time_ends_failed(queue: SqlJobQueue
     assert failed.state is JobState.FAILED and failed.error.startswith("crashed/timed out 3 times")
 
 
+def test_jobs_in_hand_when_their_owner_died_are_claimed_alone(queue: SqlJobQueue, clock: FakeClock) -> None:
+    """Crash isolation: the batch computing is charged, the batch decoded ahead is not; both
+    come back as crash suspects that are claimed one at a time, before the others."""
+    shas = [f"{i:x}" * 64 for i in range(1, 10)]
+    ids = [queue.enqueue(f"j{i}.tif", sha, 10, 1.0) for i, sha in enumerate(shas)]
+    gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token="7" * 32)
+    computing = queue.claim(gone, 4)
+    queue.start(gone, [job.id for job in computing])
+    ahead = queue.claim(gone, 4, suspects=False)
+    queue.decode_ahead(gone, [job.id for job in ahead])
+    assert queue.recover() == 8
+    back = {job_id: queue.get(job_id) for job_id in ids[:8]}
+    assert all(job.state is JobState.PENDING and job.crash_suspect for job in back.values())
+    assert [back[job.id].attempts for job in computing] == [1] * 4
+    assert [back[job.id].attempts for job in ahead] == [0] * 4
+    assert not queue.get(ids[8]).crash_suspect  # not in hand
+    owner = Owner.current()
+    # A batch decoded ahead never takes a suspect; the next batch is a suspect alone.
+    (other,) = queue.claim(owner, 4, suspects=False)
+    assert other.id == ids[8]
+    (alone,) = queue.claim(owner, 4)
+    assert alone.id == ids[0] and alone.crash_suspect
+    queue.start(owner, [alone.id])
+    queue.complete(owner, alone.id, "out/j0.tif")
+    assert not queue.get(alone.id).crash_suspect
+    (alone,) = queue.claim(owner, 4)
+    queue.start(owner, [alone.id])
+    queue.fail(owner, alone.id, "bad", permanent=False)
+    assert not queue.get(alone.id).crash_suspect  # its attempt ended in order
+
+
+def test_a_suspect_that_crashes_alone_ends_failed_with_the_crash(queue: SqlJobQueue) -> None:
+    job_id = queue.enqueue("poison.tif", SHA_A, 10, 1.0)
+    for attempt in (1, 2, 3):
+        gone = Owner(host=socket.gethostname(), pid=_dead_pid(), token=os.urandom(16).hex())
+        (claimed,) = queue.claim(gone, 4)
+        assert claimed.crash_suspect == (attempt > 1)
+        queue.start(gone, [claimed.id])
+        assert queue.recover() == 1
+    failed = queue.get(job_id)
+    assert failed.state is JobState.FAILED and failed.error.startswith("crashed/timed out 3 times")
+
+
 def test_release_gives_a_started_attempt_back_too(queue: SqlJobQueue, owner: Owner) -> None:
     job = _one_job(queue, owner)  # started: e.g. decoded when the output share went away
     queue.release(owner, [job.id])

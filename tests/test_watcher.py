@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +22,7 @@ from watchdog.observers.polling import PollingObserver
 
 import semwatch.watcher as watcher_mod
 from semwatch.config import WatchConfig
-from semwatch.hashing import HASH_CHUNK, sha256_file
+from semwatch.hashing import sha256_file
 from semwatch.queue import Job, JobQueue, QueueError, SqlJobQueue
 from semwatch.watcher import ScanResult, Watcher, WatcherError
 
@@ -332,14 +333,14 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path.chmod(0)
     if os.geteuid() != 0:
         return
-    real = watcher_mod.sha256_file
+    real = watcher_mod.open_regular
 
-    def denied(target: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
+    def denied(target: Path, inside: Path | None) -> int:
         if Path(target) == path:
             raise PermissionError(13, "Permission denied", os.fspath(target))
-        return real(target, chunk_size)
+        return real(target, inside)
 
-    monkeypatch.setattr(watcher_mod, "sha256_file", denied)
+    monkeypatch.setattr(watcher_mod, "open_regular", denied)
 
 
 def test_an_unreadable_file_shows_as_failed_with_its_reason(
@@ -358,6 +359,72 @@ def test_an_unreadable_file_shows_as_failed_with_its_reason(
     failures = queue.stats().recent_failures
     assert [(f["path"], f["error"]) for f in failures] == [("locked.tif", "cannot read: Permission denied")]
     assert job_paths(queue) == ["fine.tif", "locked.tif"]
+
+
+def test_a_file_swapped_for_a_fifo_before_it_is_hashed_never_blocks_the_intake(
+    root: Path, queue: SqlJobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settled file that became a FIFO between its settle check and its open once blocked
+    the watcher thread in open() forever: nothing more was queued and nothing said so."""
+    clock = FakeClock()
+    w = Watcher(make_cfg(root), queue, clock=clock)
+    flip = write(root / "flip.tif", b"A" * 1000)
+    write(root / "other.tif", b"other")
+    w.scan()
+    clock.advance(0.2)
+    real_stat_key = w._stat_key
+    swapped: list[bool] = []
+
+    def stat_then_swap(path: str) -> tuple[int, float] | None:
+        # The microscope's flip, forced into the window between the check and the open.
+        key = real_stat_key(path)
+        if path == str(flip) and not swapped:
+            swapped.append(True)
+            flip.unlink()
+            os.mkfifo(flip)
+        return key
+
+    monkeypatch.setattr(w, "_stat_key", stat_then_swap)
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(w.process_ready()), daemon=True)
+    with capture_logs() as logs:
+        thread.start()
+        thread.join(DEADLINE)  # only guards against the hang; no speed is asserted
+    if thread.is_alive():
+        os.close(os.open(flip, os.O_WRONLY | os.O_NONBLOCK))  # let the stuck open return
+        pytest.fail("the watcher thread blocked opening a FIFO")
+    assert swapped and done == [1] and job_paths(queue) == ["other.tif"]
+    assert [(e["path"], e["log_level"]) for e in logs if e["event"] == "file not hashed"] == [
+        ("flip.tif", "warning")
+    ]
+    assert w.candidate_count == 0
+    flip.unlink()  # a regular file again: intake goes on with it
+    write(flip, b"B" * 1000)
+    assert settled_jobs(w, clock) == 1 and job_paths(queue) == ["flip.tif", "other.tif"]
+
+
+def test_a_pass_without_progress_counts_as_stalled(
+    root: Path, queue: SqlJobQueue, running: list[Watcher]
+) -> None:
+    """The daemon feeds systemd's watchdog only while the intake makes progress."""
+    clock = FakeClock()
+    entered, gate = threading.Event(), threading.Event()
+
+    def stuck(_jobs: int) -> None:  # the pass blocks here, as in a hung open or read
+        entered.set()
+        gate.wait(DEADLINE)
+
+    w = Watcher(make_cfg(root), queue, clock=clock, on_enqueued=stuck)
+    assert w.stalled_seconds() == 0.0
+    write(root / "a.tif")
+    start(w, running)
+    wait_for(lambda: w.candidate_count == 1, "the start-up scan")
+    clock.advance(1.0)
+    wait_for(entered.is_set, "the pass to block")
+    clock.advance(500.0)
+    assert w.stalled_seconds() == 500.0 and "a.tif" in w.current_step
+    gate.set()
+    wait_for(lambda: w.stalled_seconds() == 0.0, "the pass to end")
 
 
 def test_a_file_name_that_is_not_utf8_fails_alone(root: Path, queue: SqlJobQueue) -> None:
@@ -547,13 +614,13 @@ def test_sha256_file_streams_in_chunks(tmp_path: Path) -> None:
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Spy (not a mock): records each hashed path and still hashes it."""
     calls: list[str] = []
-    real = watcher_mod.sha256_file
+    real = Watcher._hash
 
-    def spy(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK) -> str:
+    def spy(self: Watcher, rel: str, path: str, key: tuple[int, float]) -> str | None:
         calls.append(os.fspath(path))
-        return real(path, chunk_size)
+        return real(self, rel, path, key)
 
-    monkeypatch.setattr(watcher_mod, "sha256_file", spy)
+    monkeypatch.setattr(Watcher, "_hash", spy)
     return calls
 
 

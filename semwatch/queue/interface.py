@@ -10,6 +10,10 @@ began). A claim that never started costs nothing when its owner dies or releases
 kill from outside does not fail good files, while a file that crashes the daemon during
 its decode or compute still ends failed after max_attempts.
 
+Isolation: every job in hand when its process died (started, or decoded ahead for the
+next batch) becomes a crash suspect and is claimed alone until its attempt ends in order,
+so a file that crashes the process is the only one to reach max_attempts.
+
 The output follows the file's current content: a path whose content comes back to an
 earlier version re-queues that version's finished job. A failed job is *superseded* once
 the path's current version is done: it stays as history but no longer counts as failed.
@@ -85,17 +89,26 @@ class JobQueue(abc.ABC):
         """SHA-256 of the path's latest known version, None for an unknown path."""
 
     @abc.abstractmethod
-    def claim(self, owner: Owner, limit: int) -> list[Job]:
+    def claim(self, owner: Owner, limit: int, *, suspects: bool = True) -> list[Job]:
         """Atomically lease up to `limit` due pending jobs, oldest first.
 
-        The attempt is taken provisionally (attempts + 1); it only counts once `start`
-        recorded that work began.
+        A crash suspect (a job in hand when its process died) is leased alone, before the
+        others; with ``suspects=False`` (a batch to be decoded ahead) never. The attempt is
+        taken provisionally (attempts + 1); it only counts once `start` recorded that work
+        began.
         """
 
     @abc.abstractmethod
     def start(self, owner: Owner, job_ids: Sequence[int]) -> None:
-        """Record that work (decoding) on these held jobs began: their attempts now count,
-        also when the process dies."""
+        """Record that work on these held jobs began (their batch is the one decoded and
+        computed now): their attempts count, also when the process dies, and a death makes
+        them crash suspects."""
+
+    @abc.abstractmethod
+    def decode_ahead(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        """Record that these held jobs are decoded ahead for the next batch: a death now
+        does not charge them (`start` comes when their batch's turn comes) but makes them
+        crash suspects, since their decoding may have been what killed the process."""
 
     @abc.abstractmethod
     def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:

@@ -71,6 +71,8 @@ class Job:
     attempt_started: float | None = None
     # The done job of the path's current content that made this failure history.
     superseded_by: int | None = None
+    # In hand when a process died (DESIGN.md "Queue"): claimed alone, never decoded ahead.
+    crash_suspect: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,9 @@ _NO_OWNER: Mapping[str, Any] = MappingProxyType(
 )
 # Merged into every transition back to pending: the next attempt starts from scratch.
 _FRESH_ATTEMPT: Mapping[str, Any] = MappingProxyType({"attempt_started": None, "superseded_by": None})
+# Merged into the transitions that end an attempt in order (done, failed, released): the job
+# is no crash suspect. recover() alone leaves the mark, so the job then runs alone.
+_ORDERLY_END: Mapping[str, Any] = MappingProxyType({"crash_suspect": False})
 
 
 @dataclass(frozen=True)
@@ -368,20 +371,16 @@ class SqlJobQueue(JobQueue):
 
     # ---- the lease cycle
 
-    def claim(self, owner: Owner, limit: int) -> list[Job]:
+    def claim(self, owner: Owner, limit: int, *, suspects: bool = True) -> list[Job]:
         if limit <= 0:
             return []
         now = self._now()
-        due = (
-            sa.select(JOBS.c.id)
-            .where(JOBS.c.state == JobState.PENDING.value, JOBS.c.not_before <= now)
-            .order_by(JOBS.c.arrived_at, JOBS.c.id)
-            .limit(limit)
-            # dialect: rendered on PostgreSQL (workers on several hosts), dropped on SQLite.
-            .with_for_update(skip_locked=True)
-        )
         with self._transaction("claim", write=True) as conn:
-            ids = list(conn.execute(due).scalars())
+            # A crash suspect runs alone: were it batched, a second crash would charge its
+            # batch mates again.
+            ids = self._due(conn, now, 1, suspect=True) if suspects else []
+            if not ids:
+                ids = self._due(conn, now, limit, suspect=False)
             if not ids:
                 return []
             stmt = (
@@ -405,6 +404,21 @@ class SqlJobQueue(JobQueue):
         log.debug("jobs claimed", job_ids=[job.id for job in claimed])
         return claimed
 
+    def _due(self, conn: Connection, now: float, limit: int, *, suspect: bool) -> list[int]:
+        due = (
+            sa.select(JOBS.c.id)
+            .where(
+                JOBS.c.state == JobState.PENDING.value,
+                JOBS.c.not_before <= now,
+                JOBS.c.crash_suspect.is_(sa.true() if suspect else sa.false()),
+            )
+            .order_by(JOBS.c.arrived_at, JOBS.c.id)
+            .limit(limit)
+            # dialect: rendered on PostgreSQL (workers on several hosts), dropped on SQLite.
+            .with_for_update(skip_locked=True)
+        )
+        return list(conn.execute(due).scalars())
+
     def start(self, owner: Owner, job_ids: Sequence[int]) -> None:
         ids = sorted(set(job_ids))
         if not ids:
@@ -412,9 +426,17 @@ class SqlJobQueue(JobQueue):
         stmt = (
             sa.update(JOBS)
             .where(*_held_by(owner), JOBS.c.id.in_(ids), JOBS.c.attempt_started.is_(None))
-            .values(attempt_started=self._now())
+            .values(attempt_started=self._now(), crash_suspect=True)
         )
         with self._transaction("start", write=True) as conn:
+            conn.execute(stmt)
+
+    def decode_ahead(self, owner: Owner, job_ids: Sequence[int]) -> None:
+        ids = sorted(set(job_ids))
+        if not ids:
+            return
+        stmt = sa.update(JOBS).where(*_held_by(owner), JOBS.c.id.in_(ids)).values(crash_suspect=True)
+        with self._transaction("decode ahead", write=True) as conn:
             conn.execute(stmt)
 
     def renew(self, owner: Owner, job_ids: Sequence[int]) -> None:
@@ -449,6 +471,7 @@ class SqlJobQueue(JobQueue):
                 output_path=output_path,
                 superseded_by=None,
                 **_NO_LEASE,
+                **_ORDERLY_END,
             )
             .returning(JOBS.c.rel_path)
         )
@@ -522,7 +545,13 @@ class SqlJobQueue(JobQueue):
 
     def _failure(self, attempts: int, message: str, *, permanent: bool, now: float) -> dict[str, Any]:
         if permanent or attempts >= self._max_attempts:
-            return {"state": JobState.FAILED.value, "error": message, "finished_at": now, **_NO_LEASE}
+            return {
+                "state": JobState.FAILED.value,
+                "error": message,
+                "finished_at": now,
+                **_NO_LEASE,
+                **_ORDERLY_END,
+            }
         delay = self._backoff * 2 ** max(attempts - 1, 0)
         return {
             "state": JobState.PENDING.value,
@@ -530,6 +559,7 @@ class SqlJobQueue(JobQueue):
             "not_before": now + delay,
             **_FRESH_ATTEMPT,
             **_NO_OWNER,
+            **_ORDERLY_END,
         }
 
     def _superseding_job(self, conn: Connection, job_id: int) -> int | None:
@@ -555,6 +585,7 @@ class SqlJobQueue(JobQueue):
                 attempts=_GIVE_BACK_ATTEMPT,
                 **_FRESH_ATTEMPT,
                 **_NO_OWNER,
+                **_ORDERLY_END,
             )
         )
         with self._transaction("release", write=True) as conn:
@@ -573,6 +604,7 @@ class SqlJobQueue(JobQueue):
                 JOBS.c.owner_pid,
                 JOBS.c.owner_token,
                 JOBS.c.attempt_started,
+                JOBS.c.crash_suspect,
             )
             .where(JOBS.c.state == JobState.RUNNING.value)
             .with_for_update(skip_locked=True)
@@ -601,6 +633,7 @@ class SqlJobQueue(JobQueue):
                     path=row.rel_path,
                     reason=reason,
                     started=row.attempt_started is not None,
+                    runs_alone=bool(row.crash_suspect),
                     attempts=values.get("attempts", row.attempts),
                     state=values["state"],
                 )

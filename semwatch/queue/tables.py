@@ -54,6 +54,10 @@ class JobRow(Base):
     # Schema 2. started_at is when the job was claimed; attempt_started when its work began.
     attempt_started: Mapped[float | None] = mapped_column(sa.Double)
     superseded_by: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # Revision 0004. Set while a process works on the job (its decode begun, for its own batch
+    # or ahead for the next), cleared when the attempt ends in order (done, failed, released).
+    # A pending job that still has it was in hand when its process died: it runs alone.
+    crash_suspect: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
 
 
 class FileRow(Base):
@@ -122,6 +126,7 @@ JOB_COLUMNS = (
     JOBS.c.output_path,
     JOBS.c.attempt_started,
     JOBS.c.superseded_by,
+    JOBS.c.crash_suspect,
 )
 # Failed jobs that still stand: not made history by a done job of their path's content.
 STANDING_FAILURE = sa.and_(JOBS.c.state == JobState.FAILED.value, JOBS.c.superseded_by.is_(None))
@@ -142,4 +147,5 @@ def to_job(row: Any) -> Job:
         output_path=row.output_path,
         attempt_started=row.attempt_started,
         superseded_by=row.superseded_by,
+        crash_suspect=bool(row.crash_suspect),
     )
