@@ -1,8 +1,8 @@
 """Daemons: a clean stop is recorded (stopped_at) instead of deleting the heartbeat row, so
 `semwatch status` and the web UI can say when the service was last seen.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
