@@ -556,7 +556,7 @@ def test_torchrun_two_processes_with_gloo_complete_both_stages(data_root: Path, 
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
 
-# ------------------------------------------------------------------ numerics pinned
+# ------------------------------------------------------------------ training behaviour, seeded
 
 
 class SyntheticColorData(torch.utils.data.Dataset):
