@@ -32,7 +32,7 @@ def cannot_run(reason: str) -> NoReturn:
     Only what CI cannot have either (a GPU, TensorRT) may skip without this."""
     if under_ci():
         pytest.fail(f"must run under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also at a module's top (a missing package)
 
 
 def sem_real_files() -> list[Path]:

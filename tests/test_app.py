@@ -6,15 +6,18 @@ with a function returning the click a browser would send."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cannot_run
 from PIL import Image
 
-pytest.importorskip("streamlit")
+if importlib.util.find_spec("streamlit") is None:
+    cannot_run("streamlit is not installed (pip install -e '.[app]')")
 from app_harness import png_bytes, provenance_of_tiff, tiff_rgb, write_app_config  # noqa: E402
 from helpers import max_lightness_error, textured_gray  # noqa: E402
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402

@@ -11,6 +11,7 @@ failure (conftest.cannot_run): .ci/run installs them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -69,7 +70,8 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture
 def app_server(tmp_path: Path, tiny_model: Path):
     """`semwatch app` on a free loopback port; yields its URL; stopped afterwards."""
-    pytest.importorskip("streamlit")
+    if importlib.util.find_spec("streamlit") is None:
+        cannot_run("streamlit is not installed (pip install -e '.[app]')")
     _need_browser()
     port = _free_port()
     config = write_app_config(tmp_path, tiny_model, max_upload_mb=5, port=port)

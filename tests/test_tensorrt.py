@@ -24,11 +24,12 @@ from click.testing import CliRunner
 from helpers import textured_gray
 from structlog.testing import capture_logs
 
-from semwatch import tensorrt
+from semwatch import backends, tensorrt
 from semwatch.backends import EngineError
 from semwatch.cli import main
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer, GrayImage
+from semwatch.model import load_generator
 from semwatch.tensorrt import EngineKey, TensorRTBackend, Toolchain
 
 CHROMA = 64  # canvas sides 32 and 64: four shapes
@@ -219,16 +220,34 @@ def test_a_partial_batch_is_padded_to_the_engine_batch(tiny_model, tmp_path, sta
         assert torch.allclose(out, eager(x), atol=1e-5)
 
 
-def test_the_model_is_compiled_in_its_own_reduced_dtype(tiny_model, tmp_path, stand_in):
-    # fp16 on a GPU; the stand-in runs on the CPU, where bf16 is the reduced precision.
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_auto_compiles_in_the_dtype_this_cpu_runs(tiny_model, tmp_path, stand_in, monkeypatch, native_bf16):
+    """The stand-in runs on the CPU, where bf16 is the reduced precision of a CPU that has
+    the instructions and fp32 the fallback of one without. The CPU probe is set, so both
+    are checked on any CPU (PyTorch emulates bf16 where the instructions are missing)."""
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: native_bf16)
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path, precision="auto"))
-    if colorizer.precision != "bf16":
-        pytest.skip("this CPU has no native bf16")
     colorizer.colorize(images((64, 64)))
-    ((_, shape, dtype, weights),) = [c for c in stand_in.calls if c[0] == "compile"]
-    assert dtype == torch.bfloat16 and weights == {torch.bfloat16}
-    assert "_bf16_" in colorizer.backend.engine_path((64, 64)).name
+    dtype, name = (torch.bfloat16, "bf16") if native_bf16 else (torch.float32, "fp32")
+    assert colorizer.precision == name
+    ((_, shape, example, weights),) = [c for c in stand_in.calls if c[0] == "compile"]
+    assert example == dtype and weights == {dtype}
+    assert f"_{name}_" in colorizer.backend.engine_path((64, 64)).name
     assert colorizer.generator.model.stem[0].weight.dtype == torch.float32  # caller's model kept
+
+
+def test_fp16_the_gpu_default_is_compiled_in_fp16(tiny_model, tmp_path, stand_in):
+    """What auto gives on a CUDA GPU (resolve_precision: test_backends.py), compiled here on
+    the CPU, which runs fp16 through PyTorch's own kernels."""
+    generator = load_generator(tiny_model)
+    backend = TensorRTBackend(
+        generator, torch.device("cpu"), torch.float16, cache_dir=tmp_path, toolchain=stand_in.toolchain
+    )
+    out = backend(torch.rand(1, 1, 64, 64) * 2 - 1)
+    ((_, shape, example, weights),) = [c for c in stand_in.calls if c[0] == "compile"]
+    assert example == torch.float16 and weights == {torch.float16} and out.dtype == torch.float16
+    assert backend.precision == "fp16" and "_fp16_" in backend.engine_path((64, 64)).name
+    assert generator.model.stem[0].weight.dtype == torch.float32
 
 
 def test_a_new_gpu_or_tensorrt_build_compiles_anew(tiny_model, tmp_path, monkeypatch):
