@@ -299,6 +299,7 @@ def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
     held_app_server, browser, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url, hold = held_app_server
     image = tmp_path / "grains.png"
@@ -363,6 +364,20 @@ def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
     assert abs(x - 640 * 5 / 8) < 640 * 0.02 and abs(y - 480 * 5 / 8) < 480 * 0.02, (x, y)
     _text_appears(browser, "Colorized in")
     _screenshot(browser, tmp_path, "app-zoom.png")
+
+    # The before/after slider fits its frame: no scrollbar, nothing cut off.
+    browser.find_element(By.XPATH, "//summary[contains(., 'Compare with the gray original')]").click()
+    frame = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.CSS_SELECTOR, "iframe[srcdoc]"))
+    _wait_for(browser, lambda: frame.size["height"] > 100, "the slider")
+    browser.switch_to.frame(frame)
+    try:
+        # Scrollable content is what a (non-overlay) scrollbar would appear for.
+        inner, content = browser.execute_script(
+            "return [window.innerHeight, document.documentElement.scrollHeight];"
+        )
+    finally:
+        browser.switch_to.default_content()
+    assert content <= inner, (content, inner)
 
 
 def _wait_for(browser, condition, what: str) -> None:
