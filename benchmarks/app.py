@@ -351,6 +351,7 @@ def main() -> None:
                 zoom_and_hint(driver, ZOOM_BOX, len(HINTS) + 1)
                 shoot(driver, args.screenshots / "app-zoom.png")
                 queue_fixture(root)
+                driver.set_window_size(1400, 1250)  # the service line, counts and a row of cards
                 driver.get(url + "queue")
                 wait_text(driver, "Recent jobs")
                 time.sleep(2)  # thumbnails
