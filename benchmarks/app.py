@@ -6,10 +6,12 @@ README's screenshots.
 Starts `semwatch app` (bundled model, the service's default engine settings) on a free
 loopback port and drives it with headless Chromium (Debian chromium + chromium-driver):
 uploads the image (default: the 2560x2048 pollen sample) and times until the result and its
-download are on the page, then clicks a hint and times the re-colorized page. The same image
-is timed through the bare engine (Colorizer.colorize, in this process). With --screenshots,
-it also saves app-colorize.png (three hints) and app-queue.png (a queue with finished, failed
-and waiting jobs), shrunk to palette PNGs for the README.
+download are on the page, then clicks a hint and times the re-colorized page (and the first
+feedback: the hint listed with its marker). The same image is timed through the bare engine
+(Colorizer.colorize, in this process). With --screenshots, it also saves app-colorize.png
+(three hints), app-zoom.png (a box dragged over the grain, a hint placed in the zoom) and
+app-queue.png (a queue with finished, failed and waiting jobs, a running service), at
+1400x1000, shrunk to palette PNGs for the README.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ DEFAULT_IMAGE = SAMPLES / "pollen-1062-550x.png"
 # (fraction across, fraction down, colour) on the default image: the grain, the scaly
 # anther, the background.
 HINTS = ((0.42, 0.55, "#e0b030"), (0.66, 0.18, "#c04890"), (0.10, 0.45, "#3a6fc8"))
+# A box around the grain's spines (fractions of the shown image), zoomed for app-zoom.png.
+ZOOM_BOX = (0.30, 0.45, 0.55, 0.70)
 WAIT = 900.0  # a busy 2-core machine
 
 
@@ -63,6 +67,7 @@ def page_seconds(image: Path, repeats: int) -> tuple[float, float]:
     from streamlit.testing.v1 import AppTest
 
     from semwatch.app import APP_SCRIPT
+    from semwatch.app.workspace import SESSION_KEY
 
     os.environ["SEMWATCH_CONFIG"] = str(ROOT / "config.toml")
     data = image.read_bytes()
@@ -75,7 +80,7 @@ def page_seconds(image: Path, repeats: int) -> tuple[float, float]:
         at.run()
         if index:
             runs.append(time.perf_counter() - started)
-            inside.append(at.session_state["cz_result"][1].seconds)
+            inside.append(at.session_state[SESSION_KEY].result.seconds)
     return statistics.median(runs), statistics.median(inside)
 
 
@@ -112,7 +117,7 @@ def start_app(root: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"semwatch app did not start; see {root / 'app.log'}")
 
 
-def browser(width: int = 1400, height: int = 1250):
+def browser(width: int = 1400, height: int = 1000):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -142,10 +147,13 @@ def wait_text(driver, text: str) -> None:
     )
 
 
-def engine_in_page(driver) -> float:
-    """The engine seconds the page reports for its latest result ("Colorized in X s")."""
+def times_in_page(driver) -> tuple[float, float]:
+    """(what the user waited, the engine's part) as the page reports its latest result:
+    "Colorized in X s (Y s of it in the engine)"."""
     text = driver.find_element("tag name", "body").text
-    return float(text.split("Colorized in ", 1)[1].split(" s", 1)[0])
+    waited = float(text.split("Colorized in ", 1)[1].split(" s", 1)[0])
+    engine = float(text.split("Colorized in ", 1)[1].split("(", 1)[1].split(" s", 1)[0])
+    return waited, engine
 
 
 def upload(driver, url: str, image: Path) -> float:
@@ -166,7 +174,8 @@ def upload(driver, url: str, image: Path) -> float:
     return time.perf_counter() - started
 
 
-def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
+def click_hint(driver, fx: float, fy: float, color: str, count: int) -> tuple[float, float]:
+    """(seconds to the hint listed with its marker, seconds to the re-colorized page)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -182,7 +191,7 @@ def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys(color, Keys.ENTER)
     field.send_keys(Keys.ESCAPE)
-    driver.find_element(By.TAG_NAME, "h1").click()
+    driver.find_element(By.CSS_SELECTOR, "[data-testid*=Caption]").click()  # closes the popover
     time.sleep(2)  # the picker's value reaches the server in its own rerun
     frame = driver.find_element(By.CSS_SELECTOR, "iframe[title*='streamlit_image_coordinates']")
     driver.switch_to.frame(frame)
@@ -193,8 +202,40 @@ def click_hint(driver, fx: float, fy: float, color: str, count: int) -> float:
         img, int(size["width"] * (fx - 0.5)), int(size["height"] * (fy - 0.5))
     ).click().perform()
     driver.switch_to.default_content()
+    wait_text(driver, f"Hint {count}: x")
+    feedback = time.perf_counter() - started
     wait_text(driver, f"Hints ({count}")
-    return time.perf_counter() - started
+    wait_text(driver, "Colorized in")
+    return feedback, time.perf_counter() - started
+
+
+def zoom_and_hint(driver, box: tuple[float, float, float, float], count: int) -> None:
+    """Drag ``box`` (fractions of the shown image) to zoom in, then click its centre."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    def in_image(act) -> None:
+        driver.switch_to.frame(
+            driver.find_element(By.CSS_SELECTOR, "iframe[title*='streamlit_image_coordinates']")
+        )
+        img = driver.find_element(By.ID, "image")
+        act(ActionChains(driver), img, img.size["width"], img.size["height"])
+        driver.switch_to.default_content()
+
+    x0, y0, x1, y1 = box
+    in_image(
+        lambda chain, img, w, h: (
+            chain.move_to_element_with_offset(img, int(w * (x0 - 0.5)), int(h * (y0 - 0.5)))
+            .click_and_hold()
+            .move_by_offset(int(w * (x1 - x0)), int(h * (y1 - y0)))
+            .release()
+            .perform()
+        )
+    )
+    time.sleep(3)  # the zoomed view
+    in_image(lambda chain, img, w, h: chain.move_to_element_with_offset(img, 0, 0).click().perform())
+    wait_text(driver, f"Hint {count}: x")
+    wait_text(driver, "Colorized in")
 
 
 def queue_fixture(root: Path) -> None:
@@ -229,7 +270,15 @@ def queue_fixture(root: Path) -> None:
         owner, bad, "truncated.tif: cannot decode TIFF: file is truncated (5000 bytes)", permanent=True
     )
     queue.enqueue("incoming/new-frame.tif", "a" * 64, 1, now)
+    queue.beat(owner, "all")  # the service's heartbeat: the page shows it running
     queue.close()
+
+
+def shoot(driver, path: Path) -> None:
+    time.sleep(2)  # fade-ins
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(path))
+    shrink_png(path)
 
 
 def shrink_png(path: Path, limit: int = 150_000) -> None:
@@ -276,39 +325,37 @@ def main() -> None:
             times, inside = [], []
             for _ in range(args.repeats):
                 times.append(upload(driver, url, args.image))
-                inside.append(engine_in_page(driver))
+                inside.append(times_in_page(driver)[1])
             print(
                 f"UI, upload -> result + download ready: {statistics.median(times):.2f} s; "
                 f"the engine's part in the page {statistics.median(inside):.2f} s "
                 f"(medians of {args.repeats}; bare engine above {engine:.2f} s)"
             )
-            hint_times, inside = [], []
+            hint_times, feedback, inside = [], [], []
             for n, (fx, fy, color) in enumerate(HINTS, start=1):
-                hint_times.append(click_hint(driver, fx, fy, color, n))
-                inside.append(engine_in_page(driver))
+                first, done = click_hint(driver, fx, fy, color, n)
+                feedback.append(first)
+                hint_times.append(done)
+                inside.append(times_in_page(driver))
             print(
-                f"UI, click a hint -> re-colorized page: {statistics.median(hint_times):.2f} s; "
-                f"the engine's part {statistics.median(inside):.2f} s "
-                f"(medians of {len(hint_times)})"
+                f"UI, click a hint -> hint listed with its marker: {statistics.median(feedback):.2f} s; "
+                f"-> re-colorized page: {statistics.median(hint_times):.2f} s; the page says the user "
+                f"waited {statistics.median(w for w, _ in inside):.2f} s, the engine's part "
+                f"{statistics.median(e for _, e in inside):.2f} s (medians of {len(hint_times)})"
             )
             body = driver.find_element("tag name", "body").text
             print("hints on the page:", [line for line in body.splitlines() if line.startswith("Hint ")])
             if args.screenshots:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
-                driver.set_window_size(1400, 1500)  # images, slider, hints and metadata
-                time.sleep(2)
-                driver.execute_script("window.scrollTo(0, 0)")
-                shot = args.screenshots / "app-colorize.png"
-                driver.save_screenshot(str(shot))
-                shrink_png(shot)
+                shoot(driver, args.screenshots / "app-colorize.png")
+                zoom_and_hint(driver, ZOOM_BOX, len(HINTS) + 1)
+                shoot(driver, args.screenshots / "app-zoom.png")
                 queue_fixture(root)
-                driver.set_window_size(1400, 1500)
+                driver.set_window_size(1400, 1250)  # the service line, counts and a row of cards
                 driver.get(url + "queue")
                 wait_text(driver, "Recent jobs")
                 time.sleep(2)  # thumbnails
-                shot = args.screenshots / "app-queue.png"
-                driver.save_screenshot(str(shot))
-                shrink_png(shot)
+                shoot(driver, args.screenshots / "app-queue.png")
                 print(f"screenshots in {args.screenshots}")
         finally:
             driver.quit()

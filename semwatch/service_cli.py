@@ -183,7 +183,7 @@ def format_status(
     lines = [f"queue   {_database(config)}"]
     if service is not None:
         lines.append(f"service {service_headline(service)}")
-        lines += [f"          {line}" for line in service_details(service)]
+        lines += [f"        {line}" for line in service_details(service)]
         note = waiting_note(service) if counts.get("pending") else None
         if note:
             lines.append(f"        {note}")

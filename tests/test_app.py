@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import re
 import time
 from pathlib import Path
 
@@ -394,7 +395,6 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     at.switch_page("pages/queue.py").run()
     at.button(key=f"q_refine_{ids['grain.png']}").click().run()
     assert not at.exception, at.exception
-    assert at.title[0].value == "Colorize"
     assert f"job {ids['grain.png']}" in texts(at.caption)
     # AppTest keeps requesting the page it was last switched to; the browser's URL follows
     # st.switch_page.
@@ -485,3 +485,133 @@ def test_vendor_metadata_and_data_bar_are_shown_and_bar_clicks_refused(
     rgb = result_rgb(at)
     gray = textured_gray(240, 320, seed=4)
     assert all(np.array_equal(rgb[200:, :, c], gray[200:]) for c in range(3))
+
+
+# --------------------------------------------------------------------------- work kept (#21)
+
+
+def test_work_survives_the_queue_page_and_replacing_unsaved_hints_asks_first(
+    app_config: Path, clicks: FakeClicks
+) -> None:
+    at = upload(new_app(), "first.png", png_bytes(240, 320, seed=1))
+    at.color_picker(key="cz_color").set_value("#00c000").run()
+    for x in (40, 120):
+        clicks.at(x, 30, 160, 120)
+        at.run()
+    source, hints, result = work(at).source, work(at).hints, work(at).result
+    assert len(hints) == 2 and work(at).fresh
+
+    # To the Queue page and back: image, hints, result and the hint colour are all there.
+    clicks.click = None  # the component is gone with the page; it comes back empty
+    at.switch_page("pages/queue.py").run()
+    assert at.title[0].value == "Queue"
+    at.switch_page("pages/colorize.py").run()
+    assert not at.exception, at.exception
+    assert work(at).source is source and work(at).hints == hints and work(at).result is result
+    assert at.color_picker(key="cz_color").value == "#00c000"
+    assert "Hint 2: x 241, y 61" in texts(at.markdown)
+
+    # A new upload would drop the two hints: the page asks, and keeps them on "Keep".
+    at.file_uploader(key="cz_upload").set_value(("second.png", png_bytes(seed=2), "image/png")).run()
+    assert "2 hints on first.png were neither downloaded nor saved. Open second.png instead" in texts(
+        at.warning
+    )
+    assert work(at).source is source and work(at).hints == hints
+    at.button(key="cz_keep").click().run()
+    assert work(at).source is source and work(at).hints == hints and work(at).pending is None
+    assert not at.warning
+
+    # Asked again, "Open" replaces them.
+    at.file_uploader(key="cz_upload").set_value(("third.png", png_bytes(seed=3), "image/png")).run()
+    at.button(key="cz_confirm_change").click().run()
+    assert not at.exception, at.exception
+    assert work(at).source.name == "third.png" and work(at).hints == ()
+    assert work(at).fresh and not at.warning
+
+
+def test_refine_with_unsaved_hints_asks_and_a_saved_result_does_not(
+    app_config: Path, tmp_path: Path, clicks: FakeClicks
+) -> None:
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    at = upload(new_app(), "mine.png", png_bytes())
+    clicks.at(50, 40, 160, 120)
+    at.run()
+    clicks.click = None
+    at.switch_page("pages/queue.py").run()
+    at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+    at.switch_page("pages/colorize.py")
+    assert "1 hint on mine.png was neither downloaded nor saved. Open job" in texts(at.warning)
+    assert work(at).source.name == "mine.png" and len(work(at).hints) == 1
+    at.button(key="cz_confirm_change").click().run()
+    assert work(at).source.job_id == ids["grain.png"] and work(at).hints == ()
+
+    # A saved refined result is not lost work: the next Refine opens at once.
+    clicks.at(30, 30, 160, 120)
+    at.run()
+    at.button(key="cz_save_refined").click().run()
+    assert "Saved" in texts(at.success) and not work(at).unsaved()
+    at.switch_page("pages/queue.py").run()
+    at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+    at.switch_page("pages/colorize.py")
+    assert not at.warning and work(at).hints == ()
+
+
+def test_save_refined_is_offered_once_there_are_hints(
+    app_config: Path, tmp_path: Path, clicks: FakeClicks
+) -> None:
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+    at.switch_page("pages/colorize.py")
+    # Zero hints: saving would write a copy of the automatic output.
+    assert not [b for b in at.button if b.key in ("cz_save_refined", "cz_replace")]
+    assert "Add a hint to save a refined result" in texts(at.caption)
+    clicks.at(50, 40, 160, 120)
+    at.run()
+    assert not at.button(key="cz_save_refined").disabled
+    next(b for b in at.button if b.label == "Clear hints").click().run()
+    assert not [b for b in at.button if b.key == "cz_save_refined"]
+
+
+def test_the_marker_is_drawn_on_the_previous_result_before_the_new_one(
+    app_config: Path, clicks: FakeClicks
+) -> None:
+    """The run that takes a click draws the marker at once (on the result it is about to
+    change), then colorizes; the status line then says what the user waited."""
+    at = upload(new_app(), "sample.png", png_bytes(240, 320))
+    before = work(at).result
+    at.color_picker(key="cz_color").set_value("#ff00ff").run()
+    shown = len(clicks.shown)
+    clicks.at(80, 60, 160, 120)  # the middle of the shown image: pixel (160, 120)
+    at.run()
+    first, last = clicks.shown[shown], clicks.shown[-1]
+    preview = widgets.preview(before.rgb, 256)
+    # The first picture after the click: the old result, with the new marker in magenta.
+    assert tuple(first[96, 128]) == (255, 0, 255)
+    assert np.array_equal(first[:40, :40], preview[:40, :40])
+    assert work(at).result is not before and work(at).fresh
+    assert tuple(last[96, 128]) == (255, 0, 255) and not np.array_equal(last[:40], first[:40])
+    status = texts(at.markdown)
+    assert re.search(r"Colorized in \d+\.\d s \(\d+\.\d s of it in the engine\)", status), status
+    assert work(at).waited >= work(at).result.seconds
+
+
+def test_a_drag_zooms_and_a_click_in_the_zoom_lands_on_the_image_pixel(
+    app_config: Path, clicks: FakeClicks
+) -> None:
+    at = upload(new_app(), "sample.png", png_bytes(240, 320))
+    assert at.button(key="cz_unzoom").disabled
+    # Drag across the shown image's top-left quarter (shown 160 x 120 for 320 x 240).
+    clicks.drag(0, 0, 80, 60, 160, 120)
+    at.run()
+    assert (work(at).zoom.x0, work(at).zoom.y0, work(at).zoom.x1, work(at).zoom.y1) == (1, 1, 162, 122)
+    zoomed = clicks.shown[-1]
+    assert zoomed.shape == (192, 256, 3)  # the same size as the whole view: nothing moves
+    # A click at the middle of the zoomed view is at the middle of the zoomed region.
+    clicks.at(80, 60, 160, 120)
+    at.run()
+    (hint,) = work(at).hints
+    assert (hint.x, hint.y) == (82, 62)
+    at.button(key="cz_unzoom").click().run()
+    assert work(at).zoom is None and len(work(at).hints) == 1

@@ -11,6 +11,7 @@ failure (conftest.cannot_run): .ci/run installs them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -40,6 +41,11 @@ START_TIMEOUT = 120.0
 WAIT = 300.0  # colorizing on a busy 2-core machine
 
 
+def _need_streamlit() -> None:
+    if importlib.util.find_spec("streamlit") is None:
+        cannot_run("streamlit is not installed (pip install -e '.[app]')")
+
+
 def _need_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if not missing:
@@ -67,26 +73,25 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"semwatch app not healthy after {START_TIMEOUT} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def app_server(tmp_path: Path, tiny_model: Path):
-    """`semwatch app` on a free loopback port; yields its URL; stopped afterwards."""
-    if importlib.util.find_spec("streamlit") is None:
-        cannot_run("streamlit is not installed (pip install -e '.[app]')")
-    _need_browser()
+@contextlib.contextmanager
+def _serve(
+    root: Path, model: Path, env_extra: dict[str, str] | None = None, pythonpath: tuple[str, ...] = ()
+):
+    """`semwatch app` on a free loopback port with a configuration in ``root``; yields its
+    URL; stopped afterwards."""
     port = _free_port()
-    config = write_app_config(tmp_path, tiny_model, max_upload_mb=5, port=port)
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    )
+    config = write_app_config(root, model, max_upload_mb=5, port=port)
+    paths = [*pythonpath, str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **(env_extra or {}))
     env.pop("SEMWATCH_CONFIG", None)
-    log = tmp_path / "app.log"
+    log = root / "app.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "semwatch", "app", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=tmp_path,
+            cwd=root,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -99,6 +104,15 @@ def app_server(tmp_path: Path, tiny_model: Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def app_server(tmp_path: Path, tiny_model: Path):
+    """`semwatch app` on a free loopback port; yields its URL; stopped afterwards."""
+    _need_streamlit()
+    _need_browser()
+    with _serve(tmp_path, tiny_model) as url:
+        yield url
 
 
 @pytest.fixture
@@ -277,3 +291,233 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     browser.get(app_server + "queue")
     _text_appears(browser, "No queue database yet")
     _screenshot(browser, tmp_path, "app-queue-empty.png")
+
+
+# --------------------------------------------------------------------------- #21: work kept, zoom, service state
+
+HINT_RGB = (0x2F, 0x7F, 0xD8)  # the page's default hint colour
+HOLD_FOLDER = Path(__file__).resolve().parent / "app_hold"  # its sitecustomize holds the engine
+
+
+@pytest.fixture
+def held_app_server(tmp_path: Path, tiny_model: Path):
+    """`semwatch app` whose full colorizations wait while tmp_path/hold exists; yields
+    (URL, hold file)."""
+    _need_streamlit()
+    _need_browser()
+    hold = tmp_path / "hold"
+    with _serve(tmp_path, tiny_model, {"SEMWATCH_TEST_HOLD": str(hold)}, (str(HOLD_FOLDER),)) as url:
+        yield url, hold
+
+
+def _clickable(browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[title*='streamlit_image_coordinates']"))
+    )
+
+
+def _in_image(browser, act) -> None:
+    """Run ``act(ActionChains, img, width, height)`` inside the click component's frame."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    browser.switch_to.frame(_clickable(browser))
+    try:
+        img = browser.find_element(By.ID, "image")
+        act(ActionChains(browser), img, img.size["width"], img.size["height"])
+    finally:
+        browser.switch_to.default_content()
+
+
+def _marker_share(browser, fx: float, fy: float) -> float:
+    """Share of the pixels in a small square at (fx, fy) of the shown image that have the
+    hint colour (the marker's fill; the JPEG blurs it a little)."""
+    import io
+
+    from selenium.webdriver.common.by import By
+
+    browser.switch_to.frame(_clickable(browser))
+    try:
+        png = browser.find_element(By.ID, "image").screenshot_as_png
+    finally:
+        browser.switch_to.default_content()
+    with Image.open(io.BytesIO(png)) as shot:
+        rgb = np.asarray(shot.convert("RGB")).astype(int)
+    h, w = rgb.shape[:2]
+    x, y = int(fx * w), int(fy * h)
+    patch = rgb[y - 4 : y + 5, x - 4 : x + 5]
+    return float((np.abs(patch - np.array(HINT_RGB)).max(axis=2) < 40).mean())
+
+
+def _image_offset(browser) -> tuple[float, float]:
+    """(top, height) of the clickable image, its top measured from the top of the page's
+    first line (the image's caption): the page scrolls, layout shifts change this."""
+    return tuple(
+        browser.execute_script(
+            "const img = document.querySelector(\"iframe[title*='streamlit_image_coordinates']\")"
+            ".getBoundingClientRect();"
+            "const top = document.querySelector('[data-testid*=Caption]').getBoundingClientRect().top;"
+            "return [img.top - top, img.height];"
+        )
+    )
+
+
+def _hint_xy(browser, number: int) -> tuple[int, int]:
+    _text_appears(browser, f"Hint {number}: x ")
+    body = browser.find_element("tag name", "body").text
+    match = re.search(rf"Hint {number}: x (\d+), y (\d+)", body)
+    assert match, body
+    return int(match.group(1)), int(match.group(2))
+
+
+def _page_link(browser, title: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.PARTIAL_LINK_TEXT, title)
+
+
+@pytest.mark.slow
+def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
+    held_app_server, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, hold = held_app_server
+    image = tmp_path / "grains.png"
+    Image.fromarray(textured_gray(480, 640, seed=5)).save(image)
+    browser.set_window_size(1400, 1000)
+    browser.get(url)
+    _text_appears(browser, "Upload a scanning electron microscope image")
+    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(image))
+    _text_appears(browser, "Colorized in")
+    _text_appears(browser, "Download grains.tif")
+    before = _image_offset(browser)
+    assert _marker_share(browser, 1 / 3, 1 / 3) < 0.2
+
+    # The engine is held: the marker shows, where the user clicked, before the result.
+    hold.touch()
+    _in_image(
+        browser,
+        lambda chain, img, w, h: (
+            chain.move_to_element_with_offset(img, -w // 2 + w // 3, -h // 2 + h // 3).click().perform()
+        ),
+    )
+    _text_appears(browser, "Colorizing with 1 hint")
+    _wait_for(browser, lambda: _marker_share(browser, 1 / 3, 1 / 3) > 0.5, "the marker")
+    assert "Colorized in" not in browser.find_element(By.TAG_NAME, "body").text  # still held
+    marked = _image_offset(browser)
+    hold.unlink()
+    _text_appears(browser, "Colorized in")
+    _text_appears(browser, "Download grains.refined.tif")
+    assert before == marked == _image_offset(browser)  # nothing above the image moved it
+    first = _hint_xy(browser, 1)
+    assert abs(first[0] - 640 / 3) < 640 * 0.03 and abs(first[1] - 480 / 3) < 480 * 0.03, first
+
+    # To the Queue page and back: the image and its hint are still there.
+    _page_link(browser, "Queue").click()
+    _text_appears(browser, "No queue database yet")
+    _page_link(browser, "Colorize").click()
+    assert _hint_xy(browser, 1) == first
+    _text_appears(browser, "Colorized in")
+
+    # Drag a box over the lower right quarter: the view zooms in; a click at its centre
+    # lands at the centre of that quarter of the image.
+    _in_image(
+        browser,
+        lambda chain, img, w, h: (
+            chain.move_to_element_with_offset(img, 1, 1)
+            .click_and_hold()
+            .move_by_offset(w // 4, h // 4)
+            .release()
+            .perform()
+        ),
+    )
+    _wait_for(
+        browser,
+        lambda: browser.find_element(By.XPATH, "//button[contains(., 'Whole image')]").is_enabled(),
+        "the zoomed view",
+    )
+    _in_image(
+        browser,
+        lambda chain, img, w, h: chain.move_to_element_with_offset(img, 0, 0).click().perform(),
+    )
+    x, y = _hint_xy(browser, 2)
+    assert abs(x - 640 * 5 / 8) < 640 * 0.02 and abs(y - 480 * 5 / 8) < 480 * 0.02, (x, y)
+    _text_appears(browser, "Colorized in")
+    _screenshot(browser, tmp_path, "app-zoom.png")
+
+    # The before/after slider fits its frame: no scrollbar, nothing cut off.
+    browser.find_element(By.XPATH, "//summary[contains(., 'Compare with the gray original')]").click()
+    frame = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.CSS_SELECTOR, "iframe[srcdoc]"))
+    _wait_for(browser, lambda: frame.size["height"] > 100, "the slider")
+    browser.switch_to.frame(frame)
+    try:
+        # Scrollable content is what a (non-overlay) scrollbar would appear for.
+        inner, content = browser.execute_script(
+            "return [window.innerHeight, document.documentElement.scrollHeight];"
+        )
+    finally:
+        browser.switch_to.default_content()
+    assert content <= inner, (content, inner)
+
+
+def _wait_for(browser, condition, what: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, WAIT, poll_frequency=0.25).until(
+        lambda _d: condition(), message=f"{what} never showed"
+    )
+
+
+@pytest.mark.slow
+def test_queue_page_shows_the_service_running_then_stopped_in_chromium(
+    app_server: str, browser, tmp_path: Path
+) -> None:
+    """A real daemon on the app's configuration: the Queue page says it runs (host, pid),
+    and after its clean stop, when it was last seen."""
+    config = tmp_path / "config.toml"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    )
+    env.pop("SEMWATCH_CONFIG", None)
+    with (tmp_path / "daemon.log").open("wb") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "semwatch", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        host = socket.gethostname()
+        running = f"Service running on {host} (pid {daemon.pid}, watches and colorizes)"
+        _reload_until(browser, app_server + "queue", running, daemon)
+        _screenshot(browser, tmp_path, "app-queue-running.png")
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=120) == 0
+    _reload_until(browser, app_server + "queue", "stopped cleanly", daemon)
+    body = browser.find_element("tag name", "body").text
+    assert "Service stopped: last seen" in body and f"on {host}, stopped cleanly" in body, body
+
+
+def _reload_until(browser, url: str, text: str, daemon: subprocess.Popen) -> None:
+    """Reload ``url`` until ``text`` is on it (the daemon's first beat follows its model load)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(driver) -> bool:
+        browser.get(url)
+        try:
+            _text_appears(browser, "Recent jobs", timeout=30)
+        except Exception:  # noqa: BLE001 - no database yet: the daemon is still starting
+            if daemon.poll() not in (None, 0):
+                raise AssertionError(f"daemon exited {daemon.returncode}") from None
+            return False
+        return text in driver.find_element("tag name", "body").text
+
+    WebDriverWait(browser, WAIT, poll_frequency=1).until(shown, message=f"{text!r} never on {url}")

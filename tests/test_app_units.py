@@ -17,7 +17,7 @@ from semwatch.app import APP_SCRIPT
 from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.launch import is_loopback, streamlit_argv
 from semwatch.app.queue_view import output_file, refined_name, refined_target
-from semwatch.app.widgets import Click, compare_html, preview, to_image_pixels
+from semwatch.app.widgets import Box, Click, compare_html, preview, to_image_pixels, to_view, view, zoom_box
 from semwatch.config import AppConfig, Config, ConfigError, parse_config
 from semwatch.imaging import SourceMetadata, read_image
 from semwatch.queue import Job, JobState
@@ -68,6 +68,31 @@ def test_clicks_scale_from_displayed_to_image_pixels() -> None:
     assert to_image_pixels(Click(349.5, 279.5, 700, 560, 1), 2048, 2560) == (1280, 1024)
     assert to_image_pixels(Click(699, 559, 700, 560, 1), 2048, 2560) == (2558, 2046)
     assert to_image_pixels(Click(900, -5, 700, 560, 1), 2048, 2560) == (2559, 0)  # clamped
+
+
+def test_a_drag_frames_a_zoom_of_the_image_s_shape_inside_the_image() -> None:
+    # A thin box dragged at the top edge of a 2560x2048 frame shown at 1000x800, released
+    # beyond the image's right edge (the component reports where the mouse went up).
+    drag = Click(900, 5, 1000, 800, 1, x2=1030, y2=40)
+    box = zoom_box(drag, 2048, 2560)
+    assert (box.x1, box.y0) == (2560, 0)  # pushed inside the image
+    assert box.width * 2048 == pytest.approx(box.height * 2560, rel=0.01)
+    start, end = to_image_pixels(drag, 2048, 2560), to_image_pixels(drag, 2048, 2560, end=True)
+    assert box.x0 <= start[0] and box.y1 > end[1]  # the whole framed region in view
+    tiny = zoom_box(Click(10, 10, 1000, 800, 2, x2=16, y2=16), 2048, 2560)
+    assert tiny.width >= 32 and tiny.height >= 32  # never below MIN_ZOOM_SIDE
+    assert not Click(10, 10, 1000, 800, 3, x2=12, y2=13).is_drag  # a shaky click is a click
+
+
+def test_the_zoomed_view_and_its_clicks_agree() -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    shown = Box(80, 60, 240, 180)
+    zoomed = view(rgb, (240, 320), shown, (320, 240))
+    assert zoomed.shape == (240, 320, 3)
+    # The image pixel under a click in the zoomed view is where to_view puts it back.
+    x, y = to_image_pixels(Click(200, 100, 320, 240, 1), 240, 320, shown)
+    vx, vy = to_view(x, y, (240, 320), shown, (320, 240))
+    assert abs(vx - 200) <= 2 and abs(vy - 100) <= 2
 
 
 def test_preview_and_compare_slider_are_self_contained() -> None:

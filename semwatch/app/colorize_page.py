@@ -33,23 +33,26 @@ UPLOAD_TYPES = sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES)
 DEFAULT_HINT_COLOR = "#2f7fd8"
 DOWNLOAD_FORMATS = {"TIFF (metadata + provenance)": "tiff", "PNG": "png"}
 _SUFFIX_FORMATS = {".tif": "tiff", ".png": "png", ".jpg": "jpeg"}
-# A full colorization slower than this gets a quick low-resolution look first; before the
-# first one of an image there is no timing yet, so its size decides.
+# A quick low-resolution look (long side QUICK_SIDE) comes first when the full result takes
+# longer than QUICK_AFTER_SECONDS, on images above QUICK_PIXELS (below, the full-resolution
+# work is small: the look would cost as much as the result), and as long as the look costs
+# less than half the full result (measured: the engine's fixed cost can dominate).
 QUICK_AFTER_SECONDS = 1.0
 QUICK_PIXELS = 4_000_000
+QUICK_SIDE = 256
 
 
 def render(ctx: AppContext) -> None:
-    st.title("Colorize")
     work = workspace(st.session_state)
     _take_refine_request(work)
-    _uploader(ctx)
     _settle_change(ctx, work)
-    error = st.session_state.get("cz_upload_error")  # until the next change of image
-    if error:
-        st.error(error)
     source = work.source
     if source is None:
+        # The landing page; with an image, its height goes to the image (the top
+        # navigation names the page) and the uploader moves into the side panel.
+        st.title("Colorize")
+        _uploader(ctx)
+        _upload_error()
         st.info(
             "Upload a scanning electron microscope image (TIFF, PNG, JPEG or BMP). It is "
             "colorized with the service's model and settings; click the result to steer "
@@ -73,16 +76,18 @@ def render(ctx: AppContext) -> None:
         if source.job_id is not None:
             _save_refined(ctx, work)
         _show_acquisition(source.image)
+        _uploader(ctx, compact=True)
+        _upload_error()
     _colorize_if_stale(ctx, work)
 
 
 # --------------------------------------------------------------------------- sources
 
 
-def _uploader(ctx: AppContext) -> None:
+def _uploader(ctx: AppContext, *, compact: bool = False) -> None:
     cap_mb = ctx.config.app.max_upload_mb
     st.file_uploader(
-        f"SEM image (TIFF, PNG, JPEG, BMP; at most {cap_mb} MB)",
+        f"{'Open another image' if compact else 'SEM image'} (TIFF, PNG, JPEG, BMP; at most {cap_mb} MB)",
         type=UPLOAD_TYPES,
         key="cz_upload",
         max_upload_size=cap_mb,
@@ -90,6 +95,12 @@ def _uploader(ctx: AppContext) -> None:
         # page is not a removal.
         on_change=_upload_changed,
     )
+
+
+def _upload_error() -> None:
+    error = st.session_state.get("cz_upload_error")  # until the next change of image
+    if error:
+        st.error(error)
 
 
 def _upload_changed() -> None:
@@ -362,10 +373,9 @@ def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
     colorizer = ctx.colorizer()
     try:
         if _wants_quick(work) and (work.quick is None or work.quick[0] != recipe):
-            rgb = service.colorize_quick(
-                colorizer, source.image, work.hints, long_side=ctx.config.app.preview_size
-            )
-            work.quick = (recipe, rgb)
+            started = time.perf_counter()
+            rgb = service.colorize_quick(colorizer, source.image, work.hints, long_side=QUICK_SIDE)
+            work.quick, work.quick_seconds = (recipe, rgb), time.perf_counter() - started
             st.rerun()
         started = time.perf_counter()
         result = service.colorize(colorizer, source.image, work.hints, source_path=source.source_path)
@@ -384,9 +394,12 @@ def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
 
 def _wants_quick(work: Workspace) -> bool:
     assert work.source is not None
-    if work.full_seconds is not None:
-        return work.full_seconds > QUICK_AFTER_SECONDS
-    return work.source.image.gray.size > QUICK_PIXELS
+    if work.source.image.gray.size <= QUICK_PIXELS:
+        return False
+    full, quick = work.full_seconds, work.quick_seconds
+    if full is not None and (full <= QUICK_AFTER_SECONDS or (quick is not None and quick > full / 2)):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- hints

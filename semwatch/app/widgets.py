@@ -119,10 +119,12 @@ def to_image_pixels(
 def zoom_box(click: Click, height: int, width: int, shown: Box | None = None) -> Box:
     """The region a drag framed, widened to the image's aspect ratio (so the zoomed view
     keeps the displayed size: nothing below it moves) and kept inside the image."""
-    x0, y0 = to_image_pixels(click, height, width, shown)
-    x1, y1 = to_image_pixels(click, height, width, shown, end=True)
-    w = max(abs(x1 - x0), MIN_ZOOM_SIDE)
-    h = max(abs(y1 - y0), MIN_ZOOM_SIDE)
+    ax, ay = to_image_pixels(click, height, width, shown)
+    bx, by = to_image_pixels(click, height, width, shown, end=True)
+    x0, x1 = min(ax, bx), max(ax, bx) + 1  # the pixels under both corners included
+    y0, y1 = min(ay, by), max(ay, by) + 1
+    w = max(x1 - x0, MIN_ZOOM_SIDE)
+    h = max(y1 - y0, MIN_ZOOM_SIDE)
     # Widen the narrow side: the framed region stays wholly in view.
     if w * height > h * width:
         h = w * height / width

@@ -76,6 +76,7 @@ class Workspace:
     asked_at: float | None = None
     waited: float | None = None  # seconds from the request to the full result
     full_seconds: float | None = None  # the last full colorization of this image took
+    quick_seconds: float | None = None  # and its last quick look
     failure: tuple[Recipe, str] | None = None  # why the result for a recipe failed
     notice: str | None = None  # one line for the page's status line (e.g. a refused click)
     click_stamp: int | None = None  # the click taken last (the component repeats it)
@@ -106,7 +107,7 @@ class Workspace:
         self.source = source
         self.hints = ()
         self.result = self.result_recipe = self.quick = self.saved = None
-        self.zoom = self.full_seconds = self.failure = None
+        self.zoom = self.full_seconds = self.quick_seconds = self.failure = None
         self.downloads = {}
         self.asked_at, self.waited, self.notice = now, None, None
 
