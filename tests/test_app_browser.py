@@ -393,7 +393,11 @@ def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
     browser.set_window_size(1400, 1000)
     browser.get(url)
     _text_appears(browser, "Upload a scanning electron microscope image")
-    browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(image))
+    # The uploader's input joins the page a moment after its label on a loaded machine.
+    upload = WebDriverWait(browser, 60).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    )[0]
+    upload.send_keys(str(image))
     _text_appears(browser, "Colorized in")
     _text_appears(browser, "Download grains.tif")
     before = _image_offset(browser)
