@@ -115,9 +115,15 @@ def colorize_batch(
     exception (``colorize_error`` words it)."""
     per_image = hints if hints and any(hints) else None
     per_style = styles if styles and any(s is not None for s in styles) else None
-    spreads = list(spread) if spread else False
+    spreads = list(spread) if spread and any(spread) else None
+    # Only what is asked for: a plain batch is the plain call it always was.
+    steer: dict[str, Any] = {}
+    if per_style is not None:
+        steer["styles"] = per_style
+    if spreads is not None:
+        steer["spread"] = spreads
     try:
-        return list(colorizer.colorize(images, hints=per_image, styles=per_style, spread=spreads))
+        return list(colorizer.colorize(images, hints=per_image, **steer))
     except Exception as exc:  # noqa: BLE001 - sorted out image by image below
         if len(images) == 1:
             log.error("colorization failed", error=one_line(exc), exc_info=exc)

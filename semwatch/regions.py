@@ -139,21 +139,38 @@ def spread_hints(
     height, width = labels.shape
     rows = [min(max(p.row, 0), height - 1) for p in points]
     cols = [min(max(p.col, 0), width - 1) for p in points]
+    held = [int(labels[row, col]) for row, col in zip(rows, cols)]
+    count = int(labels.max()) + 1
+    # A region holding one point (every style match) takes its colour by table look-up;
+    # only regions holding several points, and the pull, need a distance map per point.
+    per_region = torch.bincount(torch.tensor(held), minlength=count)
+    table = torch.zeros((count, 2), dtype=ab.dtype)
+    for point, region in zip(points, held):
+        table[region] = torch.tensor((point.a, point.b), dtype=ab.dtype)
+    single = (per_region == 1).to(ab.device)
+    out = torch.where(single[labels], table.to(ab.device).t()[:, labels], ab)
+    shared = [i for i, region in enumerate(held) if per_region[region] > 1]
+    if not shared and not pull:
+        return out
     y = torch.arange(height, device=ab.device, dtype=torch.float32)[:, None]
     x = torch.arange(width, device=ab.device, dtype=torch.float32)[None, :]
     weighted = torch.zeros_like(ab)
     weights = torch.zeros((height, width), device=ab.device)
     nearest_colour = torch.zeros_like(ab)
     nearest_distance = torch.full((height, width), float("inf"), device=ab.device)
-    for point, row, col in zip(points, rows, cols):
+    for index, (point, row, col) in enumerate(zip(points, rows, cols)):
+        if not pull and per_region[held[index]] == 1:
+            continue
         colour = torch.tensor((point.a, point.b), device=ab.device, dtype=ab.dtype)[:, None, None]
         distance = (y - row) ** 2 + (x - col) ** 2
-        weight = (labels == labels[row, col]) / (distance + 1.0)
-        weighted += weight * colour
-        weights += weight
+        if per_region[held[index]] > 1:
+            weight = (labels == held[index]) / (distance + 1.0)
+            weighted += weight * colour
+            weights += weight
         closer = distance < nearest_distance
         nearest_distance = torch.where(closer, distance, nearest_distance)
         nearest_colour = torch.where(closer, colour, nearest_colour)
     inside = weighted / weights.clamp(min=1e-12)
+    hinted = single[labels] | (weights > 0)
     pulled = ab + pull * (nearest_colour - ab) if pull else ab
-    return torch.where(weights > 0, inside, pulled)
+    return torch.where(weights > 0, inside, torch.where(hinted, out, pulled))
