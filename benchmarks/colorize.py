@@ -3,7 +3,7 @@ new defaults, in one run.
 
     python benchmarks/colorize.py [--image FILE] [--model FILE] [--chroma-size 512]
                                   [--repeats 7] [--warmup 2] [--threads N]
-                                  [--pipeline-images 12] [--pipeline-runs 3]
+                                  [--pipeline-images 12] [--pipeline-runs 3] [--style-only]
 
 Three engine configurations, all with the service's refinements, batch of 1:
 
@@ -22,7 +22,9 @@ every step, the median of the per-run ratio defaults/fp32 and defaults/before, t
 CPU seconds per image (less sensitive to other processes than wall time), and the largest
 difference of the delivered ab (before the 8-bit chroma table) from fp32. Then the same
 three through `semwatch colorize`'s own pipeline (semwatch.pipeline.Pipeline: decode and write threads
-overlapping the engine, batches of 4) on --pipeline-images copies of the image.
+overlapping the engine, batches of 4) on --pipeline-images copies of the image. Last, the
+cost of a style (issue 20): the defaults' engine time with and without a style made from
+six hints on the frame, interleaved; --style-only runs just that.
 Speed does not depend on the weights: without the bundled model, a randomly initialised
 generator of the default architecture is timed.
 """
@@ -141,7 +143,7 @@ def instrument(colorizer, clock: StepClock, previous: bool) -> None:
     """Time the engine's steps through its own call path (instance attributes shadow the
     methods; the backend is wrapped in a timing callable)."""
     colorizer.backend = TimedBackend(colorizer.backend, clock.wrap("network", colorizer.backend))
-    colorizer._network_input = clock.wrap("network input", colorizer._network_input)
+    colorizer._lightness_input = clock.wrap("network input", colorizer._lightness_input)
     colorizer._refine = clock.wrap("refinements", colorizer._refine)
     low_res = clock.wrap("filter coefficients", colorizer._low_res_planes)
     colorizer._low_res_planes = low_res
@@ -217,6 +219,45 @@ def pipelined(engines: dict, image: Path, folder: Path, count: int, runs: int) -
     )
 
 
+# Hints the style is made of, as fractions of the frame (x, y): on the default image (the
+# hibiscus pollen frame) the first three fall on pollen grains, the last three on the
+# background ring and the dark field. Where they fall does not change the cost.
+STYLE_HINTS = [
+    (0.42, 0.55, "#e0b030"),
+    (0.40, 0.33, "#e0b030"),
+    (0.53, 0.12, "#e0b030"),
+    (0.10, 0.58, "#3060c0"),
+    (0.12, 0.15, "#3060c0"),
+    (0.08, 0.83, "#3060c0"),
+]
+
+
+def style_overhead(colorizer, decoded, repeats: int, warmup: int) -> None:
+    """Engine seconds for the frame without and with a style (made from STYLE_HINTS on the
+    frame itself), interleaved run after run; the median of the per-run ratio."""
+    from semwatch.hints import Hint
+    from semwatch.styles import make_style
+
+    height, width = decoded.gray.shape
+    hints = [Hint.from_color(x * width, y * height, color) for x, y, color in STYLE_HINTS]
+    style = make_style(
+        colorizer, decoded, hints, name="bench", source_name="frame", source_sha256=decoded.sha256
+    )
+    samples: dict[str, list[float]] = defaultdict(list)
+    for run in range(warmup + repeats):
+        for name, styles in (("automatic", None), ("style", [style])):
+            start = time.perf_counter()
+            colorizer.colorize([decoded], styles=styles)
+            if run >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    ratio = statistics.median(a / b for a, b in zip(samples["style"], samples["automatic"]))
+    print(
+        f"style: engine s per {width}x{height} frame, median of {repeats}: automatic "
+        f"{statistics.median(samples['automatic']):.3f}, with a style of {len(hints)} prototypes "
+        f"{statistics.median(samples['style']):.3f}; style/automatic {ratio:.3f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=None)
@@ -229,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         "--pipeline-images", type=int, default=12, help="images for the `semwatch colorize` part (0: skip it)"
     )
     parser.add_argument("--pipeline-runs", type=int, default=3)
+    parser.add_argument(
+        "--style-only", action="store_true", help="only the style part: engine time with and without a style"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         model, model_desc = model_file(args.model, folder)
         decoded = read_image(image)
         defaults = EngineConfig(model=model, device="cpu", chroma_size=args.chroma_size, batch_size=1)
+        if args.style_only:
+            print(f"machine: {describe_machine()}")
+            print(f"image:   {image.name}; model: {model_desc}; chroma_size {args.chroma_size}, defaults")
+            style_overhead(Colorizer.from_config(defaults), decoded, args.repeats, args.warmup)
+            return 0
         fp32 = dataclasses.replace(defaults, precision="fp32", channels_last=False)
         configs = {"before": (fp32, True), "fp32": (fp32, False), "defaults": (defaults, False)}
         engines, clocks, setup = {}, {}, {}
@@ -301,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.pipeline_images:
             pipelined(engines, image, folder, args.pipeline_images, args.pipeline_runs)
+        style_overhead(Colorizer.from_config(defaults), decoded, args.repeats, args.warmup)
         reference = engines["fp32"].predict_ab([decoded])[0]
         delivered = engines["defaults"].predict_ab([decoded])[0]
         print(

@@ -40,6 +40,7 @@ def main() -> None:
     semwatch status    what the service's queue holds
     semwatch app       the web UI (colorize with hints, watch the queue)
     semwatch compile   build the TensorRT engines ahead (backend = "tensorrt")
+    semwatch style     make and show colour styles (a series' chosen colours)
     """
 
 
@@ -122,6 +123,20 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     '"color": "#e0b030"}, ...]}, x and y in the image\'s pixels (origin top-left); the '
     "colour's hue and saturation are used, the image keeps its own gray as lightness.",
 )
+@click.option(
+    "--style",
+    "style_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A style file (semwatch style make): in every input, the objects that match its "
+    "prototypes take its colours; the others keep the automatic colour.",
+)
+@click.option(
+    "--spread",
+    is_flag=True,
+    help="Hints also pull every other object toward their colour (the behaviour before "
+    "styles). Default: a hint colours its object and the objects like it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @config_option
@@ -134,6 +149,8 @@ def colorize_command(
     device: str | None,
     batch_size: int | None,
     hints_file: Path | None,
+    style_file: Path | None,
+    spread: bool,
     overwrite: bool,
     quiet: bool,
     config_path: Path | None,
@@ -148,8 +165,10 @@ def colorize_command(
     line and the rest go on; the exit code is 1 if any input failed.
 
     With --hints FILE (one input image), the colours of the points in FILE steer the
-    colour: the object each point falls in takes that colour. The hints are recorded in the
-    output's provenance.
+    colour: the object each point falls in takes that colour, and so do the objects like it
+    (with --spread, every other object moves halfway to the nearest hint's colour). The
+    hints are recorded in the output's provenance. With --style FILE, every input takes the
+    style's colours where its objects match the style's; its name and SHA-256 are recorded.
     """
     config = load_cli_config(config_path)
     configure_logging(
@@ -158,6 +177,7 @@ def colorize_command(
     fmt = fmt or config.output.format
     tasks = plan_tasks(inputs, output_dir, fmt)
     hints = _load_hints_for(hints_file, tasks)
+    style = _load_style(style_file)
     existing = [t.target for t in tasks if t.target.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -190,6 +210,11 @@ def colorize_command(
         )
     except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
+    if style is not None:
+        try:
+            colorizer.check_style(style)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     log.info(
         "model loaded",
         model=colorizer.model_name,
@@ -201,6 +226,8 @@ def colorize_command(
     )
     if hints:
         tasks = [dataclasses.replace(tasks[0], hints=tuple(hints))]
+    if style is not None or spread:
+        tasks = [dataclasses.replace(task, style=style, spread=spread) for task in tasks]
     pipeline = Pipeline(colorizer, OutputSettings.of(config.output, fmt), max_pixels=engine_cfg.max_pixels)
     failures = run_tasks(tasks, pipeline, progress=not quiet)
     done = len(tasks) - failures
@@ -224,6 +251,18 @@ def _load_hints_for(hints_file: Path | None, tasks: Sequence[Task]) -> list | No
     try:
         return load_hints(hints_file)
     except HintError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _load_style(style_file: Path | None):  # noqa: ANN202 - semwatch.styles.Style, imported lazily
+    """The style of --style FILE, or None; UsageError naming the file when it is bad."""
+    if style_file is None:
+        return None
+    from semwatch.styles import StyleError, load_style
+
+    try:
+        return load_style(style_file)
+    except StyleError as exc:
         raise click.UsageError(str(exc)) from None
 
 
@@ -316,8 +355,18 @@ def _register_service_commands() -> None:
     the web UI's app)."""
     from semwatch.app.launch import app_command
     from semwatch.service_cli import db_command, enqueue_command, retry_command, run_command, status_command
+    from semwatch.style_cli import style_group
 
-    for command in (run_command, status_command, enqueue_command, retry_command, app_command, db_command):
+    commands = (
+        run_command,
+        status_command,
+        enqueue_command,
+        retry_command,
+        app_command,
+        db_command,
+        style_group,
+    )
+    for command in commands:
         main.add_command(command)
 
 

@@ -87,6 +87,9 @@ class EngineConfig:
     channels_last: Literal["auto"] | bool = "auto"
     # Compiled TensorRT engines (backend = "tensorrt"); None: <daemon.state_dir>/engines.
     cache_dir: Path | None = None
+    # The service's default style file (semwatch.styles); a watch folder's own
+    # semwatch-style.json, the nearest up the tree, wins. None: automatic colour.
+    style: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -432,6 +435,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
         engine=dataclasses.replace(
             config.engine,
             model=fix(config.engine.model),
+            style=fix(config.engine.style),
             # The service's state folder is where it may write (systemd ReadWritePaths).
             cache_dir=fix(config.engine.cache_dir) or fix(config.daemon.state_dir) / "engines",
         ),

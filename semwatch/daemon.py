@@ -71,6 +71,7 @@ from semwatch.queue import (
     sqlite_path,
 )
 from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
+from semwatch.styles import Style, StyleError, StyleFinder
 
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer, EngineInfo
@@ -306,6 +307,7 @@ class _Item:
     # Whether its attempt counts (queue.start): decoded ahead for the next batch, it does not
     # until its batch's turn comes.
     started: bool = False
+    style: Style | None = None  # the watch folder's style, read when the job ran
 
 
 class _Leases:
@@ -347,6 +349,7 @@ class Daemon:
         self._stop_deadline: float | None = None
         self._leases = _Leases()
         self._layout = _layout(config)
+        self._styles = StyleFinder(config.watch.input_dir, config.engine.style)
         self._storage = StorageGuard(config.watch.input_dir, config.output.dir)
         self._queue: JobQueue | None = None
         self._lock: DaemonLock | None = None
@@ -656,7 +659,7 @@ class Daemon:
         started = time.monotonic()
         with self._staged("decode"):
             self._wait([item.decode for item in items if item.decode is not None])
-        decoded = [item for item in items if self._take_decoded(item)]
+        decoded = [item for item in items if self._take_decoded(item) and self._take_style(item)]
         decode_s = time.monotonic() - started
         # A crash suspect is computed with nothing else decoding: whatever kills the process
         # now is its doing, and no other job is charged for it.
@@ -720,6 +723,18 @@ class Daemon:
         item.image = image
         return True
 
+    def _take_style(self, item: _Item) -> bool:
+        """Read the style that applies to the item's folder (now: an edited style applies to
+        the next image); a broken one fails this job with its reason, nothing else."""
+        try:
+            item.style = self._styles.style_for(item.source)
+            if item.style is not None:
+                self._colorizer.check_style(item.style)
+        except StyleError as exc:
+            self._fail(item.job, str(exc), permanent=True, started=item.claimed_at)
+            return False
+        return True
+
     def _decode_failed(self, item: _Item, error: BaseException) -> None:
         if isinstance(error, ImageError):
             problem = None if error.permanent else self._storage.problem()
@@ -737,7 +752,8 @@ class Daemon:
         """RGB per item (None for one that failed, recorded); the pipeline falls back to
         image by image when the batch fails, in the compute thread."""
         images = [item.image for item in items]
-        rgbs = self._wait_result(self._compute.submit(colorize_batch, colorizer, images))
+        styles = [item.style for item in items]
+        rgbs = self._wait_result(self._compute.submit(colorize_batch, colorizer, images, None, styles))
         for item, rgb in zip(items, rgbs):
             if isinstance(rgb, Exception):
                 self._fail(item.job, colorize_error(rgb), permanent=False, started=item.claimed_at)
@@ -770,7 +786,8 @@ class Daemon:
         try:
             # The output first, then its sidecars: a sidecar that settles from now on finds
             # the output there (_sidecar_settled), one that came earlier is in the listing.
-            sidecars = write_output(Task(item.source, item.target), image, rgb, info, OutputSettings.of(cfg))
+            task = Task(item.source, item.target, style=item.style)
+            sidecars = write_output(task, image, rgb, info, OutputSettings.of(cfg))
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
                 self._fail(job, write_error(item.target, exc), permanent=True, started=item.claimed_at)
@@ -1054,6 +1071,7 @@ class Daemon:
         if self._compute is not None:  # a watcher has no model
             new = self._reload_model(new, old)
         self._layout = _layout(new)
+        self._styles = StyleFinder(new.watch.input_dir, new.engine.style)
         self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
         self.config = new
         if self._watch_root is not None and new.watch.input_dir != old.watch.input_dir:

@@ -44,11 +44,22 @@ from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
-from semwatch.regions import RegionSettings, apply_dominant_hue, segment, spread_hints
+from semwatch.prototypes import (
+    ENCODER_FEATURES,
+    MAX_STYLE_POINTS,
+    Prototype,
+    RegionDescription,
+    describe,
+    match,
+    match_threshold,
+    matched_points,
+)
+from semwatch.regions import HINT_PULL, RegionSettings, apply_dominant_hue, segment, spread_hints
 from semwatch.transfer import synchronize, to_device, to_host
 
 if TYPE_CHECKING:
     from semwatch.config import EngineConfig
+    from semwatch.styles import Style
 
 log = get_logger(__name__)
 
@@ -58,6 +69,7 @@ CANVAS_STEPS = 4
 
 
 HintsPerImage = Sequence[Sequence[Hint]] | None
+StylesPerImage = Sequence["Style | None"] | None
 
 
 class GrayLike(Protocol):
@@ -79,6 +91,16 @@ class Prediction:
 
     ab: torch.Tensor  # (2, h, w) in Lab units
     guide: torch.Tensor  # (h, w) lightness / 100 of the same down-scaled image
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What steers one image's colour, at the network's down-scaled size."""
+
+    network: list[HintPoint]  # into the hint planes (style matches first, the person's last)
+    fill: list[HintPoint]  # regions holding these take their colour
+    labels: torch.Tensor | None  # the regions, when matching found them already
+    pull: float = 0.0  # share of the way other regions move to the nearest hint (--spread)
 
 
 @dataclass(frozen=True)
@@ -312,19 +334,35 @@ class Colorizer:
         any model still colour the regions they fall in (:func:`semwatch.regions.spread_hints`)."""
         return self.generator.config.in_channels > 1
 
-    def colorize(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[np.ndarray]:
+    def colorize(
+        self,
+        images: Sequence[GrayLike],
+        hints: HintsPerImage = None,
+        styles: StylesPerImage = None,
+        *,
+        spread: bool | Sequence[bool] = False,
+    ) -> list[np.ndarray]:
         """(H, W, 3) uint8 sRGB for each image, in order; ``hints``: one list per image
-        (points in the image's pixels; points in the data bar are ignored with a warning)."""
-        rgbs = [
-            to_host(self._compose(image, pred)) for image, pred in zip(images, self._predict(images, hints))
-        ]
+        (points in the image's pixels; points in the data bar are ignored with a warning);
+        ``styles``: one style (or None) per image. A hint colours its object and the objects
+        like it; ``spread`` (for all images, or one flag per image): instead, every other
+        object is pulled toward the nearest hint's colour (the behaviour before issue 20)."""
+        preds = self._predict(images, hints, styles, spread=spread)
+        rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, preds)]
         synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
         return [rgb.numpy() for rgb in rgbs]
 
-    def predict_ab(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[torch.Tensor]:
+    def predict_ab(
+        self,
+        images: Sequence[GrayLike],
+        hints: HintsPerImage = None,
+        styles: StylesPerImage = None,
+        *,
+        spread: bool | Sequence[bool] = False,
+    ) -> list[torch.Tensor]:
         """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
         result = []
-        for image, pred in zip(images, self._predict(images, hints)):
+        for image, pred in zip(images, self._predict(images, hints, styles, spread=spread)):
             height, width = image.gray.shape
             ab = torch.zeros((2, height, width), device=self.device_obj)
             rows = self._colour_rows(image)
@@ -343,31 +381,102 @@ class Colorizer:
             return height
         return max(0, int(row))
 
-    def _predict(self, images: Sequence[GrayLike], hints: HintsPerImage = None) -> list[Prediction | None]:
+    def check_style(self, style: Style) -> None:
+        """StyleError (naming the style file) unless this engine can apply ``style``."""
+        style.check_model(self.model_sha256, self.model_name)
+
+    def describe_hinted(
+        self, image: GrayLike, hints: Sequence[Hint], *, features: str = ENCODER_FEATURES
+    ) -> tuple[RegionDescription, list[HintPoint | None]]:
+        """The regions of ``image`` as the engine sees them, described (what a style is made
+        of), and each hint's point at that size (None for a hint in the data bar)."""
+        self._check(image)
+        rows = self._colour_rows(image)
+        if rows == 0:
+            raise ValueError("the image is all data bar")
+        plan = plan_image(rows, image.gray.shape[1], self.chroma_size)
+        guide = self._guide(self._lightness_input(image, plan), plan)
+        description = describe(guide, self.refinement.regions, self.generator.model, features)
+        points: list[HintPoint | None] = []
+        for hint in hints:
+            found = self._hint_points([hint], plan)
+            points.append(found[0] if found else None)
+        return description, points
+
+    def _predict(
+        self,
+        images: Sequence[GrayLike],
+        hints: HintsPerImage = None,
+        styles: StylesPerImage = None,
+        *,
+        spread: bool | Sequence[bool] = False,
+    ) -> list[Prediction | None]:
         """Low-resolution prediction per image; None for images that are all data bar."""
         if hints is not None and len(hints) != len(images):
             raise ValueError(f"{len(hints)} hint lists for {len(images)} images")
+        if styles is not None and len(styles) != len(images):
+            raise ValueError(f"{len(styles)} styles for {len(images)} images")
         results: list[Prediction | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[tuple[int, Plan, list[HintPoint]]]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[tuple[int, Plan, torch.Tensor, Guidance]]] = defaultdict(list)
         for i, image in enumerate(images):
             self._check(image)
             rows = self._colour_rows(image)
             if rows == 0:
                 continue
             plan = plan_image(rows, image.gray.shape[1], self.chroma_size)
+            lightness = self._lightness_input(image, plan)
             points = self._hint_points(hints[i] if hints is not None else (), plan)
-            groups[plan.canvas].append((i, plan, points))
+            style = styles[i] if styles is not None else None
+            spreads = spread if isinstance(spread, bool) else bool(spread[i])
+            guidance = self._guidance(self._guide(lightness, plan), points, style, spreads)
+            groups[plan.canvas].append((i, plan, lightness, guidance))
         for members in groups.values():
             for chunk in _chunks(members, self.batch_size):
                 batch = torch.stack(
-                    [self._network_input(images[i], plan, points) for i, plan, points in chunk]
+                    [self._with_hint_planes(x, plan, guidance.network) for _, plan, x, guidance in chunk]
                 )
                 out = self.backend(batch).float() * AB_SCALE
-                for (i, plan, points), ab, x in zip(chunk, out, batch):
+                for (i, plan, x, guidance), ab in zip(chunk, out):
                     h, w = plan.small
-                    guide = (x[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
-                    results[i] = Prediction(self._refine(ab[:, :h, :w], guide, points), guide)
+                    guide = self._guide(x, plan)
+                    results[i] = Prediction(self._refine(ab[:, :h, :w], guide, guidance), guide)
         return results
+
+    def _guidance(
+        self, guide: torch.Tensor, points: list[HintPoint], style: Style | None, spread: bool
+    ) -> Guidance:
+        """Where colour is asked for: the person's hints, the regions that match them
+        (unless ``spread``: then the old pull toward the nearest hint instead), and the
+        regions that match the style's prototypes."""
+        pull = HINT_PULL if spread and points else 0.0
+        if style is None and (spread or not points):
+            return Guidance(points, points, None, pull)
+        if style is not None:
+            self.check_style(style)
+        kind = style.features if style is not None else ENCODER_FEATURES
+        description = describe(guide, self.refinement.regions, self.generator.model, kind)
+        labels = description.labels
+        hinted = torch.zeros(description.count, dtype=torch.bool, device=labels.device)
+        for p in points:
+            hinted[labels[p.row, p.col]] = True
+        extra: list[HintPoint] = []
+        if points and not spread:
+            # Locality: a hint colours its own object and the objects described like it.
+            vectors = description.vectors()
+            own = [Prototype(vectors[labels[p.row, p.col]], p.a, p.b, "") for p in points]
+            found = match(vectors, own, match_threshold(kind, same_image=True), kind)
+            extra += matched_points(description, own, found, skip=hinted)
+        if style is not None:
+            taken = hinted.clone()
+            for p in extra:
+                taken[labels[p.row, p.col]] = True
+            # Measured from the style's reference frame, as its prototypes were.
+            vectors = description.vectors(style.centre_tensor)
+            found = match(vectors, style.engine_prototypes, match_threshold(kind), kind)
+            extra += matched_points(description, style.engine_prototypes, found, skip=taken)
+        # The person's points last: in the hint planes the later point wins an overlap.
+        network = extra[:MAX_STYLE_POINTS] + points
+        return Guidance(network, extra + points, labels, pull)
 
     def _hint_points(self, hints: Sequence[Hint], plan: Plan) -> list[HintPoint]:
         """Hints in the down-scaled image's pixels; those in the data bar are dropped."""
@@ -383,14 +492,15 @@ class Colorizer:
             points.append(HintPoint(row, col, hint.a, hint.b))
         return points
 
-    def _refine(self, ab: torch.Tensor, guide: torch.Tensor, points: list[HintPoint]) -> torch.Tensor:
+    def _refine(self, ab: torch.Tensor, guide: torch.Tensor, guidance: Guidance) -> torch.Tensor:
         """The colour refinements on one down-scaled prediction (2, h, w)."""
         settings = self.refinement.regions
         if self.refinement.chroma_gain != 1.0:
             ab = ab * self.refinement.chroma_gain
-        if settings.strength > 0 or points:
-            labels = segment(guide, settings)
-            ab = spread_hints(apply_dominant_hue(ab, labels, settings.strength), labels, points)
+        if settings.strength > 0 or guidance.fill:
+            labels = guidance.labels if guidance.labels is not None else segment(guide, settings)
+            ab = apply_dominant_hue(ab, labels, settings.strength)
+            ab = spread_hints(ab, labels, guidance.fill, pull=guidance.pull)
         return self.coherence.apply(ab)
 
     def _check(self, image: GrayLike) -> None:
@@ -401,6 +511,24 @@ class Colorizer:
     def _network_input(self, image: GrayLike, plan: Plan, points: Sequence[HintPoint] = ()) -> torch.Tensor:
         """(C, canvas_h, canvas_w): down-scaled L/50 - 1, edge-padded to the canvas; for a
         hint-taking network, then the hint planes (zero in the padding)."""
+        return self._with_hint_planes(self._lightness_input(image, plan), plan, points)
+
+    @staticmethod
+    def _guide(lightness: torch.Tensor, plan: Plan) -> torch.Tensor:
+        """(h, w) L/100 of the down-scaled image, from the network's lightness input."""
+        h, w = plan.small
+        return (lightness[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
+
+    def _with_hint_planes(
+        self, lightness: torch.Tensor, plan: Plan, points: Sequence[HintPoint]
+    ) -> torch.Tensor:
+        if not self.takes_hints:
+            return lightness
+        planes = hint_planes(points, *plan.canvas, device=self.device_obj)
+        return torch.cat((lightness, planes))
+
+    def _lightness_input(self, image: GrayLike, plan: Plan) -> torch.Tensor:
+        """(1, canvas_h, canvas_w): down-scaled L/50 - 1, edge-padded to the canvas."""
         gray = _as_tensor(image.gray[: plan.height], self.device_obj)
         x = gray.to(torch.float32).div_(255.0)[None, None]
         if plan.small != (plan.height, plan.width):
@@ -412,10 +540,7 @@ class Colorizer:
         pad_w = plan.canvas[1] - plan.small[1]
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        if not self.takes_hints:
-            return x[0]
-        planes = hint_planes(points, *plan.canvas, device=self.device_obj)
-        return torch.cat((x[0], planes))
+        return x[0]
 
     def _low_res_planes(self, pred: Prediction) -> torch.Tensor:
         """What the full-resolution step expands: the guided filter's coefficients

@@ -26,10 +26,12 @@ from semwatch.hints import Hint, HintError, check_hints_fit
 from semwatch.imaging import DecodedImage, ImageError, build_provenance, read_image, write_image
 from semwatch.log import get_logger
 from semwatch.sidecars import copy_sidecars
+from semwatch.styles import StyleError
 
 if TYPE_CHECKING:
     from semwatch.config import OutputConfig
     from semwatch.engine import Colorizer, EngineInfo
+    from semwatch.styles import Style
 
 log = get_logger(__name__)
 
@@ -47,6 +49,10 @@ class Task:
     source: Path
     target: Path
     hints: tuple[Hint, ...] = ()
+    # A style whose matching regions take its colours (semwatch.styles); None: no style.
+    style: Style | None = None
+    # Hints pull every other object toward their colour (the behaviour before issue 20).
+    spread: bool = False
     # As recorded in the provenance (the web UI records an upload's name); default: source.
     source_path: str | None = None
 
@@ -98,14 +104,26 @@ def decode(source: Path, *, max_pixels: int, inside: Path | None = None) -> Deco
 
 
 def colorize_batch(
-    colorizer: Colorizer, images: Sequence[DecodedImage], hints: Sequence[Sequence[Hint]] | None = None
+    colorizer: Colorizer,
+    images: Sequence[DecodedImage],
+    hints: Sequence[Sequence[Hint]] | None = None,
+    styles: Sequence[Style | None] | None = None,
+    spread: Sequence[bool] | None = None,
 ) -> list[np.ndarray | Exception]:
     """RGB per image from one batched pass; when the batch fails, image by image, so one
     image that breaks the engine costs only its own output. A failed image's entry is the
     exception (``colorize_error`` words it)."""
     per_image = hints if hints and any(hints) else None
+    per_style = styles if styles and any(s is not None for s in styles) else None
+    spreads = list(spread) if spread and any(spread) else None
+    # Only what is asked for: a plain batch is the plain call it always was.
+    steer: dict[str, Any] = {}
+    if per_style is not None:
+        steer["styles"] = per_style
+    if spreads is not None:
+        steer["spread"] = spreads
     try:
-        return list(colorizer.colorize(images, hints=per_image))
+        return list(colorizer.colorize(images, hints=per_image, **steer))
     except Exception as exc:  # noqa: BLE001 - sorted out image by image below
         if len(images) == 1:
             log.error("colorization failed", error=one_line(exc), exc_info=exc)
@@ -113,12 +131,23 @@ def colorize_batch(
         log.warning("batch failed, retrying image by image", images=len(images), error=one_line(exc))
     results: list[np.ndarray | Exception] = []
     for index, image in enumerate(images):
-        results += colorize_batch(colorizer, [image], [per_image[index]] if per_image else None)
+        results += colorize_batch(
+            colorizer,
+            [image],
+            [per_image[index]] if per_image else None,
+            [per_style[index]] if per_style else None,
+            [spreads[index]] if spreads else None,
+        )
     return results
 
 
 def provenance(
-    image: DecodedImage, info: EngineInfo, *, source_path: str, hints: Sequence[Hint] = ()
+    image: DecodedImage,
+    info: EngineInfo,
+    *,
+    source_path: str,
+    hints: Sequence[Hint] = (),
+    style: Style | None = None,
 ) -> dict[str, Any]:
     """The provenance record of an output (DESIGN.md "Input and output")."""
     return build_provenance(
@@ -132,6 +161,7 @@ def provenance(
         precision=info.precision,
         refinement=info.refinement,
         hints=[hint.as_record() for hint in hints] or None,
+        style=style.record if style is not None else None,
     )
 
 
@@ -145,7 +175,9 @@ def write_output(
         rgb,
         fmt=output.fmt,
         metadata=image.metadata,
-        provenance=provenance(image, info, source_path=task.recorded_path, hints=task.hints),
+        provenance=provenance(
+            image, info, source_path=task.recorded_path, hints=task.hints, style=task.style
+        ),
         jpeg_quality=output.jpeg_quality,
     )
     return copy_sidecars(task.source, task.target, output.sidecars)
@@ -263,7 +295,9 @@ class Pipeline:
                 log.warning("input warning", path=str(task.source), warning=warning)
             try:
                 check_hints_fit(task.hints, *item.gray.shape, source=str(task.source))
-            except HintError as exc:
+                if task.style is not None:
+                    self.colorizer.check_style(task.style)
+            except (HintError, StyleError) as exc:
                 record(Result(task, str(exc)))
                 continue
             ready.append((task, item))
@@ -275,7 +309,11 @@ class Pipeline:
         if not ready:
             return []
         rgbs = colorize_batch(
-            self.colorizer, [image for _, image in ready], [task.hints for task, _ in ready]
+            self.colorizer,
+            [image for _, image in ready],
+            [task.hints for task, _ in ready],
+            [task.style for task, _ in ready],
+            [task.spread for task, _ in ready],
         )
         out: list[np.ndarray | None] = []
         for (task, _), rgb in zip(ready, rgbs):

@@ -30,9 +30,9 @@ from semwatch.hints import HintPoint
 HUE_BINS = 24
 # Pixels paler than this (Lab chroma) do not vote on a region's hue: their hue is noise.
 VOTE_CHROMA_MIN = 3.0
-# Outside the hinted regions, colour moves this share of the way to the nearest hint's:
-# hints show the palette a person wants, and the network's own guess there is the least
-# certain part of the picture. Chosen on the validation split (10 simulated hints: ab error
+# With --spread (the behaviour before issue 20), colour outside the hinted regions moves
+# this share of the way to the nearest hint's: hints show the palette a person wants, and
+# the network's own guess there is the least certain part of the picture. Chosen on the validation split (10 simulated hints: ab error
 # 0.665x -> 0.62x gray at 0.5; 0.7 gave no more; 1.0 would erase the network's distinctions).
 HINT_PULL = 0.5
 
@@ -49,6 +49,19 @@ class RegionSettings:
 
 def segment(guide: torch.Tensor, settings: RegionSettings) -> torch.Tensor:
     """Region labels (h, w) int64 for a lightness image ``guide`` (h, w) in [0, 1]."""
+    return upscale_labels(segment_small(guide, settings), guide.shape)
+
+
+def upscale_labels(labels: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Labels found on the small copy, at ``shape`` (nearest neighbour)."""
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    return F.interpolate(labels[None, None].float(), size=tuple(shape), mode="nearest")[0, 0].long()
+
+
+def segment_small(guide: torch.Tensor, settings: RegionSettings) -> torch.Tensor:
+    """Region labels at the size they are found (long side ``settings.size``), on the
+    guide's device."""
     height, width = guide.shape
     scale = min(1.0, settings.size / max(height, width))
     small = guide[None, None].float()
@@ -57,10 +70,7 @@ def segment(guide: torch.Tensor, settings: RegionSettings) -> torch.Tensor:
         small = F.interpolate(small, size=size, mode="area")
     gray = small[0, 0].cpu().numpy().astype(np.float64)
     labels = felzenszwalb(gray, scale=settings.scale, sigma=0.8, min_size=settings.min_size)
-    out = torch.from_numpy(labels.astype(np.int64)).to(guide.device)
-    if out.shape != (height, width):
-        out = F.interpolate(out[None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
-    return out
+    return torch.from_numpy(labels.astype(np.int64)).to(guide.device)
 
 
 def dominant_hue(ab: torch.Tensor, labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +121,9 @@ def apply_dominant_hue(ab: torch.Tensor, labels: torch.Tensor, strength: float) 
     return torch.where(has_hue, mixed * chroma, ab)
 
 
-def spread_hints(ab: torch.Tensor, labels: torch.Tensor, points: Sequence[HintPoint]) -> torch.Tensor:
+def spread_hints(
+    ab: torch.Tensor, labels: torch.Tensor, points: Sequence[HintPoint], *, pull: float = 0.0
+) -> torch.Tensor:
     """``ab`` (2, h, w) where every region holding hints takes their colour.
 
     A colorist's hint means "this object is this colour": the region (edge-aware: it ends
@@ -119,28 +131,46 @@ def spread_hints(ab: torch.Tensor, labels: torch.Tensor, points: Sequence[HintPo
     several hints blends them by inverse squared distance, so each point's colour holds
     near it and two different colours in one region never average to mud across it.
     Elsewhere the network's answer (which has seen the hints as input, when the model takes
-    them) moves :data:`HINT_PULL` of the way toward the colour of the nearest hint.
+    them) stays, or with ``pull`` (:data:`HINT_PULL` when a person asks hints to spread)
+    moves that share of the way toward the colour of the nearest hint.
     """
     if not points:
         return ab
     height, width = labels.shape
     rows = [min(max(p.row, 0), height - 1) for p in points]
     cols = [min(max(p.col, 0), width - 1) for p in points]
+    held = [int(labels[row, col]) for row, col in zip(rows, cols)]
+    count = int(labels.max()) + 1
+    # A region holding one point (every style match) takes its colour by table look-up;
+    # only regions holding several points, and the pull, need a distance map per point.
+    per_region = torch.bincount(torch.tensor(held), minlength=count)
+    table = torch.zeros((count, 2), dtype=ab.dtype)
+    for point, region in zip(points, held):
+        table[region] = torch.tensor((point.a, point.b), dtype=ab.dtype)
+    single = (per_region == 1).to(ab.device)
+    out = torch.where(single[labels], table.to(ab.device).t()[:, labels], ab)
+    shared = [i for i, region in enumerate(held) if per_region[region] > 1]
+    if not shared and not pull:
+        return out
     y = torch.arange(height, device=ab.device, dtype=torch.float32)[:, None]
     x = torch.arange(width, device=ab.device, dtype=torch.float32)[None, :]
     weighted = torch.zeros_like(ab)
     weights = torch.zeros((height, width), device=ab.device)
     nearest_colour = torch.zeros_like(ab)
     nearest_distance = torch.full((height, width), float("inf"), device=ab.device)
-    for point, row, col in zip(points, rows, cols):
+    for index, (point, row, col) in enumerate(zip(points, rows, cols)):
+        if not pull and per_region[held[index]] == 1:
+            continue
         colour = torch.tensor((point.a, point.b), device=ab.device, dtype=ab.dtype)[:, None, None]
         distance = (y - row) ** 2 + (x - col) ** 2
-        weight = (labels == labels[row, col]) / (distance + 1.0)
-        weighted += weight * colour
-        weights += weight
+        if per_region[held[index]] > 1:
+            weight = (labels == held[index]) / (distance + 1.0)
+            weighted += weight * colour
+            weights += weight
         closer = distance < nearest_distance
         nearest_distance = torch.where(closer, distance, nearest_distance)
         nearest_colour = torch.where(closer, colour, nearest_colour)
     inside = weighted / weights.clamp(min=1e-12)
-    pulled = ab + HINT_PULL * (nearest_colour - ab)
-    return torch.where(weights > 0, inside, pulled)
+    hinted = single[labels] | (weights > 0)
+    pulled = ab + pull * (nearest_colour - ab) if pull else ab
+    return torch.where(weights > 0, inside, torch.where(hinted, out, pulled))

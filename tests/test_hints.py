@@ -127,18 +127,21 @@ def test_engine_hints_colour_the_object_they_fall_in(hint_model: Path) -> None:
     image = GrayImage(gray)
     blue = Hint.from_color(160, 120, "#2050ff")  # in the disc
     plain, hinted = engine.predict_ab([image, image], hints=[[], [blue]])
+    (spread,) = engine.predict_ab([image], hints=[[blue]], spread=True)
     disc = torch.from_numpy(
         (np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 60**2
     )
     hue = torch.atan2(hinted[1][disc], hinted[0][disc])
     assert float(torch.cos(hue - math.atan2(blue.b, blue.a)).mean()) > 0.95  # the disc is blue
-    # Outside the disc, the hint does not paint the field: it moves only part of the way.
+    # Outside the disc, the hint does not paint the field (an object unlike the disc): it
+    # keeps its own colour; asked to spread, it moves part of the way.
     field = torch.from_numpy(np.ones_like(gray, dtype=bool)) & ~torch.from_numpy(
         (np.mgrid[0:240, 0:320][1] - 160) ** 2 + (np.mgrid[0:240, 0:320][0] - 120) ** 2 < 80**2
     )
     target = torch.tensor([blue.a, blue.b])[:, None]
     own = float((plain[:, field] - target).abs().mean())
-    assert float((hinted[:, field] - target).abs().mean()) == pytest.approx((1 - HINT_PULL) * own, rel=0.15)
+    assert float((hinted[:, field] - target).abs().mean()) == pytest.approx(own, rel=0.15)
+    assert float((spread[:, field] - target).abs().mean()) == pytest.approx((1 - HINT_PULL) * own, rel=0.15)
     # Without hints the same call is the automatic colour, image by image.
     (alone,) = engine.predict_ab([image])
     assert torch.allclose(alone, plain, atol=1e-4)
@@ -196,8 +199,11 @@ def test_segment_separates_a_disc_from_its_field_and_spread_stops_at_the_edge() 
     ab = torch.zeros(2, 240, 320)
     out = spread_hints(ab, labels, [HintPoint(120, 160, 40.0, -30.0)])
     assert torch.allclose(out[:, 120, 160], torch.tensor([40.0, -30.0]))
-    # Beyond the disc's edge the field only moves part of the way toward the hint's colour.
-    assert torch.allclose(out[:, 5, 5], HINT_PULL * torch.tensor([40.0, -30.0]))
+    # Beyond the disc's edge the field keeps its colour; with a pull (--spread) it moves
+    # only part of the way toward the hint's colour.
+    assert torch.equal(out[:, 5, 5], torch.zeros(2))
+    pulled = spread_hints(ab, labels, [HintPoint(120, 160, 40.0, -30.0)], pull=HINT_PULL)
+    assert torch.allclose(pulled[:, 5, 5], HINT_PULL * torch.tensor([40.0, -30.0]))
     assert HINT_PULL < 1
 
 

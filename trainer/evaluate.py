@@ -499,6 +499,19 @@ def _hint_counts(text: str | None) -> list[int]:
     "ab MAE and PSNR per N, e.g. --hints 0,1,5,10,20.",
 )
 @click.option("--hint-seed", type=int, default=0, show_default=True, help="Seed of the simulated hints.")
+@click.option(
+    "--style-transfer",
+    is_flag=True,
+    help="Also measure styles as a series uses them: each truth cut into two fields of view A and "
+    "B, a style made from 8 simulated hints on A applied to B; B's ab MAE against no style, 10 "
+    'hints on B and a gray-statistics style, and B\'s region hue coherence (README, "Styles").',
+)
+@click.option(
+    "--locality",
+    is_flag=True,
+    help="Also measure hint locality: one hint per image; the share of the pixels of the image's "
+    "least alike half of segments that move by more than 10 Lab units (median), local and --spread.",
+)
 @device_option
 @batch_size_option
 @click.option(
@@ -523,6 +536,8 @@ def evaluate_command(
     chroma_gain: float | None,
     hints_text: str | None,
     hint_seed: int,
+    style_transfer: bool,
+    locality: bool,
     device: str | None,
     batch_size: int | None,
     limit: int | None,
@@ -568,6 +583,7 @@ def evaluate_command(
             hint_counts=_hint_counts(hints_text),
             hint_seed=hint_seed,
         )
+        extra = _style_measurements(colorizer, paths, style_transfer, locality, hint_seed, quiet)
     except (EvaluationError, DataError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     log.info(
@@ -577,4 +593,64 @@ def evaluate_command(
         ab_mae=round(report.metrics.ab_mae, 3),
         hist_intersection=round(report.metrics.hist_intersection, 4),
     )
-    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_table(report))
+    if as_json:
+        click.echo(json.dumps({**report.as_dict(), **{k: v.as_dict() for k, v in extra.items()}}, indent=2))
+    else:
+        click.echo("\n\n".join([format_table(report), *(format_style_report(v) for v in extra.values())]))
+
+
+def _style_measurements(
+    colorizer: Colorizer, paths: Sequence[Path], style_transfer: bool, locality: bool, seed: int, quiet: bool
+) -> dict[str, Any]:
+    """--style-transfer and --locality on the same images (gray ones left out)."""
+    from trainer import style_transfer as measures
+
+    if not (style_transfer or locality):
+        return {}
+    totals = _Totals()
+    truths = list(
+        tqdm(_load_truths(paths, totals), total=len(paths), desc="load", file=sys.stderr, disable=quiet)
+    )
+    if not truths:
+        raise EvaluationError("no colour images for the style measurements")
+    extra: dict[str, Any] = {}
+    if style_transfer:
+        extra["style_transfer"] = measures.style_transfer(
+            colorizer, _progress(truths, "styles", quiet), seed=seed
+        )
+    if locality:
+        extra["locality"] = measures.locality(colorizer, _progress(truths, "locality", quiet), seed=seed)
+    return extra
+
+
+def _progress(items: list, desc: str, quiet: bool) -> Iterator:
+    return iter(tqdm(items, desc=desc, unit="img", file=sys.stderr, disable=quiet))
+
+
+def format_style_report(report: Any) -> str:
+    """--style-transfer and --locality for people."""
+    from trainer.style_transfer import LocalityReport
+
+    if isinstance(report, LocalityReport):
+        return (
+            f"hint locality ({report.images} images, one hint each): pixels of the unlike half of the "
+            f"segments moved > 10 Lab units, median: {report.moved_local:.1%} local, "
+            f"{report.moved_spread:.1%} with --spread"
+        )
+    auto = report.ab_mae_auto
+    rows = [
+        ("without a style", auto),
+        ("with A's style", report.ab_mae_style),
+        ("with A's gray-statistics style", report.ab_mae_gray_style),
+        ("with 10 hints on B itself", report.ab_mae_hints),
+    ]
+    lines = [
+        f"style transfer ({report.images} images: style from 8 hints on view A, applied to view B)",
+        f"{'B colorized':<34}  {'ab MAE':>7}  {'x no style':>10}",
+    ]
+    lines += [f"{label:<34}  {value:>7.2f}  {value / auto:>9.2f}x" for label, value in rows]
+    lines.append(
+        f"region hue coherence: with the style {report.coherence_style:.3f}, without "
+        f"{report.coherence_auto:.3f}, truth {report.coherence_truth:.3f}"
+    )
+    return "\n".join(lines)

@@ -33,13 +33,15 @@ def build_provenance(
     precision: str | None = None,
     refinement: Mapping[str, Any] | None = None,
     hints: Sequence[Mapping[str, Any]] | None = None,
+    style: Mapping[str, str] | None = None,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
     ``refinement``: the engine's colour post-processing settings (hue coherence, guided
     filter), which change the output as much as the model does; ``precision`` (fp32, bf16,
     fp16), the network's number format, changes it slightly too. ``hints``: the colour
-    hints given ({"x", "y", "color"} each), recorded only when there were any.
+    hints given ({"x", "y", "color"} each), recorded only when there were any; ``style``:
+    the style applied ({"name", "sha256"} of its file), only when there was one.
     """
     record = {
         "semwatch": {
@@ -64,6 +66,8 @@ def build_provenance(
     }
     if hints:
         record["semwatch"]["hints"] = [dict(h) for h in hints]
+    if style:
+        record["semwatch"]["style"] = dict(style)
     return record
 
 

@@ -1,0 +1,152 @@
+"""``semwatch style make`` and ``semwatch style show``: style files from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from semwatch.cli_options import CONTEXT, config_option, device_option, load_cli_config
+from semwatch.log import configure_logging
+
+
+@click.group("style", context_settings=CONTEXT)
+def style_group() -> None:
+    """Colour styles: a person's chosen colours, carried to every image of a series.
+
+    \b
+    semwatch style make IMAGE --hints FILE -o STYLE.json   make one from a hinted image
+    semwatch style show STYLE.json                         what a style holds
+
+    Apply one with `semwatch colorize --style STYLE.json`, or put it in a watch folder as
+    semwatch-style.json: the service applies it to every image in that folder and below.
+    """
+
+
+@style_group.command("make", context_settings=CONTEXT)
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--hints",
+    "hints_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help='The hints on IMAGE: a JSON file {"hints": [{"x": 120, "y": 340, "color": "#e0b030"}, ...]}.',
+)
+@click.option(
+    "--from",
+    "from_style",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Re-derive this style (made with another model) from its own source IMAGE and hints.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The style file to write (JSON).",
+)
+@click.option("--name", default=None, help="The style's name. Default: IMAGE's stem (or the --from style's).")
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Generator file. Default: engine.model, else the bundled model (the service's).",
+)
+@device_option
+@config_option
+def make_command(
+    image: Path,
+    hints_file: Path | None,
+    from_style: Path | None,
+    output: Path,
+    name: str | None,
+    model: Path | None,
+    device: str | None,
+    config_path: Path | None,
+) -> None:
+    """Make a style from IMAGE and colour hints on it: each hint's colour, and the object it
+    falls on described by the model's features, so that the same kind of object in other
+    frames takes that colour. A style works with the model that made it."""
+    if (hints_file is None) == (from_style is None):
+        raise click.UsageError("give --hints FILE, or --from STYLE to re-derive a style (one of the two)")
+    config = load_cli_config(config_path)
+    configure_logging(
+        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
+    )
+    from semwatch.engine import Colorizer, EngineError
+    from semwatch.hints import HintError, check_hints_fit, load_hints
+    from semwatch.imaging import ImageError, read_image
+    from semwatch.model import ModelError
+    from semwatch.styles import StyleError, load_style, make_style, save_style
+
+    try:
+        old = load_style(from_style) if from_style is not None else None
+        hints = list(old.hints) if old is not None else load_hints(hints_file)  # type: ignore[arg-type]
+        decoded = read_image(image, max_pixels=config.engine.max_pixels)
+        if old is not None and decoded.sha256 != old.source_sha256:
+            raise StyleError(
+                f"{image}: not the source of {from_style} (its SHA-256 {decoded.sha256[:12]} is not "
+                f"the style's {old.source_sha256[:12]}, {old.source_name})"
+            )
+        check_hints_fit(hints, *decoded.gray.shape, source=str(hints_file or from_style))
+        engine_cfg = config.engine
+        colorizer = Colorizer.from_config(
+            dataclasses.replace(
+                engine_cfg,
+                model=model if model is not None else engine_cfg.model,
+                device=device or engine_cfg.device,
+                batch_size=1,
+            )
+        )
+        style = make_style(
+            colorizer,
+            decoded,
+            hints,
+            name=name or (old.name if old is not None else image.stem),
+            source_name=image.name,
+            source_sha256=decoded.sha256,
+        )
+        saved = save_style(style, output)
+    except (StyleError, HintError, ImageError, ModelError, EngineError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write the style ({exc.strerror or exc})") from None
+    click.echo(
+        f"style {saved.name!r}: {len(saved.colors())} colours from {len(saved.prototypes)} hints on "
+        f"{image.name}, model {saved.model_name} -> {output}",
+        err=True,
+    )
+
+
+@style_group.command("show", context_settings=CONTEXT)
+@click.argument("style_file", type=click.Path(dir_okay=False, path_type=Path))
+def show_command(style_file: Path) -> None:
+    """Print what STYLE_FILE holds: name, model, source, and each colour with its hints."""
+    from semwatch.styles import StyleError, load_style
+
+    try:
+        style = load_style(style_file)
+    except StyleError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_style(style))
+
+
+def format_style(style) -> str:  # noqa: ANN001 - semwatch.styles.Style, imported lazily
+    """A style for people: one line per field, one per colour."""
+    height, width = style.source_shape
+    lines = [
+        f"style    {style.name}",
+        f"file     {style.path} (sha256 {style.sha256[:12]})",
+        f"created  {style.created}",
+        f"model    {style.model_name} (sha256 {style.model_sha256[:12]})",
+        f"source   {style.source_name} ({width}x{height}, sha256 {style.source_sha256[:12]})",
+        f"features {style.features}, {len(style.prototypes[0].vector)} numbers per prototype",
+        f"colours  {len(style.colors())} from {len(style.prototypes)} hints:",
+    ]
+    for color in style.colors():
+        where = [style.hints[p.hint] for p in style.prototypes if style.hints[p.hint].color == color]
+        points = ", ".join(f"({h.as_record()['x']}, {h.as_record()['y']})" for h in where)
+        lines.append(f"  {color}  {len(where)} object{'s' if len(where) != 1 else ''} at {points}")
+    return "\n".join(lines)
