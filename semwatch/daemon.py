@@ -42,7 +42,7 @@ from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
 from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
-from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
+from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
@@ -70,7 +70,7 @@ from semwatch.queue import (
     redacted_url,
     sqlite_path,
 )
-from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
+from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
 
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer, EngineInfo
@@ -308,6 +308,28 @@ class _Item:
     started: bool = False
 
 
+class _KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Any, list[Any]] = {}  # key -> [lock, holders and waiters]
+
+    @contextmanager
+    def holding(self, key: Any) -> Iterator[None]:
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
 class _Leases:
     """Ids of the jobs this daemon holds (claimed and not yet done, failed or released)."""
 
@@ -356,6 +378,9 @@ class Daemon:
         self._writers: ThreadPoolExecutor | None = None
         self._compute: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
+        # Sources whose names differ only in the extension share an output stem: their
+        # naming, writing and completion run one at a time (see _own_output_name).
+        self._output_stems = _KeyedLocks()
         self._metrics = _daemon_metrics(self)
         # Heartbeat bookkeeping (main thread only).
         self._watchdog_every = _ping_interval(watchdog_interval(self._env))
@@ -756,8 +781,6 @@ class Daemon:
 
     def _write(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
         """Runs in a writer thread: encode + atomic write, then mark done. Never raises."""
-        job, image = item.job, item.image
-        cfg = self.config.output
         # write_image would create a missing root, and under an unmounted share's mount
         # point it would write to the local disk: both are a storage pause, not a write.
         problem = self._storage.problem()
@@ -766,6 +789,20 @@ class Daemon:
             self._release([item], "storage unavailable")
             return
         if self._superseded_before_write(item):
+            return
+        with self._output_stems.holding((item.source.parent, PurePosixPath(item.source.name).stem.lower())):
+            self._write_named(item, rgb, info)
+
+    def _write_named(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
+        """_write under its output stem's lock: name, write, mark done."""
+        job, image = item.job, item.image
+        cfg = self.config.output
+        try:
+            item.target = self._own_output_name(item)
+        except (OSError, QueueError, ValueError) as exc:
+            # Writing anyway could land over a sibling's output: tried again later instead.
+            reason = f"cannot make the output name {item.target.name} free: {one_line(exc)}"
+            self._fail(job, reason, permanent=False, started=item.claimed_at)
             return
         try:
             # The output first, then its sidecars: a sidecar that settles from now on finds
@@ -810,6 +847,47 @@ class Daemon:
             latency_s=round(latency, 3),
             sidecars=sidecars,
         )
+
+    def _own_output_name(self, item: _Item) -> Path:
+        """The job's output path by its folder's listing now, made free for it: a sibling's
+        output that holds it (written while that sibling was alone: z.TIF -> z.tif, then
+        z.tif arrived) is first moved to the sibling's own name (z.TIF.tif), so an output
+        never lands over another source's, whatever the order they arrived in."""
+        names = os.listdir(item.source.parent)
+        target = self._layout.target(item.job.rel_path, names)
+        for other in self._queue.output_holders(str(target), other_than=item.job.rel_path):
+            self._move_sibling_output(other, target, names)
+        return target
+
+    def _move_sibling_output(self, other_rel: str, held: Path, names: list[str]) -> None:
+        """Rename ``other_rel``'s output from ``held`` to its sibling name and record it."""
+        other_name = PurePosixPath(other_rel).name
+        # Named as beside the siblings even when its source is gone: its output stays its own.
+        moved = self._layout.target(other_rel, [*names, other_name])
+        if moved == held:
+            raise ValueError(f"{other_rel}: no sibling name apart from {held.name}")
+        if self._output_of(held) == str(self._layout.source(other_rel)):
+            # Only that source's output is moved: after a crash between this rename and the
+            # record below, `held` may already be this job's own output.
+            os.rename(held, moved)
+        self._queue.move_output(other_rel, str(held), str(moved))
+        log.info("output moved to its sibling name", path=other_rel, was=str(held), output=str(moved))
+        try:
+            copy_sidecars(self._layout.source(other_rel), moved, self.config.output.sidecars)
+        except OSError as exc:
+            log.warning("sidecars not copied beside a moved output", path=other_rel, error=one_line(exc))
+
+    @staticmethod
+    def _output_of(output: Path) -> str | None:
+        """The source path recorded in an output's provenance (None: no output there)."""
+        try:
+            record = read_provenance(output)
+        except FileNotFoundError:
+            return None
+        except (OSError, ImageError, ValueError) as exc:
+            log.warning("output's provenance unreadable", output=str(output), error=one_line(exc))
+            return None
+        return None if record is None else record.get("semwatch", {}).get("source", {}).get("path")
 
     def _sidecar_settled(self, rel_path: str) -> None:
         """Watcher thread: a sidecar arrived or changed. Copy it beside the outputs already

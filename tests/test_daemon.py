@@ -390,6 +390,31 @@ def test_special_files_swapped_in_after_queueing_fail_alone(make_site, tmp_path:
     assert daemon.alive() and daemon.stop() == 0
 
 
+def test_siblings_arriving_one_after_the_other_keep_their_own_outputs(
+    make_site, queue_db: str | None
+) -> None:
+    """z.TIF alone got z.tif; z.tif arriving later wrote over it (and y.png's y.tif likewise):
+    the first colorization was lost. The naming rule now holds whatever the arrival order."""
+    site = make_site(db_url=queue_db)
+    daemon = site.start()
+    daemon.wait_ready()
+    write_atomically(site.inbox / "z.TIF", tiff_bytes(gray_image(80)))
+    write_atomically(site.inbox / "y.png", png_bytes(gray_image(81)))
+    site.wait_settled(2)
+    assert names(site.outputs(), site.outbox) == {"z.tif", "y.tif"}  # alone: the plain names
+    write_atomically(site.inbox / "z.tif", tiff_bytes(gray_image(82)))
+    write_atomically(site.inbox / "y.tif", tiff_bytes(gray_image(83)))
+    site.wait_settled(4)
+    expected = {"z.tif": "z.tif", "z.TIF.tif": "z.TIF", "y.tif": "y.tif", "y.png.tif": "y.png"}
+    assert names(site.outputs(), site.outbox) == set(expected)
+    for output, source in expected.items():
+        assert provenance(site.outbox / output)["source"]["sha256"] == sha256_of(site.inbox / source), output
+    recorded = {job.rel_path: Path(job.output_path).name for job in site.jobs(JobState.DONE)}
+    assert recorded == {source: output for output, source in expected.items()}
+    assert daemon.has_event("output moved to its sibling name", path="z.TIF")
+    assert daemon.stop() == 0
+
+
 # --------------------------------------------------------------------------- systemd
 
 

@@ -120,6 +120,16 @@ class JobQueue(abc.ABC):
         version, the path's other failed jobs are superseded."""
 
     @abc.abstractmethod
+    def output_holders(self, output_path: str, *, other_than: str) -> list[str]:
+        """The source paths (not ``other_than``) whose done jobs hold this output path."""
+
+    @abc.abstractmethod
+    def move_output(self, rel_path: str, old_path: str, new_path: str) -> int:
+        """Record that the done output of ``rel_path`` at ``old_path`` was moved to
+        ``new_path`` (its sibling name, once a sibling took the plain one); returns how
+        many jobs were updated."""
+
+    @abc.abstractmethod
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
         """Record a failed attempt; returns the new state (PENDING with back-off or FAILED)."""
 
