@@ -42,7 +42,9 @@ from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
 from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
+from semwatch.hashing import sha256_fd
 from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
+from semwatch.imaging.source import open_regular
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
@@ -54,8 +56,8 @@ from semwatch.pipeline import (
     colorize_error,
     decode,
     decode_error,
+    write_colorized,
     write_error,
-    write_output,
 )
 from semwatch.queue import (
     HEARTBEAT_SECONDS,
@@ -135,6 +137,13 @@ class OutputLayout:
 
     def source(self, rel_path: str) -> Path:
         return _inside(self.input_root, _safe_rel(rel_path), "source")
+
+    def input_rel(self, path: Path) -> str | None:
+        """A source path's rel_path under the input root (None outside it)."""
+        try:
+            return Path(path).relative_to(self.input_root).as_posix()
+        except ValueError:
+            return None
 
     def target(self, rel_path: str, sibling_names: Sequence[str] = ()) -> Path:
         """<output root>/<rel dir>/<output name>; raises ValueError if it would escape the root."""
@@ -807,7 +816,7 @@ class Daemon:
         try:
             # The output first, then its sidecars: a sidecar that settles from now on finds
             # the output there (_sidecar_settled), one that came earlier is in the listing.
-            sidecars = write_output(Task(item.source, item.target), image, rgb, info, OutputSettings.of(cfg))
+            write_colorized(Task(item.source, item.target), image, rgb, info, OutputSettings.of(cfg))
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
                 self._fail(job, write_error(item.target, exc), permanent=True, started=item.claimed_at)
@@ -821,6 +830,9 @@ class Daemon:
             log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
             self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
+        # Before the job is marked done (a crash in between re-runs the job, sidecars too), and
+        # whatever becomes of them the output stands: the job is never undone for a sidecar.
+        sidecars = self._copy_sidecars(item)
         try:
             self._queue.complete(self._owner, job.id, str(item.target))
         except Exception as exc:  # noqa: BLE001
@@ -848,6 +860,32 @@ class Daemon:
             sidecars=sidecars,
         )
 
+    def _copy_sidecars(self, item: _Item) -> int:
+        """Copy the source's sidecars beside its new output; returns how many. One that
+        cannot be copied is logged with its reason; on a full disk it is copied alone once
+        there is room again (the watcher settles it anew), the image is not colorized again."""
+        try:
+            copies = copy_sidecars(
+                item.source, item.target, self.config.output.sidecars, inside=self._layout.input_root
+            )
+        except OSError as exc:
+            log.warning("sidecars not looked for", path=item.job.rel_path, error=one_line(exc))
+            return 0
+        for failure in copies.failures:
+            storage = self._storage.is_storage_error(failure.error)
+            rel = self._layout.input_rel(failure.source)
+            if storage and self._watcher is not None and rel is not None:
+                self._watcher.recheck(rel)
+            log.warning(
+                "sidecar not copied",
+                path=str(failure.source),
+                output=str(item.target),
+                error=failure.reason,
+                job_id=item.job.id,
+                retry="when there is room again (watcher)" if storage else "when the sidecar changes",
+            )
+        return copies.copied
+
     def _own_output_name(self, item: _Item) -> Path:
         """The job's output path by its folder's listing now, made free for it: a sibling's
         output that holds it (written while that sibling was alone: z.TIF -> z.tif, then
@@ -873,21 +911,36 @@ class Daemon:
         self._queue.move_output(other_rel, str(held), str(moved))
         log.info("output moved to its sibling name", path=other_rel, was=str(held), output=str(moved))
         try:
-            copy_sidecars(self._layout.source(other_rel), moved, self.config.output.sidecars)
+            copies = copy_sidecars(
+                self._layout.source(other_rel),
+                moved,
+                self.config.output.sidecars,
+                inside=self._layout.input_root,
+            )
+            for failure in copies.failures:
+                log.warning(
+                    "sidecar not copied", path=str(failure.source), output=str(moved), error=failure.reason
+                )
         except OSError as exc:
             log.warning("sidecars not copied beside a moved output", path=other_rel, error=one_line(exc))
+
+    def _made_from_current(self, image_rel: str, output: Path) -> bool:
+        """Whether ``output`` was made from the content the image holds now (by SHA-256)."""
+        recorded = _output_source(output).get("sha256")
+        try:
+            fd = open_regular(self._layout.source(image_rel), self._layout.input_root)
+            try:
+                return recorded is not None and sha256_fd(fd) == recorded
+            finally:
+                os.close(fd)
+        except (OSError, ImageError, ValueError) as exc:
+            log.debug("image not readable to match its sidecar", path=image_rel, error=one_line(exc))
+            return False
 
     @staticmethod
     def _output_of(output: Path) -> str | None:
         """The source path recorded in an output's provenance (None: no output there)."""
-        try:
-            record = read_provenance(output)
-        except FileNotFoundError:
-            return None
-        except (OSError, ImageError, ValueError) as exc:
-            log.warning("output's provenance unreadable", output=str(output), error=one_line(exc))
-            return None
-        return None if record is None else record.get("semwatch", {}).get("source", {}).get("path")
+        return _output_source(output).get("path")
 
     def _sidecar_settled(self, rel_path: str) -> None:
         """Watcher thread: a sidecar arrived or changed. Copy it beside the outputs already
@@ -901,8 +954,25 @@ class Daemon:
         names = os.listdir(source.parent)
         folder = PurePosixPath(rel_path).parent
         for image in image_names(source.name, names):
-            target = self._layout.target(str(folder / image), names)
-            if target.is_file() and copy_sidecar(source, sidecar_target(target, source.name)):
+            image_rel = str(folder / image)
+            target = self._layout.target(image_rel, names)
+            if not target.is_file():
+                continue  # copied when the image's output is written
+            if not self._made_from_current(image_rel, target):
+                # A new acquisition's record beside an earlier one's image: it waits for the
+                # output of the image there now (and is never copied if that one fails).
+                log.info("sidecar waits for its image's new output", path=rel_path, output=str(target))
+                continue
+            try:
+                copied = copy_sidecar(
+                    source, sidecar_target(target, source.name), inside=self._layout.input_root
+                )
+            except OSError as exc:
+                if self._storage.is_storage_error(exc):
+                    raise  # the watcher tries again at its next scan
+                log.warning("sidecar not copied", path=rel_path, output=str(target), error=one_line(exc))
+                continue
+            if copied:
                 log.info("sidecar copied", path=rel_path, output=str(target))
 
     def _superseded_before_write(self, item: _Item) -> bool:
@@ -1393,6 +1463,19 @@ def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
             log.debug("cannot list source folder", folder=str(folder), error=one_line(exc))
             cache[folder] = []
     return cache[folder]
+
+
+def _output_source(output: Path) -> dict[str, Any]:
+    """The "source" record of an output's provenance ({} when there is none to read)."""
+    try:
+        record = read_provenance(output)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ImageError, ValueError) as exc:
+        log.warning("output's provenance unreadable", output=str(output), error=one_line(exc))
+        return {}
+    source = (record or {}).get("semwatch", {}).get("source")
+    return source if isinstance(source, dict) else {}
 
 
 def _drop_frames(error: BaseException) -> None:

@@ -592,9 +592,9 @@ def mount_tmpfs():
     """mount(8) a tmpfs on a folder, as a share is mounted; unmounted at the end."""
     mounted: list[Path] = []
 
-    def mount(folder: Path) -> None:
+    def mount(folder: Path, size: str = "1g") -> None:
         result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1g", "semwatch-test", str(folder)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "semwatch-test", str(folder)],
             capture_output=True,
             text=True,
         )
@@ -605,6 +605,30 @@ def mount_tmpfs():
     yield mount
     for folder in reversed(mounted):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_sidecar_bigger_than_the_free_space_never_undoes_its_image(make_site, mount_tmpfs) -> None:
+    """The sidecar's ENOSPC released the image's job: the service paused, resumed and
+    colorized the same image again, forever, while the images behind it waited."""
+    site = make_site()
+    site.outbox.mkdir()
+    mount_tmpfs(site.outbox, "260m")  # above the 200 MiB the service keeps free
+    daemon = site.start()
+    daemon.wait_ready()
+    part = site.inbox / ".x.txt.part"
+    with part.open("wb") as f:
+        f.truncate(300 << 20)  # sparse in the inbox, too big for the output's free space
+    write_atomically(site.inbox / "x.tif", tiff_bytes(gray_image(90)))
+    os.replace(part, site.inbox / "x.txt")
+    write_atomically(site.inbox / "after.png", png_bytes(gray_image(91)))
+    site.wait_settled(2)
+    x = next(job for job in site.jobs() if job.rel_path == "x.tif")
+    assert (x.state, x.attempts) == (JobState.DONE, 1), x
+    assert names(site.outputs(), site.outbox) == {"x.tif", "after.tif"}
+    assert not temp_files(site.outbox)
+    assert len([e for e in daemon.events() if e.get("event") == "job done" and e.get("path") == "x.tif"]) == 1
+    assert daemon.has_event("sidecar not copied", job_id=x.id)
+    assert daemon.stop() == 0
 
 
 def _umount(folder: Path) -> None:
