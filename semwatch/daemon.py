@@ -739,20 +739,44 @@ class Daemon:
             return False
         image = future.result()
         if image.sha256 != item.job.sha256:
-            queued = item.job.sha256[:12] or "unreadable"
-            self._fail(
-                item.job,
-                "superseded: the file changed after it was queued "
-                f"(queued {queued}, now {image.sha256[:12]}); "
-                "its new content is a job of its own",
-                permanent=True,
-                started=item.claimed_at,
-            )
+            self._content_changed(item, image.sha256)
             return False
         for warning in image.warnings:
             log.warning("input warning", path=item.job.rel_path, job_id=item.job.id, warning=warning)
         item.image = image
         return True
+
+    def _content_changed(self, item: _Item, read: str) -> None:
+        """The file held other content than the job's when it was read. Superseded only
+        when the queue knows a newer version (a job of its own); content that has not
+        settled may go back to the job's (A -> B -> A within the settle time, the return
+        only a touch to the watcher), so the job waits and reads the file again."""
+        job = item.job
+        queued = job.sha256[:12] or "unreadable"
+        try:
+            latest = self._queue.latest_sha256(job.rel_path)
+        except QueueError as exc:
+            log.warning("cannot check for a newer version", job_id=job.id, error=one_line(exc))
+            latest = None
+        if latest is not None and latest != job.sha256:
+            self._fail(
+                job,
+                f"superseded: the file changed after it was queued (queued {queued}, now "
+                f"{read[:12]}); its new content is a job of its own",
+                permanent=True,
+                started=item.claimed_at,
+            )
+            return
+        delay = max(2 * self.config.watch.settle_seconds, 1.0)
+        log.info(
+            "file changed since it was queued; read again later",
+            job_id=job.id,
+            path=job.rel_path,
+            queued=queued,
+            now=read[:12],
+            retry_s=delay,
+        )
+        self._release([item], "content not settled", delay=delay)
 
     def _decode_failed(self, item: _Item, error: BaseException) -> None:
         if isinstance(error, ImageError):
@@ -1023,18 +1047,18 @@ class Daemon:
         )
         self._metrics.job_failed(state)
 
-    def _release(self, items: Sequence[_Item], why: str) -> None:
+    def _release(self, items: Sequence[_Item], why: str, *, delay: float = 0.0) -> None:
         """Give claimed, unfinished jobs back without using an attempt."""
         for item in items:
             if item.decode is not None:
                 item.decode.cancel()
-        self._release_ids([item.job.id for item in items], why)
+        self._release_ids([item.job.id for item in items], why, delay=delay)
 
-    def _release_ids(self, ids: Sequence[int], why: str) -> None:
+    def _release_ids(self, ids: Sequence[int], why: str, *, delay: float = 0.0) -> None:
         if not ids:
             return
         try:
-            self._queue.release(self._owner, ids)
+            self._queue.release(self._owner, ids, delay=delay)
         except Exception as exc:  # noqa: BLE001
             log.error(
                 "leases not released",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -375,4 +376,44 @@ def test_a_stuck_intake_stops_feeding_the_watchdog(tmp_path: Path) -> None:
     finally:
         gate.set()
         watcher.stop()
+        queue.close()
+
+
+def test_content_that_went_away_and_came_back_within_the_settle_time_still_gets_its_output(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A queued, decoding; the file held B for less than the settle time; back to A. A's job
+    failed as superseded, B never became a job and A's return was only a touch: no output."""
+    from daemon_harness import gray_image, png_bytes
+
+    config = _config(tmp_path, model=tiny_model)
+    source = tmp_path / "x.png"
+    a, b = png_bytes(gray_image(1)), png_bytes(gray_image(2))
+    daemon = Daemon(config, env={})
+    daemon._queue = queue = SqlJobQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
+    )
+    pool = ThreadPoolExecutor(1)
+    try:
+        queue.enqueue("x.png", hashlib.sha256(a).hexdigest(), len(a), 1.0)
+        (job,) = queue.claim(daemon._owner, 1)
+        source.write_bytes(b)  # B, read by the decode, never settles
+        item = _Item(
+            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
+        )
+        assert daemon._take_decoded(item) is False
+        back = queue.get(job.id)
+        assert (back.state, back.attempts, back.error) == (JobState.PENDING, 0, None), back
+        # B settles after all: its job supersedes A's at A's next read.
+        queue.enqueue("x.png", hashlib.sha256(b).hexdigest(), len(b), 2.0)
+        queue._clock = lambda: time.time() + 3600  # past the wait
+        (job,) = [j for j in queue.claim(daemon._owner, 2) if j.id == job.id]
+        item = _Item(
+            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
+        )
+        assert daemon._take_decoded(item) is False
+        failed = queue.get(job.id)
+        assert failed.state is JobState.FAILED and failed.error.startswith("superseded"), failed
+    finally:
+        pool.shutdown()
         queue.close()

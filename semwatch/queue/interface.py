@@ -134,9 +134,10 @@ class JobQueue(abc.ABC):
         """Record a failed attempt; returns the new state (PENDING with back-off or FAILED)."""
 
     @abc.abstractmethod
-    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+    def release(self, owner: Owner, job_ids: Sequence[int], *, delay: float = 0.0) -> None:
         """Return held jobs to pending and give their attempt back (shutdown, storage
-        outage: not the files' fault), started or not."""
+        outage, a file caught in the middle of a change: not the files' fault), started or
+        not; claimable again after ``delay`` seconds."""
 
     @abc.abstractmethod
     def recover(self, owner: Owner | None = None) -> int:

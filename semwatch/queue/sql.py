@@ -597,7 +597,7 @@ class SqlJobQueue(JobQueue):
         current = self._current_done_job(conn, rel_path)
         return None if sha256 == UNKNOWN_CONTENT or current == job_id else current
 
-    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+    def release(self, owner: Owner, job_ids: Sequence[int], *, delay: float = 0.0) -> None:
         ids = sorted(set(job_ids))
         if not ids:
             return
@@ -606,7 +606,7 @@ class SqlJobQueue(JobQueue):
             .where(*_held_by(owner), JOBS.c.id.in_(ids))
             .values(
                 state=JobState.PENDING.value,
-                not_before=self._now(),
+                not_before=self._now() + max(delay, 0.0),
                 started_at=None,
                 attempts=_GIVE_BACK_ATTEMPT,
                 **_FRESH_ATTEMPT,
