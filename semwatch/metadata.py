@@ -140,6 +140,23 @@ LAYOUT_TAGS: Mapping[int, str] = MappingProxyType(
         40965: "InteroperabilityIFD",
     }
 )
+# Private tags whose value is an offset to a block elsewhere in the source file (TVIPS's
+# header, MetaMorph's UIC and FluoView's MM blocks). Copied as a number it would point into
+# the output's pixels, so they are dropped with a warning when they hold such an offset (a
+# LONG or IFD scalar); their blocks are instrument records tifffile parses, not tags.
+OFFSET_TAGS: Mapping[int, str] = MappingProxyType(
+    {
+        37706: "TVIPS",
+        33628: "UIC1tag",
+        33629: "UIC2tag",
+        33630: "UIC3tag",
+        33631: "UIC4tag",
+        34361: "MM_Header",
+        34362: "MM_Stamp",
+        34386: "MM_UserBlock",
+    }
+)
+_OFFSET_FIELD_TYPES = frozenset({4, 13, 16, 18})
 # Carried, but not byte for byte (see the module docstring).
 _RESOLUTION_TAGS = frozenset({282, 283, 296})
 _DESCRIPTION_TAG = 270
@@ -247,6 +264,15 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
                 sub_ifds.append(sub_ifd)
             continue
         if code in LAYOUT_TAGS or code in _RESOLUTION_TAGS or code in _IJ_TAGS:
+            continue
+        if code in OFFSET_TAGS and entry.dtype in _OFFSET_FIELD_TYPES:
+            log.warning(
+                "tiff tag dropped",
+                path=str(path),
+                code=code,
+                name=OFFSET_TAGS[code],
+                reason="its value is an offset into the source file, which would point into the output's pixels",
+            )
             continue
         copied = _entry_tag(entry, data, byteorder, layout)
         if copied is None:

@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image, TiffImagePlugin
+from structlog.testing import capture_logs
 
 import semwatch
 from semwatch.imaging import build_provenance, read_image, read_provenance, write_image
 from semwatch.metadata import (
     IMAGEJ_LAYOUT_KEYS,
     LAYOUT_TAGS,
+    OFFSET_TAGS,
     XMP_NAMESPACE,
     append_sub_ifds,
     provenance_from_xmp,
@@ -49,7 +51,7 @@ RECORD_TAGS = [
     (315, 2, 0, "Dr. A. Microscopist"),  # Artist
     (274, 3, 1, 6),  # Orientation
     (286, 5, 1, (3, 2)),  # XPosition
-    (37706, 4, 1, 7),  # TVIPS (a value small enough to sit inside its IFD entry)
+    (37706, 4, 1, 7),  # TVIPS: an offset to a header block, dropped (see OFFSET_TAGS)
     (37707, 1, 5, b"\x01\x02\x03\x04\x05"),
     (50431, 7, 9, b"TESCAN\x00\x01\x02"),  # TESCAN
     (34682, 2, len(FEI_TEXT), FEI_TEXT),  # FEI_HELIOS
@@ -150,8 +152,9 @@ def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str)
     out = colorize(source, tmp_path / "out" / "sem.tif")
 
     before, after = raw_ifd(source), raw_ifd(out)
-    carried = [code for code in before if code not in LAYOUT_TAGS]
-    assert {270, 271, 272, 274, 305, 306, 315, 37706, 37707, 50431, 34682, 34118} <= set(carried)
+    carried = [code for code in before if code not in LAYOUT_TAGS and code not in OFFSET_TAGS]
+    assert {270, 271, 272, 274, 305, 306, 315, 37707, 50431, 34682, 34118} <= set(carried)
+    assert 37706 not in after
     for code in carried:
         if code == 270:  # the NUL padding at its end is not part of the text
             assert [(d, v.rstrip(b"\0")) for d, _n, v in after[code]] == [
@@ -194,6 +197,21 @@ def test_layout_tags_stay_behind(tmp_path: Path) -> None:
         assert page.compression == 1 and page.photometric == 2 and page.bitspersample == 8
         assert np.array_equal(page.asarray()[..., 0], read_image(source).gray)
     assert read_image(out).gray.shape == (64, 80)
+
+
+def test_private_tags_holding_an_offset_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    """TVIPS (37706) is a LONG offset to a header block: copied as the number, it pointed
+    into the output's pixels and tifffile read garbage there."""
+    source = tmp_path / "tvips.tif"
+    tifffile.imwrite(
+        source, gray(), metadata=None, extratags=[(37706, 4, 1, 8, True), (65010, 4, 1, 8, True)]
+    )
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    codes = set(tag_codes(out))
+    assert 37706 not in codes and 65010 in codes  # a plain private number stays
+    dropped = [e for e in logs if e["event"] == "tiff tag dropped"]
+    assert [(e["code"], e["name"], e["log_level"]) for e in dropped] == [(37706, "TVIPS", "warning")]
 
 
 def test_software_names_semwatch_only_when_the_source_has_none(tmp_path: Path) -> None:
