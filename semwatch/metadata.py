@@ -249,7 +249,7 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
     types), and the output must carry what the file holds.
     """
     byteorder, layout = tf.byteorder, _IfdLayout(tf.tiff.offsetsize)
-    entries = _raw_entries(data, page.offset, byteorder, layout)
+    entries = _raw_entries(data, page.offset, byteorder, layout, max_entries=None)
     if isinstance(entries, str):  # tifffile has read this IFD, so this is not expected
         log.warning("tiff tags not copied", path=str(path), reason=entries)
         entries = []
@@ -306,13 +306,18 @@ class _RawEntry:
     field_at: int
 
 
-def _raw_entries(data: bytes, offset: int, byteorder: str, layout: _IfdLayout) -> list[_RawEntry] | str:
-    """The entries of the IFD at `offset`, or the reason they cannot be read."""
+def _raw_entries(
+    data: bytes, offset: int, byteorder: str, layout: _IfdLayout, max_entries: int | None = _MAX_IFD_ENTRIES
+) -> list[_RawEntry] | str:
+    """The entries of the IFD at `offset`, or the reason they cannot be read. ``max_entries``
+    bounds a sub-IFD (EXIF, GPS); the page's own IFD, which tifffile has read, has none."""
     if not 8 <= offset <= len(data) - layout.count_size:
         return f"IFD offset {offset} outside the file"
     (count,) = struct.unpack(byteorder + layout.count_format, data[offset : offset + layout.count_size])
     table = offset + layout.count_size
-    if count > _MAX_IFD_ENTRIES or table + count * layout.entry_size > len(data):
+    if max_entries is not None and count > max_entries:
+        return f"{count} IFD entries, more than the {max_entries} a real one has (a damaged file?)"
+    if table + count * layout.entry_size > len(data):
         return f"{count} IFD entries do not fit in the file"
     entries = []
     for index in range(count):

@@ -214,6 +214,17 @@ def test_private_tags_holding_an_offset_are_dropped_with_a_warning(tmp_path: Pat
     assert [(e["code"], e["name"], e["log_level"]) for e in dropped] == [(37706, "TVIPS", "warning")]
 
 
+def test_a_page_with_more_than_1024_tags_keeps_them(tmp_path: Path) -> None:
+    """All were dropped with a wrong reason ("do not fit in the file")."""
+    source = tmp_path / "many.tif"
+    private = [(60000 + i, 3, 1, i, True) for i in range(1100)]
+    tifffile.imwrite(source, gray(), metadata=None, extratags=private)
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    assert {60000 + i for i in range(1100)} <= set(tag_codes(out))
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
 def test_software_names_semwatch_only_when_the_source_has_none(tmp_path: Path) -> None:
     source = tmp_path / "plain.tif"
     tifffile.imwrite(source, gray(), software=False, metadata=None)
