@@ -1377,14 +1377,23 @@ def check_config(cfg: Config) -> None:
 def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
     """Create the watch, output and state folders when missing (first run from the repo).
 
-    With ``create_watch_folder=False`` (a reload) a missing watch folder is a
+    With ``create_watch_folder=False`` (a reload) a missing watch or output folder is a
     configuration error (exit 78) instead.
     """
     watch = cfg.watch.input_dir
-    if not create_watch_folder and not watch.is_dir():
-        where = f" (watch.input_dir in {cfg.source})" if cfg.source else " (watch.input_dir)"
-        reason = "is not a folder" if watch.exists() else "does not exist"
-        raise StartupError(f"{watch}: watch folder {reason}{where}; a reload does not create it", EXIT_CONFIG)
+    if not create_watch_folder:
+        # A reload creates neither: a missing folder is a typo or an unmounted share, and a
+        # fresh local folder would hide either.
+        for key, what, folder in (
+            ("watch.input_dir", "watch", watch),
+            ("output.dir", "output", cfg.output.dir),
+        ):
+            if not folder.is_dir():
+                where = f" ({key} in {cfg.source})" if cfg.source else f" ({key})"
+                reason = "is not a folder" if folder.exists() else "does not exist"
+                raise StartupError(
+                    f"{folder}: {what} folder {reason}{where}; a reload does not create it", EXIT_CONFIG
+                )
     for what, folder in (
         ("watch folder", watch),
         ("output folder", cfg.output.dir),

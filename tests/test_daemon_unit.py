@@ -244,6 +244,21 @@ def test_prepare_folders_creates_what_a_first_run_needs(tmp_path: Path, tiny_mod
     assert all(p.is_dir() for p in (tmp_path / "in", tmp_path / "out", tmp_path / "var"))
 
 
+def test_a_reload_never_creates_the_output_folder(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGHUP with a misspelt output.dir created it silently (input_dir was refused)."""
+    config = _config(tmp_path, model=tiny_model)
+    prepare_folders(config)
+    config.source.write_text(
+        f'[watch]\ninput_dir = "in"\n[output]\ndir = "outbx"\n[engine]\nmodel = "{tiny_model}"\n'
+    )
+    daemon = Daemon(config, env={})
+    with capture_logs() as logs:
+        assert daemon._reloaded_config() is None
+    assert not (tmp_path / "outbx").exists()
+    (refused,) = [e for e in logs if e["event"] == "reload refused"]
+    assert "output folder does not exist" in refused["reason"] and "output.dir" in refused["reason"]
+
+
 def test_a_reload_never_creates_the_watch_folder(tmp_path: Path, tiny_model: Path) -> None:
     """SIGHUP with a wrong input_dir is refused like any broken configuration."""
     config = _config(tmp_path, model=tiny_model)
