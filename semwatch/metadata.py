@@ -488,7 +488,14 @@ def _read_sub_ifd(
         return None
     tags: list[TagTuple] = []
     children: list[SubIFD] = []
+    stale = sorted(entry.code for entry in entries if _stale_in_sub_ifd(pointer.code, entry.code))
+    if stale:
+        # A pointer at the main IFD (or a damaged sub-IFD): its strip offsets and pointers
+        # would be copied as numbers that mean nothing in the output.
+        log.warning("tiff sub-ifd tags dropped", path=str(path), ifd=name, codes=stale, reason="pixel layout")
     for entry in entries:
+        if entry.code in stale:
+            continue
         if entry.code in _NESTED_IFD_TAGS.get(pointer.code, ()):
             child = _read_sub_ifd(path, entry, data, byteorder, layout)
             if child is not None:
@@ -502,6 +509,14 @@ def _read_sub_ifd(
     tags.sort(key=lambda tag: tag[0])
     pointer_dtype = _TIFF_IFD if pointer.dtype in (_TIFF_IFD, _TIFF_IFD8) else _TIFF_LONG
     return SubIFD(pointer.code, pointer_dtype, tuple(tags), tuple(children))
+
+
+def _stale_in_sub_ifd(pointer: int, code: int) -> bool:
+    """A tag that has no place in an EXIF or GPS IFD: the page's pixel layout, an IFD
+    pointer other than the ones nested there, an offset-valued private tag."""
+    if code in _NESTED_IFD_TAGS.get(pointer, ()):
+        return False
+    return code in LAYOUT_TAGS or code in OFFSET_TAGS
 
 
 def _mergeable_xmp(path: Path, packet: bytes) -> bytes | None:

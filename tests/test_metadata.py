@@ -225,6 +225,30 @@ def test_a_page_with_more_than_1024_tags_keeps_them(tmp_path: Path) -> None:
     assert not [e for e in logs if e["log_level"] == "warning"]
 
 
+def test_an_exif_pointer_at_the_main_ifd_copies_no_strip_offsets(tmp_path: Path) -> None:
+    """EXIF pointing at the main IFD copied its stale strip offsets into the output's EXIF."""
+    source = tmp_path / "loop.tif"
+    tifffile.imwrite(
+        source, gray(), metadata=None, extratags=[(34666, 4, 1, 0, True), (271, 2, 0, "Hitachi", True)]
+    )
+    data = bytearray(source.read_bytes())
+    (main,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[main : main + 2])
+    for index in range(count):  # the private tag becomes an EXIF pointer at the main IFD
+        at = main + 2 + 12 * index
+        if struct.unpack("<H", data[at : at + 2])[0] == 34666:
+            data[at : at + 2] = struct.pack("<H", 34665)
+            data[at + 8 : at + 12] = struct.pack("<I", main)
+    source.write_bytes(bytes(data))
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    with tifffile.TiffFile(out) as tf:
+        exif = tf.pages[0].tags["ExifTag"].value
+        assert not {"StripOffsets", "StripByteCounts", "ImageWidth", "ExifTag"} & set(exif), exif
+        assert exif.get("Make") == "Hitachi"  # the rest of what it points at is carried
+    assert [e["codes"] for e in logs if e["event"] == "tiff sub-ifd tags dropped"]
+
+
 def test_software_names_semwatch_only_when_the_source_has_none(tmp_path: Path) -> None:
     source = tmp_path / "plain.tif"
     tifffile.imwrite(source, gray(), software=False, metadata=None)
