@@ -103,6 +103,8 @@ WATCH_RENEW_SECONDS = 5.0
 # share): the watchdog is no longer fed, so systemd restarts the service. Progress comes with
 # every folder entry walked and every MiB hashed, so a busy intake is never taken for stuck.
 INTAKE_STALL_SECONDS = 120.0
+# complete() while the database does not answer: retried with back-off up to this interval.
+COMPLETE_RETRY_MAX_SECONDS = 15.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
@@ -406,6 +408,7 @@ class Daemon:
         self._stage: tuple[str, float] | None = None
         self._stall_logged = False
         self._intake_stall_logged = False
+        self._heartbeat_problem: str | None = None
 
     # ---- lifecycle
 
@@ -858,16 +861,8 @@ class Daemon:
         # whatever becomes of them the output stands: the job is never undone for a sidecar.
         sidecars = self._copy_sidecars(item)
         try:
-            self._queue.complete(self._owner, job.id, str(item.target))
-        except Exception as exc:  # noqa: BLE001
-            # The output exists; the lease will expire and the job re-run onto the same file.
-            log.error(
-                "output written but job not marked done",
-                job_id=job.id,
-                path=job.rel_path,
-                error=one_line(exc),
-            )
-            return
+            if not self._mark_done(job, item.target):
+                return
         finally:
             self._leases.discard(job.id)
         # arrived_at is on the queue's clock (the database server's on PostgreSQL), so the
@@ -883,6 +878,37 @@ class Daemon:
             latency_s=round(latency, 3),
             sidecars=sidecars,
         )
+
+    def _mark_done(self, job: Job, target: Path) -> bool:
+        """complete(), retried while the database does not answer: the output is written, and
+        a job given up here would be colorized again once its lease ran out (its lease stays
+        renewed meanwhile). False when it could not be recorded (logged)."""
+        delay, failing = 1.0, False
+        while True:
+            try:
+                self._queue.complete(self._owner, job.id, str(target))
+            except QueueError as exc:
+                if not failing:
+                    log.error(
+                        "output written but job not marked done; retrying until the database answers",
+                        job_id=job.id,
+                        path=job.rel_path,
+                        error=one_line(exc),
+                    )
+                    failing = True
+                if self._stop.is_set() and self._past_deadline():
+                    log.error("job not marked done before shutdown; it is redone", job_id=job.id)
+                    return False
+                time.sleep(delay)
+                delay = min(2 * delay, COMPLETE_RETRY_MAX_SECONDS)
+                continue
+            except Exception as exc:  # noqa: BLE001
+                # The output exists; the lease will expire and the job re-run onto the same file.
+                log.error("output written but job not marked done", job_id=job.id, error=one_line(exc))
+                return False
+            if failing:
+                log.info("job marked done after all", job_id=job.id, path=job.rel_path)
+            return True
 
     def _copy_sidecars(self, item: _Item) -> int:
         """Copy the source's sidecars beside its new output; returns how many. One that
@@ -1115,6 +1141,12 @@ class Daemon:
         now = time.monotonic()
         if self._stalled(now):
             return
+        # Whether this tick asks the database something (only such a tick tells whether an
+        # outage is over).
+        due = [self._next_renew, self._next_beat, self._next_watch]
+        if self._role in WORKER_ROLES:
+            due.append(self._next_recover)
+        asks = now >= min(due)
         try:
             if self._watchdog_every is not None and now >= self._next_ping and not self._intake_stalled():
                 self._notifier.watchdog()
@@ -1136,9 +1168,27 @@ class Daemon:
                 # Jobs whose lease ran out (ours during a stall, or a dead worker's) go
                 # back to pending.
                 self._next_recover = now + self._recover_interval()
+                held = self._leases.snapshot()
+                if held:
+                    # First our own leases, which may have run out while the database was
+                    # away: recovery must not take back jobs this daemon is finishing.
+                    self._queue.renew(self._owner, held)
                 self._queue.recover(self._owner)
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
-            log.error("heartbeat step failed", error=one_line(exc))
+            self._heartbeat_failed(one_line(exc))
+        else:
+            if asks:
+                self._heartbeat_failed(None)
+
+    def _heartbeat_failed(self, problem: str | None) -> None:
+        """One log line per change (a database outage is not a line per tick)."""
+        if problem == self._heartbeat_problem:
+            return
+        if problem is None:
+            log.info("heartbeat steps work again", was=self._heartbeat_problem)
+        else:
+            log.error("heartbeat step failed", error=problem, logged="once until it changes")
+        self._heartbeat_problem = problem
 
     def _recover_interval(self) -> float:
         # A dead worker's jobs wait at most half a lease past its expiry for another worker.

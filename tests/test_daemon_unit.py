@@ -432,3 +432,51 @@ def test_content_that_went_away_and_came_back_within_the_settle_time_still_gets_
     finally:
         pool.shutdown()
         queue.close()
+
+
+def test_a_finished_output_is_marked_done_once_the_database_answers_again(tmp_path: Path) -> None:
+    """During a database outage a written output's completion failed once and was given up:
+    the lease ran out and the image was colorized again; the log filled with tracebacks."""
+    from semwatch.queue import QueueError
+
+    class DownQueue(SqlJobQueue):
+        # Fault injection: the database away for the first three completions.
+        outage = 3
+
+        def complete(self, owner, job_id, output_path):  # type: ignore[no-untyped-def]
+            if self.outage:
+                self.outage -= 1
+                raise QueueError("database: complete failed: connection refused")
+            return super().complete(owner, job_id, output_path)
+
+    daemon = Daemon(_config(tmp_path), env={})
+    daemon._queue = queue = DownQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
+    )
+    try:
+        queue.enqueue("x.png", "a" * 64, 10, 1.0)
+        (job,) = queue.claim(daemon._owner, 1)
+        with capture_logs() as logs:
+            assert daemon._mark_done(job, tmp_path / "out" / "x.tif")
+        assert queue.get(job.id).state is JobState.DONE
+        events = [e["event"] for e in logs]
+        assert events == [
+            "output written but job not marked done; retrying until the database answers",
+            "job marked done after all",
+        ], events
+        assert not any("exc_info" in e for e in logs)
+    finally:
+        queue.close()
+
+
+def test_a_heartbeat_that_keeps_failing_is_one_line_until_it_changes(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path), env={})
+    with capture_logs() as logs:
+        for _ in range(5):
+            daemon._heartbeat_failed("database: heartbeat failed: connection refused")
+        daemon._heartbeat_failed(None)
+        daemon._heartbeat_failed(None)
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("heartbeat step failed", "error"),
+        ("heartbeat steps work again", "info"),
+    ]
