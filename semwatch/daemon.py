@@ -42,7 +42,9 @@ from semwatch.config import EXIT_CONFIG, Config, ConfigError, load_config
 from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
-from semwatch.imaging import DecodedImage, ImageError, output_name, sweep_temp_files
+from semwatch.hashing import sha256_fd
+from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
+from semwatch.imaging.source import open_regular
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
@@ -54,8 +56,8 @@ from semwatch.pipeline import (
     colorize_error,
     decode,
     decode_error,
+    write_colorized,
     write_error,
-    write_output,
 )
 from semwatch.queue import (
     HEARTBEAT_SECONDS,
@@ -70,7 +72,7 @@ from semwatch.queue import (
     redacted_url,
     sqlite_path,
 )
-from semwatch.sidecars import copy_sidecar, image_names, sidecar_target
+from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_target
 from semwatch.styles import Style, StyleError, StyleFinder
 
 if TYPE_CHECKING:
@@ -102,6 +104,8 @@ WATCH_RENEW_SECONDS = 5.0
 # share): the watchdog is no longer fed, so systemd restarts the service. Progress comes with
 # every folder entry walked and every MiB hashed, so a busy intake is never taken for stuck.
 INTAKE_STALL_SECONDS = 120.0
+# complete() while the database does not answer: retried with back-off up to this interval.
+COMPLETE_RETRY_MAX_SECONDS = 15.0
 # After an unexpected error in the loop itself: a pause, not a tight crash loop.
 LOOP_ERROR_SLEEP_SECONDS = 5.0
 # Write errors that mean "the output storage is unavailable", not "this image is bad".
@@ -136,6 +140,13 @@ class OutputLayout:
 
     def source(self, rel_path: str) -> Path:
         return _inside(self.input_root, _safe_rel(rel_path), "source")
+
+    def input_rel(self, path: Path) -> str | None:
+        """A source path's rel_path under the input root (None outside it)."""
+        try:
+            return Path(path).relative_to(self.input_root).as_posix()
+        except ValueError:
+            return None
 
     def target(self, rel_path: str, sibling_names: Sequence[str] = ()) -> Path:
         """<output root>/<rel dir>/<output name>; raises ValueError if it would escape the root."""
@@ -310,6 +321,28 @@ class _Item:
     style: Style | None = None  # the watch folder's style, read when the job ran
 
 
+class _KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Any, list[Any]] = {}  # key -> [lock, holders and waiters]
+
+    @contextmanager
+    def holding(self, key: Any) -> Iterator[None]:
+        with self._lock:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
 class _Leases:
     """Ids of the jobs this daemon holds (claimed and not yet done, failed or released)."""
 
@@ -359,6 +392,9 @@ class Daemon:
         self._writers: ThreadPoolExecutor | None = None
         self._compute: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
+        # Sources whose names differ only in the extension share an output stem: their
+        # naming, writing and completion run one at a time (see _own_output_name).
+        self._output_stems = _KeyedLocks()
         self._metrics = _daemon_metrics(self)
         # Heartbeat bookkeeping (main thread only).
         self._watchdog_every = _ping_interval(watchdog_interval(self._env))
@@ -375,6 +411,7 @@ class Daemon:
         self._stage: tuple[str, float] | None = None
         self._stall_logged = False
         self._intake_stall_logged = False
+        self._heartbeat_problem: str | None = None
 
     # ---- lifecycle
 
@@ -708,15 +745,7 @@ class Daemon:
             return False
         image = future.result()
         if image.sha256 != item.job.sha256:
-            queued = item.job.sha256[:12] or "unreadable"
-            self._fail(
-                item.job,
-                "superseded: the file changed after it was queued "
-                f"(queued {queued}, now {image.sha256[:12]}); "
-                "its new content is a job of its own",
-                permanent=True,
-                started=item.claimed_at,
-            )
+            self._content_changed(item, image.sha256)
             return False
         for warning in image.warnings:
             log.warning("input warning", path=item.job.rel_path, job_id=item.job.id, warning=warning)
@@ -734,6 +763,38 @@ class Daemon:
             self._fail(item.job, str(exc), permanent=True, started=item.claimed_at)
             return False
         return True
+
+    def _content_changed(self, item: _Item, read: str) -> None:
+        """The file held other content than the job's when it was read. Superseded only
+        when the queue knows a newer version (a job of its own); content that has not
+        settled may go back to the job's (A -> B -> A within the settle time, the return
+        only a touch to the watcher), so the job waits and reads the file again."""
+        job = item.job
+        queued = job.sha256[:12] or "unreadable"
+        try:
+            latest = self._queue.latest_sha256(job.rel_path)
+        except QueueError as exc:
+            log.warning("cannot check for a newer version", job_id=job.id, error=one_line(exc))
+            latest = None
+        if latest is not None and latest != job.sha256:
+            self._fail(
+                job,
+                f"superseded: the file changed after it was queued (queued {queued}, now "
+                f"{read[:12]}); its new content is a job of its own",
+                permanent=True,
+                started=item.claimed_at,
+            )
+            return
+        delay = max(2 * self.config.watch.settle_seconds, 1.0)
+        log.info(
+            "file changed since it was queued; read again later",
+            job_id=job.id,
+            path=job.rel_path,
+            queued=queued,
+            now=read[:12],
+            retry_s=delay,
+        )
+        self._release([item], "content not settled", delay=delay)
 
     def _decode_failed(self, item: _Item, error: BaseException) -> None:
         if isinstance(error, ImageError):
@@ -772,8 +833,6 @@ class Daemon:
 
     def _write(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
         """Runs in a writer thread: encode + atomic write, then mark done. Never raises."""
-        job, image = item.job, item.image
-        cfg = self.config.output
         # write_image would create a missing root, and under an unmounted share's mount
         # point it would write to the local disk: both are a storage pause, not a write.
         problem = self._storage.problem()
@@ -783,11 +842,25 @@ class Daemon:
             return
         if self._superseded_before_write(item):
             return
+        with self._output_stems.holding((item.source.parent, PurePosixPath(item.source.name).stem.lower())):
+            self._write_named(item, rgb, info)
+
+    def _write_named(self, item: _Item, rgb: Any, info: EngineInfo) -> None:
+        """_write under its output stem's lock: name, write, mark done."""
+        job, image = item.job, item.image
+        cfg = self.config.output
+        try:
+            item.target = self._own_output_name(item)
+        except (OSError, QueueError, ValueError) as exc:
+            # Writing anyway could land over a sibling's output: tried again later instead.
+            reason = f"cannot make the output name {item.target.name} free: {one_line(exc)}"
+            self._fail(job, reason, permanent=False, started=item.claimed_at)
+            return
         try:
             # The output first, then its sidecars: a sidecar that settles from now on finds
             # the output there (_sidecar_settled), one that came earlier is in the listing.
             task = Task(item.source, item.target, style=item.style)
-            sidecars = write_output(task, image, rgb, info, OutputSettings.of(cfg))
+            write_colorized(task, image, rgb, info, OutputSettings.of(cfg))
         except OSError as exc:
             if exc.errno in PERMANENT_WRITE_ERRNOS:
                 self._fail(job, write_error(item.target, exc), permanent=True, started=item.claimed_at)
@@ -801,17 +874,12 @@ class Daemon:
             log.exception("unexpected error writing", path=job.rel_path, job_id=job.id)
             self._fail(job, write_error(item.target, exc), permanent=False, started=item.claimed_at)
             return
+        # Before the job is marked done (a crash in between re-runs the job, sidecars too), and
+        # whatever becomes of them the output stands: the job is never undone for a sidecar.
+        sidecars = self._copy_sidecars(item)
         try:
-            self._queue.complete(self._owner, job.id, str(item.target))
-        except Exception as exc:  # noqa: BLE001
-            # The output exists; the lease will expire and the job re-run onto the same file.
-            log.error(
-                "output written but job not marked done",
-                job_id=job.id,
-                path=job.rel_path,
-                error=one_line(exc),
-            )
-            return
+            if not self._mark_done(job, item.target):
+                return
         finally:
             self._leases.discard(job.id)
         # arrived_at is on the queue's clock (the database server's on PostgreSQL), so the
@@ -828,6 +896,119 @@ class Daemon:
             sidecars=sidecars,
         )
 
+    def _mark_done(self, job: Job, target: Path) -> bool:
+        """complete(), retried while the database does not answer: the output is written, and
+        a job given up here would be colorized again once its lease ran out (its lease stays
+        renewed meanwhile). False when it could not be recorded (logged)."""
+        delay, failing = 1.0, False
+        while True:
+            try:
+                self._queue.complete(self._owner, job.id, str(target))
+            except QueueError as exc:
+                if not failing:
+                    log.error(
+                        "output written but job not marked done; retrying until the database answers",
+                        job_id=job.id,
+                        path=job.rel_path,
+                        error=one_line(exc),
+                    )
+                    failing = True
+                if self._stop.is_set() and self._past_deadline():
+                    log.error("job not marked done before shutdown; it is redone", job_id=job.id)
+                    return False
+                time.sleep(delay)
+                delay = min(2 * delay, COMPLETE_RETRY_MAX_SECONDS)
+                continue
+            except Exception as exc:  # noqa: BLE001
+                # The output exists; the lease will expire and the job re-run onto the same file.
+                log.error("output written but job not marked done", job_id=job.id, error=one_line(exc))
+                return False
+            if failing:
+                log.info("job marked done after all", job_id=job.id, path=job.rel_path)
+            return True
+
+    def _copy_sidecars(self, item: _Item) -> int:
+        """Copy the source's sidecars beside its new output; returns how many. One that
+        cannot be copied is logged with its reason; on a full disk it is copied alone once
+        there is room again (the watcher settles it anew), the image is not colorized again."""
+        try:
+            copies = copy_sidecars(
+                item.source, item.target, self.config.output.sidecars, inside=self._layout.input_root
+            )
+        except OSError as exc:
+            log.warning("sidecars not looked for", path=item.job.rel_path, error=one_line(exc))
+            return 0
+        for failure in copies.failures:
+            storage = self._storage.is_storage_error(failure.error)
+            rel = self._layout.input_rel(failure.source)
+            if storage and self._watcher is not None and rel is not None:
+                self._watcher.recheck(rel)
+            log.warning(
+                "sidecar not copied",
+                path=str(failure.source),
+                output=str(item.target),
+                error=failure.reason,
+                job_id=item.job.id,
+                retry="when there is room again (watcher)" if storage else "when the sidecar changes",
+            )
+        return copies.copied
+
+    def _own_output_name(self, item: _Item) -> Path:
+        """The job's output path by its folder's listing now, made free for it: a sibling's
+        output that holds it (written while that sibling was alone: z.TIF -> z.tif, then
+        z.tif arrived) is first moved to the sibling's own name (z.TIF.tif), so an output
+        never lands over another source's, whatever the order they arrived in."""
+        names = os.listdir(item.source.parent)
+        target = self._layout.target(item.job.rel_path, names)
+        for other in self._queue.output_holders(str(target), other_than=item.job.rel_path):
+            self._move_sibling_output(other, target, names)
+        return target
+
+    def _move_sibling_output(self, other_rel: str, held: Path, names: list[str]) -> None:
+        """Rename ``other_rel``'s output from ``held`` to its sibling name and record it."""
+        other_name = PurePosixPath(other_rel).name
+        # Named as beside the siblings even when its source is gone: its output stays its own.
+        moved = self._layout.target(other_rel, [*names, other_name])
+        if moved == held:
+            raise ValueError(f"{other_rel}: no sibling name apart from {held.name}")
+        if self._output_of(held) == str(self._layout.source(other_rel)):
+            # Only that source's output is moved: after a crash between this rename and the
+            # record below, `held` may already be this job's own output.
+            os.rename(held, moved)
+        self._queue.move_output(other_rel, str(held), str(moved))
+        log.info("output moved to its sibling name", path=other_rel, was=str(held), output=str(moved))
+        try:
+            copies = copy_sidecars(
+                self._layout.source(other_rel),
+                moved,
+                self.config.output.sidecars,
+                inside=self._layout.input_root,
+            )
+            for failure in copies.failures:
+                log.warning(
+                    "sidecar not copied", path=str(failure.source), output=str(moved), error=failure.reason
+                )
+        except OSError as exc:
+            log.warning("sidecars not copied beside a moved output", path=other_rel, error=one_line(exc))
+
+    def _made_from_current(self, image_rel: str, output: Path) -> bool:
+        """Whether ``output`` was made from the content the image holds now (by SHA-256)."""
+        recorded = _output_source(output).get("sha256")
+        try:
+            fd = open_regular(self._layout.source(image_rel), self._layout.input_root)
+            try:
+                return recorded is not None and sha256_fd(fd) == recorded
+            finally:
+                os.close(fd)
+        except (OSError, ImageError, ValueError) as exc:
+            log.debug("image not readable to match its sidecar", path=image_rel, error=one_line(exc))
+            return False
+
+    @staticmethod
+    def _output_of(output: Path) -> str | None:
+        """The source path recorded in an output's provenance (None: no output there)."""
+        return _output_source(output).get("path")
+
     def _sidecar_settled(self, rel_path: str) -> None:
         """Watcher thread: a sidecar arrived or changed. Copy it beside the outputs already
         written for its image; an image still queued gets it when its output is written.
@@ -840,8 +1021,25 @@ class Daemon:
         names = os.listdir(source.parent)
         folder = PurePosixPath(rel_path).parent
         for image in image_names(source.name, names):
-            target = self._layout.target(str(folder / image), names)
-            if target.is_file() and copy_sidecar(source, sidecar_target(target, source.name)):
+            image_rel = str(folder / image)
+            target = self._layout.target(image_rel, names)
+            if not target.is_file():
+                continue  # copied when the image's output is written
+            if not self._made_from_current(image_rel, target):
+                # A new acquisition's record beside an earlier one's image: it waits for the
+                # output of the image there now (and is never copied if that one fails).
+                log.info("sidecar waits for its image's new output", path=rel_path, output=str(target))
+                continue
+            try:
+                copied = copy_sidecar(
+                    source, sidecar_target(target, source.name), inside=self._layout.input_root
+                )
+            except OSError as exc:
+                if self._storage.is_storage_error(exc):
+                    raise  # the watcher tries again at its next scan
+                log.warning("sidecar not copied", path=rel_path, output=str(target), error=one_line(exc))
+                continue
+            if copied:
                 log.info("sidecar copied", path=rel_path, output=str(target))
 
     def _superseded_before_write(self, item: _Item) -> bool:
@@ -892,18 +1090,18 @@ class Daemon:
         )
         self._metrics.job_failed(state)
 
-    def _release(self, items: Sequence[_Item], why: str) -> None:
+    def _release(self, items: Sequence[_Item], why: str, *, delay: float = 0.0) -> None:
         """Give claimed, unfinished jobs back without using an attempt."""
         for item in items:
             if item.decode is not None:
                 item.decode.cancel()
-        self._release_ids([item.job.id for item in items], why)
+        self._release_ids([item.job.id for item in items], why, delay=delay)
 
-    def _release_ids(self, ids: Sequence[int], why: str) -> None:
+    def _release_ids(self, ids: Sequence[int], why: str, *, delay: float = 0.0) -> None:
         if not ids:
             return
         try:
-            self._queue.release(self._owner, ids)
+            self._queue.release(self._owner, ids, delay=delay)
         except Exception as exc:  # noqa: BLE001
             log.error(
                 "leases not released",
@@ -960,6 +1158,12 @@ class Daemon:
         now = time.monotonic()
         if self._stalled(now):
             return
+        # Whether this tick asks the database something (only such a tick tells whether an
+        # outage is over).
+        due = [self._next_renew, self._next_beat, self._next_watch]
+        if self._role in WORKER_ROLES:
+            due.append(self._next_recover)
+        asks = now >= min(due)
         try:
             if self._watchdog_every is not None and now >= self._next_ping and not self._intake_stalled():
                 self._notifier.watchdog()
@@ -981,9 +1185,27 @@ class Daemon:
                 # Jobs whose lease ran out (ours during a stall, or a dead worker's) go
                 # back to pending.
                 self._next_recover = now + self._recover_interval()
+                held = self._leases.snapshot()
+                if held:
+                    # First our own leases, which may have run out while the database was
+                    # away: recovery must not take back jobs this daemon is finishing.
+                    self._queue.renew(self._owner, held)
                 self._queue.recover(self._owner)
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
-            log.error("heartbeat step failed", error=one_line(exc))
+            self._heartbeat_failed(one_line(exc))
+        else:
+            if asks:
+                self._heartbeat_failed(None)
+
+    def _heartbeat_failed(self, problem: str | None) -> None:
+        """One log line per change (a database outage is not a line per tick)."""
+        if problem == self._heartbeat_problem:
+            return
+        if problem is None:
+            log.info("heartbeat steps work again", was=self._heartbeat_problem)
+        else:
+            log.error("heartbeat step failed", error=problem, logged="once until it changes")
+        self._heartbeat_problem = problem
 
     def _recover_interval(self) -> float:
         # A dead worker's jobs wait at most half a lease past its expiry for another worker.
@@ -1223,14 +1445,23 @@ def check_config(cfg: Config) -> None:
 def prepare_folders(cfg: Config, *, create_watch_folder: bool = True) -> None:
     """Create the watch, output and state folders when missing (first run from the repo).
 
-    With ``create_watch_folder=False`` (a reload) a missing watch folder is a
+    With ``create_watch_folder=False`` (a reload) a missing watch or output folder is a
     configuration error (exit 78) instead.
     """
     watch = cfg.watch.input_dir
-    if not create_watch_folder and not watch.is_dir():
-        where = f" (watch.input_dir in {cfg.source})" if cfg.source else " (watch.input_dir)"
-        reason = "is not a folder" if watch.exists() else "does not exist"
-        raise StartupError(f"{watch}: watch folder {reason}{where}; a reload does not create it", EXIT_CONFIG)
+    if not create_watch_folder:
+        # A reload creates neither: a missing folder is a typo or an unmounted share, and a
+        # fresh local folder would hide either.
+        for key, what, folder in (
+            ("watch.input_dir", "watch", watch),
+            ("output.dir", "output", cfg.output.dir),
+        ):
+            if not folder.is_dir():
+                where = f" ({key} in {cfg.source})" if cfg.source else f" ({key})"
+                reason = "is not a folder" if folder.exists() else "does not exist"
+                raise StartupError(
+                    f"{folder}: {what} folder {reason}{where}; a reload does not create it", EXIT_CONFIG
+                )
     for what, folder in (
         ("watch folder", watch),
         ("output folder", cfg.output.dir),
@@ -1333,6 +1564,19 @@ def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
             log.debug("cannot list source folder", folder=str(folder), error=one_line(exc))
             cache[folder] = []
     return cache[folder]
+
+
+def _output_source(output: Path) -> dict[str, Any]:
+    """The "source" record of an output's provenance ({} when there is none to read)."""
+    try:
+        record = read_provenance(output)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ImageError, ValueError) as exc:
+        log.warning("output's provenance unreadable", output=str(output), error=one_line(exc))
+        return {}
+    source = (record or {}).get("semwatch", {}).get("source")
+    return source if isinstance(source, dict) else {}
 
 
 def _drop_frames(error: BaseException) -> None:

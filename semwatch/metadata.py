@@ -140,6 +140,23 @@ LAYOUT_TAGS: Mapping[int, str] = MappingProxyType(
         40965: "InteroperabilityIFD",
     }
 )
+# Private tags whose value is an offset to a block elsewhere in the source file (TVIPS's
+# header, MetaMorph's UIC and FluoView's MM blocks). Copied as a number it would point into
+# the output's pixels, so they are dropped with a warning when they hold such an offset (a
+# LONG or IFD scalar); their blocks are instrument records tifffile parses, not tags.
+OFFSET_TAGS: Mapping[int, str] = MappingProxyType(
+    {
+        37706: "TVIPS",
+        33628: "UIC1tag",
+        33629: "UIC2tag",
+        33630: "UIC3tag",
+        33631: "UIC4tag",
+        34361: "MM_Header",
+        34362: "MM_Stamp",
+        34386: "MM_UserBlock",
+    }
+)
+_OFFSET_FIELD_TYPES = frozenset({4, 13, 16, 18})
 # Carried, but not byte for byte (see the module docstring).
 _RESOLUTION_TAGS = frozenset({282, 283, 296})
 _DESCRIPTION_TAG = 270
@@ -232,7 +249,7 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
     types), and the output must carry what the file holds.
     """
     byteorder, layout = tf.byteorder, _IfdLayout(tf.tiff.offsetsize)
-    entries = _raw_entries(data, page.offset, byteorder, layout)
+    entries = _raw_entries(data, page.offset, byteorder, layout, max_entries=None)
     if isinstance(entries, str):  # tifffile has read this IFD, so this is not expected
         log.warning("tiff tags not copied", path=str(path), reason=entries)
         entries = []
@@ -247,6 +264,15 @@ def carried_tags(path: Path, tf: tifffile.TiffFile, page: Any, data: bytes) -> C
                 sub_ifds.append(sub_ifd)
             continue
         if code in LAYOUT_TAGS or code in _RESOLUTION_TAGS or code in _IJ_TAGS:
+            continue
+        if code in OFFSET_TAGS and entry.dtype in _OFFSET_FIELD_TYPES:
+            log.warning(
+                "tiff tag dropped",
+                path=str(path),
+                code=code,
+                name=OFFSET_TAGS[code],
+                reason="its value is an offset into the source file, which would point into the output's pixels",
+            )
             continue
         copied = _entry_tag(entry, data, byteorder, layout)
         if copied is None:
@@ -280,13 +306,18 @@ class _RawEntry:
     field_at: int
 
 
-def _raw_entries(data: bytes, offset: int, byteorder: str, layout: _IfdLayout) -> list[_RawEntry] | str:
-    """The entries of the IFD at `offset`, or the reason they cannot be read."""
+def _raw_entries(
+    data: bytes, offset: int, byteorder: str, layout: _IfdLayout, max_entries: int | None = _MAX_IFD_ENTRIES
+) -> list[_RawEntry] | str:
+    """The entries of the IFD at `offset`, or the reason they cannot be read. ``max_entries``
+    bounds a sub-IFD (EXIF, GPS); the page's own IFD, which tifffile has read, has none."""
     if not 8 <= offset <= len(data) - layout.count_size:
         return f"IFD offset {offset} outside the file"
     (count,) = struct.unpack(byteorder + layout.count_format, data[offset : offset + layout.count_size])
     table = offset + layout.count_size
-    if count > _MAX_IFD_ENTRIES or table + count * layout.entry_size > len(data):
+    if max_entries is not None and count > max_entries:
+        return f"{count} IFD entries, more than the {max_entries} a real one has (a damaged file?)"
+    if table + count * layout.entry_size > len(data):
         return f"{count} IFD entries do not fit in the file"
     entries = []
     for index in range(count):
@@ -457,7 +488,14 @@ def _read_sub_ifd(
         return None
     tags: list[TagTuple] = []
     children: list[SubIFD] = []
+    stale = sorted(entry.code for entry in entries if _stale_in_sub_ifd(pointer.code, entry.code))
+    if stale:
+        # A pointer at the main IFD (or a damaged sub-IFD): its strip offsets and pointers
+        # would be copied as numbers that mean nothing in the output.
+        log.warning("tiff sub-ifd tags dropped", path=str(path), ifd=name, codes=stale, reason="pixel layout")
     for entry in entries:
+        if entry.code in stale:
+            continue
         if entry.code in _NESTED_IFD_TAGS.get(pointer.code, ()):
             child = _read_sub_ifd(path, entry, data, byteorder, layout)
             if child is not None:
@@ -471,6 +509,14 @@ def _read_sub_ifd(
     tags.sort(key=lambda tag: tag[0])
     pointer_dtype = _TIFF_IFD if pointer.dtype in (_TIFF_IFD, _TIFF_IFD8) else _TIFF_LONG
     return SubIFD(pointer.code, pointer_dtype, tuple(tags), tuple(children))
+
+
+def _stale_in_sub_ifd(pointer: int, code: int) -> bool:
+    """A tag that has no place in an EXIF or GPS IFD: the page's pixel layout, an IFD
+    pointer other than the ones nested there, an offset-valued private tag."""
+    if code in _NESTED_IFD_TAGS.get(pointer, ()):
+        return False
+    return code in LAYOUT_TAGS or code in OFFSET_TAGS
 
 
 def _mergeable_xmp(path: Path, packet: bytes) -> bytes | None:

@@ -169,7 +169,21 @@ def write_output(
     task: Task, image: DecodedImage, rgb: np.ndarray, info: EngineInfo, output: OutputSettings
 ) -> int:
     """Encode and write atomically (a reader never sees a partial file), then copy the
-    source's sidecars beside it; returns how many. Raises OSError (``write_error`` words it)."""
+    source's sidecars beside it; returns how many. Raises OSError for the image's output
+    (``write_error`` words it); a sidecar that cannot be copied is a warning, not a failure."""
+    write_colorized(task, image, rgb, info, output)
+    copies = copy_sidecars(task.source, task.target, output.sidecars)
+    for failure in copies.failures:
+        log.warning(
+            "sidecar not copied", path=str(failure.source), output=str(task.target), error=failure.reason
+        )
+    return copies.copied
+
+
+def write_colorized(
+    task: Task, image: DecodedImage, rgb: np.ndarray, info: EngineInfo, output: OutputSettings
+) -> None:
+    """Encode and write the output image atomically (no sidecars). Raises OSError."""
     write_image(
         task.target,
         rgb,
@@ -180,7 +194,6 @@ def write_output(
         ),
         jpeg_quality=output.jpeg_quality,
     )
-    return copy_sidecars(task.source, task.target, output.sidecars)
 
 
 # --------------------------------------------------------------------------- failure texts

@@ -51,6 +51,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from semwatch.config import WatchConfig
+from semwatch.errors import one_line
 from semwatch.hashing import sha256_fd
 from semwatch.imaging.errors import ImageError
 from semwatch.imaging.source import open_regular
@@ -288,6 +289,12 @@ class Watcher:
                 batch = []
         return enqueued + self._enqueue(batch)
 
+    def recheck(self, rel: str) -> None:
+        """Look at a file again at the next scan although it has not changed (a sidecar
+        whose copy failed for want of room is then handed over anew)."""
+        with self._lock:
+            self._resolved.pop(rel, None)
+
     def is_ignored(self, path: Path) -> bool:
         """True for anything that must never become a job (see DESIGN.md "Arrival detection")."""
         return self.rules.is_ignored(path)
@@ -452,6 +459,10 @@ class Watcher:
     def _settle_sidecar(self, rel: str, key: tuple[int, float]) -> None:
         try:
             self._on_sidecar(rel)
+        except OSError as exc:  # a full disk, an output share gone: one line, no traceback
+            self._log.warning("sidecar not copied", path=rel, error=one_line(exc), retry="at the next scan")
+            self._restart_or_drop(rel, None)
+            return
         except Exception:
             # Not resolved: the next scan finds it again and retries.
             self._log.exception("sidecar handling failed", path=rel, retry="at the next scan")

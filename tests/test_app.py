@@ -424,6 +424,36 @@ def test_refine_a_finished_job_saves_beside_the_automatic_output(
     assert "hints" in provenance_of_tiff(automatic.read_bytes())["semwatch"]
 
 
+def test_refine_never_opens_a_source_swapped_for_a_link_out_of_the_watch_folder(
+    app_config: Path, tmp_path: Path
+) -> None:
+    """Refine opened a done job's source through a symlink to a file outside
+    watch.input_dir, showed it and saved its colorization into output.dir; a link to a text
+    file echoed its first bytes in the error."""
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    config = load_config(app_config)
+    source = config.watch.input_dir / "grain.png"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    passwd = elsewhere / "passwd"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    image = elsewhere / "private.png"
+    image.write_bytes(source.read_bytes())
+    before = sorted(p.name for p in config.output.dir.iterdir())
+    for target in (passwd, image):
+        source.unlink()
+        source.symlink_to(target)
+        at = new_app()
+        at.switch_page("pages/queue.py").run()
+        at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+        assert not at.exception, at.exception
+        message = texts(at.error)
+        assert f"Cannot open job {ids['grain.png']}'s source" in message, message
+        assert "root:x" not in message and "leads outside the watched folder" in message
+        assert not [b for b in at.button if b.key == "cz_save_refined"]
+    assert sorted(p.name for p in config.output.dir.iterdir()) == before
+
+
 def test_the_model_is_loaded_once_and_shared_by_sessions(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

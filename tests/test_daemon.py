@@ -434,6 +434,31 @@ def test_special_files_swapped_in_after_queueing_fail_alone(make_site, tmp_path:
     assert daemon.alive() and daemon.stop() == 0
 
 
+def test_siblings_arriving_one_after_the_other_keep_their_own_outputs(
+    make_site, queue_db: str | None
+) -> None:
+    """z.TIF alone got z.tif; z.tif arriving later wrote over it (and y.png's y.tif likewise):
+    the first colorization was lost. The naming rule now holds whatever the arrival order."""
+    site = make_site(db_url=queue_db)
+    daemon = site.start()
+    daemon.wait_ready()
+    write_atomically(site.inbox / "z.TIF", tiff_bytes(gray_image(80)))
+    write_atomically(site.inbox / "y.png", png_bytes(gray_image(81)))
+    site.wait_settled(2)
+    assert names(site.outputs(), site.outbox) == {"z.tif", "y.tif"}  # alone: the plain names
+    write_atomically(site.inbox / "z.tif", tiff_bytes(gray_image(82)))
+    write_atomically(site.inbox / "y.tif", tiff_bytes(gray_image(83)))
+    site.wait_settled(4)
+    expected = {"z.tif": "z.tif", "z.TIF.tif": "z.TIF", "y.tif": "y.tif", "y.png.tif": "y.png"}
+    assert names(site.outputs(), site.outbox) == set(expected)
+    for output, source in expected.items():
+        assert provenance(site.outbox / output)["source"]["sha256"] == sha256_of(site.inbox / source), output
+    recorded = {job.rel_path: Path(job.output_path).name for job in site.jobs(JobState.DONE)}
+    assert recorded == {source: output for output, source in expected.items()}
+    assert daemon.has_event("output moved to its sibling name", path="z.TIF")
+    assert daemon.stop() == 0
+
+
 # --------------------------------------------------------------------------- systemd
 
 
@@ -613,9 +638,9 @@ def mount_tmpfs():
     Needs root with CAP_SYS_ADMIN (.ci/run runs as root; a container must allow mounts)."""
     mounted: list[Path] = []
 
-    def mount(folder: Path) -> None:
+    def mount(folder: Path, size: str = "1g") -> None:
         result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1g", "semwatch-test", str(folder)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "semwatch-test", str(folder)],
             capture_output=True,
             text=True,
         )
@@ -626,6 +651,30 @@ def mount_tmpfs():
     yield mount
     for folder in reversed(mounted):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_sidecar_bigger_than_the_free_space_never_undoes_its_image(make_site, mount_tmpfs) -> None:
+    """The sidecar's ENOSPC released the image's job: the service paused, resumed and
+    colorized the same image again, forever, while the images behind it waited."""
+    site = make_site()
+    site.outbox.mkdir()
+    mount_tmpfs(site.outbox, "260m")  # above the 200 MiB the service keeps free
+    daemon = site.start()
+    daemon.wait_ready()
+    part = site.inbox / ".x.txt.part"
+    with part.open("wb") as f:
+        f.truncate(300 << 20)  # sparse in the inbox, too big for the output's free space
+    write_atomically(site.inbox / "x.tif", tiff_bytes(gray_image(90)))
+    os.replace(part, site.inbox / "x.txt")
+    write_atomically(site.inbox / "after.png", png_bytes(gray_image(91)))
+    site.wait_settled(2)
+    x = next(job for job in site.jobs() if job.rel_path == "x.tif")
+    assert (x.state, x.attempts) == (JobState.DONE, 1), x
+    assert names(site.outputs(), site.outbox) == {"x.tif", "after.tif"}
+    assert not temp_files(site.outbox)
+    assert len([e for e in daemon.events() if e.get("event") == "job done" and e.get("path") == "x.tif"]) == 1
+    assert daemon.has_event("sidecar not copied", job_id=x.id)
+    assert daemon.stop() == 0
 
 
 def _umount(folder: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
+import hashlib
 import shutil
 import tempfile
 import threading
@@ -245,6 +246,21 @@ def test_prepare_folders_creates_what_a_first_run_needs(tmp_path: Path, tiny_mod
     assert all(p.is_dir() for p in (tmp_path / "in", tmp_path / "out", tmp_path / "var"))
 
 
+def test_a_reload_never_creates_the_output_folder(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGHUP with a misspelt output.dir created it silently (input_dir was refused)."""
+    config = _config(tmp_path, model=tiny_model)
+    prepare_folders(config)
+    config.source.write_text(
+        f'[watch]\ninput_dir = "in"\n[output]\ndir = "outbx"\n[engine]\nmodel = "{tiny_model}"\n'
+    )
+    daemon = Daemon(config, env={})
+    with capture_logs() as logs:
+        assert daemon._reloaded_config() is None
+    assert not (tmp_path / "outbx").exists()
+    (refused,) = [e for e in logs if e["event"] == "reload refused"]
+    assert "output folder does not exist" in refused["reason"] and "output.dir" in refused["reason"]
+
+
 def test_a_reload_never_creates_the_watch_folder(tmp_path: Path, tiny_model: Path) -> None:
     """SIGHUP with a wrong input_dir is refused like any broken configuration."""
     config = _config(tmp_path, model=tiny_model)
@@ -378,3 +394,91 @@ def test_a_stuck_intake_stops_feeding_the_watchdog(tmp_path: Path) -> None:
         gate.set()
         watcher.stop()
         queue.close()
+
+
+def test_content_that_went_away_and_came_back_within_the_settle_time_still_gets_its_output(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A queued, decoding; the file held B for less than the settle time; back to A. A's job
+    failed as superseded, B never became a job and A's return was only a touch: no output."""
+    from daemon_harness import gray_image, png_bytes
+
+    config = _config(tmp_path, model=tiny_model)
+    source = tmp_path / "x.png"
+    a, b = png_bytes(gray_image(1)), png_bytes(gray_image(2))
+    daemon = Daemon(config, env={})
+    daemon._queue = queue = SqlJobQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
+    )
+    pool = ThreadPoolExecutor(1)
+    try:
+        queue.enqueue("x.png", hashlib.sha256(a).hexdigest(), len(a), 1.0)
+        (job,) = queue.claim(daemon._owner, 1)
+        source.write_bytes(b)  # B, read by the decode, never settles
+        item = _Item(
+            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
+        )
+        assert daemon._take_decoded(item) is False
+        back = queue.get(job.id)
+        assert (back.state, back.attempts, back.error) == (JobState.PENDING, 0, None), back
+        # B settles after all: its job supersedes A's at A's next read.
+        queue.enqueue("x.png", hashlib.sha256(b).hexdigest(), len(b), 2.0)
+        queue._clock = lambda: time.time() + 3600  # past the wait
+        (job,) = [j for j in queue.claim(daemon._owner, 2) if j.id == job.id]
+        item = _Item(
+            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
+        )
+        assert daemon._take_decoded(item) is False
+        failed = queue.get(job.id)
+        assert failed.state is JobState.FAILED and failed.error.startswith("superseded"), failed
+    finally:
+        pool.shutdown()
+        queue.close()
+
+
+def test_a_finished_output_is_marked_done_once_the_database_answers_again(tmp_path: Path) -> None:
+    """During a database outage a written output's completion failed once and was given up:
+    the lease ran out and the image was colorized again; the log filled with tracebacks."""
+    from semwatch.queue import QueueError
+
+    class DownQueue(SqlJobQueue):
+        # Fault injection: the database away for the first three completions.
+        outage = 3
+
+        def complete(self, owner, job_id, output_path):  # type: ignore[no-untyped-def]
+            if self.outage:
+                self.outage -= 1
+                raise QueueError("database: complete failed: connection refused")
+            return super().complete(owner, job_id, output_path)
+
+    daemon = Daemon(_config(tmp_path), env={})
+    daemon._queue = queue = DownQueue(
+        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
+    )
+    try:
+        queue.enqueue("x.png", "a" * 64, 10, 1.0)
+        (job,) = queue.claim(daemon._owner, 1)
+        with capture_logs() as logs:
+            assert daemon._mark_done(job, tmp_path / "out" / "x.tif")
+        assert queue.get(job.id).state is JobState.DONE
+        events = [e["event"] for e in logs]
+        assert events == [
+            "output written but job not marked done; retrying until the database answers",
+            "job marked done after all",
+        ], events
+        assert not any("exc_info" in e for e in logs)
+    finally:
+        queue.close()
+
+
+def test_a_heartbeat_that_keeps_failing_is_one_line_until_it_changes(tmp_path: Path) -> None:
+    daemon = Daemon(_config(tmp_path), env={})
+    with capture_logs() as logs:
+        for _ in range(5):
+            daemon._heartbeat_failed("database: heartbeat failed: connection refused")
+        daemon._heartbeat_failed(None)
+        daemon._heartbeat_failed(None)
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("heartbeat step failed", "error"),
+        ("heartbeat steps work again", "info"),
+    ]

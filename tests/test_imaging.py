@@ -360,6 +360,16 @@ def test_garbage_is_refused_on_its_first_bytes_without_reading_the_rest(tmp_path
     assert "not a TIFF, PNG, JPEG or BMP" in caught.value.reason
 
 
+def test_a_file_that_is_no_image_is_refused_without_quoting_its_bytes(tmp_path: Path) -> None:
+    """The reason once quoted the first bytes (`starts with b'root:x:0'`), shown in logs,
+    `status` and the web UI: whatever file it is, its content is not echoed."""
+    path = tmp_path / "x.tif"
+    path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    assert "root" not in caught.value.reason and "not a TIFF, PNG, JPEG or BMP" in caught.value.reason
+
+
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     fifo = tmp_path / "swapped.tif"
     os.mkfifo(fifo)

@@ -19,6 +19,7 @@ import pytest
 import tifffile
 from conftest import cannot_run
 from PIL import Image, TiffImagePlugin
+from structlog.testing import capture_logs
 
 import semwatch
 from semwatch.imaging import build_provenance, read_image, read_provenance, write_image
@@ -59,7 +60,7 @@ RECORD_TAGS = [
     (274, 3, 1, 6),  # Orientation
     (286, 5, 1, (3, 2)),  # XPosition
     (287, 5, 1, (5, 4)),  # YPosition
-    (37706, 4, 1, 7),  # TVIPS (a value small enough to sit inside its IFD entry)
+    (37706, 4, 1, 7),  # TVIPS: an offset to a header block, dropped (see OFFSET_DROPPED)
     (37707, 1, 5, b"\x01\x02\x03\x04\x05"),
     (50431, 7, 9, b"TESCAN\x00\x01\x02"),  # TESCAN
     (34682, 2, len(FEI_TEXT), FEI_TEXT),  # FEI_HELIOS
@@ -89,13 +90,15 @@ MUST_CARRY = frozenset(
         34680,
         34682,
         34683,
-        37706,
         37707,
         42016,
         50431,
         65010,
     }
 )
+# Tags whose value is an offset into the source file (TVIPS): dropped with a warning, since
+# copied as a number they would point into the output's pixels.
+OFFSET_DROPPED = frozenset({37706})
 # Carried too, but through the writer's resolution arguments rather than byte for byte.
 RESOLUTION_TAGS = frozenset({282, 283, 296})
 # How tifffile stored the source's 8-bit gray strips: the only tags that may stay behind.
@@ -192,8 +195,10 @@ def test_every_tag_and_description_line_survives(tmp_path: Path, byteorder: str)
     out = colorize(source, tmp_path / "out" / "sem.tif")
 
     before, after = raw_ifd(source), raw_ifd(out)
-    assert set(before) == MUST_CARRY | RESOLUTION_TAGS | SOURCE_LAYOUT  # the lists cover the source
+    # the lists cover the source
+    assert set(before) == MUST_CARRY | RESOLUTION_TAGS | SOURCE_LAYOUT | OFFSET_DROPPED
     assert not MUST_CARRY - set(after), "dropped: " + ", ".join(map(str, sorted(MUST_CARRY - set(after))))
+    assert not OFFSET_DROPPED & set(after), "a dangling offset was copied"
     for code in MUST_CARRY:
         if code == 270:  # the NUL padding at its end is not part of the text
             assert [(d, v.rstrip(b"\0")) for d, _n, v in after[code]] == [
@@ -236,6 +241,56 @@ def test_layout_tags_stay_behind(tmp_path: Path) -> None:
         assert page.compression == 1 and page.photometric == 2 and page.bitspersample == 8
         assert np.array_equal(page.asarray()[..., 0], read_image(source).gray)
     assert read_image(out).gray.shape == (64, 80)
+
+
+def test_private_tags_holding_an_offset_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    """TVIPS (37706) is a LONG offset to a header block: copied as the number, it pointed
+    into the output's pixels and tifffile read garbage there."""
+    source = tmp_path / "tvips.tif"
+    tifffile.imwrite(
+        source, gray(), metadata=None, extratags=[(37706, 4, 1, 8, True), (65010, 4, 1, 8, True)]
+    )
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    codes = set(tag_codes(out))
+    assert 37706 not in codes and 65010 in codes  # a plain private number stays
+    dropped = [e for e in logs if e["event"] == "tiff tag dropped"]
+    assert [(e["code"], e["name"], e["log_level"]) for e in dropped] == [(37706, "TVIPS", "warning")]
+
+
+def test_a_page_with_more_than_1024_tags_keeps_them(tmp_path: Path) -> None:
+    """All were dropped with a wrong reason ("do not fit in the file")."""
+    source = tmp_path / "many.tif"
+    private = [(60000 + i, 3, 1, i, True) for i in range(1100)]
+    tifffile.imwrite(source, gray(), metadata=None, extratags=private)
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    assert {60000 + i for i in range(1100)} <= set(tag_codes(out))
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
+def test_an_exif_pointer_at_the_main_ifd_copies_no_strip_offsets(tmp_path: Path) -> None:
+    """EXIF pointing at the main IFD copied its stale strip offsets into the output's EXIF."""
+    source = tmp_path / "loop.tif"
+    tifffile.imwrite(
+        source, gray(), metadata=None, extratags=[(34666, 4, 1, 0, True), (271, 2, 0, "Hitachi", True)]
+    )
+    data = bytearray(source.read_bytes())
+    (main,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[main : main + 2])
+    for index in range(count):  # the private tag becomes an EXIF pointer at the main IFD
+        at = main + 2 + 12 * index
+        if struct.unpack("<H", data[at : at + 2])[0] == 34666:
+            data[at : at + 2] = struct.pack("<H", 34665)
+            data[at + 8 : at + 12] = struct.pack("<I", main)
+    source.write_bytes(bytes(data))
+    with capture_logs() as logs:
+        out = colorize(source, tmp_path / "out.tif")
+    with tifffile.TiffFile(out) as tf:
+        exif = tf.pages[0].tags["ExifTag"].value
+        assert not {"StripOffsets", "StripByteCounts", "ImageWidth", "ExifTag"} & set(exif), exif
+        assert exif.get("Make") == "Hitachi"  # the rest of what it points at is carried
+    assert [e["codes"] for e in logs if e["event"] == "tiff sub-ifd tags dropped"]
 
 
 def test_software_names_semwatch_only_when_the_source_has_none(tmp_path: Path) -> None:

@@ -666,6 +666,18 @@ def test_a_suspect_that_crashes_alone_ends_failed_with_the_crash(queue: SqlJobQu
     assert failed.state is JobState.FAILED and failed.error.startswith("crashed/timed out 3 times")
 
 
+def test_an_output_taken_over_by_a_sibling_is_recorded_where_it_moved(
+    queue: SqlJobQueue, owner: Owner
+) -> None:
+    job = _one_job(queue, owner, "z.TIF")
+    queue.complete(owner, job.id, "/out/z.tif")
+    assert queue.output_holders("/out/z.tif", other_than="z.tif") == ["z.TIF"]
+    assert queue.output_holders("/out/z.tif", other_than="z.TIF") == []
+    assert queue.move_output("z.TIF", "/out/z.tif", "/out/z.TIF.tif") == 1
+    assert queue.get(job.id).output_path == "/out/z.TIF.tif"
+    assert queue.output_holders("/out/z.tif", other_than="z.tif") == []
+
+
 def test_release_gives_a_started_attempt_back_too(queue: SqlJobQueue, owner: Owner) -> None:
     job = _one_job(queue, owner)  # started: e.g. decoded when the output share went away
     queue.release(owner, [job.id])

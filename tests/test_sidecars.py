@@ -8,6 +8,7 @@ them beside the outputs, also when the sidecar arrives after its image was color
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import tifffile
-from daemon_harness import Site, gray_image, tiff_bytes, wait_until, write_atomically
+from daemon_harness import CLI, Site, gray_image, tiff_bytes, wait_until, write_atomically
 
 from semwatch.config import ConfigError, WatchConfig, parse_config
 from semwatch.fsutil import TEMP_PREFIX
@@ -83,10 +84,10 @@ def test_copy_sidecars_of_an_image(tmp_path: Path) -> None:
     write(folder / "other.txt", b"not x's")
     output = tmp_path / "out" / "x.png.tif"
     write(output, b"colorized")
-    assert copy_sidecars(folder / "x.tif", output, SUFFIXES) == 2
+    assert copy_sidecars(folder / "x.tif", output, SUFFIXES).copied == 2
     assert (tmp_path / "out" / "x.png.txt").read_bytes() == HITACHI_TXT
     assert (tmp_path / "out" / "x.png.hdr").read_bytes() == TESCAN_HDR
-    assert copy_sidecars(folder / "x.tif", output, ()) == 0
+    assert copy_sidecars(folder / "x.tif", output, ()).copied == 0
 
 
 def test_a_symlinked_sidecar_is_not_followed(tmp_path: Path) -> None:
@@ -95,6 +96,40 @@ def test_a_symlinked_sidecar_is_not_followed(tmp_path: Path) -> None:
     (tmp_path / "in" / "x.txt").symlink_to(secret)
     assert not copy_sidecar(tmp_path / "in" / "x.txt", tmp_path / "out" / "x.txt")
     assert not (tmp_path / "out" / "x.txt").exists()
+
+
+def test_a_sidecar_swapped_for_a_symlink_after_it_was_opened_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy opened the name again after its check: an outside file swapped in between
+    landed in the output folder. Check and copy now go through one no-follow descriptor."""
+    import semwatch.sidecars as sidecars_mod
+
+    secret = write(tmp_path / "elsewhere" / "secret", b"root:x:0:0 not for the output share")
+    source = write(tmp_path / "in" / "x.txt", HITACHI_TXT)
+    real_atomic_path = sidecars_mod.atomic_path
+
+    def swap_then_write(path: Path, suffix: str = ""):
+        # The swap, forced into the window between the check and the copy of the old code.
+        source.unlink()
+        source.symlink_to(secret)
+        return real_atomic_path(path, suffix)
+
+    monkeypatch.setattr(sidecars_mod, "atomic_path", swap_then_write)
+    target = tmp_path / "out" / "x.txt"
+    copy_sidecar(source, target)
+    assert not target.exists() or target.read_bytes() == HITACHI_TXT
+
+
+def test_a_fifo_or_a_link_leading_out_is_never_read(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(folder / "x.txt")  # opened without blocking, refused by fstat
+    secret = write(tmp_path / "elsewhere" / "y.txt", b"secret")
+    (folder / "y.txt").symlink_to(secret)
+    for name in ("x.txt", "y.txt"):
+        assert not copy_sidecar(folder / name, tmp_path / "out" / name, inside=folder)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_config_refuses_image_suffixes_and_non_suffixes(tmp_path: Path) -> None:
@@ -258,5 +293,65 @@ def test_daemon_puts_sidecars_beside_outputs_also_when_they_come_late(
         assert not [p for p in site.outbox.rglob("*") if p.name.startswith(TEMP_PREFIX)]
         assert daemon.stop() == 0
         assert daemon.has_event("sidecar copied", path="day1/y.txt")
+    finally:
+        site.stop_all()
+
+
+# A service that is not root: root reads a mode-000 file whatever its mode, so the daemon
+# runs without that override (its capabilities' bounding set) when the tests run as root.
+NO_ROOT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.slow
+def test_an_unreadable_sidecar_does_not_fail_its_image(tmp_path: Path, tiny_model: Path) -> None:
+    """x.txt with mode 000 failed x.tif three times (`cannot write x.tif: PermissionError …
+    x.txt`) although x.tif was written each time."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: root reads a mode-000 file")
+    site = Site(tmp_path / "site", tiny_model)
+    site.write_config(queue={"max_attempts": 3})
+    cli = [*NO_ROOT_OVERRIDE, *CLI] if os.geteuid() == 0 else CLI
+    try:
+        daemon = site.start(cli=cli)
+        daemon.wait_ready()
+        write_atomically(site.inbox / "x.txt", HITACHI_TXT)
+        (site.inbox / "x.txt").chmod(0)
+        write_atomically(site.inbox / "x.tif", hitachi_tiff(3))
+        site.wait_settled(1)
+        (job,) = site.jobs()
+        assert (job.state.value, job.attempts, job.error) == ("done", 1, None), job
+        assert [p.name for p in site.outputs()] == ["x.tif"]
+        assert daemon.has_event("sidecar not copied", job_id=job.id)
+        assert daemon.stop() == 0
+    finally:
+        site.stop_all()
+
+
+@pytest.mark.slow
+def test_a_new_sidecar_is_not_copied_beside_an_older_images_output(tmp_path: Path, tiny_model: Path) -> None:
+    """x.tif + x.txt done; a new, undecodable x.tif and a new x.txt: the job failed, yet the
+    new x.txt landed beside the old colorization."""
+    site = Site(tmp_path / "site", tiny_model)
+    try:
+        daemon = site.start()
+        daemon.wait_ready()
+        write_atomically(site.inbox / "x.tif", hitachi_tiff(4))
+        write_atomically(site.inbox / "x.txt", HITACHI_TXT)
+        site.wait_settled(1)
+        wait_until(lambda: (site.outbox / "x.txt").is_file(), 120, "x.txt copied")
+        write_atomically(site.inbox / "x.tif", b"II*\x00" + b"not a TIFF after all" * 50)
+        write_atomically(site.inbox / "x.txt", HITACHI_TXT + b"Index=2\r\n")
+        site.wait_settled(2)
+        wait_until(
+            lambda: (
+                daemon.has_event("sidecar waits for its image's new output", path="x.txt")
+                or (site.outbox / "x.txt").read_bytes() != HITACHI_TXT
+            ),
+            120,
+            "the new x.txt handled",
+        )
+        assert (site.outbox / "x.txt").read_bytes() == HITACHI_TXT  # the old image's own record
+        assert site.counts()["failed"] == 1
+        assert daemon.stop() == 0
     finally:
         site.stop_all()

@@ -197,7 +197,9 @@ def _open_job(ctx: AppContext, work: Workspace, job_id: int) -> None:
     try:
         path = queue_view.source_file(ctx.config, job)
         with st.spinner(f"Reading {job.rel_path}..."):
-            image = service.decode_file(path, max_pixels=ctx.config.engine.max_pixels)
+            image = service.decode_file(
+                path, max_pixels=ctx.config.engine.max_pixels, inside=ctx.config.watch.input_dir
+            )
     except (ValueError, ImageError) as exc:
         log.warning("cannot open a job's source", job_id=job.id, error=str(exc))
         st.error(f"Cannot open job {job.id}'s source: {exc}")

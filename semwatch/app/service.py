@@ -70,9 +70,10 @@ def decode_upload(data: bytes, name: str, *, max_pixels: int) -> DecodedImage:
     return dataclasses.replace(image, path=Path(safe_name))
 
 
-def decode_file(path: Path, *, max_pixels: int) -> DecodedImage:
-    """Decode a file of the watch folder (a finished job's source)."""
-    return decode(path, max_pixels=max_pixels)
+def decode_file(path: Path, *, max_pixels: int, inside: Path) -> DecodedImage:
+    """Decode a file of the watch folder (a finished job's source) by the daemon's rule: a
+    regular file inside ``inside``, reached without following a symlink out of it."""
+    return decode(path, max_pixels=max_pixels, inside=inside)
 
 
 def colorize(

@@ -150,7 +150,11 @@ def sniff(path: Path, head: bytes) -> str:
         return "jpeg"
     if head.startswith(b"BM"):
         return "bmp"
-    raise ImageError(path, f"not a TIFF, PNG, JPEG or BMP image (starts with {head[:8]!r})", permanent=True)
+    # Its bytes are not quoted: a file that is no image may be anything (a link swapped in
+    # to /etc/shadow), and the reason is shown in logs, `status` and the web UI.
+    raise ImageError(
+        path, "not a TIFF, PNG, JPEG or BMP image (no image signature at its start)", permanent=True
+    )
 
 
 def name_warnings(path: Path, kind: str) -> tuple[str, ...]:

@@ -120,13 +120,24 @@ class JobQueue(abc.ABC):
         version, the path's other failed jobs are superseded."""
 
     @abc.abstractmethod
+    def output_holders(self, output_path: str, *, other_than: str) -> list[str]:
+        """The source paths (not ``other_than``) whose done jobs hold this output path."""
+
+    @abc.abstractmethod
+    def move_output(self, rel_path: str, old_path: str, new_path: str) -> int:
+        """Record that the done output of ``rel_path`` at ``old_path`` was moved to
+        ``new_path`` (its sibling name, once a sibling took the plain one); returns how
+        many jobs were updated."""
+
+    @abc.abstractmethod
     def fail(self, owner: Owner, job_id: int, error: str, *, permanent: bool) -> JobState:
         """Record a failed attempt; returns the new state (PENDING with back-off or FAILED)."""
 
     @abc.abstractmethod
-    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+    def release(self, owner: Owner, job_ids: Sequence[int], *, delay: float = 0.0) -> None:
         """Return held jobs to pending and give their attempt back (shutdown, storage
-        outage: not the files' fault), started or not."""
+        outage, a file caught in the middle of a change: not the files' fault), started or
+        not; claimable again after ``delay`` seconds."""
 
     @abc.abstractmethod
     def recover(self, owner: Owner | None = None) -> int:

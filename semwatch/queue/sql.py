@@ -489,6 +489,33 @@ class SqlJobQueue(JobQueue):
                 "earlier failures of the file superseded", job_id=job_id, path=rel_path, failures=superseded
             )
 
+    def output_holders(self, output_path: str, *, other_than: str) -> list[str]:
+        query = (
+            sa.select(JOBS.c.rel_path)
+            .where(
+                JOBS.c.output_path == output_path,
+                JOBS.c.state == JobState.DONE.value,
+                JOBS.c.rel_path != other_than,
+            )
+            .distinct()
+            .order_by(JOBS.c.rel_path)
+        )
+        with self._transaction("output holders", write=False) as conn:
+            return list(conn.execute(query).scalars())
+
+    def move_output(self, rel_path: str, old_path: str, new_path: str) -> int:
+        stmt = (
+            sa.update(JOBS)
+            .where(
+                JOBS.c.rel_path == rel_path,
+                JOBS.c.output_path == old_path,
+                JOBS.c.state == JobState.DONE.value,
+            )
+            .values(output_path=new_path)
+        )
+        with self._transaction("move output", write=True) as conn:
+            return conn.execute(stmt).rowcount
+
     def _supersede_failures(self, conn: Connection, rel_path: str) -> int:
         """Once the path's current version is done, its other failures are history."""
         current = self._current_done_job(conn, rel_path)
@@ -571,7 +598,7 @@ class SqlJobQueue(JobQueue):
         current = self._current_done_job(conn, rel_path)
         return None if sha256 == UNKNOWN_CONTENT or current == job_id else current
 
-    def release(self, owner: Owner, job_ids: Sequence[int]) -> None:
+    def release(self, owner: Owner, job_ids: Sequence[int], *, delay: float = 0.0) -> None:
         ids = sorted(set(job_ids))
         if not ids:
             return
@@ -580,7 +607,7 @@ class SqlJobQueue(JobQueue):
             .where(*_held_by(owner), JOBS.c.id.in_(ids))
             .values(
                 state=JobState.PENDING.value,
-                not_before=self._now(),
+                not_before=self._now() + max(delay, 0.0),
                 started_at=None,
                 attempts=_GIVE_BACK_ATTEMPT,
                 **_FRESH_ATTEMPT,
