@@ -118,9 +118,16 @@ def _style_uploaded(ctx: AppContext) -> None:
     _apply_style(ctx, style)
 
 
+@st.cache_data(ttl=15, show_spinner=False)
+def _tree_styles(root: str) -> list[Path]:
+    # Every page run draws the picker; a facility's watch tree can hold many thousands of
+    # files, so the walk is shared for a few seconds (a new style file shows up soon after).
+    return service.watch_styles(Path(root)) if Path(root).is_dir() else []
+
+
 def _watch_tree_picker(ctx: AppContext) -> None:
     root = ctx.config.watch.input_dir
-    found = service.watch_styles(root) if Path(root).is_dir() else []
+    found = _tree_styles(str(root))
     if not found:
         st.caption(f"No `{STYLE_FILENAME}` in the watch folder to pick.")
         return
@@ -221,6 +228,7 @@ def _folder_style(ctx: AppContext, work: Workspace, style: Style) -> None:
             st.error(f"Cannot write {shown}: {getattr(exc, 'strerror', None) or exc}")
             return
         _mark_saved()
+        _tree_styles.clear()  # the picker offers the new file at once
         st.session_state[_DONE_KEY] = f"Saved the style {style.name} as {shown}"
         st.session_state.pop("cz_confirm_folder_style", None)
         st.rerun()
