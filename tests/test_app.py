@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -596,7 +597,7 @@ def test_save_refined_is_offered_once_there_are_hints(
     at.switch_page("pages/colorize.py")
     # Zero hints: saving would write a copy of the automatic output.
     assert not [b for b in at.button if b.key in ("cz_save_refined", "cz_replace")]
-    assert "Add a hint to save a refined result" in texts(at.caption)
+    assert "Add a hint or apply a style to save a refined result" in texts(at.caption)
     clicks.at(50, 40, 160, 120)
     at.run()
     assert not at.button(key="cz_save_refined").disabled
@@ -645,3 +646,138 @@ def test_a_drag_zooms_and_a_click_in_the_zoom_lands_on_the_image_pixel(
     assert (hint.x, hint.y) == (82, 62)
     at.button(key="cz_unzoom").click().run()
     assert work(at).zoom is None and len(work(at).hints) == 1
+
+
+# --------------------------------------------------------------------------- styles (#20)
+
+
+def _media_bytes(url: str) -> bytes:
+    name = url.rsplit("/", 1)[-1]
+    for store in reversed(_KeptStorage.stores):
+        try:
+            return store.get_file(name).content
+        except Exception:  # noqa: BLE001 - not in this run's store: look at the previous
+            continue
+    raise AssertionError(f"no media file {name}")
+
+
+def _hinted(at: AppTest, clicks: FakeClicks, *points: tuple[int, int, str]) -> AppTest:
+    for x, y, color in points:
+        at.color_picker(key="cz_color").set_value(color).run()
+        clicks.at(x, y, 160, 120)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
+def _style_file(at: AppTest, name: str) -> bytes:
+    at.text_input(key="cz_style_name").set_value(name).run()
+    assert not at.exception, at.exception
+    return _media_bytes(at.download_button(key="cz_style_download").proto.url)
+
+
+def test_save_as_style_then_apply_it_to_the_next_image(app_config: Path, clicks: FakeClicks) -> None:
+    from semwatch.app import service
+
+    at = upload(new_app(), "first.png", png_bytes(240, 320, seed=1))
+    _hinted(at, clicks, (40, 30, "#e0b030"), (120, 90, "#3060d0"))
+    data = _style_file(at, "grains")
+    style = service.read_style_upload(data, "grains.style.json")
+    assert style.name == "grains" and style.colors() == ["#e0b030", "#3060d0"]
+    assert style.source_name == "first.png"
+    assert style.source_sha256 == work(at).source.image.sha256
+    assert at.download_button(key="cz_style_download").proto.label == "Download first.style.json"
+
+    # The next image of the series: automatic first, then with the uploaded style.
+    at.file_uploader(key="cz_upload").set_value(("second.png", png_bytes(seed=2), "image/png")).run()
+    at.button(key="cz_confirm_change").click().run()
+    automatic = result_rgb(at).copy()
+    at.file_uploader(key="cz_style_upload").set_value(("grains.style.json", data, "application/json")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert work(at).style == style and work(at).fresh
+    assert "**Style** grains" in texts(at.markdown)
+    styled = result_rgb(at)
+    assert np.abs(styled.astype(int) - automatic.astype(int)).max() > 20
+    record = provenance_of_tiff(download_bytes(at))["semwatch"]
+    assert record["style"] == {"name": "grains", "sha256": hashlib.sha256(data).hexdigest()}
+    assert at.download_button(key="cz_download").label == "Download second.refined.tif"
+
+    # The style survives the Queue page, and removing it brings the automatic colours back.
+    clicks.click = None
+    at.switch_page("pages/queue.py").run()
+    at.switch_page("pages/colorize.py").run()
+    assert work(at).style == style and np.array_equal(result_rgb(at), styled)
+    at.button(key="cz_style_remove").click().run()
+    assert work(at).style is None and np.array_equal(result_rgb(at), automatic)
+
+
+def test_a_style_made_with_another_model_is_refused_in_one_line(app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "first.png", png_bytes(240, 320, seed=1))
+    _hinted(at, clicks, (40, 30, "#e0b030"))
+    made = json.loads(_style_file(at, "grains"))
+    made["model"] = {"name": "semwatch-default-v1", "sha256": "a" * 64}
+    other = json.dumps(made).encode()
+    at.file_uploader(key="cz_style_upload").set_value(("old.json", other, "application/json")).run()
+    (error,) = [str(e.value) for e in at.error]
+    assert "old.json: style made with model" in error and "\n" not in error
+    assert work(at).style is None
+    at.file_uploader(key="cz_style_upload").set_value(("notes.json", b"not json", "application/json")).run()
+    assert "notes.json: not JSON" in texts(at.error) and work(at).style is None
+
+
+def test_spread_hints_is_a_toggle_kept_with_the_workspace(app_config: Path, clicks: FakeClicks) -> None:
+    at = upload(new_app(), "sample.png", png_bytes(240, 320))
+    _hinted(at, clicks, (40, 30, "#00c000"))
+    local = result_rgb(at).copy()
+    assert not at.toggle(key="cz_spread").value
+    at.toggle(key="cz_spread").set_value(True).run()
+    assert work(at).spread and work(at).fresh
+    assert np.abs(result_rgb(at).astype(int) - local.astype(int)).max() > 20
+    spread = result_rgb(at).copy()
+    clicks.click = None
+    at.switch_page("pages/queue.py").run()
+    at.switch_page("pages/colorize.py").run()
+    assert at.toggle(key="cz_spread").value and work(at).spread
+    assert np.array_equal(result_rgb(at), spread)
+    at.toggle(key="cz_spread").set_value(False).run()
+    assert np.array_equal(result_rgb(at), local)
+
+
+def test_a_refined_job_writes_its_folder_style_and_the_tree_offers_it(
+    app_config: Path, tmp_path: Path, clicks: FakeClicks
+) -> None:
+    from semwatch.styles import STYLE_FILENAME, load_style
+
+    ids = _service_database(app_config, outside=tmp_path / "x.tif")
+    config = load_config(app_config)
+    target = config.watch.input_dir / STYLE_FILENAME
+    at = new_app()
+    at.switch_page("pages/queue.py").run()
+    at.button(key=f"q_refine_{ids['grain.png']}").click().run()
+    at.switch_page("pages/colorize.py")
+    _hinted(at, clicks, (50, 40, "#e0b030"))
+    at.text_input(key="cz_style_name").set_value("grain series").run()
+    at.button(key="cz_write_folder_style").click().run()
+    assert not at.exception, at.exception
+    assert f"Saved the style grain series as {STYLE_FILENAME}" in texts(at.success)
+    written = load_style(target)
+    assert written.name == "grain series" and written.colors() == ["#e0b030"]
+    assert not work(at).unsaved()
+
+    # Once there is one, writing again needs a tick.
+    first = target.read_bytes()
+    _hinted(at, clicks, (20, 20, "#3060d0"))
+    assert (
+        at.checkbox(key="cz_confirm_folder_style").label
+        == "Replace the existing folder style (style grain series)"
+    )
+    assert at.button(key="cz_write_folder_style").disabled
+    at.checkbox(key="cz_confirm_folder_style").check().run()
+    at.button(key="cz_write_folder_style").click().run()
+    assert target.read_bytes() != first and len(load_style(target).hints) == 2
+
+    # The watch tree's style files are offered to apply.
+    assert at.selectbox(key="cz_style_pick").options == [STYLE_FILENAME]
+    at.button(key="cz_style_apply_pick").click().run()
+    assert not at.exception, at.exception
+    assert work(at).style.name == "grain series" and work(at).style.path == str(target)

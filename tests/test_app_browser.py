@@ -293,6 +293,62 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     _screenshot(browser, tmp_path, "app-queue-empty.png")
 
 
+def test_apply_an_uploaded_style_in_chromium(
+    app_server: str, browser, tmp_path: Path, tiny_model: Path
+) -> None:
+    """The style uploader of "Apply a style" takes a real style (made with the app's model)
+    and the page shows it beside the hints and colorizes with it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from semwatch.engine import Colorizer
+    from semwatch.hints import Hint
+    from semwatch.imaging import read_image
+    from semwatch.styles import make_style, save_style
+
+    reference = tmp_path / "reference.png"
+    Image.fromarray(textured_gray(240, 320, seed=6)).save(reference)
+    decoded = read_image(reference)
+    engine = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
+    hints = [Hint.from_color(60, 50, "#e0b030"), Hint.from_color(250, 180, "#3060d0")]
+    style_file = tmp_path / "grains.style.json"
+    save_style(
+        make_style(
+            engine, decoded, hints, name="grains", source_name="reference.png", source_sha256=decoded.sha256
+        ),
+        style_file,
+    )
+    image = tmp_path / "next.png"
+    Image.fromarray(textured_gray(240, 320, seed=7)).save(image)
+
+    browser.get(app_server)
+    WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    )[0].send_keys(str(image))
+    _text_appears(browser, "Download next.tif")
+    style_input = WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+        lambda driver: [
+            e
+            for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+            if "json" in (e.get_attribute("accept") or "")
+        ]  # fmt: skip
+    )[0]
+    style_input.send_keys(str(style_file))
+    _text_appears(browser, "Remove style")
+    # Colorized again with the style (the disabled download button has its label already).
+    WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+        lambda driver: (
+            "Colorized" in (text := driver.find_element(By.TAG_NAME, "body").text)
+            and "Colorizing" not in text
+            and "Download next.refined.tif" in text
+        ),
+        message="the result with the style never appeared",
+    )
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Style grains" in body and "from reference.png, 2 hinted objects" in body, body
+    _screenshot(browser, tmp_path, "app-style.png")
+
+
 # --------------------------------------------------------------------------- #21: work kept, zoom, service state
 
 HINT_RGB = (0x2F, 0x7F, 0xD8)  # the page's default hint colour

@@ -208,3 +208,63 @@ def test_read_only_queue_never_creates_or_writes(tmp_path: Path) -> None:
             queue.enqueue("x.png", "0" * 64, 1, 0.0)
     finally:
         queue.close()
+
+
+# --------------------------------------------------------------------------- styles (#20)
+
+
+def test_folder_style_paths_never_leave_the_watch_folder(tmp_path: Path) -> None:
+    from semwatch.app.service import folder_style_target, read_watch_style, watch_styles
+    from semwatch.styles import STYLE_FILENAME, StyleError
+
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (inbox / "series" / "deep").mkdir(parents=True)
+    outside.mkdir()
+    (inbox / "series" / STYLE_FILENAME).write_text("{}")
+    (inbox / "series" / "deep" / STYLE_FILENAME).write_text("{}")
+    (outside / STYLE_FILENAME).write_text("{}")
+    (inbox / "escape").symlink_to(outside)  # a folder leading out: not walked, not written
+    (inbox / "linked").mkdir()
+    (inbox / "linked" / STYLE_FILENAME).symlink_to(outside / STYLE_FILENAME)  # a file leading out
+
+    assert watch_styles(inbox) == [Path("series", STYLE_FILENAME), Path("series", "deep", STYLE_FILENAME)]
+    assert folder_style_target(inbox, inbox / "series" / "a.tif") == inbox / "series" / STYLE_FILENAME
+    with pytest.raises(StyleError, match="leads outside the watch folder"):
+        folder_style_target(inbox, inbox / "escape" / "a.tif")
+    with pytest.raises(StyleError, match="leads outside the watch folder"):
+        folder_style_target(inbox, inbox / "linked" / "a.tif")
+    for relative in (Path("..", "outside", STYLE_FILENAME), Path("escape", STYLE_FILENAME)):
+        with pytest.raises(StyleError, match="not a style file inside the watch folder"):
+            read_watch_style(inbox, relative)
+
+
+def test_a_style_upload_is_read_as_strictly_as_a_file() -> None:
+    from semwatch.app.service import read_style_upload
+    from semwatch.styles import MAX_STYLE_BYTES, StyleError
+
+    with pytest.raises(StyleError, match=r"^notes.json: not JSON \(line 1"):
+        read_style_upload(b"my notes", "notes.json")
+    with pytest.raises(StyleError, match=r"^x.json: not a semwatch style file"):
+        read_style_upload(b'{"format": "other"}', "../../x.json")  # the name shown, never a path
+    with pytest.raises(StyleError, match="larger than 4 MB"):
+        read_style_upload(b" " * (MAX_STYLE_BYTES + 1), "big.json")
+
+
+def test_a_style_and_the_spread_setting_stay_when_the_next_image_opens() -> None:
+    from semwatch.app.workspace import Source, Workspace
+    from semwatch.hints import Hint
+    from semwatch.styles import Style, StylePrototype
+
+    hint = Hint.from_color(1, 1, "#e0b030")
+    style = Style("s", "2026", "m", "0" * 64, "gray", (1,), (0.0,), "a.png", "1" * 64, (4, 4), (hint,),
+                  (StylePrototype(0, (1.0,)),))  # fmt: skip
+    image = None  # the workspace never looks at the decoded image
+    work = Workspace()
+    work.open(Source("a.png", "a.png", image, np.zeros((1, 1, 3), np.uint8)), 0.0)  # type: ignore[arg-type]
+    work.restyle(style, 1.0)
+    work.set_spread(True, 1.0)
+    assert work.recipe().steered and not work.unsaved()  # a style alone is kept: nothing to lose
+    work.open(Source("b.png", "b.png", image, np.zeros((1, 1, 3), np.uint8)), 2.0)  # type: ignore[arg-type]
+    assert work.style is style and work.spread
+    work.steer((hint,), 3.0)
+    assert work.unsaved()

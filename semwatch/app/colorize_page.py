@@ -1,5 +1,6 @@
-"""The Colorize page: upload (or open a finished job), colorize, steer with hints, zoom,
-compare, download, and save a refined result beside the service's automatic output.
+"""The Colorize page: upload (or open a finished job), colorize, steer with hints and a
+style, zoom, compare, download, save a refined result beside the service's automatic
+output, and save the hints as a style (a download, or a finished job's folder style).
 
 The work in progress is the session's Workspace (semwatch.app.workspace): it survives page
 switches, and replacing an image with unsaved hints asks first. The model is shared
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from semwatch.app import queue_view, service, widgets
+from semwatch.app import queue_view, service, style_panel, widgets
 from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.context import AppContext
 from semwatch.app.workspace import Change, Source, Workspace, workspace
@@ -26,6 +27,7 @@ from semwatch.hints import Hint, HintError
 from semwatch.imaging import SUPPORTED_SUFFIXES, DecodedImage, ImageError, output_name
 from semwatch.log import get_logger
 from semwatch.queue import JobState, QueueError
+from semwatch.styles import StyleError
 
 log = get_logger(__name__)
 
@@ -72,9 +74,11 @@ def render(ctx: AppContext) -> None:
     with side:
         _hint_controls(work)
         _hint_list(work)
+        style_panel.render(ctx, work)
         _downloads(ctx, work)
         if source.job_id is not None:
             _save_refined(ctx, work)
+        style_panel.save_as_style(ctx, work)
         _show_acquisition(source.image)
         _uploader(ctx, compact=True)
         _upload_error()
@@ -281,7 +285,10 @@ def _status_line(work: Workspace) -> None:
     """One line in a fixed place above the image: what the page is doing or did."""
     bar = st.columns([5, 1], vertical_alignment="center")
     count = len(work.hints)
-    with_hints = f" with {count} hint{'s' if count != 1 else ''}" if count else ""
+    steering = [f"{count} hint{'s' if count != 1 else ''}"] if count else []
+    if work.style is not None:
+        steering.append(f"the style {work.style.name}")
+    with_hints = f" with {' and '.join(steering)}" if steering else ""
     failure = work.failure_now()
     if failure is not None:
         text = f":material/error: {failure}"
@@ -376,13 +383,27 @@ def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
     try:
         if _wants_quick(work) and (work.quick is None or work.quick[0] != recipe):
             started = time.perf_counter()
-            rgb = service.colorize_quick(colorizer, source.image, work.hints, long_side=QUICK_SIDE)
+            rgb = service.colorize_quick(
+                colorizer,
+                source.image,
+                work.hints,
+                long_side=QUICK_SIDE,
+                style=work.style,
+                spread=work.spread,
+            )
             work.quick, work.quick_seconds = (recipe, rgb), time.perf_counter() - started
             st.rerun()
         started = time.perf_counter()
-        result = service.colorize(colorizer, source.image, work.hints, source_path=source.source_path)
-    except HintError as exc:
-        log.warning("hint refused", error=str(exc))
+        result = service.colorize(
+            colorizer,
+            source.image,
+            work.hints,
+            source_path=source.source_path,
+            style=work.style,
+            spread=work.spread,
+        )
+    except (HintError, StyleError) as exc:  # one line each, naming the file or the hint
+        log.warning("hints or style refused", error=str(exc))
         work.failure = (recipe, str(exc))
         st.rerun()
     except Exception as exc:  # noqa: BLE001 - the page says what failed; the log has the trace
@@ -472,7 +493,8 @@ def _downloads(ctx: AppContext, work: Workspace) -> None:
         "Download as", list(DOWNLOAD_FORMATS), horizontal=True, key="cz_format", persist_state="session"
     )
     fmt = DOWNLOAD_FORMATS[label]
-    steered = bool(work.hints)
+    recipe = work.recipe()
+    steered = recipe is not None and recipe.steered
     name = queue_view.refined_name(source.name, fmt) if steered else output_name(source.name, fmt)
     if not work.fresh or work.result is None:
         # The same place and size as the button it becomes: nothing moves.
@@ -512,14 +534,15 @@ def _save_refined(ctx: AppContext, work: Workspace) -> None:
     saved = st.session_state.pop("cz_saved", None)
     if saved:
         st.success(saved)
-    if not work.hints:
+    recipe = work.recipe()
+    if recipe is None or not recipe.steered:
         st.caption(
-            f"Add a hint to save a refined result beside the service's automatic output "
+            f"Add a hint or apply a style to save a refined result beside the service's automatic output "
             f"`{source.output.name}` (without hints it would be a copy of it)."
         )
         return
     if not work.fresh or result is None:
-        st.caption("Offered once the result for these hints is ready.")
+        st.caption("Offered once the result for these hints and style is ready.")
         return
     fmt = _SUFFIX_FORMATS.get(source.output.suffix.lower(), ctx.config.output.format)
     target = queue_view.refined_target(source.output)
@@ -547,7 +570,12 @@ def _write(ctx: AppContext, work: Workspace, target: Path, result: service.Color
         log.error("cannot save the refined result", path=str(target), error=str(exc))
         st.error(f"Cannot write {target}: {exc.strerror or exc}")
         return
-    log.info("refined result saved", path=str(target), hints=len(result.hints))
+    log.info(
+        "refined result saved",
+        path=str(target),
+        hints=len(result.hints),
+        style=result.style.name if result.style is not None else None,
+    )
     work.saved = work.result_recipe
     # Rerun so the page shows the files as they are now (replacing one needs a tick).
     st.session_state["cz_saved"] = f"Saved {target}"

@@ -7,6 +7,9 @@ pages hold the state, this holds the work.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import tempfile
 import threading
 import time
@@ -23,6 +26,16 @@ from semwatch.hints import Hint, check_hints_fit
 from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage
 from semwatch.log import get_logger
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
+from semwatch.styles import (
+    MAX_STYLE_BYTES,
+    STYLE_FILENAME,
+    Style,
+    StyleError,
+    load_style,
+    make_style,
+    parse_style,
+    save_style,
+)
 
 log = get_logger(__name__)
 
@@ -40,6 +53,8 @@ class Colorized:
     hints: tuple[Hint, ...]
     source_path: str  # as recorded in the provenance: the upload's name or the source file
     seconds: float  # time in the engine (lock wait excluded)
+    style: Style | None = None  # recorded in the provenance (name and SHA-256)
+    spread: bool = False
 
 
 def load_colorizer(engine: EngineConfig) -> Colorizer:
@@ -77,14 +92,23 @@ def decode_file(path: Path, *, max_pixels: int, inside: Path) -> DecodedImage:
 
 
 def colorize(
-    colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *, source_path: str
+    colorizer: Colorizer,
+    image: DecodedImage,
+    hints: Sequence[Hint],
+    *,
+    source_path: str,
+    style: Style | None = None,
+    spread: bool = False,
 ) -> Colorized:
-    """Colorize one decoded image; ``hints`` in the image's pixels (HintError if outside)."""
+    """Colorize one decoded image; ``hints`` in the image's pixels (HintError if outside),
+    ``style`` applied (StyleError when it was made with another model)."""
     hints = tuple(hints)
     check_hints_fit(hints, *image.gray.shape, source=source_path)
+    if style is not None:
+        colorizer.check_style(style)
     with _ENGINE_LOCK:
         started = time.perf_counter()
-        rgb = colorize_batch(colorizer, [image], [hints])[0]
+        rgb = colorize_batch(colorizer, [image], [hints], [style], [spread])[0]
         seconds = time.perf_counter() - started
     if isinstance(rgb, Exception):
         raise rgb
@@ -92,14 +116,22 @@ def colorize(
         "colorized in the web UI",
         source=source_path,
         hints=len(hints),
+        style=style.name if style is not None else None,
+        spread=spread,
         shape=list(image.gray.shape),
         seconds=round(seconds, 3),
     )
-    return Colorized(image, rgb, hints, source_path, seconds)
+    return Colorized(image, rgb, hints, source_path, seconds, style, spread)
 
 
 def colorize_quick(
-    colorizer: Colorizer, image: DecodedImage, hints: Sequence[Hint], *, long_side: int
+    colorizer: Colorizer,
+    image: DecodedImage,
+    hints: Sequence[Hint],
+    *,
+    long_side: int,
+    style: Style | None = None,
+    spread: bool = False,
 ) -> np.ndarray:
     """A quick look at the result: the same engine on a copy whose long side is
     ``long_side``, hints scaled with it. The generator sees the same down-scaled input
@@ -107,7 +139,7 @@ def colorize_quick(
     height, width = image.gray.shape
     scale = long_side / max(height, width)
     if scale >= 1:
-        return colorize(colorizer, image, hints, source_path=str(image.path)).rgb
+        return colorize(colorizer, image, hints, source_path=str(image.path), style=style, spread=spread).rgb
     small = np.asarray(
         Image.fromarray(image.gray).resize(
             (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
@@ -122,7 +154,7 @@ def colorize_quick(
         for h in hints
     ]
     with _ENGINE_LOCK:
-        rgb = colorize_batch(colorizer, [small_image], [small_hints])[0]
+        rgb = colorize_batch(colorizer, [small_image], [small_hints], [style], [spread])[0]
     if isinstance(rgb, Exception):
         raise rgb
     return rgb
@@ -131,7 +163,14 @@ def colorize_quick(
 def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: int = 95) -> None:
     """Write a result atomically with the source's metadata and the provenance."""
     # No sidecars: an upload has none, and a finished job's were copied by the service.
-    task = Task(result.image.path, target, result.hints, source_path=result.source_path)
+    task = Task(
+        result.image.path,
+        target,
+        result.hints,
+        style=result.style,
+        spread=result.spread,
+        source_path=result.source_path,
+    )
     write_output(task, result.image, result.rgb, colorizer.info, OutputSettings(fmt, jpeg_quality))
 
 
@@ -142,3 +181,86 @@ def encode(result: Colorized, colorizer: Colorizer, *, fmt: str, jpeg_quality: i
         target = Path(folder) / f"result{FORMAT_EXTENSIONS[fmt]}"
         write(target, result, colorizer, fmt=fmt, jpeg_quality=jpeg_quality)
         return target.read_bytes()
+
+
+# --------------------------------------------------------------------------- styles
+
+# How many style files the watch tree offers at most (a tree is walked on every page run
+# that shows the picker; a facility's tree has a handful).
+MAX_LISTED_STYLES = 200
+
+
+def style_from_hints(colorizer: Colorizer, result: Colorized, name: str) -> Style:
+    """A style made from a result's hints on its image (StyleError without usable hints)."""
+    with _ENGINE_LOCK:
+        return make_style(
+            colorizer,
+            result.image,
+            result.hints,
+            name=name,
+            source_name=PurePath(result.source_path).name,
+            source_sha256=result.image.sha256,
+        )
+
+
+def read_style_upload(data: bytes, name: str) -> Style:
+    """A style from uploaded bytes, as strict as a file (StyleError naming the upload)."""
+    label = PurePath(name).name or "upload"
+    if len(data) > MAX_STYLE_BYTES:
+        raise StyleError(f"{label}: style file larger than {MAX_STYLE_BYTES // (1024 * 1024)} MB")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise StyleError(f"{label}: not a UTF-8 text file") from None
+    except json.JSONDecodeError as exc:
+        raise StyleError(f"{label}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return parse_style(parsed, label, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies inside ``root`` (symlinks resolved)."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
+def watch_styles(input_dir: Path) -> list[Path]:
+    """The style files of the watch tree (relative to it), sorted; symlinked folders are not
+    followed and a style file leading out of the tree is left out."""
+    root = Path(input_dir)
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if STYLE_FILENAME in files:
+            path = Path(folder) / STYLE_FILENAME
+            if _inside(root, path):
+                found.append(path.relative_to(root))
+            if len(found) >= MAX_LISTED_STYLES:
+                break
+    return sorted(found, key=lambda p: p.parent.parts)  # a folder's style before its subfolders'
+
+
+def read_watch_style(input_dir: Path, relative: Path) -> Style:
+    """A style file of the watch tree by its path relative to it (StyleError when the path
+    leads out of the tree or the file cannot be used)."""
+    path = Path(input_dir) / relative
+    if relative.is_absolute() or ".." in relative.parts or not _inside(input_dir, path):
+        raise StyleError(f"{relative}: not a style file inside the watch folder")
+    return load_style(path)
+
+
+def folder_style_target(input_dir: Path, source: Path) -> Path:
+    """Where the folder style of a job's source goes: ``semwatch-style.json`` in the
+    source's folder; StyleError when that folder or the file leads out of the watch tree."""
+    target = Path(source).parent / STYLE_FILENAME
+    if not _inside(input_dir, target.parent) or not _inside(input_dir, target):
+        raise StyleError(f"{target}: leads outside the watch folder {input_dir}")
+    return target
+
+
+def write_folder_style(style: Style, input_dir: Path, source: Path) -> Style:
+    """Write ``style`` as the folder style of ``source``'s folder (atomically: the service
+    reads either the old file or the new one); returns it as the service will read it."""
+    target = folder_style_target(input_dir, source)
+    saved = save_style(style, target)
+    log.info("folder style written in the web UI", path=str(target), name=style.name)
+    return saved

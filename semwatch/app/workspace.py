@@ -1,5 +1,5 @@
 """The Colorize page's work in progress, one per browser session: the image, what steers it
-(hints; a style will join them), the latest result and what has been saved.
+(hints, a style, whether hints spread), the latest result and what has been saved.
 
 It lives in st.session_state under one key, outside every widget, so it survives switching
 to the Queue page and back (Streamlit drops the state of widgets a page run did not draw).
@@ -19,6 +19,7 @@ from semwatch.app.service import Colorized
 from semwatch.app.widgets import Box
 from semwatch.hints import Hint
 from semwatch.imaging import DecodedImage
+from semwatch.styles import Style
 
 SESSION_KEY = "cz_work"
 _tokens = itertools.count(1)  # tells sources apart across reruns (and equal file names)
@@ -39,16 +40,18 @@ class Source:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a result is made from. Two results with equal recipes are the same picture; a
-    style (issue 20) becomes one more field here and in Workspace."""
+    """What a result is made from. Two results with equal recipes are the same picture."""
 
     source: int  # Source.token
     hints: tuple[Hint, ...] = ()
+    style: Style | None = None  # compared by content: a re-read equal file is the same style
+    spread: bool = False  # hints pull every other object toward their colour (issue 20, item 5)
 
     @property
     def steered(self) -> bool:
-        """Whether the user changed anything the service's automatic output would not have."""
-        return bool(self.hints)
+        """Whether the user changed anything the service's automatic output would not have
+        (spreading without hints changes nothing)."""
+        return bool(self.hints) or self.style is not None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class Change:
 class Workspace:
     source: Source | None = None
     hints: tuple[Hint, ...] = ()
+    # The style and the spread setting stay when another image is opened: a style is made
+    # to colour a series, one image after the other.
+    style: Style | None = None
+    spread: bool = False
     result: Colorized | None = None  # the latest full result...
     result_recipe: Recipe | None = None  # ...and what it was made from
     quick: tuple[Recipe, np.ndarray] | None = None  # a low-resolution look, while the full one runs
@@ -83,7 +90,9 @@ class Workspace:
     downloads: dict[str, bytes] = field(default_factory=dict)  # encoded result by format
 
     def recipe(self) -> Recipe | None:
-        return None if self.source is None else Recipe(self.source.token, self.hints)
+        if self.source is None:
+            return None
+        return Recipe(self.source.token, self.hints, self.style, self.spread)
 
     @property
     def fresh(self) -> bool:
@@ -100,7 +109,10 @@ class Workspace:
         """Hints (steering) that were neither downloaded nor saved: what replacing the image
         would lose."""
         recipe = self.recipe()
-        return recipe is not None and recipe.steered and recipe != self.saved
+        if recipe is None or not recipe.hints:
+            return False  # a style alone stays on the page for the next image
+        saved = self.saved
+        return saved is None or (saved.source, saved.hints) != (recipe.source, recipe.hints)
 
     def open(self, source: Source | None, now: float) -> None:
         """Put another image on the page (None: none); its hints, result and zoom start empty."""
@@ -115,8 +127,22 @@ class Workspace:
         """New hints: the result shown is stale until the engine answers."""
         if hints != self.hints:
             self.hints = hints
-            self.asked_at, self.waited = now, None
-            self.downloads = {}
+            self._stale(now)
+
+    def restyle(self, style: Style | None, now: float) -> None:
+        """Apply another style (None: none): the result shown is stale until the engine answers."""
+        if style != self.style or (style is not None and style.sha256 != self.style.sha256):
+            self.style = style
+            self._stale(now)
+
+    def set_spread(self, spread: bool, now: float) -> None:
+        if spread != self.spread:
+            self.spread = spread
+            self._stale(now)
+
+    def _stale(self, now: float) -> None:
+        self.asked_at, self.waited = now, None
+        self.downloads = {}
 
     def finish(self, result: Colorized, recipe: Recipe, now: float, seconds: float) -> None:
         """The full result for ``recipe`` is in; ``seconds``: what computing it took."""
