@@ -254,15 +254,21 @@ def load_style(path: Path) -> Style:
             raw = fh.read(MAX_STYLE_BYTES + 1)
     except OSError as exc:
         raise StyleError(f"{path}: cannot read style file ({one_line(exc)})") from None
+    return parse_style_bytes(raw, str(path))
+
+
+def parse_style_bytes(raw: bytes, label: str) -> Style:
+    """A style from a file's bytes (read from disk or uploaded), ``label`` naming it in the
+    one-line StyleError; its SHA-256 is that of these bytes."""
     if len(raw) > MAX_STYLE_BYTES:
-        raise StyleError(f"{path}: style file larger than {MAX_STYLE_BYTES // (1024 * 1024)} MB")
+        raise StyleError(f"{label}: style file larger than {MAX_STYLE_BYTES // (1024 * 1024)} MB")
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise StyleError(f"{path}: not a UTF-8 text file") from None
+        raise StyleError(f"{label}: not a UTF-8 text file") from None
     except json.JSONDecodeError as exc:
-        raise StyleError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return parse_style(data, str(path), sha256=hashlib.sha256(raw).hexdigest())
+        raise StyleError(f"{label}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    return parse_style(data, label, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def save_style(style: Style, path: Path) -> Style:

@@ -7,8 +7,6 @@ pages hold the state, this holds the work.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -27,13 +25,12 @@ from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage
 from semwatch.log import get_logger
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 from semwatch.styles import (
-    MAX_STYLE_BYTES,
     STYLE_FILENAME,
     Style,
     StyleError,
     load_style,
     make_style,
-    parse_style,
+    parse_style_bytes,
     save_style,
 )
 
@@ -205,16 +202,7 @@ def style_from_hints(colorizer: Colorizer, result: Colorized, name: str) -> Styl
 
 def read_style_upload(data: bytes, name: str) -> Style:
     """A style from uploaded bytes, as strict as a file (StyleError naming the upload)."""
-    label = PurePath(name).name or "upload"
-    if len(data) > MAX_STYLE_BYTES:
-        raise StyleError(f"{label}: style file larger than {MAX_STYLE_BYTES // (1024 * 1024)} MB")
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise StyleError(f"{label}: not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise StyleError(f"{label}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    return parse_style(parsed, label, sha256=hashlib.sha256(data).hexdigest())
+    return parse_style_bytes(data, PurePath(name).name or "upload")
 
 
 def _inside(root: Path, path: Path) -> bool:
