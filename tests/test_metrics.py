@@ -300,7 +300,8 @@ def test_every_metric_the_readme_names_is_served(queue) -> None:
 def test_a_reload_keeps_the_served_address_until_the_next_restart(tmp_path: Path, tiny_model: Path) -> None:
     from semwatch.daemon import Daemon
 
-    (tmp_path / "in").mkdir()  # a reload never creates the watch folder
+    (tmp_path / "in").mkdir()  # a reload never creates the watch or output folder
+    (tmp_path / "out").mkdir()
     path = tmp_path / "config.toml"
     settings = f'[engine]\nmodel = "{tiny_model}"\n[watch]\ninput_dir = "in"\n[output]\ndir = "out"\n'
     path.write_text(settings + '[metrics]\nlisten = "127.0.0.1:9464"\n')
