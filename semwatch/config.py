@@ -164,6 +164,12 @@ class TrainerConfig:
     hints: bool | None = None
     hint_none_share: float = 0.3  # share of training items with no hint
     hint_mean_points: float = 8.0  # mean number of hints on the others (geometric)
+    # Global palette input (semwatch/palette.py): None: the --init generator decides.
+    palette: bool | None = None
+    palette_share: float = 0.5  # share of training items shown their truth's palette
+    # Class rebalancing of the L1 loss (Zhang et al. 2016): 0 = off; r weights each pixel
+    # by 1 / (r * prior(its ab bin) + (1 - r) / bins), so rare colours count more.
+    rebalance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +382,10 @@ def _check_ranges(instance: Any, section: str, where: str) -> None:
         raise ConfigError(f"{where}: trainer.crop_min = {instance.crop_min}: must be in (0, 1]")
     if section == "trainer" and not 0.0 <= instance.hint_none_share <= 1.0:
         raise ConfigError(f"{where}: trainer.hint_none_share = {instance.hint_none_share}: must be in [0, 1]")
+    if section == "trainer" and not 0.0 <= instance.palette_share <= 1.0:
+        raise ConfigError(f"{where}: trainer.palette_share = {instance.palette_share}: must be in [0, 1]")
+    if section == "trainer" and not 0.0 <= instance.rebalance < 1.0:
+        raise ConfigError(f"{where}: trainer.rebalance = {instance.rebalance}: must be in [0, 1)")
     if section == "trainer" and instance.hint_mean_points < 1.0:
         raise ConfigError(f"{where}: trainer.hint_mean_points = {instance.hint_mean_points}: must be >= 1")
 

@@ -42,6 +42,7 @@ from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
+from semwatch.palette import Palette, palette_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
 from semwatch.prototypes import (
@@ -70,6 +71,7 @@ CANVAS_STEPS = 4
 
 HintsPerImage = Sequence[Sequence[Hint]] | None
 StylesPerImage = Sequence["Style | None"] | None
+PalettesPerImage = Sequence["Palette | None"] | None
 
 
 class GrayLike(Protocol):
@@ -334,6 +336,11 @@ class Colorizer:
         any model still colour the regions they fall in (:func:`semwatch.regions.spread_hints`)."""
         return self.generator.config.in_channels > 1
 
+    @property
+    def takes_palette(self) -> bool:
+        """Whether the network takes a global palette (semwatch.palette)."""
+        return self.generator.config.palette_colours > 0
+
     def colorize(
         self,
         images: Sequence[GrayLike],
@@ -341,13 +348,16 @@ class Colorizer:
         styles: StylesPerImage = None,
         *,
         spread: bool | Sequence[bool] = False,
+        palettes: PalettesPerImage = None,
     ) -> list[np.ndarray]:
         """(H, W, 3) uint8 sRGB for each image, in order; ``hints``: one list per image
         (points in the image's pixels; points in the data bar are ignored with a warning);
         ``styles``: one style (or None) per image. A hint colours its object and the objects
         like it; ``spread`` (for all images, or one flag per image): instead, every other
-        object is pulled toward the nearest hint's colour (the behaviour before issue 20)."""
-        preds = self._predict(images, hints, styles, spread=spread)
+        object is pulled toward the nearest hint's colour (the behaviour before issue 20);
+        ``palettes``: one palette (or None) per image, "these colours" without positions
+        (a palette-taking model only; others ignore it with a warning)."""
+        preds = self._predict(images, hints, styles, spread=spread, palettes=palettes)
         rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, preds)]
         synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
         return [rgb.numpy() for rgb in rgbs]
@@ -359,10 +369,12 @@ class Colorizer:
         styles: StylesPerImage = None,
         *,
         spread: bool | Sequence[bool] = False,
+        palettes: PalettesPerImage = None,
     ) -> list[torch.Tensor]:
         """Full-resolution ab in Lab units (2, H, W) per image; data-bar rows are 0."""
         result = []
-        for image, pred in zip(images, self._predict(images, hints, styles, spread=spread)):
+        preds = self._predict(images, hints, styles, spread=spread, palettes=palettes)
+        for image, pred in zip(images, preds):
             height, width = image.gray.shape
             ab = torch.zeros((2, height, width), device=self.device_obj)
             rows = self._colour_rows(image)
@@ -410,14 +422,20 @@ class Colorizer:
         styles: StylesPerImage = None,
         *,
         spread: bool | Sequence[bool] = False,
+        palettes: PalettesPerImage = None,
     ) -> list[Prediction | None]:
         """Low-resolution prediction per image; None for images that are all data bar."""
         if hints is not None and len(hints) != len(images):
             raise ValueError(f"{len(hints)} hint lists for {len(images)} images")
+        if palettes is not None and len(palettes) != len(images):
+            raise ValueError(f"{len(palettes)} palettes for {len(images)} images")
+        if palettes is not None and not self.takes_palette and any(p is not None for p in palettes):
+            log.warning("palette ignored", reason="this model takes no palette", model=self.model_name)
         if styles is not None and len(styles) != len(images):
             raise ValueError(f"{len(styles)} styles for {len(images)} images")
         results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, Plan, torch.Tensor, Guidance]]] = defaultdict(list)
+        palette_of = {i: p for i, p in enumerate(palettes or ()) if p is not None}
         for i, image in enumerate(images):
             self._check(image)
             rows = self._colour_rows(image)
@@ -433,7 +451,10 @@ class Colorizer:
         for members in groups.values():
             for chunk in _chunks(members, self.batch_size):
                 batch = torch.stack(
-                    [self._with_hint_planes(x, plan, guidance.network) for _, plan, x, guidance in chunk]
+                    [
+                        self._with_hint_planes(x, plan, guidance.network, palette_of.get(i))
+                        for i, plan, x, guidance in chunk
+                    ]
                 )
                 out = self.backend(batch).float() * AB_SCALE
                 for (i, plan, x, guidance), ab in zip(chunk, out):
@@ -508,10 +529,13 @@ class Colorizer:
         if gray.dtype != np.uint8 or gray.ndim != 2:
             raise ValueError(f"expected a 2-D uint8 gray image, got {gray.dtype} {gray.shape}")
 
-    def _network_input(self, image: GrayLike, plan: Plan, points: Sequence[HintPoint] = ()) -> torch.Tensor:
+    def _network_input(
+        self, image: GrayLike, plan: Plan, points: Sequence[HintPoint] = (), palette: Palette | None = None
+    ) -> torch.Tensor:
         """(C, canvas_h, canvas_w): down-scaled L/50 - 1, edge-padded to the canvas; for a
-        hint-taking network, then the hint planes (zero in the padding)."""
-        return self._with_hint_planes(self._lightness_input(image, plan), plan, points)
+        hint-taking network, then the hint planes (zero in the padding); for a palette-taking
+        one, then the palette planes."""
+        return self._with_hint_planes(self._lightness_input(image, plan), plan, points, palette)
 
     @staticmethod
     def _guide(lightness: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -520,12 +544,14 @@ class Colorizer:
         return (lightness[0, :h, :w] + 1.0) * 0.5  # L/50 - 1 -> L/100
 
     def _with_hint_planes(
-        self, lightness: torch.Tensor, plan: Plan, points: Sequence[HintPoint]
+        self, lightness: torch.Tensor, plan: Plan, points: Sequence[HintPoint], palette: Palette | None = None
     ) -> torch.Tensor:
-        if not self.takes_hints:
-            return lightness
-        planes = hint_planes(points, *plan.canvas, device=self.device_obj)
-        return torch.cat((lightness, planes))
+        parts = [lightness]
+        if self.takes_hints:
+            parts.append(hint_planes(points, *plan.canvas, device=self.device_obj))
+        if self.takes_palette:
+            parts.append(palette_planes(palette, *plan.canvas, device=self.device_obj))
+        return torch.cat(parts) if len(parts) > 1 else lightness
 
     def _lightness_input(self, image: GrayLike, plan: Plan) -> torch.Tensor:
         """(1, canvas_h, canvas_w): down-scaled L/50 - 1, edge-padded to the canvas."""

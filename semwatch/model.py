@@ -23,6 +23,7 @@ from torchvision.models import resnet18
 from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.hashing import sha256_file as file_sha256  # the name trainer/ imports
+from semwatch.palette import PALETTE_COLOURS, PALETTE_PLANES
 
 FORMAT_NAME = "semwatch-generator"
 FORMAT_VERSION = 1
@@ -30,6 +31,10 @@ FORMAT_VERSION = 1
 STRIDE = 32
 # Input channels: L alone (automatic), or L + hint a + hint b + hint mask (semwatch.hints).
 INPUT_CHANNELS = (1, 4)
+# Palette colours a generator takes (semwatch.palette): none, or PALETTE_COLOURS.
+PALETTE_SIZES = (0, PALETTE_COLOURS)
+# Width of the small network that turns a palette into bottleneck offsets.
+_PALETTE_HIDDEN = 256
 
 
 class ModelError(ValueError):
@@ -44,8 +49,16 @@ class GeneratorConfig:
     # Channels of the decoder's first (coarsest) stage / 4; stages halve from there.
     # 64 gives the lean ~14M-parameter network (11.2M of it the encoder).
     decoder_width: int = 64
-    in_channels: int = 1
+    in_channels: int = 1  # image planes: L, or L + the three hint planes
     out_channels: int = 2
+    # Global palette input (Zhang et al. 2017's global hints): 0 or PALETTE_COLOURS colours,
+    # given as PALETTE_PLANES constant planes after the image planes.
+    palette_colours: int = 0
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the whole network input: image planes, then the palette planes."""
+        return self.in_channels + (PALETTE_PLANES if self.palette_colours else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +74,8 @@ class GeneratorConfig:
             raise ValueError(f"unsupported encoder {config.encoder!r}")
         if config.in_channels not in INPUT_CHANNELS:
             raise ValueError(f"in_channels must be one of {INPUT_CHANNELS}, got {config.in_channels}")
+        if config.palette_colours not in PALETTE_SIZES:
+            raise ValueError(f"palette_colours must be one of {PALETTE_SIZES}, got {config.palette_colours}")
         if config.decoder_width < 8 or config.decoder_width % 4:
             raise ValueError(f"decoder_width must be a multiple of 4 and >= 8, got {config.decoder_width}")
         return config
@@ -92,8 +107,14 @@ class UpStage(nn.Module):
 class UNetGenerator(nn.Module):
     """ResNet18 encoder, U-Net decoder, tanh output of ab/110.
 
-    Input: (N, in_channels, H, W), H and W multiples of 32: L/50 - 1, then (when
-    ``in_channels`` is 4) hint a/110, hint b/110 and the hint mask. Output: (N, 2, H, W).
+    Input: (N, input_channels, H, W), H and W multiples of 32: L/50 - 1, then (when
+    ``in_channels`` is 4) hint a/110, hint b/110 and the hint mask, then (when
+    ``palette_colours``) the palette planes. Output: (N, 2, H, W).
+
+    The palette is global, so it skips the convolutions: its planes' spatial mean goes
+    through a small MLP whose output is added to the bottleneck and to the first decoder
+    stage (where Zhang et al. 2017 inject their global hints). The MLP's last layer starts
+    at zero, so a widened network first answers exactly as before.
     """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
@@ -115,14 +136,23 @@ class UNetGenerator(nn.Module):
         # The full-resolution stage sees the input itself, so edges stay where L has them.
         self.up0 = UpStage(w // 2, config.in_channels, w // 4)  # /1
         self.head = nn.Conv2d(w // 4, config.out_channels, 3, padding=1)
+        self.palette = _palette_net(512 + 4 * w) if config.palette_colours else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        planes = x[:, self.config.in_channels :]
+        x = x[:, : self.config.in_channels]
         f1 = self.stem(x)
         f2 = self.layer1(self.pool(f1))
         f3 = self.layer2(f2)
         f4 = self.layer3(f3)
         f5 = self.layer4(f4)
+        offsets = None
+        if self.palette is not None:
+            offsets = self.palette(planes.mean(dim=(2, 3)).to(f5.dtype))[:, :, None, None]
+            f5 = f5 + offsets[:, :512]
         y = self.up4(f5, f4)
+        if offsets is not None:
+            y = y + offsets[:, 512:]
         y = self.up3(y, f3)
         y = self.up2(y, f2)
         y = self.up1(y, f1)
@@ -132,6 +162,36 @@ class UNetGenerator(nn.Module):
     @property
     def takes_hints(self) -> bool:
         return self.config.in_channels > 1
+
+    @property
+    def takes_palette(self) -> bool:
+        return self.config.palette_colours > 0
+
+
+def _palette_net(out_features: int) -> nn.Sequential:
+    net = nn.Sequential(
+        nn.Linear(PALETTE_PLANES, _PALETTE_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Linear(_PALETTE_HIDDEN, _PALETTE_HIDDEN),
+        nn.ReLU(inplace=True),
+        nn.Linear(_PALETTE_HIDDEN, out_features),
+    )
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
+def add_palette_input(model: UNetGenerator) -> UNetGenerator:
+    """A copy of ``model`` that also takes a palette; its palette network's last layer is
+    zero, so it answers exactly like ``model`` until trained."""
+    if model.config.palette_colours:
+        return model
+    config = GeneratorConfig(**{**model.config.to_dict(), "palette_colours": PALETTE_COLOURS})
+    wide = UNetGenerator(config)
+    state = wide.state_dict()
+    state.update(model.state_dict())
+    wide.load_state_dict(state, strict=True)
+    return wide.train(model.training)
 
 
 def widen_input(model: UNetGenerator, in_channels: int) -> UNetGenerator:

@@ -194,7 +194,7 @@ class TensorRTBackend(Backend):
         return EngineKey(
             model_sha256=self.generator.sha256,
             batch=batch or self.batch_size or 1,
-            channels=self.generator.config.in_channels,
+            channels=self.generator.config.input_channels,
             height=shape[0],
             width=shape[1],
             precision=PRECISION_NAMES[self.dtype],

@@ -36,7 +36,9 @@ from semwatch.color import AB_SCALE, ab_to_target, l_to_input, rgb_to_lab
 from semwatch.hints import hint_planes
 from semwatch.imaging import ImageError, read_rgb
 from semwatch.log import get_logger
-from trainer.hints import HintSimulation, sample_points
+from semwatch.palette import palette_planes
+from trainer.hints import HintSimulation, PaletteSimulation, sample_points
+from trainer.losses import ab_counts
 
 log = get_logger(__name__)
 
@@ -175,9 +177,11 @@ class ColorDataset(Dataset):
         seed: int = 0,
         cache_short_side: int | None = None,
         hints: HintSimulation | None = None,
+        palette: PaletteSimulation | None = None,
     ):
         self.records = list(records)
         self.hints = hints
+        self.palette = palette
         self.crop = crop
         self.seed = seed
         self.epoch = 0
@@ -217,19 +221,31 @@ class ColorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         l_input, ab_target = ab_l_from_rgb(self.rgb_crop(index).unsqueeze(0))
-        if self.hints is None:
-            return l_input[0], ab_target[0]
-        # Its own stream, so switching hints on does not change the crops an epoch sees.
-        rng = np.random.default_rng([self.seed, self.epoch, index, 0x41])
-        count = self.hints.count(rng)
+        parts = [l_input[0]]
         size = ab_target.shape[-2:]
-        points = (
-            sample_points(ab_target[0] * AB_SCALE, count, rng, patch_max=self.hints.patch_max)
-            if count
-            else []
-        )
-        planes = hint_planes(points, *size)
-        return torch.cat((l_input[0], planes)), ab_target[0]
+        truth = ab_target[0] * AB_SCALE
+        if self.hints is not None:
+            # Its own stream, so switching hints on does not change the crops an epoch sees.
+            rng = np.random.default_rng([self.seed, self.epoch, index, 0x41])
+            count = self.hints.count(rng)
+            points = sample_points(truth, count, rng, patch_max=self.hints.patch_max) if count else []
+            parts.append(hint_planes(points, *size))
+        if self.palette is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 0x9A])
+            parts.append(palette_planes(self.palette.draw(truth, rng), *size))
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]), ab_target[0]
+
+
+def truth_ab_counts(dataset: ColorDataset, step: int = 4) -> np.ndarray:
+    """Histogram of the a,b of every ``step``-th pixel (each way) of the dataset's images, in
+    the rebalancing bins (trainer.losses.ab_counts): the colour prior of the training split."""
+    counts = None
+    for index in range(len(dataset)):
+        rgb = torch.from_numpy(np.ascontiguousarray(dataset.pixels(index)[::step, ::step]))
+        _, ab = ab_l_from_rgb(rgb.permute(2, 0, 1).unsqueeze(0).float().div_(255.0))
+        found = ab_counts(ab[0] * AB_SCALE)
+        counts = found if counts is None else counts + found
+    return counts if counts is not None else np.zeros((1, 1))
 
 
 def _centre_square(rgb: torch.Tensor) -> torch.Tensor:
@@ -295,11 +311,14 @@ def build_datasets(
     cache: bool = True,
     threads: int = 2,
     hints: HintSimulation | None = None,
+    palette: PaletteSimulation | None = None,
 ) -> tuple[ColorDataset, ColorDataset, DataSummary]:
     """Train and validation datasets from ``root`` (validation: split by hash, or ``val_dir``).
 
     With ``hints``, training items carry simulated hints and validation items empty hint
-    planes: validation measures the automatic colour, the product's default.
+    planes: validation measures the automatic colour, the product's default. The same for
+    ``palette``: training items are shown their truth's palette by its share, validation
+    items none.
     """
     root = Path(root)
     if not 0.0 < crop_min <= 1.0:
@@ -350,6 +369,7 @@ def build_datasets(
         seed=seed,
         cache_short_side=cache_side,
         hints=hints,
+        palette=palette,
     )
     val_ds = ColorDataset(
         val_records,
@@ -357,6 +377,7 @@ def build_datasets(
         seed=seed,
         cache_short_side=cache_side,
         hints=HintSimulation(none_share=1.0) if hints is not None else None,
+        palette=PaletteSimulation(share=0.0) if palette is not None else None,
     )
     return train_ds, val_ds, summary
 

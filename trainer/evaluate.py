@@ -44,10 +44,18 @@ from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
 from semwatch.hints import Hint
 from semwatch.log import configure_logging, get_logger
 from semwatch.model import LoadedGenerator, ModelError, file_sha256
+from semwatch.palette import PALETTE_COLOURS, Palette, dominant_colours
 from trainer.checkpoint import CheckpointError, load_any_generator
 from trainer.data import DataError, is_really_gray, list_images, load_rgb, split_of
 from trainer.hints import sample_points
-from trainer.metrics import ab_histogram, colorfulness, histogram_intersection, psnr, region_hue_coherence
+from trainer.metrics import (
+    ab_histogram,
+    colorfulness,
+    histogram_intersection,
+    hue_contrast,
+    psnr,
+    region_hue_coherence,
+)
 
 log = get_logger(__name__)
 
@@ -71,6 +79,8 @@ class MetricSet:
     hist_intersection: float  # pooled ab histograms, prediction vs truth, in [0, 1]
     region_coherence: float = float("nan")  # metrics.region_hue_coherence, mean over images
     region_coherence_truth: float = float("nan")  # the same figure for the truth itself
+    hue_contrast: float = float("nan")  # metrics.hue_contrast, mean over images
+    hue_contrast_truth: float = float("nan")  # the same figure for the truth itself
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,17 @@ class HintResult:
     points: int
     ab_mae: float
     psnr: float
+
+
+@dataclass(frozen=True)
+class PaletteResult:
+    """The automatic colour steered by the truth's ``colours`` dominant a,b (no positions)."""
+
+    colours: int
+    ab_mae: float
+    psnr: float
+    colorfulness: float
+    hue_contrast: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,7 @@ class EvaluationReport:
     chroma_gain: float = 1.0
     hints: list[HintResult] = field(default_factory=list)  # --hints: one row per count
     hint_seed: int = 0
+    palette: PaletteResult | None = None  # --palette N
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +141,8 @@ class _Accumulator:
     hist: torch.Tensor | None = None
     coherence: float = 0.0
     coherence_images: int = 0  # images whose truth has coloured regions
+    contrast: float = 0.0
+    contrast_images: int = 0  # images with coloured pixels
 
     def add(
         self,
@@ -136,12 +160,19 @@ class _Accumulator:
         self.ab_values += ab.numel()
         self.psnr += float(psnr(rgb, truth_rgb)[0])
         self.images += 1
+        self.add_contrast(ab)
+        self.colorfulness += float(colorfulness(rgb)[0])
         if not full:
             return
-        self.colorfulness += float(colorfulness(rgb)[0])
         hist = ab_histogram(ab, chroma_min=HIST_CHROMA_MIN, bin_size=HIST_BIN_SIZE)
         self.hist = hist if self.hist is None else self.hist + hist
         self.add_coherence(ab, ab_true)
+
+    def add_contrast(self, ab: torch.Tensor) -> None:
+        value = hue_contrast(ab)
+        if not math.isnan(value):
+            self.contrast += value
+            self.contrast_images += 1
 
     def add_coherence(self, ab: torch.Tensor, ab_true: torch.Tensor) -> None:
         value = region_hue_coherence(ab, ab_true)
@@ -159,6 +190,8 @@ class _Accumulator:
             hist_intersection=histogram_intersection(self.hist, truth.hist),
             region_coherence=self.coherence / max(self.coherence_images, 1),
             region_coherence_truth=truth.coherence / max(truth.coherence_images, 1),
+            hue_contrast=self.contrast / max(self.contrast_images, 1),
+            hue_contrast_truth=truth.contrast / max(truth.contrast_images, 1),
         )
 
 
@@ -320,6 +353,25 @@ def _measure(colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], totals:
         truth_hist = ab_histogram(truth_lab[1:], chroma_min=HIST_CHROMA_MIN, bin_size=HIST_BIN_SIZE)
         totals.truth.hist = truth_hist if totals.truth.hist is None else totals.truth.hist + truth_hist
         totals.truth.add_coherence(truth_lab[1:], truth_lab[1:])
+        totals.truth.add_contrast(truth_lab[1:])
+
+
+def truth_palette(truth_lab: torch.Tensor, colours: int) -> Palette | None:
+    """The truth's ``colours`` dominant a,b clusters (fixed seed): a palette without positions."""
+    return dominant_colours(truth_lab[1:], colours, seed=0)
+
+
+def _measure_palette(
+    colorizer: Colorizer, batch: list[tuple[Path, np.ndarray]], colours: int, totals: _Accumulator
+) -> None:
+    """The batch colorized with each truth's own dominant colours as the palette."""
+    device = colorizer.device_obj
+    truths, truth_labs, grays = _truth_tensors(batch, device)
+    images = [GrayImage(gray.cpu().numpy()) for gray in grays]
+    palettes = [truth_palette(lab, colours) for lab in truth_labs]
+    for truth, truth_lab, predicted in zip(truths, truth_labs, colorizer.colorize(images, palettes=palettes)):
+        pred = rgb_u8_to_tensor(predicted, device)
+        totals.add(pred, rgb_to_lab(pred[None])[0], truth, truth_lab, full=False)
 
 
 def evaluate(
@@ -330,13 +382,17 @@ def evaluate(
     progress: bool = True,
     hint_counts: Sequence[int] = (),
     hint_seed: int = 0,
+    palette_colours: int = 0,
 ) -> EvaluationReport:
     """Evaluate ``colorizer`` on the truth images ``paths`` (gray ones are skipped, counted).
 
     ``hint_counts``: also colorize every image with that many simulated hints (from the
     truth, seeded by ``hint_seed`` and the file name) and report ab MAE and PSNR per count.
+    ``palette_colours``: also colorize every image with its truth's that many dominant
+    colours as the palette (no positions).
     """
     totals = _Totals()
+    palette_totals = _Accumulator()
     counts = sorted({int(c) for c in hint_counts if int(c) > 0})
     hint_totals = {count: _Accumulator() for count in counts}
     with tqdm(total=len(paths), desc="evaluate", unit="img", file=sys.stderr, disable=not progress) as bar:
@@ -344,6 +400,8 @@ def evaluate(
             _measure(colorizer, batch, totals)
             if counts:
                 _measure_hints(colorizer, batch, counts, hint_totals, hint_seed)
+            if palette_colours:
+                _measure_palette(colorizer, batch, palette_colours, palette_totals)
             bar.set_postfix(skipped=totals.skipped_gray + totals.skipped_unreadable, refresh=False)
             bar.update(totals.files_seen - bar.n)
         bar.update(totals.files_seen - bar.n)
@@ -365,6 +423,19 @@ def evaluate(
         gray_baseline=totals.gray.result(totals.truth),
         hints=_hint_rows(hint_counts, totals.model, hint_totals),
         hint_seed=hint_seed,
+        palette=_palette_row(palette_colours, palette_totals),
+    )
+
+
+def _palette_row(colours: int, acc: _Accumulator) -> PaletteResult | None:
+    if not colours or not acc.images:
+        return None
+    return PaletteResult(
+        colours,
+        acc.abs_error / max(acc.ab_values, 1),
+        acc.psnr / acc.images,
+        acc.colorfulness / acc.images,
+        acc.contrast / max(acc.contrast_images, 1),
     )
 
 
@@ -392,6 +463,7 @@ def format_table(report: EvaluationReport) -> str:
             g.region_coherence,
             "{:.3f}",
         ),
+        (f"hue contrast (truth {m.hue_contrast_truth:.3f})", m.hue_contrast, g.hue_contrast, "{:.3f}"),
     ]
     width = max(len(r[0]) for r in rows)
     skipped = f", skipped {report.skipped_gray} gray"
@@ -419,6 +491,14 @@ def format_table(report: EvaluationReport) -> str:
                 f"{row.points:>6}  {row.ab_mae:>8.2f}  {row.ab_mae / g.ab_mae:>6.2f}x  {row.psnr:>7.2f}"
             )
         lines.append(f"{'gray':>6}  {g.ab_mae:>8.2f}  {1.0:>6.2f}x  {g.psnr:>7.2f}")
+    if report.palette is not None:
+        p = report.palette
+        lines += [
+            "",
+            f"palette: each truth's {p.colours} dominant colours, no positions",
+            f"ab MAE {p.ab_mae:.2f} ({p.ab_mae / g.ab_mae:.2f}x gray), PSNR {p.psnr:.2f}, "
+            f"colorfulness {p.colorfulness:.1f}, hue contrast {p.hue_contrast:.3f}",
+        ]
     return "\n".join(lines)
 
 
@@ -500,6 +580,15 @@ def _hint_counts(text: str | None) -> list[int]:
 )
 @click.option("--hint-seed", type=int, default=0, show_default=True, help="Seed of the simulated hints.")
 @click.option(
+    "--palette",
+    "palette_colours",
+    type=click.IntRange(0, PALETTE_COLOURS),
+    default=0,
+    metavar="N",
+    help="Also colorize with each truth's N dominant colours (k-means of its a,b) as the palette, "
+    "without positions, and report ab MAE, PSNR, colorfulness and hue contrast (0 = off).",
+)
+@click.option(
     "--style-transfer",
     is_flag=True,
     help="Also measure styles as a series uses them: each truth cut into two fields of view A and "
@@ -536,6 +625,7 @@ def evaluate_command(
     chroma_gain: float | None,
     hints_text: str | None,
     hint_seed: int,
+    palette_colours: int,
     style_transfer: bool,
     locality: bool,
     device: str | None,
@@ -582,6 +672,7 @@ def evaluate_command(
             progress=not quiet,
             hint_counts=_hint_counts(hints_text),
             hint_seed=hint_seed,
+            palette_colours=palette_colours,
         )
         extra = _style_measurements(colorizer, paths, style_transfer, locality, hint_seed, quiet)
     except (EvaluationError, DataError, EngineError) as exc:

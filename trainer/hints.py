@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from semwatch.hints import HINT_PATCH, HINT_PATCH_MAX, HintPoint
+from semwatch.palette import PALETTE_COLOURS, Palette, dominant_colours
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,22 @@ def sample_points(
         mean = square.reshape(2, -1).mean(dim=1)
         points.append(HintPoint(row, col, float(mean[0]), float(mean[1]), patch))
     return points
+
+
+@dataclass(frozen=True)
+class PaletteSimulation:
+    """Which items are shown their truth's palette, and how many colours it has.
+
+    ``share = 0`` gives every item an absent palette (zero planes): validation, which
+    measures the automatic colour.
+    """
+
+    share: float = 0.5
+    max_colours: int = PALETTE_COLOURS
+
+    def draw(self, ab: torch.Tensor, rng: np.random.Generator) -> Palette | None:
+        """The truth's 1..max_colours dominant a,b clusters (``ab`` in Lab units), or None."""
+        if self.share <= 0.0 or rng.random() >= self.share:
+            return None
+        count = int(rng.integers(1, self.max_colours + 1))
+        return dominant_colours(ab, count, seed=int(rng.integers(0, 2**31)))

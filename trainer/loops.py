@@ -42,7 +42,8 @@ from semwatch.config import TrainerConfig
 from semwatch.errors import one_line
 from semwatch.hardware import cpu_has_native_bf16
 from semwatch.log import get_logger
-from semwatch.model import GeneratorConfig, UNetGenerator, build_generator, widen_input
+from semwatch.model import GeneratorConfig, UNetGenerator, add_palette_input, build_generator, widen_input
+from semwatch.palette import PALETTE_COLOURS
 from trainer.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -53,11 +54,19 @@ from trainer.checkpoint import (
     save_checkpoint,
     training_checkpoint,
 )
-from trainer.data import ColorDataset, DataSummary, build_datasets, iter_batches, make_loader, shard_indices
+from trainer.data import (
+    ColorDataset,
+    DataSummary,
+    build_datasets,
+    iter_batches,
+    make_loader,
+    shard_indices,
+    truth_ab_counts,
+)
 from trainer.discriminator import build_patchgan
 from trainer.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag, unwrap, wrap_model
-from trainer.hints import HintSimulation
-from trainer.losses import AB_UNITS
+from trainer.hints import HintSimulation, PaletteSimulation
+from trainer.losses import AB_UNITS, Rebalance
 from trainer.metrics import ab_histogram, histogram_intersection
 from trainer.rundir import METRICS_NAME, Board, MetricsLog, sample_grid, save_sample_grid
 from trainer.stages import GAN, PRETRAIN, Stage, StagePolicy, TrainState, policy_for
@@ -183,8 +192,18 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
             model = widen_input(model, wanted)
             gen_config = model.config
             log.info("generator input widened for hints", init=str(spec.init), in_channels=wanted)
+        if gen_config.palette_colours and not config.palette:
+            raise TrainingError(f"{spec.init}: this generator takes a palette, but this run trains one without")
+        if config.palette and not gen_config.palette_colours:
+            model = add_palette_input(model)
+            gen_config = model.config
+            log.info("palette input added", init=str(spec.init), colours=gen_config.palette_colours)
         return model.train(), gen_config
-    gen_config = GeneratorConfig(decoder_width=config.decoder_width, in_channels=_in_channels(config))
+    gen_config = GeneratorConfig(
+        decoder_width=config.decoder_width,
+        in_channels=_in_channels(config),
+        palette_colours=PALETTE_COLOURS if config.palette else 0,
+    )
     if spec.policy.expects_trained_generator:
         log.warning(
             "starting from a random generator", stage=spec.stage, reason="no --init and no earlier stage"
@@ -204,8 +223,21 @@ def resolve_input_layout(config: TrainerConfig, init: Path | None) -> TrainerCon
     hint weights away); asking for hints from one without widens its input.
     """
     if init is None:
-        return config if config.hints is not None else dataclasses.replace(config, hints=False)
-    takes_hints = read_any_generator_config(init).in_channels > 1
+        return dataclasses.replace(
+            config,
+            hints=bool(config.hints),
+            palette=bool(config.palette),
+        )
+    init_config = read_any_generator_config(init)
+    takes_hints = init_config.in_channels > 1
+    takes_palette = init_config.palette_colours > 0
+    if config.palette is None:
+        config = dataclasses.replace(config, palette=takes_palette)
+    elif takes_palette and not config.palette:
+        raise TrainingError(
+            f"{init}: this generator takes a palette, but trainer.palette = false asks for one "
+            "without; leave it unset to keep the model's palette input"
+        )
     if config.hints is None:
         log.info(
             "input layout taken from the init generator",
@@ -485,6 +517,7 @@ Datasets = tuple[ColorDataset, ColorDataset, DataSummary]
 def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None) -> Datasets:
     """Scan and cache the training images once (both stages of a run share the result)."""
     hints = HintSimulation(config.hint_none_share, config.hint_mean_points) if config.hints else None
+    palette = PaletteSimulation(config.palette_share) if config.palette else None
     datasets = build_datasets(
         data,
         image_size=config.image_size,
@@ -495,6 +528,7 @@ def load_datasets(data: Path, config: TrainerConfig, val_dir: Path | None = None
         cache=config.cache_images,
         threads=max(1, min(4, config.workers or 1)),
         hints=hints,
+        palette=palette,
     )
     log.info("training data", **datasets[2].as_dict())
     return datasets
@@ -508,6 +542,7 @@ def train_stage(
     total_epochs = policy.epochs(config)
     train_ds, val_ds, summary = datasets or load_datasets(spec.data, config, spec.val_dir)
     state = _resume(spec, env) if spec.resume else _start_fresh(spec, env)
+    state.rebalance = _rebalance(config, train_ds)
     loader, sampler = make_loader(
         train_ds,
         batch_size=config.batch_size,
@@ -550,6 +585,15 @@ def train_stage(
         best=checkpoint_path(spec.run_dir, spec.stage, "best"),
         metrics=dict(state.metrics),
     )
+
+
+def _rebalance(config: TrainerConfig, train_ds: ColorDataset) -> Rebalance | None:
+    """The rebalanced-L1 weights, measured on the training split (cheap: every 4th pixel)."""
+    if not config.rebalance:
+        return None
+    rebalance = Rebalance.from_counts(truth_ab_counts(train_ds), config.rebalance)
+    log.info("L1 rebalanced by colour rarity", strength=config.rebalance, weight_spread=round(rebalance.spread, 1))
+    return rebalance
 
 
 def _run_epoch(

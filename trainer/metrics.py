@@ -177,6 +177,20 @@ def region_hue_coherence(ab_pred: torch.Tensor, ab_true: torch.Tensor) -> float:
     return float((resultant * weights).sum() / weights.sum())
 
 
+def hue_contrast(ab: torch.Tensor, min_chroma: float = 5.0) -> float:
+    """How many hues a frame holds, in [0, 1]: 1 - the chroma-weighted hue resultant over
+    the pixels with chroma > ``min_chroma`` (|sum of their ab vectors| / sum of their
+    lengths). 0 = one hue everywhere; figure and ground in opposite hues approach 1. NaN
+    when no pixel is coloured. Scaling all chroma by one factor does not change it."""
+    flat = ab.reshape(2, -1).double()
+    chroma = torch.hypot(flat[0], flat[1])
+    coloured = chroma > min_chroma
+    if not bool(coloured.any()):
+        return float("nan")
+    vectors = flat[:, coloured]
+    return float(1.0 - torch.hypot(vectors[0].sum(), vectors[1].sum()) / chroma[coloured].sum())
+
+
 def _shrink(ab: torch.Tensor) -> torch.Tensor:
     height, width = ab.shape[-2:]
     scale = COHERENCE_SIZE / max(height, width)

@@ -24,7 +24,7 @@ from torch import nn
 from semwatch.config import TrainerConfig
 from semwatch.model import GeneratorConfig
 from trainer.distributed import unwrap
-from trainer.losses import AB_UNITS, discriminator_loss, gan_loss, l1_ab
+from trainer.losses import AB_UNITS, Rebalance, discriminator_loss, gan_loss, l1_ab
 
 Stage = Literal["pretrain", "gan"]
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -48,6 +48,11 @@ class TrainState:
     best_metric: float = math.inf
     bad_epochs: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # Class-rebalanced L1 weights (trainer.losses.Rebalance), measured on the training split.
+    rebalance: Rebalance | None = None
+
+    def loss_weights(self, target: torch.Tensor) -> torch.Tensor | None:
+        return self.rebalance.weights(target) if self.rebalance is not None else None
 
 
 @dataclass(frozen=True)
@@ -146,11 +151,11 @@ class PretrainPolicy(StagePolicy):
         state.opt_g.zero_grad(set_to_none=True)
         with autocast():
             pred = state.generator(l_in)
-        loss = l1_ab(pred, ab)
+        loss = l1_ab(pred, ab, state.loss_weights(ab))
         state.scaler_g.scale(loss).backward()
         state.scaler_g.step(state.opt_g)
         state.scaler_g.update()
-        return {"train_l1": float(loss.detach()) * AB_UNITS}
+        return _l1_report(loss, pred, ab, state)
 
 
 @dataclass(frozen=True)
@@ -218,17 +223,25 @@ class GanPolicy(StagePolicy):
         with autocast():
             g_logits = plain_d(torch.cat((l_in, fake), dim=1))
         loss_gan = gan_loss(g_logits, True, config.gan_loss)
-        loss_l1 = l1_ab(fake, ab)
+        loss_l1 = l1_ab(fake, ab, state.loss_weights(ab))
         loss_g = loss_gan + config.lambda_l1 * loss_l1
         state.scaler_g.scale(loss_g).backward()
         state.scaler_g.step(state.opt_g)
         state.scaler_g.update()
         _set_requires_grad(plain_d, True)
         return {
-            "train_l1": float(loss_l1.detach()) * AB_UNITS,
+            **_l1_report(loss_l1, fake, ab, state),
             "train_g_gan": float(loss_gan.detach()),
             "train_d": float(loss_d.detach()),
         }
+
+
+def _l1_report(loss: torch.Tensor, pred: torch.Tensor, ab: torch.Tensor, state: TrainState) -> dict[str, float]:
+    """train_l1 stays the plain L1 (comparable across runs); a rebalanced run adds its loss."""
+    if state.rebalance is None:
+        return {"train_l1": float(loss.detach()) * AB_UNITS}
+    plain = float(l1_ab(pred.detach(), ab)) * AB_UNITS
+    return {"train_l1": plain, "train_l1_rebalanced": float(loss.detach()) * AB_UNITS}
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
