@@ -149,7 +149,7 @@ def read_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, page: int = 0)
 def _read_checked(path: Path, max_pixels: int, page: int, inside: Path | None) -> tuple[bytes, str]:
     if page < 0:
         raise ValueError(f"page must be >= 0, got {page}")
-    return read_source(path, max_pixels, inside)
+    return read_source(path, max_pixels, inside, page)
 
 
 def _decode(path: Path, data: bytes, kind: str, max_pixels: int, page: int, carry: bool) -> _Decoded:
