@@ -876,9 +876,9 @@ class Daemon:
             return
         # Before the job is marked done (a crash in between re-runs the job, sidecars too), and
         # whatever becomes of them the output stands: the job is never undone for a sidecar.
-        sidecars = self._copy_sidecars(item)
+        sidecars, sidecar_error = self._copy_sidecars(item)
         try:
-            if not self._mark_done(job, item.target):
+            if not self._mark_done(job, item.target, sidecar_error):
                 return
         finally:
             self._leases.discard(job.id)
@@ -896,14 +896,14 @@ class Daemon:
             sidecars=sidecars,
         )
 
-    def _mark_done(self, job: Job, target: Path) -> bool:
+    def _mark_done(self, job: Job, target: Path, sidecar_error: str | None = None) -> bool:
         """complete(), retried while the database does not answer: the output is written, and
         a job given up here would be colorized again once its lease ran out (its lease stays
         renewed meanwhile). False when it could not be recorded (logged)."""
         delay, failing = 1.0, False
         while True:
             try:
-                self._queue.complete(self._owner, job.id, str(target))
+                self._queue.complete(self._owner, job.id, str(target), sidecar_error=sidecar_error)
             except QueueError as exc:
                 if not failing:
                     log.error(
@@ -927,17 +927,18 @@ class Daemon:
                 log.info("job marked done after all", job_id=job.id, path=job.rel_path)
             return True
 
-    def _copy_sidecars(self, item: _Item) -> int:
-        """Copy the source's sidecars beside its new output; returns how many. One that
-        cannot be copied is logged with its reason; on a full disk it is copied alone once
-        there is room again (the watcher settles it anew), the image is not colorized again."""
+    def _copy_sidecars(self, item: _Item) -> tuple[int, str | None]:
+        """Copy the source's sidecars beside its new output; returns how many, and why one
+        was not (recorded on the job, shown by `status`). One that cannot be copied is logged
+        with its reason; on a full disk it is copied alone once there is room again (the
+        watcher settles it anew), the image is not colorized again."""
         try:
             copies = copy_sidecars(
                 item.source, item.target, self.config.output.sidecars, inside=self._layout.input_root
             )
         except OSError as exc:
             log.warning("sidecars not looked for", path=item.job.rel_path, error=one_line(exc))
-            return 0
+            return 0, f"sidecars not looked for: {one_line(exc)}"
         for failure in copies.failures:
             storage = self._storage.is_storage_error(failure.error)
             rel = self._layout.input_rel(failure.source)
@@ -951,7 +952,8 @@ class Daemon:
                 job_id=item.job.id,
                 retry="when there is room again (watcher)" if storage else "when the sidecar changes",
             )
-        return copies.copied
+        reasons = [f"{failure.source.name} not copied: {failure.reason}" for failure in copies.failures]
+        return copies.copied, one_line("; ".join(reasons)) if reasons else None
 
     def _own_output_name(self, item: _Item) -> Path:
         """The job's output path by its folder's listing now, made free for it: a sibling's
@@ -1038,9 +1040,18 @@ class Daemon:
                 if self._storage.is_storage_error(exc):
                     raise  # the watcher tries again at its next scan
                 log.warning("sidecar not copied", path=rel_path, output=str(target), error=one_line(exc))
+                self._note_sidecar(target, f"{source.name} not copied: {one_line(exc)}")
                 continue
             if copied:
                 log.info("sidecar copied", path=rel_path, output=str(target))
+                self._note_sidecar(target, None)
+
+    def _note_sidecar(self, output: Path, error: str | None) -> None:
+        """Record on the output's done job why its sidecar is missing, or that it is there."""
+        try:
+            self._queue.note_sidecar(str(output), error)
+        except QueueError as exc:
+            log.warning("sidecar state not recorded on its job", output=str(output), error=one_line(exc))
 
     def _superseded_before_write(self, item: _Item) -> bool:
         """Whether the file went on to other content while this job was computed; its
