@@ -674,6 +674,8 @@ def test_a_sidecar_bigger_than_the_free_space_never_undoes_its_image(make_site, 
     assert not temp_files(site.outbox)
     assert len([e for e in daemon.events() if e.get("event") == "job done" and e.get("path") == "x.tif"]) == 1
     assert daemon.has_event("sidecar not copied", job_id=x.id)
+    assert x.sidecar_error is not None and x.sidecar_error.startswith("x.txt not copied"), x
+    assert any(p["id"] == x.id for p in site.status()["sidecar_problems"])
     assert daemon.stop() == 0
 
 
