@@ -412,6 +412,7 @@ class Daemon:
         self._stall_logged = False
         self._intake_stall_logged = False
         self._heartbeat_problem: str | None = None
+        self._heartbeat_state: str | None = None  # what _heartbeat_failed compares
 
     # ---- lifecycle
 
@@ -1202,21 +1203,27 @@ class Daemon:
                     # away: recovery must not take back jobs this daemon is finishing.
                     self._queue.renew(self._owner, held)
                 self._queue.recover(self._owner)
+        except QueueError as exc:
+            # The database away is one state, whichever step met it (heartbeat, watch lock,
+            # renewals take turns): not a line each time the failing step changes.
+            self._heartbeat_failed(one_line(exc), state="queue database")
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
             self._heartbeat_failed(one_line(exc))
         else:
             if asks:
                 self._heartbeat_failed(None)
 
-    def _heartbeat_failed(self, problem: str | None) -> None:
-        """One log line per change (a database outage is not a line per tick)."""
-        if problem == self._heartbeat_problem:
+    def _heartbeat_failed(self, problem: str | None, state: str | None = None) -> None:
+        """One log line per change of state (a database outage is not a line per tick);
+        ``state``: what the problem is a case of, when its wording may vary."""
+        state = state or problem
+        if state == self._heartbeat_state:
             return
         if problem is None:
             log.info("heartbeat steps work again", was=self._heartbeat_problem)
         else:
             log.error("heartbeat step failed", error=problem, logged="once until it changes")
-        self._heartbeat_problem = problem
+        self._heartbeat_problem, self._heartbeat_state = problem, state
 
     def _recover_interval(self) -> float:
         # A dead worker's jobs wait at most half a lease past its expiry for another worker.
