@@ -43,7 +43,14 @@ from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
 from semwatch.hashing import sha256_fd
-from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
+from semwatch.imaging import (
+    DecodedImage,
+    ImageError,
+    memory_cap,
+    output_name,
+    read_provenance,
+    sweep_temp_files,
+)
 from semwatch.imaging.source import open_regular
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
@@ -686,7 +693,13 @@ class Daemon:
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
-        return decode(item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root)
+        engine = self.config.engine
+        return decode(
+            item.source,
+            max_pixels=engine.max_pixels,
+            max_memory=memory_cap(engine.max_image_mb),
+            inside=self._layout.input_root,
+        )
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.

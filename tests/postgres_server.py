@@ -73,9 +73,7 @@ class Cluster:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
         self._pg_ctl("-o", options, "-l", str(self.folder / "log"), "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -94,13 +92,26 @@ def own_cluster() -> Iterator[Cluster]:
     folder = Path(tempfile.mkdtemp(prefix="semwatch-pg-"))
     shutil.chown(folder, RUN_AS)
     handle = Cluster(bin_dir, folder, _free_port())
-    _as_postgres(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync")
+    _as_postgres(
+        str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync"
+    )
     try:
         handle.start()
         yield handle
     finally:
         subprocess.run(
-            ["runuser", "-u", RUN_AS, "--", str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+            [
+                "runuser",
+                "-u",
+                RUN_AS,
+                "--",
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(folder / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
             capture_output=True,
             timeout=120,
         )

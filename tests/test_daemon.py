@@ -211,7 +211,11 @@ def test_content_read_as_another_and_back_before_it_settles_ends_with_its_output
     counts = site.wait_settled(1)
     assert counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}, counts
     (job,) = site.jobs()  # nothing lost: A's own job, done once, B never a job
-    assert (job.sha256, job.state, job.output_path) == (hashlib.sha256(a).hexdigest(), JobState.DONE, str(output))
+    assert (job.sha256, job.state, job.output_path) == (
+        hashlib.sha256(a).hexdigest(),
+        JobState.DONE,
+        str(output),
+    )
     assert names(site.outputs(), site.outbox) == {"a.tif"} and not temp_files(site.outbox)
     assert path.read_bytes() == a  # the watched file untouched
     assert daemon.stop() == 0

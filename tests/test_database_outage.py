@@ -75,8 +75,10 @@ def test_the_daemon_outlives_a_postgresql_outage_and_loses_or_repeats_no_job(
         # Down long enough for every loop (watcher, claims, completions, heartbeat) to retry
         # several times; a state logged per retry would show up many times.
         wait_until(
-            lambda: len({e.get("event") for e in _problems(daemon.events()[down_from:])}) >= 2
-            or not daemon.alive(),
+            lambda: (
+                len({e.get("event") for e in _problems(daemon.events()[down_from:])}) >= 2
+                or not daemon.alive()
+            ),
             60,
             "more than one part of the daemon meeting the outage",
         )

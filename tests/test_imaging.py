@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import SEM_REAL
-from helpers import bomb_tiff_bytes
+from helpers import bomb_tiff_bytes, png_of_zeros
 from PIL import Image
 
 import semwatch
@@ -34,10 +34,12 @@ from semwatch.imaging import (
     TEMP_PREFIX,
     DecodedImage,
     ImageError,
+    ImageTooLarge,
     SourceMetadata,
     Window,
     build_provenance,
     find_databar,
+    memory_cap,
     output_name,
     read_header,
     read_image,
@@ -376,7 +378,11 @@ def _garbage_tiffs() -> list[tuple[str, bytes, str]]:
     return [
         ("zeros.tif", b"II*\x00", "no image directory"),
         ("far-ifd.tif", b"II*\x00" + struct.pack("<I", 3 * _GIGABYTE), "lies outside the file"),
-        ("random.tif", b"II*\x00" + struct.pack("<I", 16) + b"\x00" * 8 + rng.bytes(4096), "not a readable TIFF"),
+        (
+            "random.tif",
+            b"II*\x00" + struct.pack("<I", 16) + b"\x00" * 8 + rng.bytes(4096),
+            "not a readable TIFF",
+        ),
         (
             "far-strip.tif",
             b"II*\x00" + struct.pack("<I", 8) + _ifd([*image, (273, 4, 1, 2 * _GIGABYTE), (279, 4, 1, 4096)]),
@@ -384,7 +390,9 @@ def _garbage_tiffs() -> list[tuple[str, bytes, str]]:
         ),
         (
             "huge.tif",
-            b"II*\x00" + struct.pack("<I", 8) + _ifd([(256, 4, 1, 100_000), (257, 4, 1, 100_000), (273, 4, 1, 512)]),
+            b"II*\x00"
+            + struct.pack("<I", 8)
+            + _ifd([(256, 4, 1, 100_000), (257, 4, 1, 100_000), (273, 4, 1, 512)]),
             "more than max_pixels",
         ),
         ("loop.tif", b"II*\x00" + struct.pack("<I", 8) + _ifd(image, next_ifd=8), "loops back"),
@@ -602,6 +610,33 @@ def test_header_over_max_pixels_is_refused_before_decoding(tmp_path: Path, name:
     assert_image_error(caught.value, path)
     assert "max_pixels=200000000" in caught.value.reason
     assert peak < 5_000_000  # nothing near the 10 GB the header claims was allocated
+
+
+def test_an_image_needing_more_memory_than_the_cap_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Issue 19: a 97 KB PNG declaring 10000 x 10000 (under max_pixels) took a server to
+    4.75 GB. The memory it would need is checked against engine.max_image_mb first."""
+    png, tif = tmp_path / "dark.png", tmp_path / "dark.tif"
+    png.write_bytes(png_of_zeros(10_000, 10_000))
+    tif.write_bytes(bomb_tiff_bytes(10_000, 10_000))
+    assert len(png.read_bytes()) < 100_000
+    cap = memory_cap(1024)
+    assert cap == 1 << 30
+    tracemalloc.start()
+    try:
+        for path in (png, tif):
+            with pytest.raises(ImageTooLarge) as caught:
+                read_image(path, max_memory=cap)
+            assert_image_error(caught.value, path)
+            reason = caught.value.reason
+            assert "10000x10000" in reason and "about 4577 MB" in reason, reason
+            assert "more than the 1024 MB one image may take (engine.max_image_mb)" in reason, reason
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000  # nothing near the 100 MB of pixels, let alone the 4.6 GB
+    assert read_image(png, max_memory=memory_cap(8192)).gray.shape == (10_000, 10_000)
+    # 0: half of this machine's memory, whatever that is.
+    assert memory_cap(0) == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def test_pillow_decompression_bomb_check_never_leaks(tmp_path: Path) -> None:

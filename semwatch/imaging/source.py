@@ -27,9 +27,12 @@ _SUFFIX_KIND = MappingProxyType(
 )
 
 
-def read_source(path: Path, max_pixels: int, inside: Path | None, page: int = 0) -> tuple[bytes, str]:
+def read_source(
+    path: Path, max_pixels: int, inside: Path | None, page: int = 0, max_memory: int | None = None
+) -> tuple[bytes, str]:
     """The file's bytes and format ("tiff", "png", "jpeg", "bmp"): a regular file's,
-    signature first (a TIFF's structure up to ``page`` too), bounded. Raises ImageError."""
+    signature first (a TIFF's structure up to ``page`` too, its size against ``max_pixels``
+    and ``max_memory``), bounded. Raises ImageError."""
     # Even 16 bytes per pixel (RGBA float32) plus generous metadata cannot need more; a larger
     # file is refused before it is pulled into memory.
     max_bytes = max_pixels * 16 + (64 << 20)
@@ -45,7 +48,7 @@ def read_source(path: Path, max_pixels: int, inside: Path | None, page: int = 0)
             kind = sniff(path, os.pread(fd, 16, 0))
             if kind == "tiff":
                 # ... and a gigabyte behind a TIFF signature on its IFDs and strip offsets.
-                check_tiff_structure(path, fd, size, max_pixels, page)
+                check_tiff_structure(path, fd, size, max_pixels, page, max_memory)
             data = _read_at_most(fh, size, max_bytes)
     except OSError as exc:
         raise io_error(path, exc) from exc

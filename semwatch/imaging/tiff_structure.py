@@ -19,13 +19,16 @@ from types import MappingProxyType
 
 import numpy as np
 
-from semwatch.imaging.errors import ImageError
+from semwatch.imaging.budget import check_image_memory
+from semwatch.imaging.errors import ImageError, ImageTooLarge
 
 # TIFF field types -> bytes per value (TIFF 6.0 and BigTIFF).
 _TYPE_SIZES = MappingProxyType(
     {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 )
-_INTEGER_TYPES = MappingProxyType({1: "u1", 3: "u2", 4: "u4", 6: "i1", 8: "i2", 9: "i4", 13: "u4", 16: "u8", 17: "i8"})
+_INTEGER_TYPES = MappingProxyType(
+    {1: "u1", 3: "u2", 4: "u4", 6: "i1", 8: "i2", 9: "i4", 13: "u4", 16: "u8", 17: "i8"}
+)
 _IMAGE_WIDTH, _IMAGE_LENGTH = 256, 257
 _SAMPLES_PER_PIXEL, _ROWS_PER_STRIP, _PLANAR = 277, 278, 284
 _STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 273, 279
@@ -62,9 +65,12 @@ class _Entry:
     field: bytes  # the inline value or the offset of the values, as stored
 
 
-def check_tiff_structure(path: Path, fd: int, size: int, max_pixels: int, page: int = 0) -> None:
+def check_tiff_structure(
+    path: Path, fd: int, size: int, max_pixels: int, page: int = 0, max_memory: int | None = None
+) -> None:
     """Raise ImageError unless the IFD chain up to ``page`` lies in the file, that page
-    declares at most ``max_pixels`` pixels, and its image data lies in the file."""
+    declares at most ``max_pixels`` pixels (and fits ``max_memory``, budget.py), and its
+    image data lies in the file."""
     layout, first = _header(path, fd, size)
     offset = first
     seen: set[int] = set()
@@ -77,7 +83,7 @@ def check_tiff_structure(path: Path, fd: int, size: int, max_pixels: int, page: 
             raise ImageError(path, f"not a readable TIFF: its IFD chain loops back to offset {offset}", True)
         seen.add(offset)
         entries, offset = _read_ifd(path, fd, size, layout, offset, index)
-    _check_page(path, fd, size, layout, entries, max_pixels)
+    _check_page(path, fd, size, layout, entries, max_pixels, max_memory)
 
 
 def _header(path: Path, fd: int, size: int) -> tuple[_Layout, int]:
@@ -97,7 +103,9 @@ def _header(path: Path, fd: int, size: int) -> tuple[_Layout, int]:
     return layout, first
 
 
-def _read_ifd(path: Path, fd: int, size: int, layout: _Layout, offset: int, index: int) -> tuple[list[_Entry], int]:
+def _read_ifd(
+    path: Path, fd: int, size: int, layout: _Layout, offset: int, index: int
+) -> tuple[list[_Entry], int]:
     """The entries of the IFD at ``offset`` and the offset of the next one."""
     where = f"IFD {index} at offset {offset}"
     if offset < 8 or offset + layout.count_size > size:
@@ -110,27 +118,36 @@ def _read_ifd(path: Path, fd: int, size: int, layout: _Layout, offset: int, inde
     end = table + count * layout.entry_size + layout.offset_size
     if end > size:
         raise ImageError(
-            path, f"not a readable TIFF: {where} declares {count} entries, beyond the file's {size} bytes", True
+            path,
+            f"not a readable TIFF: {where} declares {count} entries, beyond the file's {size} bytes",
+            True,
         )
     raw = os.pread(fd, end - table, table)
     entry_format = layout.order + ("HHQ8s" if layout.big else "HHI4s")
-    entries = [
-        _Entry(*struct.unpack_from(entry_format, raw, i * layout.entry_size)) for i in range(count)
-    ]
+    entries = [_Entry(*struct.unpack_from(entry_format, raw, i * layout.entry_size)) for i in range(count)]
     next_format = layout.order + ("Q" if layout.big else "I")
     return entries, struct.unpack_from(next_format, raw, count * layout.entry_size)[0]
 
 
-def _check_page(path: Path, fd: int, size: int, layout: _Layout, entries: list[_Entry], max_pixels: int) -> None:
+def _check_page(
+    path: Path,
+    fd: int,
+    size: int,
+    layout: _Layout,
+    entries: list[_Entry],
+    max_pixels: int,
+    max_memory: int | None,
+) -> None:
     tags = {entry.tag: entry for entry in entries}
     width = _scalar(path, fd, size, layout, tags, _IMAGE_WIDTH, "ImageWidth")
     length = _scalar(path, fd, size, layout, tags, _IMAGE_LENGTH, "ImageLength")
     if width <= 0 or length <= 0:
         raise ImageError(path, f"image has no pixels ({width}x{length})", permanent=True)
     if width * length > max_pixels:
-        raise ImageError(
-            path, f"image is {width}x{length} = {width * length} pixels, more than max_pixels={max_pixels}", True
+        raise ImageTooLarge(
+            path, f"image is {width}x{length} = {width * length} pixels, more than max_pixels={max_pixels}"
         )
+    check_image_memory(path, length, width, max_memory)
     if _TILE_OFFSETS in tags:
         offsets, counts, what = _TILE_OFFSETS, _TILE_BYTE_COUNTS, "tile"
     else:
@@ -149,7 +166,9 @@ def _check_page(path: Path, fd: int, size: int, layout: _Layout, entries: list[_
         raise ImageError(path, f"truncated TIFF: image data needs {end} bytes, the file has {size}", True)
 
 
-def _scalar(path: Path, fd: int, size: int, layout: _Layout, tags: dict[int, _Entry], tag: int, name: str) -> int:
+def _scalar(
+    path: Path, fd: int, size: int, layout: _Layout, tags: dict[int, _Entry], tag: int, name: str
+) -> int:
     entry = tags.get(tag)
     if entry is None:
         raise ImageError(path, f"not a readable TIFF: no {name} tag", True)
@@ -159,7 +178,9 @@ def _scalar(path: Path, fd: int, size: int, layout: _Layout, tags: dict[int, _En
     return int(values[0])
 
 
-def _values(path: Path, fd: int, size: int, layout: _Layout, entry: _Entry, name: str, start: int, n: int) -> np.ndarray:
+def _values(
+    path: Path, fd: int, size: int, layout: _Layout, entry: _Entry, name: str, start: int, n: int
+) -> np.ndarray:
     """Values start..start+n of an integer-typed entry, read where they are stored."""
     dtype = _INTEGER_TYPES.get(entry.type)
     if dtype is None:
@@ -171,14 +192,17 @@ def _values(path: Path, fd: int, size: int, layout: _Layout, entry: _Entry, name
     at = struct.unpack(layout.order + ("Q" if layout.big else "I"), entry.field)[0]
     if at + total > size:
         raise ImageError(
-            path, f"not a readable TIFF: its {entry.count} {name} values at offset {at} lie beyond the file ({size} bytes)",
+            path,
+            f"not a readable TIFF: its {entry.count} {name} values at offset {at} lie beyond the file ({size} bytes)",
             True,
         )
     raw = os.pread(fd, n * itemsize, at + start * itemsize)
     return np.frombuffer(raw, layout.order + dtype, count=len(raw) // itemsize)
 
 
-def _data_end(path: Path, fd: int, size: int, layout: _Layout, starts: _Entry, sizes: _Entry, what: str) -> int:
+def _data_end(
+    path: Path, fd: int, size: int, layout: _Layout, starts: _Entry, sizes: _Entry, what: str
+) -> int:
     """The end of the furthest non-empty strip or tile, the arrays read in pieces."""
     end = 0
     for first in range(0, starts.count, _CHUNK_VALUES):

@@ -115,7 +115,9 @@ class JobQueue(abc.ABC):
         """Extend the leases `owner` holds on these jobs."""
 
     @abc.abstractmethod
-    def complete(self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None) -> None:
+    def complete(
+        self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None
+    ) -> None:
         """Mark a job done once its output is written; when it is the path's current
         version, the path's other failed jobs are superseded. ``sidecar_error``: why a
         sidecar of its source was not copied beside the output (recorded on the job)."""

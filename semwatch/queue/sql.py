@@ -456,7 +456,9 @@ class SqlJobQueue(JobQueue):
                 "leases lost; another worker or recover() took these jobs", job_ids=sorted(wanted - renewed)
             )
 
-    def complete(self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None) -> None:
+    def complete(
+        self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None
+    ) -> None:
         # Also accepted when the lease was lost but nobody else holds the job: the output
         # belongs to this file version, so redoing it would only rewrite the same file.
         mine = sa.and_(*_held_by(owner))
@@ -838,13 +840,21 @@ class SqlJobQueue(JobQueue):
 
     def _sidecar_problems(self, conn: Connection) -> list[dict[str, Any]]:
         query = (
-            sa.select(JOBS.c.id, JOBS.c.rel_path, JOBS.c.output_path, JOBS.c.sidecar_error, JOBS.c.finished_at)
+            sa.select(
+                JOBS.c.id, JOBS.c.rel_path, JOBS.c.output_path, JOBS.c.sidecar_error, JOBS.c.finished_at
+            )
             .where(JOBS.c.state == JobState.DONE.value, JOBS.c.sidecar_error.is_not(None))
             .order_by(JOBS.c.finished_at.desc(), JOBS.c.id.desc())
             .limit(RECENT_FAILURES)
         )
         return [
-            {"id": row.id, "path": row.rel_path, "output": row.output_path, "error": row.sidecar_error, "at": row.finished_at}
+            {
+                "id": row.id,
+                "path": row.rel_path,
+                "output": row.output_path,
+                "error": row.sidecar_error,
+                "at": row.finished_at,
+            }
             for row in conn.execute(query)
         ]
 
