@@ -188,6 +188,7 @@ def colorize_command(
 
     try:
         from semwatch.engine import Colorizer, EngineError
+        from semwatch.imaging import memory_cap
         from semwatch.model import ModelError
         from semwatch.pipeline import OutputSettings, Pipeline
     except ModuleNotFoundError as exc:
@@ -228,7 +229,12 @@ def colorize_command(
         tasks = [dataclasses.replace(tasks[0], hints=tuple(hints))]
     if style is not None or spread:
         tasks = [dataclasses.replace(task, style=style, spread=spread) for task in tasks]
-    pipeline = Pipeline(colorizer, OutputSettings.of(config.output, fmt), max_pixels=engine_cfg.max_pixels)
+    pipeline = Pipeline(
+        colorizer,
+        OutputSettings.of(config.output, fmt),
+        max_pixels=engine_cfg.max_pixels,
+        max_memory=memory_cap(engine_cfg.max_image_mb),
+    )
     failures = run_tasks(tasks, pipeline, progress=not quiet)
     done = len(tasks) - failures
     seconds = time.perf_counter() - started

@@ -73,6 +73,10 @@ class EngineConfig:
     max_batch_wait: float = 2.0
     chroma_size: int = 512
     max_pixels: int = 200_000_000
+    # The most memory, in MB, that decoding and colorizing one image may take, estimated from
+    # its header (semwatch/imaging/budget.py); the service and the web UI refuse an image
+    # that needs more. 0: half of this machine's physical memory.
+    max_image_mb: int = 0
     threads: int = 0
     guide_radius: int = 8
     guide_eps: float = 0.01
@@ -327,6 +331,7 @@ _POSITIVE = {
     ("app", "preview_size"),
 }
 _NON_NEGATIVE = {
+    ("engine", "max_image_mb"),
     ("watch", "settle_seconds"),
     ("queue", "retry_backoff"),
     ("engine", "max_batch_wait"),

@@ -43,7 +43,14 @@ from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
 from semwatch.hashing import sha256_fd
-from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
+from semwatch.imaging import (
+    DecodedImage,
+    ImageError,
+    memory_cap,
+    output_name,
+    read_provenance,
+    sweep_temp_files,
+)
 from semwatch.imaging.source import open_regular
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
@@ -412,6 +419,7 @@ class Daemon:
         self._stall_logged = False
         self._intake_stall_logged = False
         self._heartbeat_problem: str | None = None
+        self._heartbeat_state: str | None = None  # what _heartbeat_failed compares
 
     # ---- lifecycle
 
@@ -685,7 +693,13 @@ class Daemon:
 
     def _decode(self, item: _Item) -> DecodedImage:
         # inside: a symlink, FIFO or device swapped in after queueing is refused, not read.
-        return decode(item.source, max_pixels=self.config.engine.max_pixels, inside=self._layout.input_root)
+        engine = self.config.engine
+        return decode(
+            item.source,
+            max_pixels=engine.max_pixels,
+            max_memory=memory_cap(engine.max_image_mb),
+            inside=self._layout.input_root,
+        )
 
     def _process(self, items: list[_Item]) -> list[_Item]:
         """Finish decoding ``items``, compute them, hand them to the writers.
@@ -876,9 +890,9 @@ class Daemon:
             return
         # Before the job is marked done (a crash in between re-runs the job, sidecars too), and
         # whatever becomes of them the output stands: the job is never undone for a sidecar.
-        sidecars = self._copy_sidecars(item)
+        sidecars, sidecar_error = self._copy_sidecars(item)
         try:
-            if not self._mark_done(job, item.target):
+            if not self._mark_done(job, item.target, sidecar_error):
                 return
         finally:
             self._leases.discard(job.id)
@@ -896,14 +910,14 @@ class Daemon:
             sidecars=sidecars,
         )
 
-    def _mark_done(self, job: Job, target: Path) -> bool:
+    def _mark_done(self, job: Job, target: Path, sidecar_error: str | None = None) -> bool:
         """complete(), retried while the database does not answer: the output is written, and
         a job given up here would be colorized again once its lease ran out (its lease stays
         renewed meanwhile). False when it could not be recorded (logged)."""
         delay, failing = 1.0, False
         while True:
             try:
-                self._queue.complete(self._owner, job.id, str(target))
+                self._queue.complete(self._owner, job.id, str(target), sidecar_error=sidecar_error)
             except QueueError as exc:
                 if not failing:
                     log.error(
@@ -927,17 +941,18 @@ class Daemon:
                 log.info("job marked done after all", job_id=job.id, path=job.rel_path)
             return True
 
-    def _copy_sidecars(self, item: _Item) -> int:
-        """Copy the source's sidecars beside its new output; returns how many. One that
-        cannot be copied is logged with its reason; on a full disk it is copied alone once
-        there is room again (the watcher settles it anew), the image is not colorized again."""
+    def _copy_sidecars(self, item: _Item) -> tuple[int, str | None]:
+        """Copy the source's sidecars beside its new output; returns how many, and why one
+        was not (recorded on the job, shown by `status`). One that cannot be copied is logged
+        with its reason; on a full disk it is copied alone once there is room again (the
+        watcher settles it anew), the image is not colorized again."""
         try:
             copies = copy_sidecars(
                 item.source, item.target, self.config.output.sidecars, inside=self._layout.input_root
             )
         except OSError as exc:
             log.warning("sidecars not looked for", path=item.job.rel_path, error=one_line(exc))
-            return 0
+            return 0, f"sidecars not looked for: {one_line(exc)}"
         for failure in copies.failures:
             storage = self._storage.is_storage_error(failure.error)
             rel = self._layout.input_rel(failure.source)
@@ -951,7 +966,8 @@ class Daemon:
                 job_id=item.job.id,
                 retry="when there is room again (watcher)" if storage else "when the sidecar changes",
             )
-        return copies.copied
+        reasons = [f"{failure.source.name} not copied: {failure.reason}" for failure in copies.failures]
+        return copies.copied, one_line("; ".join(reasons)) if reasons else None
 
     def _own_output_name(self, item: _Item) -> Path:
         """The job's output path by its folder's listing now, made free for it: a sibling's
@@ -1038,9 +1054,18 @@ class Daemon:
                 if self._storage.is_storage_error(exc):
                     raise  # the watcher tries again at its next scan
                 log.warning("sidecar not copied", path=rel_path, output=str(target), error=one_line(exc))
+                self._note_sidecar(target, f"{source.name} not copied: {one_line(exc)}")
                 continue
             if copied:
                 log.info("sidecar copied", path=rel_path, output=str(target))
+                self._note_sidecar(target, None)
+
+    def _note_sidecar(self, output: Path, error: str | None) -> None:
+        """Record on the output's done job why its sidecar is missing, or that it is there."""
+        try:
+            self._queue.note_sidecar(str(output), error)
+        except QueueError as exc:
+            log.warning("sidecar state not recorded on its job", output=str(output), error=one_line(exc))
 
     def _superseded_before_write(self, item: _Item) -> bool:
         """Whether the file went on to other content while this job was computed; its
@@ -1191,21 +1216,27 @@ class Daemon:
                     # away: recovery must not take back jobs this daemon is finishing.
                     self._queue.renew(self._owner, held)
                 self._queue.recover(self._owner)
+        except QueueError as exc:
+            # The database away is one state, whichever step met it (heartbeat, watch lock,
+            # renewals take turns): not a line each time the failing step changes.
+            self._heartbeat_failed(one_line(exc), state="queue database")
         except Exception as exc:  # noqa: BLE001 - the heartbeat must not break a wait
             self._heartbeat_failed(one_line(exc))
         else:
             if asks:
                 self._heartbeat_failed(None)
 
-    def _heartbeat_failed(self, problem: str | None) -> None:
-        """One log line per change (a database outage is not a line per tick)."""
-        if problem == self._heartbeat_problem:
+    def _heartbeat_failed(self, problem: str | None, state: str | None = None) -> None:
+        """One log line per change of state (a database outage is not a line per tick);
+        ``state``: what the problem is a case of, when its wording may vary."""
+        state = state or problem
+        if state == self._heartbeat_state:
             return
         if problem is None:
             log.info("heartbeat steps work again", was=self._heartbeat_problem)
         else:
             log.error("heartbeat step failed", error=problem, logged="once until it changes")
-        self._heartbeat_problem = problem
+        self._heartbeat_problem, self._heartbeat_state = problem, state
 
     def _recover_interval(self) -> float:
         # A dead worker's jobs wait at most half a lease past its expiry for another worker.

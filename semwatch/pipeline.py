@@ -97,10 +97,13 @@ class Result:
 # --------------------------------------------------------------------------- the steps
 
 
-def decode(source: Path, *, max_pixels: int, inside: Path | None = None) -> DecodedImage:
+def decode(
+    source: Path, *, max_pixels: int, inside: Path | None = None, max_memory: int | None = None
+) -> DecodedImage:
     """The image as gray levels with its metadata; ImageError when it cannot be read.
-    ``inside``: the folder it must stay in (symlinks never leading out of it)."""
-    return read_image(source, max_pixels=max_pixels, inside=inside)
+    ``inside``: the folder it must stay in (symlinks never leading out of it);
+    ``max_memory``: what one image may take (``memory_cap(engine.max_image_mb)``, budget.py)."""
+    return read_image(source, max_pixels=max_pixels, inside=inside, max_memory=max_memory)
 
 
 def colorize_batch(
@@ -229,10 +232,13 @@ class Pipeline:
     """Runs tasks through the steps in batches of ``colorizer.batch_size``: the next batch
     is decoded and the previous one written while the engine computes."""
 
-    def __init__(self, colorizer: Colorizer, output: OutputSettings, *, max_pixels: int) -> None:
+    def __init__(
+        self, colorizer: Colorizer, output: OutputSettings, *, max_pixels: int, max_memory: int | None = None
+    ) -> None:
         self.colorizer = colorizer
         self.output = output
         self.max_pixels = max_pixels
+        self.max_memory = max_memory
 
     def run(self, tasks: Sequence[Task], on_result: Callable[[Result], None] | None = None) -> list[Result]:
         """Every task's result, in the order they finished; ``on_result`` sees each at once."""
@@ -288,7 +294,7 @@ class Pipeline:
 
     def _decode(self, task: Task) -> DecodedImage | Exception:
         try:
-            return decode(task.source, max_pixels=self.max_pixels)
+            return decode(task.source, max_pixels=self.max_pixels, max_memory=self.max_memory)
         except ImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch

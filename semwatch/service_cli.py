@@ -148,7 +148,8 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
     failed    given up, with the reason (undecodable file, or too many attempts);
               `semwatch retry --failed` queues them again
     Also: the age of the oldest waiting image, images done per minute over the last
-    10 minutes and hour, the median time from arrival to done, and the latest failures.
+    10 minutes and hour, the median time from arrival to done, the latest failures, and
+    done jobs whose sidecar could not be copied beside the output (with the reason).
     """
     config = load_cli_config(config_path)
     _console_logging(config)
@@ -203,6 +204,11 @@ def format_status(
         lines += ["", "failed jobs (newest first; `semwatch retry JOB_ID` queues one again):"]
         for job in failed_jobs:
             lines.append(f"  {job.id:>7}  {job.rel_path}: {job.error}")
+    sidecars = stats.get("sidecar_problems") or []
+    if sidecars:
+        lines += ["", "done jobs with a sidecar missing beside the output (newest first):"]
+        for problem in sidecars:
+            lines.append(f"  {problem['id']:>7}  {problem['path']}: {problem['error']}")
     return "\n".join(lines)
 
 

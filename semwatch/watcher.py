@@ -338,6 +338,7 @@ class Watcher:
     def _run(self) -> None:
         next_scan = self._clock()  # the start-up scan: files that arrived while we were down
         failures = 0
+        database_down = False
         while not self._stopping.is_set():
             self._busy = True
             self._progress("pass")
@@ -348,7 +349,21 @@ class Watcher:
                     next_scan = self._clock() + self._cfg.scan_interval
                 self._scan_pending_dirs()
                 self.process_ready()
+                if database_down:
+                    self._log.info("watcher passes work again: the queue database answers", failures=failures)
+                    database_down = False
                 failures = 0
+            except QueueError as exc:
+                failures += 1
+                # A database outage is one state: one line when it begins, one when it ends
+                # (not a traceback per retry); what is not yet queued is found by the next pass.
+                if not database_down:
+                    self._log.error(
+                        "watcher pass failed: the queue database does not answer; retried with back-off",
+                        error=one_line(exc),
+                        logged="once until it answers",
+                    )
+                    database_down = True
             except Exception:
                 failures += 1
                 self._log.exception("watcher pass failed", consecutive_failures=failures)

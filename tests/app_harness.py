@@ -13,14 +13,16 @@ from helpers import textured_gray
 from PIL import Image
 
 
-def write_app_config(root: Path, model: Path, *, max_upload_mb: int = 1, port: int = 8501) -> Path:
+def write_app_config(
+    root: Path, model: Path, *, max_upload_mb: int = 1, port: int = 8501, max_image_mb: int = 0
+) -> Path:
     """A config.toml for the app under ``root`` (inbox, outbox, var), with ``model``."""
     config = root / "config.toml"
     config.write_text(
         '[watch]\ninput_dir = "inbox"\n'
         '[output]\ndir = "outbox"\n'
         '[queue]\ndatabase_url = "sqlite:///var/semwatch.db"\n'
-        f'[engine]\nmodel = "{model}"\ndevice = "cpu"\nchroma_size = 128\n'
+        f'[engine]\nmodel = "{model}"\ndevice = "cpu"\nchroma_size = 128\nmax_image_mb = {max_image_mb}\n'
         f"[app]\nmax_upload_mb = {max_upload_mb}\nport = {port}\npreview_size = 256\n"
         '[logging]\nlevel = "warning"\n'
     )

@@ -68,3 +68,19 @@ def raw_tiff_tag(path, code: int) -> bytes | None:
         fh = tif.filehandle
         fh.seek(tag.valueoffset)
         return fh.read(tag.valuebytecount)
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A valid 8-bit gray PNG of black pixels: 10000 x 10000 compresses to about 97 KB (the
+    issue's upload), written row by row so the test never holds the pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then the row
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

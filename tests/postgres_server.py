@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -59,22 +60,44 @@ def _as_postgres(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """A throw-away cluster that a test may stop and start again (a server outage)."""
+
+    bin_dir: Path
+    folder: Path
+    port: int
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
+        self._pg_ctl("-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop: ``fast`` rolls back open transactions and closes every connection."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        _as_postgres(str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), *args)
+
+
 @contextmanager
-def cluster() -> Iterator[str]:
-    """Start a cluster; yields an admin URL (database `postgres`); stops and removes it."""
+def own_cluster() -> Iterator[Cluster]:
+    """Start a cluster of its own (free port, temporary folder); stops and removes it."""
     bin_dir = server_bin_dir()
     assert bin_dir is not None, unavailable_reason()
     folder = Path(tempfile.mkdtemp(prefix="semwatch-pg-"))
     shutil.chown(folder, RUN_AS)
-    data = folder / "data"
-    port = _free_port()
-    _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200"
+    handle = Cluster(bin_dir, folder, _free_port())
+    _as_postgres(
+        str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync"
+    )
     try:
-        _as_postgres(
-            str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"
-        )
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        handle.start()
+        yield handle
     finally:
         subprocess.run(
             [
@@ -84,7 +107,7 @@ def cluster() -> Iterator[str]:
                 "--",
                 str(bin_dir / "pg_ctl"),
                 "-D",
-                str(data),
+                str(folder / "data"),
                 "-m",
                 "immediate",
                 "stop",
@@ -93,6 +116,13 @@ def cluster() -> Iterator[str]:
             timeout=120,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def cluster() -> Iterator[str]:
+    """Start a cluster; yields an admin URL (database `postgres`); stops and removes it."""
+    with own_cluster() as handle:
+        yield handle.admin_url
 
 
 def fresh_database(admin_url: str) -> str:

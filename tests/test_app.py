@@ -21,7 +21,7 @@ from PIL import Image
 if importlib.util.find_spec("streamlit") is None:
     cannot_run("streamlit is not installed (pip install -e '.[app]')")
 from app_harness import png_bytes, provenance_of_tiff, tiff_rgb, write_app_config  # noqa: E402
-from helpers import max_lightness_error, textured_gray  # noqa: E402
+from helpers import max_lightness_error, png_of_zeros, textured_gray  # noqa: E402
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
@@ -29,7 +29,8 @@ from streamlit.testing.v1 import app_test as app_test_module  # noqa: E402
 from semwatch.app import APP_SCRIPT, widgets  # noqa: E402
 from semwatch.app.workspace import SESSION_KEY, Workspace  # noqa: E402
 from semwatch.config import load_config  # noqa: E402
-from semwatch.imaging import read_image, write_image  # noqa: E402
+from semwatch.imaging import ImageTooLarge, memory_cap, read_image, write_image  # noqa: E402
+from semwatch.pipeline import decode  # noqa: E402
 from semwatch.queue import JobState, Owner, open_queue, read_service_state  # noqa: E402
 
 TIMEOUT = 180  # seconds per script run: the machine may be busy training
@@ -188,6 +189,32 @@ def test_oversize_upload_is_refused_with_a_message(app_config: Path) -> None:
     assert "uploads are limited to 1 MB" in texts(at.error)
     assert work(at).source is None
     assert not at.download_button
+
+
+def test_an_upload_needing_more_memory_than_the_service_may_take_is_refused(
+    app_config: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Issue 19: a 97 KB PNG declaring 10000 x 10000 (under max_pixels) took the UI's server
+    to 4.75 GB. The upload is refused by the service's rule and cap (engine.max_image_mb),
+    with the same reason the daemon gives for such a file."""
+    write_app_config(app_config.parent, tiny_model, max_image_mb=1024)
+    dark = png_of_zeros(10_000, 10_000)
+    at = upload(new_app(), "dark.png", dark)
+    message = texts(at.error)
+    assert "dark.png is too large for this server" in message, message
+    assert "about 4577 MB, more than the 1024 MB one image may take (engine.max_image_mb)" in message
+    assert work(at).source is None and not at.download_button
+    # The daemon's decode of the same bytes: the same rule, the same words.
+    engine = load_config(app_config).engine
+    (tmp_path / "dark.png").write_bytes(dark)
+    with pytest.raises(ImageTooLarge) as caught:
+        decode(
+            tmp_path / "dark.png", max_pixels=engine.max_pixels, max_memory=memory_cap(engine.max_image_mb)
+        )
+    assert caught.value.reason in message
+    # An image within the cap is colorized as before.
+    at = upload(at, "sample.png", png_bytes())
+    assert not at.error and at.download_button
 
 
 def test_non_image_upload_gets_a_clear_message(app_config: Path) -> None:

@@ -75,12 +75,18 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
 
 @contextlib.contextmanager
 def _serve(
-    root: Path, model: Path, env_extra: dict[str, str] | None = None, pythonpath: tuple[str, ...] = ()
+    root: Path,
+    model: Path,
+    env_extra: dict[str, str] | None = None,
+    pythonpath: tuple[str, ...] = (),
+    *,
+    max_image_mb: int = 0,
+    started: list[subprocess.Popen] | None = None,
 ):
     """`semwatch app` on a free loopback port with a configuration in ``root``; yields its
-    URL; stopped afterwards."""
+    URL; stopped afterwards. ``started`` receives the server's process."""
     port = _free_port()
-    config = write_app_config(root, model, max_upload_mb=5, port=port)
+    config = write_app_config(root, model, max_upload_mb=5, port=port, max_image_mb=max_image_mb)
     paths = [*pythonpath, str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **(env_extra or {}))
     env.pop("SEMWATCH_CONFIG", None)
@@ -93,6 +99,8 @@ def _serve(
             env=env,
             cwd=root,
         )
+    if started is not None:
+        started.append(process)
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_healthy(url, process, log)
@@ -218,6 +226,49 @@ def _ab_distance(pixels: np.ndarray, color: str) -> float:
     both = np.stack([pixels.reshape(-1, 3).mean(axis=0), target]) / 255.0
     lab = rgb_to_lab(torch.from_numpy(both).float().T[:, :, None])  # (3, H=2, W=1)
     return float(torch.linalg.vector_norm(lab[1:, 0, 0] - lab[1:, 1, 0]))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+@pytest.mark.slow
+def test_an_upload_declaring_10000_by_10000_is_refused_without_the_memory_in_chromium(
+    browser, tmp_path: Path, tiny_model: Path
+) -> None:
+    """Issue 19: a 97 KB PNG declaring 10000 x 10000 (under max_pixels) peaked the server at
+    4.75 GB. Refused by the service's cap (engine.max_image_mb), said on the page, and the
+    server's peak stays far below what decoding it would take."""
+    from helpers import png_of_zeros
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _need_streamlit()
+    dark = tmp_path / "dark.png"
+    dark.write_bytes(png_of_zeros(10_000, 10_000))
+    started: list[subprocess.Popen] = []
+    (tmp_path / "site").mkdir()
+    with _serve(tmp_path / "site", tiny_model, max_image_mb=1024, started=started) as url:
+        browser.get(url)
+        _text_appears(browser, "Upload a scanning electron microscope image")
+        upload = WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]"))
+        )
+        upload.send_keys(str(dark))
+        _text_appears(browser, "dark.png is too large for this server")
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "more than the 1024 MB one image may take (engine.max_image_mb)" in body, body
+        assert "Colorized in" not in body
+        # The app with its model loaded is a few hundred MB; the image's pixels alone are
+        # 100 MB and its colorization about 4.6 GB.
+        peak = _peak_rss_mb(started[0].pid)
+        assert peak < 1500, f"the server peaked at {peak:.0f} MB"
+        _screenshot(browser, tmp_path, "app-upload-too-large.png")
 
 
 @pytest.mark.slow

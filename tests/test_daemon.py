@@ -10,6 +10,7 @@ into starting Python + torch, which is why related checks share one daemon run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -187,6 +188,36 @@ def test_outputs_follow_each_files_current_content(make_site, queue_db: str | No
     )
     status = site.status()
     assert status["counts"]["failed"] == 0 and status["recent_failures"] == []
+    assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+def test_content_read_as_another_and_back_before_it_settles_ends_with_its_output(make_site) -> None:
+    """Issue 19 defect 5 end to end: A is queued; when the daemon reads the file it holds B;
+    the file goes back to A before B settles. A's job once failed "superseded", B never
+    became a job and A's return was only a touch: no output, ever."""
+    site = make_site()
+    site.write_config(watch={"settle_seconds": 10.0})  # B is back to A well within it
+    path, output = site.inbox / "a.png", site.outbox / "a.tif"
+    a, b = png_bytes(gray_image(50)), png_bytes(gray_image(51))
+    write_atomically(path, a)
+    site.cli("enqueue", str(path))  # A queued before the daemon runs ...
+    write_atomically(path, b)  # ... and B is what its first read finds
+    daemon = site.start()
+    daemon.wait_event("file changed since it was queued; read again later", timeout=120)
+    write_atomically(path, a)  # back to A, B never settled
+    wait_until(lambda: _source_sha(output) == sha256_of(path), 180, "the output of the file's content A")
+    assert _source_sha(output) == hashlib.sha256(a).hexdigest()
+    counts = site.wait_settled(1)
+    assert counts == {"pending": 0, "running": 0, "done": 1, "failed": 0}, counts
+    (job,) = site.jobs()  # nothing lost: A's own job, done once, B never a job
+    assert (job.sha256, job.state, job.output_path) == (
+        hashlib.sha256(a).hexdigest(),
+        JobState.DONE,
+        str(output),
+    )
+    assert names(site.outputs(), site.outbox) == {"a.tif"} and not temp_files(site.outbox)
+    assert path.read_bytes() == a  # the watched file untouched
     assert daemon.stop() == 0
 
 
@@ -674,6 +705,8 @@ def test_a_sidecar_bigger_than_the_free_space_never_undoes_its_image(make_site, 
     assert not temp_files(site.outbox)
     assert len([e for e in daemon.events() if e.get("event") == "job done" and e.get("path") == "x.tif"]) == 1
     assert daemon.has_event("sidecar not copied", job_id=x.id)
+    assert x.sidecar_error is not None and x.sidecar_error.startswith("x.txt not copied"), x
+    assert any(p["id"] == x.id for p in site.status()["sidecar_problems"])
     assert daemon.stop() == 0
 
 

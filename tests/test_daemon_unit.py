@@ -7,6 +7,7 @@ import errno
 import gc
 import hashlib
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -282,8 +283,13 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
     config = _config(tmp_path, model=tiny_model)
     big = tmp_path / "big.tif"
     with big.open("wb") as f:
-        f.write(b"II*\x00" + b"\x00" * 12)  # a TIFF signature, then nothing a TIFF needs
-        f.truncate(64 << 20)  # read whole before the decoder can tell
+        # A sound TIFF structure (its strip at the end: the file is read whole) whose
+        # photometric interpretation (5, separated) the decoder refuses.
+        tags = [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (262, 3, 1, 5), (277, 3, 1, 1)]
+        tags += [(273, 4, 1, (64 << 20) - 4096), (278, 4, 1, 64), (279, 4, 1, 4096)]
+        ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + b"\0" * 4
+        f.write(b"II*\x00" + struct.pack("<I", 8) + ifd)
+        f.truncate(64 << 20)
     daemon = Daemon(config, env={})
     daemon._queue = queue = SqlJobQueue(
         f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
@@ -310,7 +316,7 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
     failed = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
     try:
         job = failed.get(job.id)
-        assert job.state is JobState.FAILED and "TIFF" in job.error
+        assert job.state is JobState.FAILED and "unsupported photometric" in job.error
     finally:
         failed.close()
 
@@ -445,11 +451,11 @@ def test_a_finished_output_is_marked_done_once_the_database_answers_again(tmp_pa
         # Fault injection: the database away for the first three completions.
         outage = 3
 
-        def complete(self, owner, job_id, output_path):  # type: ignore[no-untyped-def]
+        def complete(self, owner, job_id, output_path, **kwargs):  # type: ignore[no-untyped-def]
             if self.outage:
                 self.outage -= 1
                 raise QueueError("database: complete failed: connection refused")
-            return super().complete(owner, job_id, output_path)
+            return super().complete(owner, job_id, output_path, **kwargs)
 
     daemon = Daemon(_config(tmp_path), env={})
     daemon._queue = queue = DownQueue(

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import SEM_REAL
-from helpers import bomb_tiff_bytes
+from helpers import bomb_tiff_bytes, png_of_zeros
 from PIL import Image
 
 import semwatch
@@ -34,10 +34,12 @@ from semwatch.imaging import (
     TEMP_PREFIX,
     DecodedImage,
     ImageError,
+    ImageTooLarge,
     SourceMetadata,
     Window,
     build_provenance,
     find_databar,
+    memory_cap,
     output_name,
     read_header,
     read_image,
@@ -360,6 +362,61 @@ def test_garbage_is_refused_on_its_first_bytes_without_reading_the_rest(tmp_path
     assert "not a TIFF, PNG, JPEG or BMP" in caught.value.reason
 
 
+def _ifd(entries: list[tuple[int, int, int, int]], next_ifd: int = 0) -> bytes:
+    """A little-endian classic IFD: (tag, type, count, value) entries, values inline."""
+    packed = b"".join(struct.pack("<HHII", *entry) for entry in sorted(entries))
+    return struct.pack("<H", len(entries)) + packed + struct.pack("<I", next_ifd)
+
+
+_GIGABYTE = 1 << 30
+
+
+def _garbage_tiffs() -> list[tuple[str, bytes, str]]:
+    """(name, head, words of the reason): TIFF-signed heads of 1 GB sparse files."""
+    rng = np.random.default_rng(19)
+    image = [(256, 4, 1, 64), (257, 4, 1, 64), (258, 3, 1, 8), (262, 3, 1, 1), (277, 3, 1, 1)]
+    return [
+        ("zeros.tif", b"II*\x00", "no image directory"),
+        ("far-ifd.tif", b"II*\x00" + struct.pack("<I", 3 * _GIGABYTE), "lies outside the file"),
+        (
+            "random.tif",
+            b"II*\x00" + struct.pack("<I", 16) + b"\x00" * 8 + rng.bytes(4096),
+            "not a readable TIFF",
+        ),
+        (
+            "far-strip.tif",
+            b"II*\x00" + struct.pack("<I", 8) + _ifd([*image, (273, 4, 1, 2 * _GIGABYTE), (279, 4, 1, 4096)]),
+            "image data needs",
+        ),
+        (
+            "huge.tif",
+            b"II*\x00"
+            + struct.pack("<I", 8)
+            + _ifd([(256, 4, 1, 100_000), (257, 4, 1, 100_000), (273, 4, 1, 512)]),
+            "more than max_pixels",
+        ),
+        ("loop.tif", b"II*\x00" + struct.pack("<I", 8) + _ifd(image, next_ifd=8), "loops back"),
+    ]
+
+
+@pytest.mark.parametrize("name, head, words", _garbage_tiffs(), ids=[case[0] for case in _garbage_tiffs()])
+def test_a_gigabyte_of_garbage_behind_a_tiff_signature_is_refused_unread(
+    tmp_path: Path, name: str, head: bytes, words: str
+) -> None:
+    """Issue 19: a 1 GB file that starts with the TIFF signature was read whole (+1.05 GB
+    RSS) before tifffile refused it. Its IFDs and strip offsets are checked first."""
+    path = tmp_path / name
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(_GIGABYTE)  # sparse: the test writes kilobytes
+    before = _bytes_read_by_this_process()
+    with pytest.raises(ImageError) as caught:
+        read_image(path, page=1 if name == "loop.tif" else 0)
+    assert _bytes_read_by_this_process() - before < 1 << 20, "the file was read, not just its structure"
+    assert_image_error(caught.value, path)
+    assert words in caught.value.reason
+
+
 def test_a_file_that_is_no_image_is_refused_without_quoting_its_bytes(tmp_path: Path) -> None:
     """The reason once quoted the first bytes (`starts with b'root:x:0'`), shown in logs,
     `status` and the web UI: whatever file it is, its content is not echoed."""
@@ -553,6 +610,33 @@ def test_header_over_max_pixels_is_refused_before_decoding(tmp_path: Path, name:
     assert_image_error(caught.value, path)
     assert "max_pixels=200000000" in caught.value.reason
     assert peak < 5_000_000  # nothing near the 10 GB the header claims was allocated
+
+
+def test_an_image_needing_more_memory_than_the_cap_is_refused_before_decoding(tmp_path: Path) -> None:
+    """Issue 19: a 97 KB PNG declaring 10000 x 10000 (under max_pixels) took a server to
+    4.75 GB. The memory it would need is checked against engine.max_image_mb first."""
+    png, tif = tmp_path / "dark.png", tmp_path / "dark.tif"
+    png.write_bytes(png_of_zeros(10_000, 10_000))
+    tif.write_bytes(bomb_tiff_bytes(10_000, 10_000))
+    assert len(png.read_bytes()) < 100_000
+    cap = memory_cap(1024)
+    assert cap == 1 << 30
+    tracemalloc.start()
+    try:
+        for path in (png, tif):
+            with pytest.raises(ImageTooLarge) as caught:
+                read_image(path, max_memory=cap)
+            assert_image_error(caught.value, path)
+            reason = caught.value.reason
+            assert "10000x10000" in reason and "about 4577 MB" in reason, reason
+            assert "more than the 1024 MB one image may take (engine.max_image_mb)" in reason, reason
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000  # nothing near the 100 MB of pixels, let alone the 4.6 GB
+    assert read_image(png, max_memory=memory_cap(8192)).gray.shape == (10_000, 10_000)
+    # 0: half of this machine's memory, whatever that is.
+    assert memory_cap(0) == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def test_pillow_decompression_bomb_check_never_leaks(tmp_path: Path) -> None:

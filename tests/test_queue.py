@@ -866,6 +866,7 @@ def test_stats_of_an_empty_queue(queue: SqlJobQueue) -> None:
         "throughput_per_min": {"10m": 0.0, "1h": 0.0},
         "median_latency_s": None,
         "recent_failures": [],
+        "sidecar_problems": [],
     }
 
 

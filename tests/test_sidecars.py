@@ -322,6 +322,19 @@ def test_an_unreadable_sidecar_does_not_fail_its_image(tmp_path: Path, tiny_mode
         assert (job.state.value, job.attempts, job.error) == ("done", 1, None), job
         assert [p.name for p in site.outputs()] == ["x.tif"]
         assert daemon.has_event("sidecar not copied", job_id=job.id)
+        # Recorded on the job, not only in the log: `status` shows it for that job.
+        assert job.sidecar_error is not None and "x.txt not copied" in job.sidecar_error, job
+        assert "Permission denied" in job.sidecar_error
+        (problem,) = site.status()["sidecar_problems"]
+        assert (problem["id"], problem["path"]) == (job.id, "x.tif") and "x.txt" in problem["error"]
+        text = site.cli("status").stdout
+        assert f"{job.id}  x.tif: x.txt not copied" in text, text
+        # Readable again and touched: the watcher copies it alone and the note is cleared.
+        (site.inbox / "x.txt").chmod(0o644)
+        os.utime(site.inbox / "x.txt")
+        wait_until(lambda: (site.outbox / "x.txt").is_file(), 120, "x.txt copied once readable")
+        wait_until(lambda: site.jobs()[0].sidecar_error is None, 60, "the job's sidecar note cleared")
+        assert "sidecar missing" not in site.cli("status").stdout
         assert daemon.stop() == 0
     finally:
         site.stop_all()

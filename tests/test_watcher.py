@@ -236,8 +236,13 @@ def test_worker_logs_a_failing_pass_and_carries_on(
         for w in running:
             w.stop()
         queue.close()
-    failed = [e for e in logs if e["event"] == "watcher pass failed"]
-    assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
+    # A database outage is a state: one line (no traceback) when it begins, one when it ends.
+    (failed,) = [e for e in logs if e["event"].startswith("watcher pass failed")]
+    assert failed["log_level"] == "error" and "database went away" in failed["error"]
+    assert "exc_info" not in failed
+    assert [e["event"] for e in logs if "work again" in e["event"]] == [
+        "watcher passes work again: the queue database answers"
+    ]
 
 
 def test_missing_root_at_start_is_a_clear_error(tmp_path: Path, queue: SqlJobQueue) -> None:

@@ -24,7 +24,7 @@ from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.context import AppContext
 from semwatch.app.workspace import Change, Source, Workspace, workspace
 from semwatch.hints import Hint, HintError
-from semwatch.imaging import SUPPORTED_SUFFIXES, DecodedImage, ImageError, output_name
+from semwatch.imaging import SUPPORTED_SUFFIXES, DecodedImage, ImageError, ImageTooLarge, output_name
 from semwatch.log import get_logger
 from semwatch.queue import JobState, QueueError
 from semwatch.styles import StyleError
@@ -175,7 +175,10 @@ def _open_upload(ctx: AppContext, work: Workspace, name: str, data: bytes) -> st
         )
     try:
         with st.spinner(f"Reading {name}..."):
-            image = service.decode_upload(data, name, max_pixels=ctx.config.engine.max_pixels)
+            image = service.decode_upload(data, name, engine=ctx.config.engine)
+    except ImageTooLarge as exc:
+        log.warning("upload refused: too large", name=name, reason=exc.reason)
+        return f"{name} is too large for this server: {exc.reason}"
     except ImageError as exc:
         log.warning("upload refused: not an image", name=name, reason=exc.reason)
         return f"{name} is not an image semwatch can read: {exc.reason}"
@@ -201,9 +204,7 @@ def _open_job(ctx: AppContext, work: Workspace, job_id: int) -> None:
     try:
         path = queue_view.source_file(ctx.config, job)
         with st.spinner(f"Reading {job.rel_path}..."):
-            image = service.decode_file(
-                path, max_pixels=ctx.config.engine.max_pixels, inside=ctx.config.watch.input_dir
-            )
+            image = service.decode_file(path, engine=ctx.config.engine, inside=ctx.config.watch.input_dir)
     except (ValueError, ImageError) as exc:
         log.warning("cannot open a job's source", job_id=job.id, error=str(exc))
         st.error(f"Cannot open job {job.id}'s source: {exc}")

@@ -21,7 +21,7 @@ from PIL import Image
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer
 from semwatch.hints import Hint, check_hints_fit
-from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage
+from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage, memory_cap
 from semwatch.log import get_logger
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 from semwatch.styles import (
@@ -68,8 +68,10 @@ def load_colorizer(engine: EngineConfig) -> Colorizer:
     return colorizer
 
 
-def decode_upload(data: bytes, name: str, *, max_pixels: int) -> DecodedImage:
-    """Decode uploaded bytes like a file of the service (ImageError when it is not an image).
+def decode_upload(data: bytes, name: str, *, engine: EngineConfig) -> DecodedImage:
+    """Decode uploaded bytes like a file of the service, within the service's limits
+    (``engine.max_pixels``, ``engine.max_image_mb``): ImageTooLarge for an image the
+    server must not take on, ImageError when it is not an image.
 
     read_image reads, hashes and decodes a path, so the upload is written to a private
     temporary folder first and removed at once.
@@ -78,14 +80,17 @@ def decode_upload(data: bytes, name: str, *, max_pixels: int) -> DecodedImage:
     with tempfile.TemporaryDirectory(prefix="semwatch-upload-") as folder:
         path = Path(folder) / safe_name
         path.write_bytes(data)
-        image = decode(path, max_pixels=max_pixels)
+        image = decode(path, max_pixels=engine.max_pixels, max_memory=memory_cap(engine.max_image_mb))
     return dataclasses.replace(image, path=Path(safe_name))
 
 
-def decode_file(path: Path, *, max_pixels: int, inside: Path) -> DecodedImage:
+def decode_file(path: Path, *, engine: EngineConfig, inside: Path) -> DecodedImage:
     """Decode a file of the watch folder (a finished job's source) by the daemon's rule: a
-    regular file inside ``inside``, reached without following a symlink out of it."""
-    return decode(path, max_pixels=max_pixels, inside=inside)
+    regular file inside ``inside``, reached without following a symlink out of it, within
+    the service's limits."""
+    return decode(
+        path, max_pixels=engine.max_pixels, max_memory=memory_cap(engine.max_image_mb), inside=inside
+    )
 
 
 def colorize(

@@ -20,17 +20,20 @@ numpy, tifffile and Pillow only: no torch, so decode and encode threads stay lig
 """
 
 from semwatch.fsutil import TEMP_PREFIX, sweep_temp_files
+from semwatch.imaging.budget import memory_cap
 from semwatch.imaging.databar import find_databar
 from semwatch.imaging.decode import DEFAULT_MAX_PIXELS, DecodedImage, read_header, read_image, read_rgb
 from semwatch.imaging.display import Window
 from semwatch.imaging.encode import write_image
-from semwatch.imaging.errors import ImageError
+from semwatch.imaging.errors import ImageError, ImageTooLarge
 from semwatch.imaging.naming import FORMAT_EXTENSIONS, output_name
 from semwatch.imaging.provenance import build_provenance, read_provenance
 from semwatch.imaging.source import SUPPORTED_SUFFIXES
 from semwatch.imaging.vendor import SourceMetadata
 
 __all__ = [
+    "ImageTooLarge",
+    "memory_cap",
     "DEFAULT_MAX_PIXELS",
     "FORMAT_EXTENSIONS",
     "SUPPORTED_SUFFIXES",

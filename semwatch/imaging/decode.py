@@ -23,9 +23,10 @@ import numpy as np
 import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
+from semwatch.imaging.budget import check_image_memory
 from semwatch.imaging.databar import find_databar_by_content, vendor_databar
 from semwatch.imaging.display import Window, display_rgb, palette_colors, palette_gray, to_display
-from semwatch.imaging.errors import ImageError, describe, is_system_io_error
+from semwatch.imaging.errors import ImageError, ImageTooLarge, describe, is_system_io_error
 from semwatch.imaging.source import (
     KIND_NAMES,
     io_error,
@@ -92,17 +93,23 @@ def read_header(path: Path) -> tuple[int, int]:
 
 
 def read_image(
-    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, page: int = 0, inside: Path | None = None
+    path: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    page: int = 0,
+    inside: Path | None = None,
+    max_memory: int | None = None,
 ) -> DecodedImage:
     """Decode an SEM image to display gray levels, with its metadata and data bar.
 
     Raises ImageError (permanent or transient, see its docstring); a header claiming more
-    than `max_pixels` pixels is refused before anything is decoded. `inside`: the folder
-    the file must be in (the daemon's watch folder), symlinks never leading out of it.
+    than `max_pixels` pixels, or an image that would need more than `max_memory` bytes to
+    decode and colorize (budget.py), is refused before anything is decoded. `inside`: the
+    folder the file must be in (the daemon's watch folder), symlinks never leading out of it.
     """
     path = Path(path)
-    data, kind = _read_checked(path, max_pixels, page, inside)
-    decoded = _decode(path, data, kind, max_pixels, page, carry=True)
+    data, kind = _read_checked(path, max_pixels, page, inside, max_memory)
+    decoded = _decode(path, data, kind, max_pixels, page, carry=True, max_memory=max_memory)
     pixels, warnings = decoded.pixels, (*name_warnings(path, kind), *decoded.warnings)
     if decoded.palette is not None:
         pixels, palette_warnings = palette_gray(pixels, decoded.palette)
@@ -146,18 +153,23 @@ def read_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, page: int = 0)
     return rgb
 
 
-def _read_checked(path: Path, max_pixels: int, page: int, inside: Path | None) -> tuple[bytes, str]:
+def _read_checked(
+    path: Path, max_pixels: int, page: int, inside: Path | None, max_memory: int | None = None
+) -> tuple[bytes, str]:
     if page < 0:
         raise ValueError(f"page must be >= 0, got {page}")
-    return read_source(path, max_pixels, inside)
+    return read_source(path, max_pixels, inside, page, max_memory)
 
 
-def _decode(path: Path, data: bytes, kind: str, max_pixels: int, page: int, carry: bool) -> _Decoded:
+def _decode(
+    path: Path, data: bytes, kind: str, max_pixels: int, page: int, carry: bool, max_memory: int | None = None
+) -> _Decoded:
     """The pixels as stored; ``carry``: gather the tags the output carries (TIFF)."""
+    limits = _Limits(max_pixels, max_memory)
     try:
         if kind == "tiff":
-            return _decode_tiff(path, data, max_pixels, page, carry)
-        return _decode_pillow(path, data, kind, max_pixels, page)  # no tags to carry
+            return _decode_tiff(path, data, limits, page, carry)
+        return _decode_pillow(path, data, kind, limits, page)  # no tags to carry
     except ImageError:
         raise
     except MemoryError as exc:
@@ -168,18 +180,24 @@ def _decode(path: Path, data: bytes, kind: str, max_pixels: int, page: int, carr
         raise ImageError(path, reason, permanent=True) from exc
 
 
-def _check_pixels(path: Path, height: int, width: int, max_pixels: int, depth: int = 1) -> None:
+@dataclass(frozen=True)
+class _Limits:
+    max_pixels: int
+    max_memory: int | None  # bytes; None: no memory cap (budget.py)
+
+
+def _check_pixels(path: Path, height: int, width: int, limits: _Limits, depth: int = 1) -> None:
     if height <= 0 or width <= 0:
         raise ImageError(path, f"image has no pixels ({width}x{height})", permanent=True)
     pixels = height * width * depth
-    if pixels > max_pixels:
-        raise ImageError(
+    if pixels > limits.max_pixels:
+        raise ImageTooLarge(
             path,
             f"image is {width}x{height}"
             + (f"x{depth}" if depth > 1 else "")
-            + f" = {pixels} pixels, more than max_pixels={max_pixels}",
-            permanent=True,
+            + f" = {pixels} pixels, more than max_pixels={limits.max_pixels}",
         )
+    check_image_memory(path, height, width, limits.max_memory, depth)
 
 
 # --------------------------------------------------------------------------- TIFF
@@ -196,15 +214,15 @@ def _tiff_header(path: Path, fh: Any) -> tuple[int, int]:
         raise ImageError(path, f"not a readable TIFF: {describe(exc)}", permanent=True) from exc
 
 
-def _decode_tiff(path: Path, data: bytes, max_pixels: int, page_index: int, carry: bool) -> _Decoded:
+def _decode_tiff(path: Path, data: bytes, limits: _Limits, page_index: int, carry: bool) -> _Decoded:
     # Our own stream, closed on the way out: tifffile's objects form reference cycles that
     # would otherwise keep the whole file's bytes until the cyclic garbage collector runs.
     with io.BytesIO(data) as stream:
-        return _decode_tiff_stream(path, stream, data, max_pixels, page_index, carry)
+        return _decode_tiff_stream(path, stream, data, limits, page_index, carry)
 
 
 def _decode_tiff_stream(
-    path: Path, stream: io.BytesIO, data: bytes, max_pixels: int, page_index: int, carry: bool
+    path: Path, stream: io.BytesIO, data: bytes, limits: _Limits, page_index: int, carry: bool
 ) -> _Decoded:
     try:
         tf = tifffile.TiffFile(stream)
@@ -215,7 +233,7 @@ def _decode_tiff_stream(
         if page_index >= page_count:
             raise ImageError(path, f"page {page_index} requested but the TIFF has {page_count} page(s)", True)
         page = tf.pages[page_index]
-        _check_pixels(path, page.imagelength, page.imagewidth, max_pixels, page.imagedepth)
+        _check_pixels(path, page.imagelength, page.imagewidth, limits, page.imagedepth)
         series_shape = _series_shape(tf, page_index) or tuple(page.shape)
         _check_tiff_layout(path, page, series_shape)
         _check_tiff_extent(path, page, len(data))
@@ -347,15 +365,15 @@ def _open_pillow(path: Path, fh: Any, kind: str) -> Image.Image:
         raise ImageError(path, f"not a readable {KIND_NAMES[kind]}: {describe(exc)}", permanent=True) from exc
 
 
-def _decode_pillow(path: Path, data: bytes, kind: str, max_pixels: int, page: int) -> _Decoded:
+def _decode_pillow(path: Path, data: bytes, kind: str, limits: _Limits, page: int) -> _Decoded:
     # Closed on the way out, as for TIFF: nothing may keep the file's bytes alive.
     with io.BytesIO(data) as stream:
-        return _decode_pillow_stream(path, _open_pillow(path, stream, kind), kind, max_pixels, page)
+        return _decode_pillow_stream(path, _open_pillow(path, stream, kind), kind, limits, page)
 
 
-def _decode_pillow_stream(path: Path, image: Image.Image, kind: str, max_pixels: int, page: int) -> _Decoded:
+def _decode_pillow_stream(path: Path, image: Image.Image, kind: str, limits: _Limits, page: int) -> _Decoded:
     width, height = image.size
-    _check_pixels(path, height, width, max_pixels)
+    _check_pixels(path, height, width, limits)
     warnings: tuple[str, ...] = ()
     frames = int(getattr(image, "n_frames", 1))
     if page >= frames:

@@ -27,6 +27,17 @@ class ImageError(Exception):
         return f"{self.path}: {self.reason}"
 
 
+class ImageTooLarge(ImageError):
+    """An image refused for its size (pixels or the memory it would need): always permanent,
+    and the faces say "too large" rather than "not an image"."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(path, reason, permanent=True)
+
+    def __reduce__(self) -> tuple:  # pickled across processes like its parent
+        return (type(self), (self.path, self.reason))
+
+
 def is_system_io_error(exc: BaseException) -> bool:
     # A failing disk or share carries an errno; the libraries' complaints about bad data
     # (Pillow's "cannot identify", "truncated") are OSErrors without one.

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from semwatch.imaging.errors import ImageError, describe
+from semwatch.imaging.tiff_structure import check_tiff_structure
 
 SUPPORTED_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
 KIND_NAMES: Mapping[str, str] = MappingProxyType({"tiff": "TIFF", "png": "PNG", "jpeg": "JPEG", "bmp": "BMP"})
@@ -26,9 +27,12 @@ _SUFFIX_KIND = MappingProxyType(
 )
 
 
-def read_source(path: Path, max_pixels: int, inside: Path | None) -> tuple[bytes, str]:
+def read_source(
+    path: Path, max_pixels: int, inside: Path | None, page: int = 0, max_memory: int | None = None
+) -> tuple[bytes, str]:
     """The file's bytes and format ("tiff", "png", "jpeg", "bmp"): a regular file's,
-    signature first, bounded. Raises ImageError."""
+    signature first (a TIFF's structure up to ``page`` too, its size against ``max_pixels``
+    and ``max_memory``), bounded. Raises ImageError."""
     # Even 16 bytes per pixel (RGBA float32) plus generous metadata cannot need more; a larger
     # file is refused before it is pulled into memory.
     max_bytes = max_pixels * 16 + (64 << 20)
@@ -42,6 +46,9 @@ def read_source(path: Path, max_pixels: int, inside: Path | None) -> tuple[bytes
                 raise ImageError(path, f"file is {size} bytes, too large for max_pixels={max_pixels}", True)
             # A gigabyte of garbage is refused on its first bytes, not after reading it all.
             kind = sniff(path, os.pread(fd, 16, 0))
+            if kind == "tiff":
+                # ... and a gigabyte behind a TIFF signature on its IFDs and strip offsets.
+                check_tiff_structure(path, fd, size, max_pixels, page, max_memory)
             data = _read_at_most(fh, size, max_bytes)
     except OSError as exc:
         raise io_error(path, exc) from exc

@@ -115,9 +115,17 @@ class JobQueue(abc.ABC):
         """Extend the leases `owner` holds on these jobs."""
 
     @abc.abstractmethod
-    def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
+    def complete(
+        self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None
+    ) -> None:
         """Mark a job done once its output is written; when it is the path's current
-        version, the path's other failed jobs are superseded."""
+        version, the path's other failed jobs are superseded. ``sidecar_error``: why a
+        sidecar of its source was not copied beside the output (recorded on the job)."""
+
+    @abc.abstractmethod
+    def note_sidecar(self, output_path: str, error: str | None) -> int:
+        """Record on the done jobs of ``output_path`` why a sidecar could not be copied
+        beside it, or (None) that their sidecars are there now; returns how many jobs."""
 
     @abc.abstractmethod
     def output_holders(self, output_path: str, *, other_than: str) -> list[str]:

@@ -73,6 +73,8 @@ class Job:
     superseded_by: int | None = None
     # In hand when a process died (DESIGN.md "Queue"): claimed alone, never decoded ahead.
     crash_suspect: bool = False
+    # A done job whose sidecar could not be copied beside its output: why (one line).
+    sidecar_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class QueueStats:
     median_latency_s: float | None
     # [{"path", "error", "at" (epoch seconds)}], newest first.
     recent_failures: list[dict[str, Any]] = field(default_factory=list)
+    # Done jobs whose sidecars are not all beside their output: [{"id", "path", "output",
+    # "error", "at"}], newest first.
+    sidecar_problems: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The `semwatch status --json` shape of DESIGN.md."""
@@ -94,4 +99,5 @@ class QueueStats:
             "throughput_per_min": dict(self.throughput_per_min),
             "median_latency_s": self.median_latency_s,
             "recent_failures": [dict(f) for f in self.recent_failures],
+            "sidecar_problems": [dict(p) for p in self.sidecar_problems],
         }

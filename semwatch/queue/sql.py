@@ -456,7 +456,9 @@ class SqlJobQueue(JobQueue):
                 "leases lost; another worker or recover() took these jobs", job_ids=sorted(wanted - renewed)
             )
 
-    def complete(self, owner: Owner, job_id: int, output_path: str) -> None:
+    def complete(
+        self, owner: Owner, job_id: int, output_path: str, *, sidecar_error: str | None = None
+    ) -> None:
         # Also accepted when the lease was lost but nobody else holds the job: the output
         # belongs to this file version, so redoing it would only rewrite the same file.
         mine = sa.and_(*_held_by(owner))
@@ -470,6 +472,7 @@ class SqlJobQueue(JobQueue):
                 error=None,
                 output_path=output_path,
                 superseded_by=None,
+                sidecar_error=sidecar_error,
                 **_NO_LEASE,
                 **_ORDERLY_END,
             )
@@ -488,6 +491,15 @@ class SqlJobQueue(JobQueue):
             log.info(
                 "earlier failures of the file superseded", job_id=job_id, path=rel_path, failures=superseded
             )
+
+    def note_sidecar(self, output_path: str, error: str | None) -> int:
+        stmt = (
+            sa.update(JOBS)
+            .where(JOBS.c.output_path == output_path, JOBS.c.state == JobState.DONE.value)
+            .values(sidecar_error=error)
+        )
+        with self._transaction("note sidecar", write=True) as conn:
+            return conn.execute(stmt).rowcount
 
     def output_holders(self, output_path: str, *, other_than: str) -> list[str]:
         query = (
@@ -764,6 +776,7 @@ class SqlJobQueue(JobQueue):
         throughput: dict[str, float] = {}
         latency: float | None = None
         failures: list = []
+        sidecars: list = []
         with self._transaction("stats", write=False) as conn:
             counts = self._counts(conn)
             oldest = conn.execute(
@@ -776,12 +789,14 @@ class SqlJobQueue(JobQueue):
                 }
                 latency = self._median_latency(conn, now)
                 failures = self._recent_failures(conn)
+                sidecars = self._sidecar_problems(conn)
         return QueueStats(
             counts=counts,
             oldest_pending_age_s=None if oldest is None else max(now - oldest, 0.0),
             throughput_per_min=throughput,
             median_latency_s=latency,
             recent_failures=failures,
+            sidecar_problems=sidecars,
         )
 
     def _counts(self, conn: Connection) -> dict[str, int]:
@@ -821,6 +836,26 @@ class SqlJobQueue(JobQueue):
         )
         return [
             {"path": row.rel_path, "error": row.error, "at": row.finished_at} for row in conn.execute(query)
+        ]
+
+    def _sidecar_problems(self, conn: Connection) -> list[dict[str, Any]]:
+        query = (
+            sa.select(
+                JOBS.c.id, JOBS.c.rel_path, JOBS.c.output_path, JOBS.c.sidecar_error, JOBS.c.finished_at
+            )
+            .where(JOBS.c.state == JobState.DONE.value, JOBS.c.sidecar_error.is_not(None))
+            .order_by(JOBS.c.finished_at.desc(), JOBS.c.id.desc())
+            .limit(RECENT_FAILURES)
+        )
+        return [
+            {
+                "id": row.id,
+                "path": row.rel_path,
+                "output": row.output_path,
+                "error": row.sidecar_error,
+                "at": row.finished_at,
+            }
+            for row in conn.execute(query)
         ]
 
     # ---- daemons on several hosts

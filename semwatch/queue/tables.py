@@ -58,6 +58,9 @@ class JobRow(Base):
     # or ahead for the next), cleared when the attempt ends in order (done, failed, released).
     # A pending job that still has it was in hand when its process died: it runs alone.
     crash_suspect: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    # Revision 0006. Why a sidecar of a done job's source is not beside its output (None: all
+    # copied); cleared when a later copy succeeds.
+    sidecar_error: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class FileRow(Base):
@@ -127,6 +130,7 @@ JOB_COLUMNS = (
     JOBS.c.attempt_started,
     JOBS.c.superseded_by,
     JOBS.c.crash_suspect,
+    JOBS.c.sidecar_error,
 )
 # Failed jobs that still stand: not made history by a done job of their path's content.
 STANDING_FAILURE = sa.and_(JOBS.c.state == JobState.FAILED.value, JOBS.c.superseded_by.is_(None))
@@ -148,4 +152,5 @@ def to_job(row: Any) -> Job:
         attempt_started=row.attempt_started,
         superseded_by=row.superseded_by,
         crash_suspect=bool(row.crash_suspect),
+        sidecar_error=row.sidecar_error,
     )
