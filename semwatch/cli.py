@@ -237,7 +237,9 @@ def colorize_command(
         precision=colorizer.precision,
         seconds=round(time.perf_counter() - started, 2),
     )
-    if (palette is not None or (style is not None and style.palette is not None)) and not colorizer.takes_palette:
+    if (
+        palette is not None or (style is not None and style.palette is not None)
+    ) and not colorizer.takes_palette:
         click.echo(
             f"warning: model {colorizer.model_name} takes no palette; the "
             f"{'--palette' if palette is not None else 'style'} palette is ignored "

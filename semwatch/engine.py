@@ -42,9 +42,9 @@ from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
-from semwatch.palette import Palette, palette_for, palette_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
+from semwatch.palette import Palette, palette_for, palette_planes
 from semwatch.prototypes import (
     ENCODER_FEATURES,
     MAX_STYLE_POINTS,

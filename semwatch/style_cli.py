@@ -52,7 +52,7 @@ def style_group() -> None:
     "palette_text",
     default=None,
     metavar="COLOURS",
-    help='Also store a palette, up to 4 colours for the whole frame without positions: '
+    help="Also store a palette, up to 4 colours for the whole frame without positions: "
     '"#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3". A palette-taking model gives them to '
     "every image the style applies to (a palette given for an image wins). Default: none "
     "(with --from: the old style's).",

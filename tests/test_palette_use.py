@@ -53,7 +53,9 @@ def colorize(source: Path, out: Path, model: Path, *extra: str) -> subprocess.Co
 # ------------------------------------------------------------------ semwatch colorize --palette
 
 
-def test_colorize_palette_is_used_recorded_and_a_bad_one_is_one_line(palette_model: Path, tmp_path: Path) -> None:
+def test_colorize_palette_is_used_recorded_and_a_bad_one_is_one_line(
+    palette_model: Path, tmp_path: Path
+) -> None:
     source = tmp_path / "frame.png"
     Image.fromarray(FRAME).save(source)
     plain = colorize(source, tmp_path / "plain", palette_model)
@@ -109,7 +111,10 @@ def test_a_styles_palette_round_trips_and_needs_version_2(engine: Colorizer, tmp
     # A palette in a version-1 file, or a broken one: one line naming the file.
     for change, reason in [
         ({"version": 1}, "unknown key(s) palette"),
-        ({"palette": [{"color": "#e0b030", "weight": 0}]}, "palette: weight '0' of #e0b030 must be a positive"),
+        (
+            {"palette": [{"color": "#e0b030", "weight": 0}]},
+            "palette: weight '0' of #e0b030 must be a positive",
+        ),
         ({"palette": "#e0b030,#3060d0,#ffffff,#000000,#123456"}, "palette: a palette has at most 4"),
     ]:
         broken = tmp_path / "broken.json"
@@ -141,7 +146,9 @@ def torch_close(a, b) -> bool:  # noqa: ANN001 - tensors
     return bool((a - b).abs().max() < 1e-3)
 
 
-def test_the_provenance_records_the_palette_used_and_where_it_came_from(engine: Colorizer, tmp_path: Path) -> None:
+def test_the_provenance_records_the_palette_used_and_where_it_came_from(
+    engine: Colorizer, tmp_path: Path
+) -> None:
     source = tmp_path / "frame.png"
     Image.fromarray(FRAME).save(source)
     style = make_style(engine, GrayImage(REFERENCE), REFERENCE_HINTS, name="p", source_name="ref.png",
@@ -156,7 +163,11 @@ def test_the_provenance_records_the_palette_used_and_where_it_came_from(engine: 
     from_style = read_provenance(tmp_path / "style.png")["semwatch"]
     assert from_style["palette"] == {"colors": style.palette.as_record(), "from": "style", "applied": True}
     from_given = read_provenance(tmp_path / "given.png")["semwatch"]
-    assert from_given["palette"] == {"colors": [{"color": "#30c060", "weight": 1.0}], "from": "given", "applied": True}
+    assert from_given["palette"] == {
+        "colors": [{"color": "#30c060", "weight": 1.0}],
+        "from": "given",
+        "applied": True,
+    }
     assert "palette" not in read_provenance(tmp_path / "none.png")["semwatch"]
 
 
@@ -179,5 +190,32 @@ def test_style_make_stores_a_palette_and_show_prints_it(palette_model: Path, tmp
     assert "#e0b030  weight 0.75" in shown.stdout and "#3060d0  weight 0.25" in shown.stdout
     bad = semwatch("style", "make", str(tmp_path / "ref.png"), "--hints", str(hints), "-o",
                    str(tmp_path / "bad.json"), "--palette", "#e0b030:x", *common)  # fmt: skip
-    assert bad.returncode == 2 and "--palette '#e0b030:x': weight 'x' of #e0b030 is not a number" in bad.stderr
+    assert (
+        bad.returncode == 2 and "--palette '#e0b030:x': weight 'x' of #e0b030 is not a number" in bad.stderr
+    )
     assert not (tmp_path / "bad.json").exists()
+
+
+# ------------------------------------------------------------------ the web UI's downloads
+
+
+def test_a_web_ui_download_records_the_palette_given_on_the_page(engine: Colorizer, tmp_path: Path) -> None:
+    from app_harness import provenance_of_tiff
+
+    from semwatch.app import service
+
+    data = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(data)
+    image = service.decode_upload(data.read_bytes(), "frame.png", max_pixels=10**8)
+    palette = parse_palette("#30c060:2,#c03070")
+    plain = service.colorize(engine, image, [], source_path="frame.png")
+    given = service.colorize(engine, image, [], source_path="frame.png", palette=palette)
+    assert np.abs(plain.rgb.astype(int) - given.rgb.astype(int)).max() > 10
+    record = provenance_of_tiff(service.encode(given, engine, fmt="tiff"))["semwatch"]
+    assert record["palette"] == {"colors": palette.as_record(), "from": "given", "applied": True}
+    assert "palette" not in provenance_of_tiff(service.encode(plain, engine, fmt="tiff"))["semwatch"]
+    # "Save as style" keeps the palette given on the page.
+    hinted = service.colorize(
+        engine, image, list(REFERENCE_HINTS[:1]), source_path="frame.png", palette=palette
+    )
+    assert service.style_from_hints(engine, hinted, "page").palette == palette
