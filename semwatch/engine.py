@@ -237,6 +237,9 @@ class Colorizer:
         self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.fullres = FullResolution(self.lut, self._l_table)
+        # "palette ignored" is said once per engine: a folder style with a palette would
+        # otherwise repeat it for every batch of the series.
+        self._palette_ignored_said = False
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
@@ -444,7 +447,8 @@ class Colorizer:
             )
             if chosen is not None:
                 palette_of[i] = chosen
-        if palette_of and not self.takes_palette:
+        if palette_of and not self.takes_palette and not self._palette_ignored_said:
+            self._palette_ignored_said = True
             log.warning("palette ignored", reason="this model takes no palette", model=self.model_name)
         results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, Plan, torch.Tensor, Guidance]]] = defaultdict(list)

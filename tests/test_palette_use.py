@@ -6,6 +6,7 @@ style in test_daemon_styles.py; the web UI in test_app_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -219,3 +220,18 @@ def test_a_web_ui_download_records_the_palette_given_on_the_page(engine: Coloriz
         engine, image, list(REFERENCE_HINTS[:1]), source_path="frame.png", palette=palette
     )
     assert service.style_from_hints(engine, hinted, "page").palette == palette
+
+
+def test_a_model_without_palette_input_says_so_once_per_engine(tiny_model: Path) -> None:
+    from structlog.testing import capture_logs
+
+    plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
+    style = make_style(plain, GrayImage(REFERENCE), REFERENCE_HINTS[:1], name="p", source_name="ref.png",
+                       source_sha256="a" * 64, palette=parse_palette(TWO))  # fmt: skip
+    image = GrayImage(FRAME)
+    with capture_logs() as logs:
+        (styled,) = plain.predict_ab([image], styles=[style])  # a folder style's palette, batch after batch
+        plain.predict_ab([image], palettes=[parse_palette("#30c060")])
+    assert [e["event"] for e in logs if e["event"] == "palette ignored"] == ["palette ignored"]
+    (without,) = plain.predict_ab([image], styles=[dataclasses.replace(style, palette=None)])
+    assert torch_close(styled, without)  # ignored: the same answer as without a palette
