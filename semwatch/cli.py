@@ -237,13 +237,13 @@ def colorize_command(
         precision=colorizer.precision,
         seconds=round(time.perf_counter() - started, 2),
     )
-    if (
-        palette is not None or (style is not None and style.palette is not None)
-    ) and not colorizer.takes_palette:
+    from semwatch.palette import palette_for
+
+    used, origin = palette_for(palette, style)
+    if used is not None and not colorizer.takes_palette:
         click.echo(
             f"warning: model {colorizer.model_name} takes no palette; the "
-            f"{'--palette' if palette is not None else 'style'} palette is ignored "
-            "(recorded as not applied)",
+            f"{'--palette' if origin == 'given' else 'style'} palette is ignored (recorded as not applied)",
             err=True,
         )
     if hints:
