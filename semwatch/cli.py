@@ -132,6 +132,15 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     "prototypes take its colours; the others keep the automatic colour.",
 )
 @click.option(
+    "--palette",
+    "palette_text",
+    default=None,
+    metavar="COLOURS",
+    help='Up to 4 colours for the whole frame, without positions: "#e0b030,#3060d0" (equal '
+    'shares) or "#e0b030:0.7,#3060d0:0.3". Wins over a style\'s palette. Only a model with '
+    "palette input uses it (others warn and ignore it).",
+)
+@click.option(
     "--spread",
     is_flag=True,
     help="Hints also pull every other object toward their colour (the behaviour before "
@@ -150,6 +159,7 @@ def colorize_command(
     batch_size: int | None,
     hints_file: Path | None,
     style_file: Path | None,
+    palette_text: str | None,
     spread: bool,
     overwrite: bool,
     quiet: bool,
@@ -169,6 +179,8 @@ def colorize_command(
     (with --spread, every other object moves halfway to the nearest hint's colour). The
     hints are recorded in the output's provenance. With --style FILE, every input takes the
     style's colours where its objects match the style's; its name and SHA-256 are recorded.
+    With --palette COLOURS (or a style that has a palette), every input is given those
+    colours without positions; the palette used is recorded.
     """
     config = load_cli_config(config_path)
     configure_logging(
@@ -178,6 +190,7 @@ def colorize_command(
     tasks = plan_tasks(inputs, output_dir, fmt)
     hints = _load_hints_for(hints_file, tasks)
     style = _load_style(style_file)
+    palette = _parse_palette(palette_text)
     existing = [t.target for t in tasks if t.target.exists()]
     if existing and not overwrite:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -225,10 +238,19 @@ def colorize_command(
         precision=colorizer.precision,
         seconds=round(time.perf_counter() - started, 2),
     )
+    from semwatch.palette import palette_for
+
+    used, origin = palette_for(palette, style)
+    if used is not None and not colorizer.takes_palette:
+        click.echo(
+            f"warning: model {colorizer.model_name} takes no palette; the "
+            f"{'--palette' if origin == 'given' else 'style'} palette is ignored (recorded as not applied)",
+            err=True,
+        )
     if hints:
         tasks = [dataclasses.replace(tasks[0], hints=tuple(hints))]
-    if style is not None or spread:
-        tasks = [dataclasses.replace(task, style=style, spread=spread) for task in tasks]
+    if style is not None or spread or palette is not None:
+        tasks = [dataclasses.replace(task, style=style, spread=spread, palette=palette) for task in tasks]
     pipeline = Pipeline(
         colorizer,
         OutputSettings.of(config.output, fmt),
@@ -270,6 +292,18 @@ def _load_style(style_file: Path | None):  # noqa: ANN202 - semwatch.styles.Styl
         return load_style(style_file)
     except StyleError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _parse_palette(text: str | None):  # noqa: ANN202 - semwatch.palette.Palette, imported lazily
+    """The palette of --palette COLOURS, or None; UsageError naming the option and the reason."""
+    if text is None:
+        return None
+    from semwatch.palette import PaletteError, parse_palette
+
+    try:
+        return parse_palette(text)
+    except PaletteError as exc:
+        raise click.UsageError(f"--palette {text!r}: {exc}") from None
 
 
 def run_tasks(tasks: Sequence[Task], pipeline: Pipeline, *, progress: bool = True) -> int:

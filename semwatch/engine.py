@@ -42,9 +42,9 @@ from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
-from semwatch.palette import Palette, palette_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
+from semwatch.palette import Palette, palette_for, palette_planes
 from semwatch.prototypes import (
     ENCODER_FEATURES,
     MAX_STYLE_POINTS,
@@ -194,6 +194,9 @@ class EngineInfo:
     precision: str
     chroma_size: int
     refinement: Mapping[str, float]
+    # Whether the network takes a global palette (a palette given to one that does not is
+    # recorded as not applied).
+    takes_palette: bool = False
 
 
 class Colorizer:
@@ -234,6 +237,9 @@ class Colorizer:
         self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.fullres = FullResolution(self.lut, self._l_table)
+        # "palette ignored" is said once per engine: a folder style with a palette would
+        # otherwise repeat it for every batch of the series.
+        self._palette_ignored_said = False
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
@@ -322,6 +328,7 @@ class Colorizer:
             precision=self.precision,
             chroma_size=self.chroma_size,
             refinement=self.refinement.as_dict(),
+            takes_palette=self.takes_palette,
         )
 
     def canvas_shapes(self) -> list[tuple[int, int]]:
@@ -355,8 +362,9 @@ class Colorizer:
         ``styles``: one style (or None) per image. A hint colours its object and the objects
         like it; ``spread`` (for all images, or one flag per image): instead, every other
         object is pulled toward the nearest hint's colour (the behaviour before issue 20);
-        ``palettes``: one palette (or None) per image, "these colours" without positions
-        (a palette-taking model only; others ignore it with a warning)."""
+        ``palettes``: one palette (or None) per image, "these colours" without positions; an
+        image without one takes its style's palette, if any (a palette-taking model only;
+        others ignore it with a warning)."""
         preds = self._predict(images, hints, styles, spread=spread, palettes=palettes)
         rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, preds)]
         synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
@@ -429,13 +437,21 @@ class Colorizer:
             raise ValueError(f"{len(hints)} hint lists for {len(images)} images")
         if palettes is not None and len(palettes) != len(images):
             raise ValueError(f"{len(palettes)} palettes for {len(images)} images")
-        if palettes is not None and not self.takes_palette and any(p is not None for p in palettes):
-            log.warning("palette ignored", reason="this model takes no palette", model=self.model_name)
         if styles is not None and len(styles) != len(images):
             raise ValueError(f"{len(styles)} styles for {len(images)} images")
+        # A palette given for an image wins over its style's (semwatch.palette.palette_for).
+        palette_of = {}
+        for i in range(len(images)):
+            chosen, _ = palette_for(
+                palettes[i] if palettes is not None else None, styles[i] if styles is not None else None
+            )
+            if chosen is not None:
+                palette_of[i] = chosen
+        if palette_of and not self.takes_palette and not self._palette_ignored_said:
+            self._palette_ignored_said = True
+            log.warning("palette ignored", reason="this model takes no palette", model=self.model_name)
         results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, Plan, torch.Tensor, Guidance]]] = defaultdict(list)
-        palette_of = {i: p for i, p in enumerate(palettes or ()) if p is not None}
         for i, image in enumerate(images):
             self._check(image)
             rows = self._colour_rows(image)

@@ -25,12 +25,14 @@ from semwatch.errors import one_line
 from semwatch.hints import Hint, HintError, check_hints_fit
 from semwatch.imaging import DecodedImage, ImageError, build_provenance, read_image, write_image
 from semwatch.log import get_logger
+from semwatch.palette import palette_for, palette_provenance
 from semwatch.sidecars import copy_sidecars
 from semwatch.styles import StyleError
 
 if TYPE_CHECKING:
     from semwatch.config import OutputConfig
     from semwatch.engine import Colorizer, EngineInfo
+    from semwatch.palette import Palette
     from semwatch.styles import Style
 
 log = get_logger(__name__)
@@ -53,6 +55,9 @@ class Task:
     style: Style | None = None
     # Hints pull every other object toward their colour (the behaviour before issue 20).
     spread: bool = False
+    # Colours without positions for the whole frame (semwatch.palette); None: the style's
+    # palette if it has one, else the model chooses.
+    palette: Palette | None = None
     # As recorded in the provenance (the web UI records an upload's name); default: source.
     source_path: str | None = None
 
@@ -112,6 +117,7 @@ def colorize_batch(
     hints: Sequence[Sequence[Hint]] | None = None,
     styles: Sequence[Style | None] | None = None,
     spread: Sequence[bool] | None = None,
+    palettes: Sequence[Palette | None] | None = None,
 ) -> list[np.ndarray | Exception]:
     """RGB per image from one batched pass; when the batch fails, image by image, so one
     image that breaks the engine costs only its own output. A failed image's entry is the
@@ -119,12 +125,15 @@ def colorize_batch(
     per_image = hints if hints and any(hints) else None
     per_style = styles if styles and any(s is not None for s in styles) else None
     spreads = list(spread) if spread and any(spread) else None
+    per_palette = palettes if palettes and any(p is not None for p in palettes) else None
     # Only what is asked for: a plain batch is the plain call it always was.
     steer: dict[str, Any] = {}
     if per_style is not None:
         steer["styles"] = per_style
     if spreads is not None:
         steer["spread"] = spreads
+    if per_palette is not None:
+        steer["palettes"] = per_palette
     try:
         return list(colorizer.colorize(images, hints=per_image, **steer))
     except Exception as exc:  # noqa: BLE001 - sorted out image by image below
@@ -140,6 +149,7 @@ def colorize_batch(
             [per_image[index]] if per_image else None,
             [per_style[index]] if per_style else None,
             [spreads[index]] if spreads else None,
+            [per_palette[index]] if per_palette else None,
         )
     return results
 
@@ -151,8 +161,11 @@ def provenance(
     source_path: str,
     hints: Sequence[Hint] = (),
     style: Style | None = None,
+    palette: Palette | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of an output (DESIGN.md "Input and output")."""
+    """The provenance record of an output (DESIGN.md "Input and output"). ``palette``: the
+    one given for the image; recorded is the one used (semwatch.palette.palette_for)."""
+    used, origin = palette_for(palette, style)
     return build_provenance(
         image,
         source_path=source_path,
@@ -165,6 +178,11 @@ def provenance(
         refinement=info.refinement,
         hints=[hint.as_record() for hint in hints] or None,
         style=style.record if style is not None else None,
+        palette=(
+            palette_provenance(used, origin, applied=info.takes_palette)
+            if used is not None and origin is not None
+            else None
+        ),
     )
 
 
@@ -193,7 +211,12 @@ def write_colorized(
         fmt=output.fmt,
         metadata=image.metadata,
         provenance=provenance(
-            image, info, source_path=task.recorded_path, hints=task.hints, style=task.style
+            image,
+            info,
+            source_path=task.recorded_path,
+            hints=task.hints,
+            style=task.style,
+            palette=task.palette,
         ),
         jpeg_quality=output.jpeg_quality,
     )
@@ -333,6 +356,7 @@ class Pipeline:
             [task.hints for task, _ in ready],
             [task.style for task, _ in ready],
             [task.spread for task, _ in ready],
+            [task.palette for task, _ in ready],
         )
         out: list[np.ndarray | None] = []
         for (task, _), rgb in zip(ready, rgbs):

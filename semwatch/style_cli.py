@@ -47,6 +47,16 @@ def style_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The style file to write (JSON).",
 )
+@click.option(
+    "--palette",
+    "palette_text",
+    default=None,
+    metavar="COLOURS",
+    help="Also store a palette, up to 4 colours for the whole frame without positions: "
+    '"#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3". A palette-taking model gives them to '
+    "every image the style applies to (a palette given for an image wins). Default: none "
+    "(with --from: the old style's).",
+)
 @click.option("--name", default=None, help="The style's name. Default: IMAGE's stem (or the --from style's).")
 @click.option(
     "--model",
@@ -61,6 +71,7 @@ def make_command(
     hints_file: Path | None,
     from_style: Path | None,
     output: Path,
+    palette_text: str | None,
     name: str | None,
     model: Path | None,
     device: str | None,
@@ -68,9 +79,19 @@ def make_command(
 ) -> None:
     """Make a style from IMAGE and colour hints on it: each hint's colour, and the object it
     falls on described by the model's features, so that the same kind of object in other
-    frames takes that colour. A style works with the model that made it."""
+    frames takes that colour. A style works with the model that made it.
+
+    No palette is stored unless --palette is given: IMAGE is gray, so its "own" colours
+    would be the model's guess fed back to it as an instruction, and the hints already
+    carry the colours a person chose to the objects like theirs."""
     if (hints_file is None) == (from_style is None):
         raise click.UsageError("give --hints FILE, or --from STYLE to re-derive a style (one of the two)")
+    from semwatch.palette import PaletteError, parse_palette
+
+    try:
+        palette = parse_palette(palette_text) if palette_text is not None else None
+    except PaletteError as exc:
+        raise click.UsageError(f"--palette {palette_text!r}: {exc}") from None
     config = load_cli_config(config_path)
     configure_logging(
         config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
@@ -107,15 +128,17 @@ def make_command(
             name=name or (old.name if old is not None else image.stem),
             source_name=image.name,
             source_sha256=decoded.sha256,
+            palette=palette if palette is not None or old is None else old.palette,
         )
         saved = save_style(style, output)
     except (StyleError, HintError, ImageError, ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{output}: cannot write the style ({exc.strerror or exc})") from None
+    with_palette = f", palette {saved.palette.as_text()}" if saved.palette is not None else ""
     click.echo(
         f"style {saved.name!r}: {len(saved.colors())} colours from {len(saved.prototypes)} hints on "
-        f"{image.name}, model {saved.model_name} -> {output}",
+        f"{image.name}{with_palette}, model {saved.model_name} -> {output}",
         err=True,
     )
 
@@ -149,4 +172,9 @@ def format_style(style) -> str:  # noqa: ANN001 - semwatch.styles.Style, importe
         where = [style.hints[p.hint] for p in style.prototypes if style.hints[p.hint].color == color]
         points = ", ".join(f"({h.as_record()['x']}, {h.as_record()['y']})" for h in where)
         lines.append(f"  {color}  {len(where)} object{'s' if len(where) != 1 else ''} at {points}")
+    if style.palette is None:
+        lines.append("palette  none")
+    else:
+        lines.append(f"palette  {len(style.palette.colours)} colours for the whole frame:")
+        lines += [f"  {c.color}  weight {c.weight:.2f}" for c in style.palette.colours]
     return "\n".join(lines)

@@ -13,7 +13,14 @@ The file is versioned JSON (README, "Styles")::
      "features": {"kind": "encoder-pooled/1", "parts": [64, 128, 256, 3], "centre": [...]},
      "source": {"name", "sha256", "shape": [h, w]},
      "hints": [{"x", "y", "color"}, ...],
-     "colors": [{"color": "#e0b030", "prototypes": [{"hint": 0, "vector": [...]}, ...]}, ...]}
+     "colors": [{"color": "#e0b030", "prototypes": [{"hint": 0, "vector": [...]}, ...]}, ...],
+     "palette": [{"color": "#e0b030", "weight": 0.7}, ...]}
+
+``palette`` (version 2; optional) is a global palette (:mod:`semwatch.palette`): colours
+without positions that a palette-taking model gives the whole frame, unless the image is
+given its own palette. A style without one is written as version 1, which every semwatch
+that reads styles understands; one with a palette is version 2, so an older semwatch
+says "upgrade" instead of misreading it.
 
 A prototype's vector is the raw mean descriptor of its object (encoder depths and gray
 statistics joined, ``parts`` their sizes); ``centre`` is the reference frame's mean, the
@@ -44,18 +51,22 @@ import torch
 from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.hints import Hint, HintError, parse_hints
+from semwatch.palette import Palette, PaletteError, palette_from_record
 from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, embed
 
 if TYPE_CHECKING:
     from semwatch.engine import Colorizer, GrayLike
 
 FORMAT_NAME = "semwatch-style"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The version that added the optional "palette" key; a style without one is still written as 1.
+PALETTE_VERSION = 2
 # The file a watch folder's style lives in (the nearest one up the tree applies).
 STYLE_FILENAME = "semwatch-style.json"
 # Style files are small (a few prototypes of a few hundred numbers); a larger one is a mistake.
 MAX_STYLE_BYTES = 4 * 1024 * 1024
 _TOP_KEYS = {"format", "version", "name", "created", "model", "features", "source", "hints", "colors"}
+_OPTIONAL_KEYS = {"palette"}
 _KINDS = (ENCODER_FEATURES, GRAY_FEATURES)
 # A JSON list of plain numbers as json.dumps(indent=1) spreads it, one per line.
 _NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*,?\s*)+)\]")
@@ -88,6 +99,8 @@ class Style:
     source_shape: tuple[int, int]
     hints: tuple[Hint, ...]
     prototypes: tuple[StylePrototype, ...]
+    # Colours without positions for the whole frame (semwatch.palette); None: no palette.
+    palette: Palette | None = None
     # Where it was read from and the SHA-256 of those bytes (provenance); "" when made here.
     path: str = field(default="", compare=False)
     sha256: str = field(default="", compare=False)
@@ -130,9 +143,9 @@ class Style:
                     "prototypes": [{"hint": p.hint, "vector": _rounded(p.vector)} for p in protos],
                 }
             )
-        return {
+        data: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": PALETTE_VERSION if self.palette is not None else 1,
             "name": self.name,
             "created": self.created,
             "model": {"name": self.model_name, "sha256": self.model_sha256},
@@ -145,6 +158,9 @@ class Style:
             "hints": [h.as_record() for h in self.hints],
             "colors": colors,
         }
+        if self.palette is not None:
+            data["palette"] = self.palette.as_record()
+        return data
 
     def dumps(self) -> str:
         """Indented JSON with each list of numbers on one line (readable, diffable)."""
@@ -180,7 +196,7 @@ def parse_style(data: Any, source: str, *, sha256: str = "") -> Style:
         raise fail(
             f"style version {version!r} is not supported (supports 1..{FORMAT_VERSION}); upgrade semwatch"
         )
-    unknown = sorted(set(data) - _TOP_KEYS)
+    unknown = sorted(set(data) - _TOP_KEYS - (_OPTIONAL_KEYS if version >= PALETTE_VERSION else set()))
     missing = sorted(_TOP_KEYS - set(data))
     if unknown:
         raise fail(f"unknown key(s) {', '.join(unknown)}")
@@ -228,6 +244,12 @@ def parse_style(data: Any, source: str, *, sha256: str = "") -> Style:
             if len(vector) != len(centre):
                 raise fail(f"{at}.vector has {len(vector)} numbers, features.centre {len(centre)}")
             prototypes.append(StylePrototype(index, vector))
+    palette = None
+    if "palette" in data:
+        try:
+            palette = palette_from_record(data["palette"], f"{source}: palette")
+        except PaletteError as exc:
+            raise StyleError(str(exc)) from None
     return Style(
         name=name,
         created=created,
@@ -241,6 +263,7 @@ def parse_style(data: Any, source: str, *, sha256: str = "") -> Style:
         source_shape=(int(shape[0]), int(shape[1])),
         hints=hints,
         prototypes=tuple(prototypes),
+        palette=palette,
         path=source,
         sha256=sha256,
     )
@@ -293,9 +316,12 @@ def make_style(
     source_name: str,
     source_sha256: str,
     features: str = ENCODER_FEATURES,
+    palette: Palette | None = None,
 ) -> Style:
     """A style from ``hints`` on ``image``: one prototype per hint, the descriptor of the
-    region it falls in. Hints in the data bar are left out (the engine ignores them too)."""
+    region it falls in. Hints in the data bar are left out (the engine ignores them too).
+    ``palette``: stored as given; none is derived from the reference (its colours would be
+    the model's own guess on a gray frame, not the person's choice)."""
     if not hints:
         raise StyleError(f"{source_name}: a style needs at least one hint")
     description, points = colorizer.describe_hinted(image, hints, features=features)
@@ -322,6 +348,7 @@ def make_style(
         source_shape=(int(image.gray.shape[0]), int(image.gray.shape[1])),
         hints=tuple(kept),
         prototypes=tuple(prototypes),
+        palette=palette,
     )
 
 

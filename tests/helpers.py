@@ -84,3 +84,28 @@ def png_of_zeros(width: int, height: int) -> bytes:
     idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def write_palette_model(path, seed: int = 2, name: str = "tiny-palette"):  # noqa: ANN001, ANN201 - Path
+    """A random hint + palette generator file whose palette network is not zero, so a
+    palette visibly changes its answer (an untrained one starts at zero: no effect)."""
+    from semwatch.model import GeneratorConfig, build_generator, save_generator
+
+    torch.manual_seed(seed)
+    config = GeneratorConfig(decoder_width=8, in_channels=4, palette_colours=4)
+    model = build_generator(config)
+    with torch.no_grad():
+        model.palette[-1].weight.normal_(0, 2.0)
+        # An untrained encoder's activations grow layer by layer (its batch norms are the
+        # identity), drowning the palette's bottleneck offsets: calibrate their statistics
+        # on a few random frames, as training would, so the palette visibly steers.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # a plain average over the calibration batches
+        model.train()
+        planes = config.input_channels - 1
+        for _ in range(2):
+            model(torch.cat((torch.rand(4, 1, 64, 64) * 2 - 1, torch.zeros(4, planes, 64, 64)), dim=1))
+        model.eval()
+    save_generator(path, model, config, {"name": name})
+    return path

@@ -397,7 +397,57 @@ def test_apply_an_uploaded_style_in_chromium(
     )
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Style grains" in body and "from reference.png, 2 hinted objects" in body, body
+    # This model takes no palette: the field says so instead of silently doing nothing.
+    assert "takes no palette" in body, body
+    (field,) = browser.find_elements(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
+    assert not field.is_enabled()
     _screenshot(browser, tmp_path, "app-style.png")
+
+
+@pytest.mark.slow
+def test_a_palette_typed_on_the_page_recolours_the_image_in_chromium(browser, tmp_path: Path) -> None:
+    """With a palette-taking model (generated here: the bundled one takes none yet), a
+    palette typed into the field re-colorizes the image, shown as swatches; the download
+    becomes a refined result (its provenance: test_palette_use.py)."""
+    from helpers import write_palette_model
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _need_streamlit()
+    _need_browser()
+    model = write_palette_model(tmp_path / "palette.safetensors")
+    image = tmp_path / "next.png"
+    Image.fromarray(textured_gray(240, 320, seed=7)).save(image)
+    (tmp_path / "site").mkdir()
+    with _serve(tmp_path / "site", model) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, WAIT, poll_frequency=0.5)
+        wait.until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "input[type=file]"))[0].send_keys(
+            str(image)
+        )
+        _text_appears(browser, "Download next.tif")
+        (automatic,) = wait.until(_result_other_than(None))
+        field = wait.until(
+            lambda driver: driver.find_elements(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
+        )[0]
+        assert field.is_enabled()
+        # A bad palette first: one line naming it; nothing changes.
+        field.send_keys("#30c060:x", Keys.ENTER)
+        _text_appears(browser, "Palette '#30c060:x': weight 'x' of #30c060 is not a number")
+        field = browser.find_element(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys("#30c060,#c03070", Keys.ENTER)
+        _text_appears(browser, "Download next.refined.tif")
+        (recoloured,) = wait.until(_result_other_than(automatic))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "Palette 50% 50%" in " ".join(body.split()), body
+        assert "is not a number" not in body
+        # A random model's palette moves some objects a lot, most a little: a visible change
+        # (over 10 levels) in at least the most changed 1 % of the pixels.
+        change = np.abs(recoloured.astype(int) - automatic.astype(int)).max(axis=-1)
+        assert np.percentile(change, 99) > 10, f"RGB change: 99th percentile {np.percentile(change, 99)}"
+        _screenshot(browser, tmp_path, "app-palette.png")
 
 
 # --------------------------------------------------------------------------- #21: work kept, zoom, service state

@@ -1,6 +1,7 @@
 """A watch folder's style, end to end: `semwatch run` as a real subprocess, a style file made
 by `semwatch style make` in one subfolder and none in another, a style edited mid-run, and a
-broken one that fails only the jobs under it (issue 20)."""
+broken one that fails only the jobs under it (issue 20); the edited style carries a palette
+to the images after it (issue 23)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ CENTRES = [(70, 90), (150, 260)]
 @pytest.fixture
 def site(tmp_path: Path):
     torch.manual_seed(1)  # the hint-taking model test_styles colours with
-    config = GeneratorConfig(decoder_width=8, in_channels=4)
+    # With a palette input (built last, its output layer zero: the same colours as without),
+    # so a style's palette is recorded as applied.
+    config = GeneratorConfig(decoder_width=8, in_channels=4, palette_colours=4)
     model = tmp_path / "hinted.safetensors"
     save_generator(model, build_generator(config), config, {"name": "tiny-hinted"})
     site = Site(tmp_path / "site", model, settings={"engine": {"chroma_size": 128}})
@@ -37,14 +40,15 @@ def site(tmp_path: Path):
     site.stop_all()
 
 
-def make_style(site: Site, folder: Path, hints: list[Hint], name: str) -> Path:
+def make_style(site: Site, folder: Path, hints: list[Hint], name: str, *options: str) -> Path:
     """`semwatch style make` with the site's own config (its model and engine settings)."""
     reference = site.root / "reference.png"
     reference.write_bytes(png_bytes(REFERENCE))
     hint_file = site.root / f"{name}-hints.json"
     hint_file.write_text(json.dumps({"hints": [h.as_record() for h in hints]}))
     staged = site.root / f"{name}.json"
-    site.cli("style", "make", str(reference), "--hints", str(hint_file), "-o", str(staged), "--name", name)
+    site.cli("style", "make", str(reference), "--hints", str(hint_file), "-o", str(staged),
+             "--name", name, *options)  # fmt: skip
     target = folder / STYLE_FILENAME
     write_atomically(target, staged.read_bytes())  # as an editor saving over it would
     return target
@@ -88,15 +92,22 @@ def test_a_folder_style_colours_its_images_and_an_edit_applies_to_the_next(site:
     assert failed.error.startswith(f"{broken / STYLE_FILENAME}: not JSON") and "\n" not in failed.error
     assert all(not job.rel_path.endswith(".json") for job in site.jobs())  # a style is never a job
 
-    # The style is edited mid-run (colours swapped): the next image takes the new one.
+    assert "palette" not in provenance(first)
+    # The style is edited mid-run (colours swapped, a palette added): the next image takes
+    # the new one, palette included, with nothing given but the folder's file.
     swapped = [Hint.from_color(h.x, h.y, YELLOW if h.color == BLUE else BLUE) for h in REFERENCE_HINTS]
-    make_style(site, styled, swapped, "discs yellow")
+    make_style(site, styled, swapped, "discs yellow", "--palette", "#30c060")
     (styled / "two.png").write_bytes(frame)
     site.wait_settled(4)
     second = site.outbox / "styled" / "two.tif"
     assert hue_agreement(second, inside, YELLOW) > 0.9
     assert hue_agreement(second, outside, BLUE) > 0.9
     assert provenance(second)["style"]["name"] == "discs yellow"
+    assert provenance(second)["palette"] == {
+        "colors": [{"color": "#30c060", "weight": 1.0}],
+        "from": "style",
+        "applied": True,
+    }
     assert provenance(first)["style"]["name"] == "discs blue"  # done images stay as they were
     assert daemon.alive() and daemon.stop() == 0
     assert np.array_equal(tifffile.imread(first).shape, (200, 360, 3))

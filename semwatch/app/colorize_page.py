@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from semwatch.app import queue_view, service, style_panel, widgets
+from semwatch.app import palette_panel, queue_view, service, style_panel, widgets
 from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.context import AppContext
 from semwatch.app.workspace import Change, Source, Workspace, workspace
@@ -75,6 +75,7 @@ def render(ctx: AppContext) -> None:
         _hint_controls(work)
         _hint_list(work)
         style_panel.render(ctx, work)
+        palette_panel.render(ctx, work)
         _downloads(ctx, work)
         if source.job_id is not None:
             _save_refined(ctx, work)
@@ -289,6 +290,8 @@ def _status_line(work: Workspace) -> None:
     steering = [f"{count} hint{'s' if count != 1 else ''}"] if count else []
     if work.style is not None:
         steering.append(f"the style {work.style.name}")
+    if work.palette is not None:
+        steering.append("the palette")
     with_hints = f" with {' and '.join(steering)}" if steering else ""
     failure = work.failure_now()
     if failure is not None:
@@ -391,6 +394,7 @@ def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
                 long_side=QUICK_SIDE,
                 style=work.style,
                 spread=work.spread,
+                palette=work.palette,
             )
             work.quick, work.quick_seconds = (recipe, rgb), time.perf_counter() - started
             st.rerun()
@@ -402,6 +406,7 @@ def _colorize_if_stale(ctx: AppContext, work: Workspace) -> None:
             source_path=source.source_path,
             style=work.style,
             spread=work.spread,
+            palette=work.palette,
         )
     except (HintError, StyleError) as exc:  # one line each, naming the file or the hint
         log.warning("hints or style refused", error=str(exc))

@@ -23,6 +23,7 @@ from semwatch.engine import Colorizer
 from semwatch.hints import Hint, check_hints_fit
 from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage, memory_cap
 from semwatch.log import get_logger
+from semwatch.palette import Palette
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 from semwatch.styles import (
     STYLE_FILENAME,
@@ -52,6 +53,7 @@ class Colorized:
     seconds: float  # time in the engine (lock wait excluded)
     style: Style | None = None  # recorded in the provenance (name and SHA-256)
     spread: bool = False
+    palette: Palette | None = None  # given on the page; recorded in the provenance
 
 
 def load_colorizer(engine: EngineConfig) -> Colorizer:
@@ -101,16 +103,18 @@ def colorize(
     source_path: str,
     style: Style | None = None,
     spread: bool = False,
+    palette: Palette | None = None,
 ) -> Colorized:
     """Colorize one decoded image; ``hints`` in the image's pixels (HintError if outside),
-    ``style`` applied (StyleError when it was made with another model)."""
+    ``style`` applied (StyleError when it was made with another model), ``palette`` given
+    (it wins over the style's)."""
     hints = tuple(hints)
     check_hints_fit(hints, *image.gray.shape, source=source_path)
     if style is not None:
         colorizer.check_style(style)
     with _ENGINE_LOCK:
         started = time.perf_counter()
-        rgb = colorize_batch(colorizer, [image], [hints], [style], [spread])[0]
+        rgb = colorize_batch(colorizer, [image], [hints], [style], [spread], [palette])[0]
         seconds = time.perf_counter() - started
     if isinstance(rgb, Exception):
         raise rgb
@@ -120,10 +124,11 @@ def colorize(
         hints=len(hints),
         style=style.name if style is not None else None,
         spread=spread,
+        palette=palette.as_text() if palette is not None else None,
         shape=list(image.gray.shape),
         seconds=round(seconds, 3),
     )
-    return Colorized(image, rgb, hints, source_path, seconds, style, spread)
+    return Colorized(image, rgb, hints, source_path, seconds, style, spread, palette)
 
 
 def colorize_quick(
@@ -134,6 +139,7 @@ def colorize_quick(
     long_side: int,
     style: Style | None = None,
     spread: bool = False,
+    palette: Palette | None = None,
 ) -> np.ndarray:
     """A quick look at the result: the same engine on a copy whose long side is
     ``long_side``, hints scaled with it. The generator sees the same down-scaled input
@@ -141,7 +147,9 @@ def colorize_quick(
     height, width = image.gray.shape
     scale = long_side / max(height, width)
     if scale >= 1:
-        return colorize(colorizer, image, hints, source_path=str(image.path), style=style, spread=spread).rgb
+        return colorize(
+            colorizer, image, hints, source_path=str(image.path), style=style, spread=spread, palette=palette
+        ).rgb
     small = np.asarray(
         Image.fromarray(image.gray).resize(
             (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR
@@ -156,7 +164,7 @@ def colorize_quick(
         for h in hints
     ]
     with _ENGINE_LOCK:
-        rgb = colorize_batch(colorizer, [small_image], [small_hints], [style], [spread])[0]
+        rgb = colorize_batch(colorizer, [small_image], [small_hints], [style], [spread], [palette])[0]
     if isinstance(rgb, Exception):
         raise rgb
     return rgb
@@ -171,6 +179,7 @@ def write(target: Path, result: Colorized, colorizer: Colorizer, *, fmt: str, jp
         result.hints,
         style=result.style,
         spread=result.spread,
+        palette=result.palette,
         source_path=result.source_path,
     )
     write_output(task, result.image, result.rgb, colorizer.info, OutputSettings(fmt, jpeg_quality))
@@ -193,7 +202,8 @@ MAX_LISTED_STYLES = 200
 
 
 def style_from_hints(colorizer: Colorizer, result: Colorized, name: str) -> Style:
-    """A style made from a result's hints on its image (StyleError without usable hints)."""
+    """A style made from a result's hints on its image, keeping the palette given on the
+    page, if any (StyleError without usable hints)."""
     with _ENGINE_LOCK:
         return make_style(
             colorizer,
@@ -202,6 +212,7 @@ def style_from_hints(colorizer: Colorizer, result: Colorized, name: str) -> Styl
             name=name,
             source_name=PurePath(result.source_path).name,
             source_sha256=result.image.sha256,
+            palette=result.palette,
         )
 
 

@@ -73,7 +73,8 @@ def _show_style(style: Style) -> None:
     colors = " ".join(swatch(c) for c in style.colors())
     st.markdown(
         f"**Style** {style.name} {colors}  \n"
-        f"from {style.source_name}, {len(style.prototypes)} hinted objects",
+        f"from {style.source_name}, {len(style.prototypes)} hinted objects"
+        + (f"; palette {' '.join(swatch(c.color) for c in style.palette.colours)}" if style.palette else ""),
         unsafe_allow_html=True,
     )
     st.button("Remove style", key="cz_style_remove", on_click=_remove_style)
@@ -187,7 +188,7 @@ def _made_style(ctx: AppContext, work: Workspace, name: str) -> Style:
     """The style of the current hints, made once per image, hints and name (it runs the
     network's encoder: not on every rerun)."""
     assert work.source is not None and work.result is not None
-    key = (work.source.token, work.hints, name)
+    key = (work.source.token, work.hints, work.palette, name)
     cached = st.session_state.get("cz_made_style")
     if cached is None or cached[0] != key:
         cached = (key, service.style_from_hints(ctx.colorizer(), work.result, name))

@@ -1,5 +1,5 @@
 """The Colorize page's work in progress, one per browser session: the image, what steers it
-(hints, a style, whether hints spread), the latest result and what has been saved.
+(hints, a style, a palette, whether hints spread), the latest result and what has been saved.
 
 It lives in st.session_state under one key, outside every widget, so it survives switching
 to the Queue page and back (Streamlit drops the state of widgets a page run did not draw).
@@ -19,6 +19,7 @@ from semwatch.app.service import Colorized
 from semwatch.app.widgets import Box
 from semwatch.hints import Hint
 from semwatch.imaging import DecodedImage
+from semwatch.palette import Palette
 from semwatch.styles import Style
 
 SESSION_KEY = "cz_work"
@@ -46,12 +47,13 @@ class Recipe:
     hints: tuple[Hint, ...] = ()
     style: Style | None = None  # compared by content: a re-read equal file is the same style
     spread: bool = False  # hints pull every other object toward their colour (issue 20, item 5)
+    palette: Palette | None = None  # colours for the whole frame (issue 23)
 
     @property
     def steered(self) -> bool:
         """Whether the user changed anything the service's automatic output would not have
         (spreading without hints changes nothing)."""
-        return bool(self.hints) or self.style is not None
+        return bool(self.hints) or self.style is not None or self.palette is not None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Workspace:
     # to colour a series, one image after the other.
     style: Style | None = None
     spread: bool = False
+    # Like the style, the palette stays for the next image: "these colours" for a series.
+    palette: Palette | None = None
     result: Colorized | None = None  # the latest full result...
     result_recipe: Recipe | None = None  # ...and what it was made from
     quick: tuple[Recipe, np.ndarray] | None = None  # a low-resolution look, while the full one runs
@@ -92,7 +96,7 @@ class Workspace:
     def recipe(self) -> Recipe | None:
         if self.source is None:
             return None
-        return Recipe(self.source.token, self.hints, self.style, self.spread)
+        return Recipe(self.source.token, self.hints, self.style, self.spread, self.palette)
 
     @property
     def fresh(self) -> bool:
@@ -133,6 +137,12 @@ class Workspace:
         """Apply another style (None: none): the result shown is stale until the engine answers."""
         if style != self.style or (style is not None and style.sha256 != self.style.sha256):
             self.style = style
+            self._stale(now)
+
+    def repalette(self, palette: Palette | None, now: float) -> None:
+        """Another palette (None: none): the result shown is stale until the engine answers."""
+        if palette != self.palette:
+            self.palette = palette
             self._stale(now)
 
     def set_spread(self, spread: bool, now: float) -> None:

@@ -34,6 +34,7 @@ def build_provenance(
     refinement: Mapping[str, Any] | None = None,
     hints: Sequence[Mapping[str, Any]] | None = None,
     style: Mapping[str, str] | None = None,
+    palette: Mapping[str, Any] | None = None,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
@@ -41,7 +42,9 @@ def build_provenance(
     filter), which change the output as much as the model does; ``precision`` (fp32, bf16,
     fp16), the network's number format, changes it slightly too. ``hints``: the colour
     hints given ({"x", "y", "color"} each), recorded only when there were any; ``style``:
-    the style applied ({"name", "sha256"} of its file), only when there was one.
+    the style applied ({"name", "sha256"} of its file), only when there was one;
+    ``palette``: the global palette ({"colors": [{"color", "weight"}], "from": "given" or
+    "style", "applied": whether the model took it}), only when there was one.
     """
     record = {
         "semwatch": {
@@ -68,6 +71,8 @@ def build_provenance(
         record["semwatch"]["hints"] = [dict(h) for h in hints]
     if style:
         record["semwatch"]["style"] = dict(style)
+    if palette:
+        record["semwatch"]["palette"] = dict(palette)
     return record
 
 

@@ -1,0 +1,80 @@
+"""The Colorize page's palette field (issue 23): up to 4 colours for the whole frame,
+without positions, typed as text ("#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3") and
+shown as swatches with their shares.
+
+The palette lives in the session's Workspace beside the hints and the style, stays when
+the next image of a series is opened, and wins over a style's own palette (the engine's
+rule, semwatch.palette.palette_for). A model without palette input gets the field
+disabled, with the reason, rather than a field that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from semwatch.app.context import AppContext
+from semwatch.app.style_panel import swatch
+from semwatch.app.workspace import Workspace, workspace
+from semwatch.log import get_logger
+from semwatch.palette import PALETTE_COLOURS, Palette, PaletteError, parse_palette
+
+log = get_logger(__name__)
+
+_KEY = "cz_palette"  # the text field
+_ERROR_KEY = "cz_palette_error"  # the one line of the last refused palette, until the next try
+EXAMPLE = "#e0b030,#3060d0"
+
+
+def swatches(palette: Palette) -> str:
+    """The palette as swatches with their shares, for markdown."""
+    return " ".join(f"{swatch(c.color)} {c.weight:.0%}" for c in palette.colours)
+
+
+def render(ctx: AppContext, work: Workspace) -> None:
+    """The palette field, what it holds, and which palette applies."""
+    takes = ctx.colorizer().takes_palette
+    if _KEY not in st.session_state and work.palette is not None:
+        st.session_state[_KEY] = work.palette.as_text()  # back from the Queue page
+    st.text_input(
+        f"Palette (up to {PALETTE_COLOURS} colours for the whole frame)",
+        key=_KEY,
+        placeholder=f"{EXAMPLE}  or  #e0b030:0.7,#3060d0:0.3",
+        on_change=_palette_changed,
+        disabled=not takes,
+        help="Colours the model should use, without saying where: hex colours, optionally "
+        "with shares after a colon. Empty: the model chooses (or the style's palette applies). "
+        "Recorded in the downloads' provenance.",
+    )
+    if not takes:
+        st.caption(
+            f"The loaded model ({ctx.colorizer().model_name}) takes no palette: it was trained "
+            "without one, so a palette would not change its colours. Hints and styles still work."
+        )
+        return
+    error = st.session_state.get(_ERROR_KEY)
+    if error:
+        st.error(error)
+    if work.palette is not None:
+        st.markdown(f"**Palette** {swatches(work.palette)}", unsafe_allow_html=True)
+    elif work.style is not None and work.style.palette is not None:
+        st.markdown(f"The style's palette applies: {swatches(work.style.palette)}", unsafe_allow_html=True)
+
+
+def _palette_changed() -> None:
+    text = str(st.session_state.get(_KEY) or "").strip()
+    work = workspace(st.session_state)
+    if not text:
+        st.session_state[_ERROR_KEY] = None
+        work.repalette(None, time.perf_counter())
+        return
+    try:
+        palette = parse_palette(text)
+    except PaletteError as exc:
+        # The previous palette stays in force: a typo does not silently drop it.
+        st.session_state[_ERROR_KEY] = f"Palette {text!r}: {exc}"
+        return
+    st.session_state[_ERROR_KEY] = None
+    work.repalette(palette, time.perf_counter())
+    log.info("palette given in the web UI", palette=palette.as_text())

@@ -1,0 +1,237 @@
+"""Where a person or a style gives a palette (issue 23, item 3): `semwatch colorize
+--palette`, the style file's palette and `semwatch style make --palette`, the rule that a
+palette given for an image wins over its style's, and the provenance record of each.
+The palette itself and the network's use of it are in test_palette.py; the daemon's folder
+style in test_daemon_styles.py; the web UI in test_app_browser.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_palette_model
+from PIL import Image
+from test_styles import REFERENCE, REFERENCE_HINTS, discs, make_reference_style
+
+from semwatch.engine import Colorizer, GrayImage
+from semwatch.imaging import read_provenance
+from semwatch.palette import parse_palette
+from semwatch.pipeline import OutputSettings, Pipeline, Task
+from semwatch.styles import StyleError, load_style, make_style, save_style
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TWO = "#e0b030,#3060d0"
+FRAME = discs(200, 360, [(70, 90), (150, 260)], 45, seed=5)
+
+
+@pytest.fixture(scope="module")
+def palette_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_palette_model(tmp_path_factory.mktemp("models") / "palette.safetensors")
+
+
+@pytest.fixture(scope="module")
+def engine(palette_model: Path) -> Colorizer:
+    return Colorizer.from_file(palette_model, device="cpu", chroma_size=128)
+
+
+def semwatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "semwatch", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def colorize(source: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    return semwatch("colorize", str(source), "-o", str(out), "--model", str(model), "--device", "cpu",
+                    "--chroma-size", "128", "--format", "png", "-q", *extra)  # fmt: skip
+
+
+# ------------------------------------------------------------------ semwatch colorize --palette
+
+
+def test_colorize_palette_is_used_recorded_and_a_bad_one_is_one_line(
+    palette_model: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(source)
+    plain = colorize(source, tmp_path / "plain", palette_model)
+    given = colorize(source, tmp_path / "given", palette_model, "--palette", TWO)
+    assert plain.returncode == 0 and given.returncode == 0, plain.stderr + given.stderr
+    assert "warning" not in given.stderr
+    before = np.asarray(Image.open(tmp_path / "plain" / "frame.png")).astype(int)
+    after = np.asarray(Image.open(tmp_path / "given" / "frame.png")).astype(int)
+    assert np.abs(before - after).max() > 10  # the palette changed the colours
+    record = read_provenance(tmp_path / "given" / "frame.png")["semwatch"]
+    assert record["palette"] == {
+        "colors": [{"color": "#e0b030", "weight": 0.5}, {"color": "#3060d0", "weight": 0.5}],
+        "from": "given",
+        "applied": True,
+    }
+    assert "palette" not in read_provenance(tmp_path / "plain" / "frame.png")["semwatch"]
+    # A bad palette: a usage error (exit 2) in one line naming the option and the reason,
+    # before any model is loaded or anything written.
+    bad = colorize(source, tmp_path / "bad", palette_model, "--palette", "#e0b030,red")
+    assert bad.returncode == 2, bad.stderr
+    (line,) = [x for x in bad.stderr.splitlines() if "--palette" in x]
+    assert "--palette '#e0b030,red'" in line and "not an sRGB hex colour" in line
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_model_without_palette_input_warns_and_records_it_as_not_applied(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(source)
+    done = colorize(source, tmp_path / "out", tiny_model, "--palette", "#3060d0")
+    assert done.returncode == 0, done.stderr
+    assert "warning: model tiny-random takes no palette; the --palette palette is ignored" in done.stderr
+    record = read_provenance(tmp_path / "out" / "frame.png")["semwatch"]
+    assert record["palette"]["applied"] is False and record["palette"]["from"] == "given"
+
+
+# ------------------------------------------------------------------ the style file
+
+
+def test_a_styles_palette_round_trips_and_needs_version_2(engine: Colorizer, tmp_path: Path) -> None:
+    palette = parse_palette("#e0b030:3,#3060d0")
+    saved = save_style(make_style(engine, GrayImage(REFERENCE), REFERENCE_HINTS, name="p", source_name="ref.png",
+                                  source_sha256="a" * 64, palette=palette), tmp_path / "p.json")  # fmt: skip
+    loaded = load_style(tmp_path / "p.json")
+    assert loaded == saved and loaded.palette == palette
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["version"] == 2
+    assert data["palette"] == [{"color": "#e0b030", "weight": 0.75}, {"color": "#3060d0", "weight": 0.25}]
+    # Without a palette a style stays version 1, which older semwatch versions read.
+    plain = save_style(make_reference_style(engine), tmp_path / "plain.json")
+    assert plain.palette is None and json.loads((tmp_path / "plain.json").read_text())["version"] == 1
+    # A palette in a version-1 file, or a broken one: one line naming the file.
+    for change, reason in [
+        ({"version": 1}, "unknown key(s) palette"),
+        (
+            {"palette": [{"color": "#e0b030", "weight": 0}]},
+            "palette: weight '0' of #e0b030 must be a positive",
+        ),
+        ({"palette": "#e0b030,#3060d0,#ffffff,#000000,#123456"}, "palette: a palette has at most 4"),
+    ]:
+        broken = tmp_path / "broken.json"
+        broken.write_text(json.dumps({**data, **change}))
+        with pytest.raises(StyleError) as info:
+            load_style(broken)
+        assert str(info.value).startswith(f"{broken}: ") and reason in str(info.value), str(info.value)
+
+
+def test_a_palette_given_for_the_image_wins_over_its_styles(engine: Colorizer) -> None:
+    own, given = parse_palette(TWO), parse_palette("#30c060")
+    # One hint (the discs): the field keeps the automatic colour, which a palette steers.
+    disc = REFERENCE_HINTS[:1]
+    bare = make_reference_style(engine, disc)
+    with_palette = make_style(engine, GrayImage(REFERENCE), disc, name="p", source_name="ref.png",
+                              source_sha256="a" * 64, palette=own)  # fmt: skip
+    image = GrayImage(FRAME)
+    (styled,) = engine.predict_ab([image], styles=[with_palette])
+    (as_given,) = engine.predict_ab([image], styles=[bare], palettes=[own])
+    (no_palette,) = engine.predict_ab([image], styles=[bare])
+    assert float((styled - no_palette).abs().max()) > 1.0  # the style's palette is used ...
+    assert torch_close(styled, as_given)  # ... exactly as if it had been given
+    (overridden,) = engine.predict_ab([image], styles=[with_palette], palettes=[given])
+    (given_only,) = engine.predict_ab([image], styles=[bare], palettes=[given])
+    assert torch_close(overridden, given_only) and not torch_close(overridden, styled)
+
+
+def torch_close(a, b) -> bool:  # noqa: ANN001 - tensors
+    return bool((a - b).abs().max() < 1e-3)
+
+
+def test_the_provenance_records_the_palette_used_and_where_it_came_from(
+    engine: Colorizer, tmp_path: Path
+) -> None:
+    source = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(source)
+    style = make_style(engine, GrayImage(REFERENCE), REFERENCE_HINTS, name="p", source_name="ref.png",
+                       source_sha256="a" * 64, palette=parse_palette(TWO))  # fmt: skip
+    tasks = [
+        Task(source, tmp_path / "style.png", style=style),
+        Task(source, tmp_path / "given.png", style=style, palette=parse_palette("#30c060")),
+        Task(source, tmp_path / "none.png"),
+    ]
+    results = Pipeline(engine, OutputSettings(fmt="png"), max_pixels=10**8).run(tasks)
+    assert all(r.ok for r in results), [r.line for r in results]
+    from_style = read_provenance(tmp_path / "style.png")["semwatch"]
+    assert from_style["palette"] == {"colors": style.palette.as_record(), "from": "style", "applied": True}
+    from_given = read_provenance(tmp_path / "given.png")["semwatch"]
+    assert from_given["palette"] == {
+        "colors": [{"color": "#30c060", "weight": 1.0}],
+        "from": "given",
+        "applied": True,
+    }
+    assert "palette" not in read_provenance(tmp_path / "none.png")["semwatch"]
+
+
+# ------------------------------------------------------------------ semwatch style make / show
+
+
+def test_style_make_stores_a_palette_and_show_prints_it(palette_model: Path, tmp_path: Path) -> None:
+    Image.fromarray(REFERENCE).save(tmp_path / "ref.png")
+    hints = tmp_path / "hints.json"
+    hints.write_text(json.dumps({"hints": [h.as_record() for h in REFERENCE_HINTS]}))
+    common = ("--model", str(palette_model), "--device", "cpu")
+    path = tmp_path / "style.json"
+    made = semwatch("style", "make", str(tmp_path / "ref.png"), "--hints", str(hints), "-o", str(path),
+                    "--palette", "#e0b030:3,#3060d0", *common)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "palette #e0b030:0.75,#3060d0:0.25" in made.stderr
+    shown = semwatch("style", "show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "palette  2 colours for the whole frame:" in shown.stdout
+    assert "#e0b030  weight 0.75" in shown.stdout and "#3060d0  weight 0.25" in shown.stdout
+    bad = semwatch("style", "make", str(tmp_path / "ref.png"), "--hints", str(hints), "-o",
+                   str(tmp_path / "bad.json"), "--palette", "#e0b030:x", *common)  # fmt: skip
+    assert (
+        bad.returncode == 2 and "--palette '#e0b030:x': weight 'x' of #e0b030 is not a number" in bad.stderr
+    )
+    assert not (tmp_path / "bad.json").exists()
+
+
+# ------------------------------------------------------------------ the web UI's downloads
+
+
+def test_a_web_ui_download_records_the_palette_given_on_the_page(engine: Colorizer, tmp_path: Path) -> None:
+    from app_harness import provenance_of_tiff
+
+    from semwatch.app import service
+
+    data = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(data)
+    image = service.decode_upload(data.read_bytes(), "frame.png", max_pixels=10**8)
+    palette = parse_palette("#30c060:2,#c03070")
+    plain = service.colorize(engine, image, [], source_path="frame.png")
+    given = service.colorize(engine, image, [], source_path="frame.png", palette=palette)
+    assert np.abs(plain.rgb.astype(int) - given.rgb.astype(int)).max() > 10
+    record = provenance_of_tiff(service.encode(given, engine, fmt="tiff"))["semwatch"]
+    assert record["palette"] == {"colors": palette.as_record(), "from": "given", "applied": True}
+    assert "palette" not in provenance_of_tiff(service.encode(plain, engine, fmt="tiff"))["semwatch"]
+    # "Save as style" keeps the palette given on the page.
+    hinted = service.colorize(
+        engine, image, list(REFERENCE_HINTS[:1]), source_path="frame.png", palette=palette
+    )
+    assert service.style_from_hints(engine, hinted, "page").palette == palette
+
+
+def test_a_model_without_palette_input_says_so_once_per_engine(tiny_model: Path) -> None:
+    from structlog.testing import capture_logs
+
+    plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
+    style = make_style(plain, GrayImage(REFERENCE), REFERENCE_HINTS[:1], name="p", source_name="ref.png",
+                       source_sha256="a" * 64, palette=parse_palette(TWO))  # fmt: skip
+    image = GrayImage(FRAME)
+    with capture_logs() as logs:
+        (styled,) = plain.predict_ab([image], styles=[style])  # a folder style's palette, batch after batch
+        plain.predict_ab([image], palettes=[parse_palette("#30c060")])
+    assert [e["event"] for e in logs if e["event"] == "palette ignored"] == ["palette ignored"]
+    (without,) = plain.predict_ab([image], styles=[dataclasses.replace(style, palette=None)])
+    assert torch_close(styled, without)  # ignored: the same answer as without a palette
