@@ -240,3 +240,40 @@ def test_rebalanced_l1_weighs_rare_colours_more() -> None:
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         Rebalance.from_counts(counts, 1.0)
     assert math.isfinite(rebalance.spread) and rebalance.spread > 1
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def test_hue_contrast_is_zero_for_one_hue_and_high_for_opposite_figure_and_ground() -> None:
+    from trainer.metrics import hue_contrast
+
+    one = torch.zeros(2, 20, 20)
+    one[0], one[1] = 20.0, 30.0
+    assert hue_contrast(one) == pytest.approx(0.0, abs=1e-9)
+    opposite = one.clone()
+    opposite[:, :, 10:] *= -1  # the other half in the opposite hue
+    assert hue_contrast(opposite) == pytest.approx(1.0, abs=1e-9)
+    assert hue_contrast(opposite * 3) == pytest.approx(hue_contrast(opposite))  # chroma scale
+    faint = opposite.clone()
+    faint[:, :, 10:] *= 0.1  # chroma 3.6 < 5: not counted as a second hue
+    assert hue_contrast(faint) == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(hue_contrast(torch.zeros(2, 5, 5)))
+
+
+def test_evaluate_reports_hue_contrast_and_the_truths_palette_pass(palette_model: Path, tmp_path: Path) -> None:
+    from test_trainer_data import write_shapes_dataset
+
+    from trainer.evaluate import evaluate, format_table, select_images
+
+    root = write_shapes_dataset(tmp_path / "shapes", count=3, gray=0)
+    engine = Colorizer.from_file(palette_model, device="cpu", chroma_size=64)
+    paths = select_images(root, "all", 0.1)
+    report = evaluate(engine, paths, progress=False, palette_colours=3)
+    assert 0.0 < report.metrics.hue_contrast_truth <= 1.0
+    assert 0.0 <= report.metrics.hue_contrast <= 1.0
+    assert report.palette is not None and report.palette.colours == 3
+    assert report.palette.ab_mae != pytest.approx(report.metrics.ab_mae)  # the palette steered it
+    table = format_table(report)
+    assert "hue contrast (truth" in table and "3 dominant colours" in table
+    assert evaluate(engine, paths, progress=False).palette is None
