@@ -18,6 +18,7 @@ from helpers import write_palette_model
 from PIL import Image
 from test_styles import REFERENCE, REFERENCE_HINTS, discs, make_reference_style
 
+from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer, GrayImage
 from semwatch.imaging import read_provenance
 from semwatch.palette import parse_palette
@@ -207,7 +208,7 @@ def test_a_web_ui_download_records_the_palette_given_on_the_page(engine: Coloriz
 
     data = tmp_path / "frame.png"
     Image.fromarray(FRAME).save(data)
-    image = service.decode_upload(data.read_bytes(), "frame.png", max_pixels=10**8)
+    image = service.decode_upload(data.read_bytes(), "frame.png", engine=EngineConfig())
     palette = parse_palette("#30c060:2,#c03070")
     plain = service.colorize(engine, image, [], source_path="frame.png")
     given = service.colorize(engine, image, [], source_path="frame.png", palette=palette)
