@@ -819,3 +819,33 @@ def test_without_init_or_option_a_run_trains_without_hints(tmp_path: Path) -> No
     save_generator(plain, generator, generator.config, {"name": "plain"})
     assert resolve_input_layout(TrainerConfig(), plain).hints is False
     assert resolve_input_layout(TrainerConfig(hints=True), plain).hints is True  # widened later
+
+
+def test_trainer_options_are_generated_from_the_config_fields() -> None:
+    """Each [trainer] key with an option takes its type, help and shown default from the
+    field, and an option given lands on that key (--lr only where --lr-g/--lr-d are not)."""
+    from trainer.cli import _overrides, run_command
+
+    params = {p.name: p for p in run_command.params}
+    fields = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+    generated = [name for name in fields if name in params]
+    assert {"batch_size", "image_size", "crop_min", "hints", "lambda_l1", "pretrained_encoder"} <= set(
+        generated
+    )
+    for name in generated:
+        option = params[name]
+        assert option.opts == ["--" + name.replace("_", "-")] and option.default is None
+        assert fields[name].metadata["help"] in option.help
+        if fields[name].default is not None:
+            assert f"Default: [trainer] {name} ({fields[name].default})." in option.help
+    assert params["config_path"].opts == ["--config"]
+    given = {"batch_size": 3, "hints": False, "lr": 1e-3, "lr_d": 5e-4, "epochs": 2, "gan_epochs": 9}
+    assert _overrides(given, ["pretrain_epochs", "gan_epochs"]) == {
+        "batch_size": 3,
+        "hints": False,
+        "pretrain_epochs": 2,
+        "gan_epochs": 2,
+        "pretrain_lr": 1e-3,
+        "lr_g": 1e-3,
+        "lr_d": 5e-4,
+    }
