@@ -3,16 +3,14 @@ click's runner, and as a real process where the entry point and its exit code ar
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
+from cli_runs import Ran
 from conftest import sem_real_files
 from helpers import bomb_tiff_bytes, max_lightness_error, raw_tiff_tag, textured_gray
 from PIL import Image
@@ -24,26 +22,12 @@ from semwatch.model import file_sha256
 VENDOR_TAGS = (34680, 34682, 34118)
 
 
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def in_process(*args: str) -> Ran:
-    """The CLI through click's runner: the same command, exit code and output streams, without
-    a new interpreter importing torch (~5 s each). Exceptions propagate: a traceback fails."""
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return Ran(result.exit_code, result.stdout, result.stderr)
+    return cli_runs.in_process(main, args)
 
 
 def as_process(*args: str) -> Ran:
-    """`python -m semwatch` as a real process: the entry point, the real stderr and exit code."""
-    done = subprocess.run(
-        [sys.executable, "-m", "semwatch", *args], capture_output=True, text=True, timeout=300
-    )
-    return Ran(done.returncode, done.stdout, done.stderr)
+    return cli_runs.as_process("semwatch", args, timeout=300)
 
 
 def colorize(inputs, out: Path, model: Path, *extra: str, run: Callable[..., Ran] = in_process) -> Ran:
