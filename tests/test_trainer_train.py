@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,7 @@ from PIL import Image
 from test_trainer_data import write_shapes_dataset
 
 import trainer.checkpoint
+from semwatch.cli import main
 from semwatch.config import TrainerConfig, load_config_file
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
@@ -763,11 +765,9 @@ def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_
     assert exported.exit_code == 0, exported.output
     image = tmp_path / "sem.png"
     Image.fromarray((np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) % 251).astype(np.uint8)).save(image)
-    colorized = subprocess.run(
+    colorized = cli_runs.in_process(
+        main,
         [
-            sys.executable,
-            "-m",
-            "semwatch",
             "colorize",
             str(image),
             "--output-dir",
@@ -780,10 +780,6 @@ def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_
             "cpu",
             "-q",
         ],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert colorized.returncode == 0, colorized.stderr
     assert (tmp_path / "out" / "sem.tif").is_file()
