@@ -73,6 +73,9 @@ def check_output(source: Path, output: Path, model: Path) -> None:
             assert raw_tiff_tag(output, code) == raw_tiff_tag(source, code), (source.name, code)
 
 
+# Slow: every real file (up to 2k x 2k, 16-bit) through decode, network and the TIFF writer;
+# the fast loop colorizes real files in test_default_model and decodes each in test_imaging.
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_every_real_sem_file(tmp_path, tiny_model, shared_data):
     files = sem_real_files()

@@ -54,7 +54,11 @@ def test_config_and_engine_default_to_the_bundled_model() -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", ["pollen-hibiscus-300x.png", "fei-helios-rbc.tif"])
+@pytest.mark.parametrize(
+    # The large pollen image (bundled model at chroma 512) runs with the full suite only.
+    "name",
+    [pytest.param("pollen-hibiscus-300x.png", marks=pytest.mark.slow), "fei-helios-rbc.tif"],
+)
 def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(
     tmp_path: Path, shared_data: Path, name: str
 ) -> None:
@@ -86,6 +90,7 @@ def test_bundled_model_takes_colour_hints() -> None:
     assert card["evaluation"]["hints"], "the card's evaluation has the simulated-hint table"
 
 
+@pytest.mark.slow  # the large pollen image with the bundled model; the fast loop has test_hints
 @pytest.mark.realdata
 def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared_data: Path) -> None:
     import json
