@@ -80,6 +80,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_colorizer(tiny_model: Path):  # noqa: ANN201 - semwatch.engine.Colorizer, imported lazily
+    """One Colorizer of the tiny generator (CPU, chroma 128, batches of 3) for the session:
+    the tests that only colorize with it share it instead of loading their own. Read-only:
+    a test that changes an engine's settings builds its own."""
+    from semwatch.engine import Colorizer
+
+    return Colorizer.from_file(tiny_model, device="cpu", chroma_size=128, batch_size=3)
+
+
 # --------------------------------------------------------------------------- databases
 
 
