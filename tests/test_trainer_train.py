@@ -128,6 +128,7 @@ def pretrained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path, da
     return {"run_dir": run_dir, "result": result, "start_l1": start_l1, "steps": steps, "config": config}
 
 
+@pytest.mark.slow  # the shared ~200-step stage-1 run
 def test_pretrain_lowers_validation_l1_well_below_its_start(pretrained_run: dict) -> None:
     result, run_dir = pretrained_run["result"], pretrained_run["run_dir"]
     steps_per_epoch = len(pretrained_run["steps"]) // 25
@@ -145,6 +146,7 @@ def test_pretrain_lowers_validation_l1_well_below_its_start(pretrained_run: dict
     assert best["data_summary"]["skipped_gray"] == 2
 
 
+@pytest.mark.slow  # the shared ~200-step stage-1 run
 def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     run_dir = pretrained_run["run_dir"]
     last = load_checkpoint(checkpoint_path(run_dir, "pretrain", "last"))
@@ -166,6 +168,7 @@ def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # starts from the shared ~200-step stage-1 run
 def test_stage2_from_stage1_checkpoint(
     pretrained_run: dict, data_root: Path, datasets, tmp_path: Path
 ) -> None:
@@ -595,7 +598,9 @@ def _synthetic_datasets(hints: bool):
     return SyntheticColorData(16, 32, 0, hints), SyntheticColorData(4, 32, 500, hints), summary
 
 
-VARIANTS = ("plain-bce", "hints-lsgan")
+# Stage variants: plain input with BCE, hints with LSGAN. The fast loop trains the plain one;
+# the hinted one runs with the full suite (CI).
+VARIANT_PARAMS = ["plain-bce", pytest.param("hints-lsgan", marks=pytest.mark.slow)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -650,7 +655,7 @@ def _train_both_stages(variant: str, folder: Path, **changes) -> TwoStages:
     )
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+@pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def two_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[TwoStages]:
     """The same seeded training twice in this process."""
     return [_train_both_stages(request.param, tmp_path_factory.mktemp(request.param)) for _ in range(2)]
@@ -702,7 +707,7 @@ def test_the_learning_rates_follow_each_stages_schedule_exactly(two_runs: list[T
     ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
 def test_stage_2_starts_from_stage_1s_best(variant: str, tmp_path: Path) -> None:
     """With the generator's learning rate at 0 stage 2 cannot move it: its last parameters
     are the ones it started from, which must be stage 1's best."""
@@ -715,6 +720,7 @@ def test_stage_2_starts_from_stage_1s_best(variant: str, tmp_path: Path) -> None
 # ------------------------------------------------------------------ retraining the bundled model
 
 
+@pytest.mark.slow  # trains the full-width bundled generator
 def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_path: Path) -> None:
     """The README's retraining command, word for word but tiny: the bundled generator takes
     hints, the run takes that layout from it (one log line), trains, exports, colorizes."""
