@@ -5,6 +5,7 @@ stderr or the process itself is what is checked."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import structlog
 from click.testing import CliRunner
 
 
@@ -26,8 +28,18 @@ class Ran:
 
 def in_process(command: click.Command, args: Sequence[str]) -> Ran:
     """`command` with `args` through click's runner. Exceptions propagate: an unhandled error
-    fails the test with its traceback instead of becoming an exit code."""
-    result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    fails the test with its traceback instead of becoming an exit code. The command sets up
+    logging as a process would (its level, the runner's stderr); that set-up is undone after
+    it, so later tests log (and capture logs) as if it had run in a process of its own."""
+    structlog_config = structlog.get_config()
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    try:
+        result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        structlog.configure(**structlog_config)
+        root.setLevel(root_state[0])
+        root.handlers[:] = root_state[1]
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 
