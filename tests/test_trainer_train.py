@@ -408,9 +408,12 @@ def test_stage_policies_hold_the_per_stage_rules(tmp_path: Path) -> None:
 
 
 def test_load_any_generator_reads_checkpoints_and_generator_files(
-    pretrained_run: dict, tmp_path: Path
+    data_root: Path, datasets, tmp_path: Path
 ) -> None:
-    ckpt = checkpoint_path(pretrained_run["run_dir"], "pretrain", "best")
+    # Any stage-1 checkpoint will do: one step of its own (the shared long run is slow).
+    config = dataclasses.replace(TINY, pretrain_epochs=1, max_steps_per_epoch=1)
+    train_stage(StageSpec("pretrain", data_root, tmp_path / "run", config), _env(), datasets=datasets)
+    ckpt = checkpoint_path(tmp_path / "run", "pretrain", "best")
     model, config, info = load_any_generator(ckpt)
     assert config.decoder_width == 8 and info["stage"] == "pretrain" and info["source"] == "checkpoint"
     assert info["data_summary"]["train"] > 0 and "val_l1" in info["metrics"]
