@@ -215,6 +215,7 @@ def _crash_at(step: int):
     return callback
 
 
+@pytest.mark.slow  # two runs of up to 9 steps, each stage
 @pytest.mark.parametrize("stage", ["pretrain", "gan"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(
     stage: str, data_root: Path, datasets, tmp_path: Path
@@ -310,6 +311,7 @@ def test_early_stopping_on_patience(data_root: Path, datasets, tmp_path: Path) -
     assert load_checkpoint(checkpoint_path(tmp_path, "pretrain", "last"))["finished"]
 
 
+@pytest.mark.slow  # two stages, crashed and re-run
 def test_run_pipeline_resumes_as_a_whole(data_root: Path, datasets, tmp_path: Path) -> None:
     config = dataclasses.replace(TINY, pretrain_epochs=2, gan_epochs=2, max_steps_per_epoch=2)
     seen: list[StepRecord] = []
@@ -601,9 +603,9 @@ def _synthetic_datasets(hints: bool):
     return SyntheticColorData(16, 32, 0, hints), SyntheticColorData(4, 32, 500, hints), summary
 
 
-# Stage variants: plain input with BCE, hints with LSGAN. The fast loop trains the plain one;
-# the hinted one runs with the full suite (CI).
-VARIANT_PARAMS = ["plain-bce", pytest.param("hints-lsgan", marks=pytest.mark.slow)]
+# Stage variants: plain input with BCE, hints with LSGAN; both train two stages twice over,
+# so they run with the full suite (CI). The fast loop keeps the one-step training checks.
+VARIANT_PARAMS = [pytest.param(v, marks=pytest.mark.slow) for v in ("plain-bce", "hints-lsgan")]
 
 
 @dataclasses.dataclass(frozen=True)
