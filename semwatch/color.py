@@ -13,6 +13,7 @@ table avoids that and turns the full-resolution Lab->RGB step into one gather.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -112,35 +113,18 @@ class ChromaLUTSpec:
 class ChromaLUT:
     """(gray level, a, b) -> sRGB uint8 with L preserved and chroma reduced into gamut.
 
-    256 x n x n entries (n = 2*limit/step + 1: 111 for the defaults, 9.5 MB) built once per
-    device, in about half a second on a CPU: the gamut boundary is searched per (gray level,
-    hue) only, and every (a, b) of that hue is scaled to it.
+    256 x n x n entries (n = 2*limit/step + 1: 111 for the defaults, 9.5 MB), built in about
+    a second on a CPU: the gamut boundary is searched per (gray level, hue) only, and every
+    (a, b) of that hue is scaled to it. The table is a pure function of (spec, device), so
+    it is built once per process and device (:func:`chroma_table`) and shared read-only by
+    every Colorizer: a reload, the web UI's sessions and the tests reuse it.
     """
 
     def __init__(self, device: torch.device | str = "cpu", spec: ChromaLUTSpec = ChromaLUTSpec()):
         self.spec = spec
         self.device = torch.device(device)
-        self.n = int(round(2 * spec.limit / spec.step)) + 1
-        self.table = self._build().to(self.device)  # (256 * n * n, 3) uint8
-
-    def _build(self) -> torch.Tensor:
-        spec = self.spec
-        lightness = gray_levels_to_l()
-        boundary = _boundary_chroma(
-            lightness.float(), spec.hue_bins, spec.limit * 1.5, spec.search_steps
-        )  # (256, hue_bins + 1)
-        axis = torch.linspace(-spec.limit, spec.limit, self.n, dtype=torch.float64)
-        lab_l, a, b = torch.meshgrid(lightness, axis, axis, indexing="ij")
-        chroma = torch.hypot(a, b)
-        hue = torch.atan2(b, a).remainder(2 * math.pi) * (spec.hue_bins / (2 * math.pi))
-        lower = hue.floor().long().clamp_(0, spec.hue_bins - 1)
-        level = torch.arange(256).view(256, 1, 1).expand_as(lower)
-        # The smaller boundary of the two neighbouring hue samples: never out of gamut.
-        limit = torch.minimum(boundary[level, lower], boundary[level, lower + 1]).double()
-        scale = torch.where(chroma > limit, limit / chroma.clamp(min=1e-9), torch.ones_like(chroma))
-        lab = torch.stack((lab_l, a * scale, b * scale), dim=-1)
-        rgb = _linear_to_srgb(_lab_to_linear_rgb(lab)).clamp(0, 1)
-        return (rgb * 255 + 0.5).floor().to(torch.uint8).reshape(-1, 3)
+        self.n = table_side(spec)
+        self.table = chroma_table(spec, self.device)  # (256 * n * n, 3) uint8, never written
 
     def index(self, gray_u8: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """Flat table index (int32) for gray (H, W) uint8 and ab (2, H, W) in Lab units."""
@@ -155,6 +139,35 @@ class ChromaLUT:
         """gray (H, W) uint8 + ab (2, H, W) float in Lab units -> (H, W, 3) uint8 sRGB."""
         idx = self.index(gray_u8, ab)
         return self.table.index_select(0, idx.reshape(-1)).reshape(*gray_u8.shape, 3)
+
+
+def table_side(spec: ChromaLUTSpec) -> int:
+    """Entries per ab axis of the chroma table: -limit..limit in steps of `step`."""
+    return int(round(2 * spec.limit / spec.step)) + 1
+
+
+@functools.lru_cache(maxsize=4)
+def chroma_table(spec: ChromaLUTSpec, device: torch.device) -> torch.Tensor:
+    """The chroma table of `spec` on `device`: (256 * n * n, 3) uint8 (see :class:`ChromaLUT`).
+    Cached per (spec, device): a build takes about a second and the result never changes;
+    callers only read it (index_select), so one copy serves them all."""
+    n = table_side(spec)
+    lightness = gray_levels_to_l()
+    boundary = _boundary_chroma(
+        lightness.float(), spec.hue_bins, spec.limit * 1.5, spec.search_steps
+    )  # (256, hue_bins + 1)
+    axis = torch.linspace(-spec.limit, spec.limit, n, dtype=torch.float64)
+    lab_l, a, b = torch.meshgrid(lightness, axis, axis, indexing="ij")
+    chroma = torch.hypot(a, b)
+    hue = torch.atan2(b, a).remainder(2 * math.pi) * (spec.hue_bins / (2 * math.pi))
+    lower = hue.floor().long().clamp_(0, spec.hue_bins - 1)
+    level = torch.arange(256).view(256, 1, 1).expand_as(lower)
+    # The smaller boundary of the two neighbouring hue samples: never out of gamut.
+    limit = torch.minimum(boundary[level, lower], boundary[level, lower + 1]).double()
+    scale = torch.where(chroma > limit, limit / chroma.clamp(min=1e-9), torch.ones_like(chroma))
+    lab = torch.stack((lab_l, a * scale, b * scale), dim=-1)
+    rgb = _linear_to_srgb(_lab_to_linear_rgb(lab)).clamp(0, 1)
+    return (rgb * 255 + 0.5).floor().to(torch.uint8).reshape(-1, 3).to(device)
 
 
 def _boundary_chroma(lightness: torch.Tensor, hue_bins: int, search_max: float, steps: int) -> torch.Tensor:

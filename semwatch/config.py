@@ -14,7 +14,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -36,31 +36,110 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The range a number key must lie in; open ends exclude the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        # Written as "not within" so that a NaN from TOML (nan) is refused too.
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or bool(value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        """'> 0', '>= 1', '1-100' (integers), '[0, 1)' — the text after 'must be'."""
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        if integer and not (self.low_open or self.high_open):
+            return f"{low}-{high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+POSITIVE = Bounds(low=0, low_open=True)
+NON_NEGATIVE = Bounds(low=0)
+UNIT = Bounds(0, 1)  # a share: [0, 1]
+
+
+def setting(
+    default: Any,
+    *,
+    help: str = "",
+    bounds: Bounds | None = None,
+    check: Callable[[Any], None] | None = None,
+) -> Any:
+    """A config key's default with its rules beside it: `bounds` for numbers, `check` for
+    anything else (raises ValueError with the text after "key = value: "), `help` for the
+    command-line options generated from the field (trainer/cli.py)."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "check": check})
+
+
+def _multiple_of_stride(chroma_size: int) -> None:
+    if chroma_size % 32:
+        raise ValueError("must be a multiple of 32 (the generator's stride)")
+
+
+def _not_empty_host(host: str) -> None:
+    if not host:
+        raise ValueError("must not be empty (127.0.0.1: this machine only)")
+
+
+def _listen_address(listen: str | None) -> None:
+    if listen is not None:
+        parse_listen(listen)
+
+
+_SIDECAR_SUFFIX = re.compile(r"^\.[A-Za-z0-9_-]+$")
+
+
+def _sidecar_suffixes(suffixes: tuple[str, ...]) -> None:
+    # Imported here: the image suffixes live with the decoders, which most commands that
+    # only read the configuration (status, enqueue) never load otherwise.
+    from semwatch.imaging import SUPPORTED_SUFFIXES
+
+    for suffix in suffixes:
+        if not _SIDECAR_SUFFIX.match(suffix):
+            raise ValueError(f'{suffix!r} is not a file suffix like ".txt" (a dot, then letters or digits)')
+        if suffix.lower() in SUPPORTED_SUFFIXES:
+            raise ValueError(f"{suffix!r} is an image suffix; images are colorized, not copied as sidecars")
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     input_dir: Path = Path("inbox")
     patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.bmp")
     recursive: bool = True
     polling: bool = False
-    poll_interval: float = 10.0
-    settle_seconds: float = 5.0
-    scan_interval: float = 300.0
+    poll_interval: float = setting(10.0, bounds=POSITIVE)
+    settle_seconds: float = setting(5.0, bounds=NON_NEGATIVE)
+    scan_interval: float = setting(300.0, bounds=POSITIVE)
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: Path = Path("outbox")
     format: Literal["tiff", "png", "jpeg"] = "tiff"
-    jpeg_quality: int = 95
+    jpeg_quality: int = setting(95, bounds=Bounds(1, 100))
     # Suffixes of sidecar metadata files copied beside the output (semwatch.sidecars).
-    sidecars: tuple[str, ...] = (".txt", ".hdr")
+    sidecars: tuple[str, ...] = setting((".txt", ".hdr"), check=_sidecar_suffixes)
 
 
 @dataclass(frozen=True)
 class QueueConfig:
     database_url: str = "sqlite:///var/semwatch.db"
-    lease_seconds: float = 600.0
-    max_attempts: int = 3
-    retry_backoff: float = 30.0
+    lease_seconds: float = setting(600.0, bounds=POSITIVE)
+    max_attempts: int = setting(3, bounds=POSITIVE)
+    retry_backoff: float = setting(30.0, bounds=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -69,22 +148,22 @@ class EngineConfig:
     model: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "eager", "tensorrt"] = "auto"
-    batch_size: int = 4
-    max_batch_wait: float = 2.0
-    chroma_size: int = 512
-    max_pixels: int = 200_000_000
+    batch_size: int = setting(4, bounds=POSITIVE)
+    max_batch_wait: float = setting(2.0, bounds=NON_NEGATIVE)
+    chroma_size: int = setting(512, bounds=POSITIVE, check=_multiple_of_stride)
+    max_pixels: int = setting(200_000_000, bounds=POSITIVE)
     # The most memory, in MB, that decoding and colorizing one image may take, estimated from
     # its header (semwatch/imaging/budget.py); the service and the web UI refuse an image
     # that needs more. 0: half of this machine's physical memory.
-    max_image_mb: int = 0
-    threads: int = 0
-    guide_radius: int = 8
-    guide_eps: float = 0.01
-    hue_scale: float = 0.0
-    region_hue: float = 1.0
-    region_size: int = 192
-    region_scale: float = 400.0
-    chroma_gain: float = 0.95
+    max_image_mb: int = setting(0, bounds=NON_NEGATIVE)
+    threads: int = setting(0, bounds=NON_NEGATIVE)
+    guide_radius: int = setting(8, bounds=NON_NEGATIVE)
+    guide_eps: float = setting(0.01, bounds=NON_NEGATIVE)
+    hue_scale: float = setting(0.0, bounds=NON_NEGATIVE)
+    region_hue: float = setting(1.0, bounds=UNIT)
+    region_size: int = setting(192, bounds=POSITIVE)
+    region_scale: float = setting(400.0, bounds=POSITIVE)
+    chroma_gain: float = setting(0.95, bounds=POSITIVE)
     # How the network runs (semwatch/backends.py): its dtype (auto: bf16 on a CPU with
     # native bf16, fp16 on CUDA, else fp32) and NHWC memory layout (auto: on).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -102,9 +181,9 @@ class DaemonConfig:
     # What this process does (semwatch.queue.ROLES): watch and colorize, or one of the two
     # (several hosts on one PostgreSQL queue).
     role: Literal["all", "watcher", "worker"] = "all"
-    shutdown_timeout: float = 60.0
-    decode_threads: int = 2
-    write_threads: int = 2
+    shutdown_timeout: float = setting(60.0, bounds=POSITIVE)
+    decode_threads: int = setting(2, bounds=POSITIVE)
+    write_threads: int = setting(2, bounds=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -112,12 +191,12 @@ class AppConfig:
     """The web UI (`semwatch app`, semwatch/app/)."""
 
     # Loopback by default: binding to a network address is the admin's explicit choice.
-    host: str = "127.0.0.1"
-    port: int = 8501
-    max_upload_mb: int = 200  # uploads above this are refused (server and page)
+    host: str = setting("127.0.0.1", check=_not_empty_host)
+    port: int = setting(8501, bounds=Bounds(1, 65535))
+    max_upload_mb: int = setting(200, bounds=POSITIVE)  # uploads above this are refused (server and page)
     # Long side, in pixels, of the copies shown in the browser (and clicked for hints); the
     # full-resolution image is colorized and downloaded. Keeps each page update small.
-    preview_size: int = 1024
+    preview_size: int = setting(1024, bounds=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -131,7 +210,7 @@ class MetricsConfig:
     """Prometheus metrics of the daemon (semwatch/metrics.py)."""
 
     # "host:port" (IPv6: "[::1]:9464") to serve /metrics on; None: no metrics server.
-    listen: str | None = None
+    listen: str | None = setting(None, check=_listen_address)
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -141,39 +220,93 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    image_size: int = 256
-    val_fraction: float = 0.1
-    seed: int = 0
-    batch_size: int = 16
-    workers: int = 2
-    decoder_width: int = 64
-    pretrain_epochs: int = 20
-    pretrain_lr: float = 2e-4
-    patience: int = 5
-    gan_epochs: int = 20
-    gan_loss: Literal["bce", "lsgan"] = "bce"
-    lambda_l1: float = 20.0
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    pretrained_encoder: Path | None = None
+    """[trainer]: the training hyper-parameters; each field's help is its `trainer` option's."""
+
+    image_size: int = setting(256, bounds=POSITIVE, help="Side of the square training crops, pixels.")
+    val_fraction: float = setting(
+        0.1,
+        bounds=Bounds(0, 1, high_open=True),
+        help="Share of DATA held out for validation, by a hash of each relative path.",
+    )
+    seed: int = setting(0, help="Seed of initialisation, data order and augmentation.")
+    batch_size: int = setting(16, bounds=POSITIVE, help="Images per optimizer step and process.")
+    workers: int = setting(
+        2, bounds=NON_NEGATIVE, help="DataLoader worker processes per process; 0 = in-process."
+    )
+    decoder_width: int = setting(
+        64, bounds=POSITIVE, help="Generator decoder width, for a generator built from scratch."
+    )
+    pretrain_epochs: int = setting(20, bounds=NON_NEGATIVE, help="Stage-1 epochs; 0 skips stage 1.")
+    pretrain_lr: float = setting(2e-4, bounds=NON_NEGATIVE, help="Stage-1 generator learning rate.")
+    patience: int = setting(
+        5,
+        bounds=NON_NEGATIVE,
+        help="Stage 1 stops after this many epochs without a better validation L1; 0 = never.",
+    )
+    gan_epochs: int = setting(20, bounds=NON_NEGATIVE, help="Stage-2 epochs.")
+    gan_loss: Literal["bce", "lsgan"] = setting(
+        "bce", help="bce = BCE with logits (original cGAN), lsgan = least squares."
+    )
+    lambda_l1: float = setting(
+        20.0,
+        bounds=NON_NEGATIVE,
+        help="Weight of L1 against the GAN loss in stage 2 (pix2pix's 100 gives sepia).",
+    )
+    lr_g: float = setting(2e-4, bounds=NON_NEGATIVE, help="Stage-2 generator learning rate (overrides --lr).")
+    lr_d: float = setting(
+        2e-4, bounds=NON_NEGATIVE, help="Stage-2 discriminator learning rate (overrides --lr)."
+    )
+    pretrained_encoder: Path | None = setting(
+        None,
+        help="Local torchvision resnet18 weights (.pth/.safetensors) for a generator "
+        "built from scratch (not used with --init or --resume).",
+    )
     # Added for the training loops (trainer/loops.py documents their use):
-    crop_min: float = 0.5  # smallest random crop side / short side of the (cached) image
-    cache_images: bool = True  # keep decoded, down-scaled training images in RAM
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # mixed precision: fp16 on CUDA, bf16 on a CPU with native bf16
-    max_steps_per_epoch: int = 0  # 0 = whole epoch; >0 caps steps (quick runs, benchmarks)
-    sample_images: int = 4  # validation images shown in samples/<stage>_<epoch>.png
+    crop_min: float = setting(
+        0.5,
+        bounds=Bounds(0, 1, low_open=True),
+        help="Smallest random crop side as a share of the image's short side; 1.0 = whole short "
+        "side, so the network sees objects whole.",
+    )
+    cache_images: bool = setting(True, help="Keep decoded, down-scaled training images in RAM.")
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto",
+        help="Where to train; auto = CUDA when available. Mixed precision: float16 on CUDA, "
+        "bfloat16 on a CPU with native bf16.",
+    )
+    amp: bool = setting(True, help="Mixed precision: fp16 on CUDA, bf16 on a CPU with native bf16.")
+    max_steps_per_epoch: int = setting(
+        0,
+        bounds=NON_NEGATIVE,
+        help="Cap on optimizer steps per epoch, for quick runs and benchmarks; 0 = whole epoch.",
+    )
+    sample_images: int = setting(
+        4, bounds=NON_NEGATIVE, help="Validation images shown in samples/<stage>_<epoch>.png."
+    )
     # Colour hints (trainer/hints.py): train a 4-channel generator on simulated hints.
-    # None: the --init generator decides (hint channels or not); from scratch, no hints.
-    hints: bool | None = None
-    hint_none_share: float = 0.3  # share of training items with no hint
-    hint_mean_points: float = 8.0  # mean number of hints on the others (geometric)
-    # Global palette input (semwatch/palette.py): None: the --init generator decides.
-    palette: bool | None = None
-    palette_share: float = 0.5  # share of training items shown their truth's palette
-    # Class rebalancing of the L1 loss (Zhang et al. 2016): 0 = off; r weights each pixel
-    # by 1 / (r * prior(its ab bin) + (1 - r) / bins), so rare colours count more.
-    rebalance: float = 0.0
+    hints: bool | None = setting(
+        None,
+        help="Train a generator that also takes colour hints (simulated from the truth). "
+        "Default: what the --init generator takes (the bundled model: hints), else no.",
+    )
+    hint_none_share: float = setting(0.3, bounds=UNIT, help="Share of training items with no hint.")
+    hint_mean_points: float = setting(
+        8.0, bounds=Bounds(low=1), help="Mean number of hints on the others (geometric)."
+    )
+    palette: bool | None = setting(
+        None,
+        help="Train a generator that also takes a global palette (up to 4 colours without "
+        "positions). Default: what the --init generator takes, else no.",
+    )
+    palette_share: float = setting(
+        0.5, bounds=UNIT, help="Share of training items shown their truth's dominant colours."
+    )
+    rebalance: float = setting(
+        0.0,
+        bounds=Bounds(0, 1, high_open=True),
+        help="Class rebalancing of L1 (Zhang et al. 2016): 0 = off; r weights each pixel by "
+        "1 / (r * prior(its ab bin) + (1 - r) / bins).",
+    )
 
 
 @dataclass(frozen=True)
@@ -310,89 +443,22 @@ def _coerce(hint: Any, value: Any) -> Any:
     raise TypeError(f"unsupported type {hint}")  # pragma: no cover - programming error
 
 
-_POSITIVE = {
-    ("watch", "poll_interval"),
-    ("watch", "scan_interval"),
-    ("queue", "lease_seconds"),
-    ("queue", "max_attempts"),
-    ("engine", "batch_size"),
-    ("engine", "chroma_size"),
-    ("engine", "max_pixels"),
-    ("daemon", "shutdown_timeout"),
-    ("daemon", "decode_threads"),
-    ("daemon", "write_threads"),
-    ("trainer", "image_size"),
-    ("trainer", "batch_size"),
-    ("trainer", "decoder_width"),
-    ("engine", "region_size"),
-    ("engine", "region_scale"),
-    ("engine", "chroma_gain"),
-    ("app", "max_upload_mb"),
-    ("app", "preview_size"),
-}
-_NON_NEGATIVE = {
-    ("engine", "max_image_mb"),
-    ("watch", "settle_seconds"),
-    ("queue", "retry_backoff"),
-    ("engine", "max_batch_wait"),
-    ("engine", "threads"),
-    ("engine", "guide_radius"),
-    ("engine", "guide_eps"),
-    ("engine", "hue_scale"),
-    ("engine", "region_hue"),
-    ("trainer", "workers"),
-    ("trainer", "pretrain_epochs"),
-    ("trainer", "gan_epochs"),
-    ("trainer", "lambda_l1"),
-    ("trainer", "patience"),
-    ("trainer", "max_steps_per_epoch"),
-    ("trainer", "sample_images"),
-    ("trainer", "pretrain_lr"),
-    ("trainer", "lr_g"),
-    ("trainer", "lr_d"),
-}
-
-
 def _check_ranges(instance: Any, section: str, where: str) -> None:
+    """Each field's own rules (bounds, check), from its metadata: the one place they run."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
-        key = (section, f.name)
-        if key in _POSITIVE and not value > 0:
-            raise ConfigError(f"{where}: {section}.{f.name} = {value!r}: must be > 0")
-        if key in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{where}: {section}.{f.name} = {value!r}: must be >= 0")
-    if section == "engine" and instance.chroma_size % 32:
-        raise ConfigError(
-            f"{where}: engine.chroma_size = {instance.chroma_size}: must be a multiple of 32 "
-            "(the generator's stride)"
-        )
-    if section == "engine" and instance.region_hue > 1:
-        raise ConfigError(f"{where}: engine.region_hue = {instance.region_hue}: must be in [0, 1]")
-    if section == "app" and not 1 <= instance.port <= 65535:
-        raise ConfigError(f"{where}: app.port = {instance.port}: must be 1-65535")
-    if section == "app" and not instance.host:
-        raise ConfigError(f"{where}: app.host must not be empty (127.0.0.1: this machine only)")
-    if section == "metrics" and instance.listen is not None:
-        try:
-            parse_listen(instance.listen)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: metrics.listen = {instance.listen!r}: {exc}") from None
-    if section == "output" and not 1 <= instance.jpeg_quality <= 100:
-        raise ConfigError(f"{where}: output.jpeg_quality = {instance.jpeg_quality}: must be 1-100")
-    if section == "output":
-        _check_sidecars(instance.sidecars, where)
-    if section == "trainer" and not 0.0 <= instance.val_fraction < 1.0:
-        raise ConfigError(f"{where}: trainer.val_fraction = {instance.val_fraction}: must be in [0, 1)")
-    if section == "trainer" and not 0.0 < instance.crop_min <= 1.0:
-        raise ConfigError(f"{where}: trainer.crop_min = {instance.crop_min}: must be in (0, 1]")
-    if section == "trainer" and not 0.0 <= instance.hint_none_share <= 1.0:
-        raise ConfigError(f"{where}: trainer.hint_none_share = {instance.hint_none_share}: must be in [0, 1]")
-    if section == "trainer" and not 0.0 <= instance.palette_share <= 1.0:
-        raise ConfigError(f"{where}: trainer.palette_share = {instance.palette_share}: must be in [0, 1]")
-    if section == "trainer" and not 0.0 <= instance.rebalance < 1.0:
-        raise ConfigError(f"{where}: trainer.rebalance = {instance.rebalance}: must be in [0, 1)")
-    if section == "trainer" and instance.hint_mean_points < 1.0:
-        raise ConfigError(f"{where}: trainer.hint_mean_points = {instance.hint_mean_points}: must be >= 1")
+        bounds: Bounds | None = f.metadata.get("bounds")
+        check: Callable[[Any], None] | None = f.metadata.get("check")
+        problem = None
+        if bounds is not None and value is not None and not bounds.admits(value):
+            problem = "must be " + bounds.describe(isinstance(value, int))
+        elif check is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise ConfigError(f"{where}: {section}.{f.name} = {value!r}: {problem}")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -409,27 +475,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port!r} is not a number from 1 to 65535")
     return host, int(port)
-
-
-_SIDECAR_SUFFIX = re.compile(r"^\.[A-Za-z0-9_-]+$")
-
-
-def _check_sidecars(suffixes: tuple[str, ...], where: str) -> None:
-    # Imported here: the image suffixes live with the decoders, which most commands that
-    # only read the configuration (status, enqueue) never load otherwise.
-    from semwatch.imaging import SUPPORTED_SUFFIXES
-
-    for suffix in suffixes:
-        if not _SIDECAR_SUFFIX.match(suffix):
-            raise ConfigError(
-                f"{where}: output.sidecars: {suffix!r} is not a file suffix "
-                'like ".txt" (a dot, then letters or digits)'
-            )
-        if suffix.lower() in SUPPORTED_SUFFIXES:
-            raise ConfigError(
-                f"{where}: output.sidecars: {suffix!r} is an image suffix; "
-                "images are colorized, not copied as sidecars"
-            )
 
 
 def resolve_paths(config: Config, base: Path) -> Config:

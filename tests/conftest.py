@@ -80,6 +80,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_colorizer(tiny_model: Path):  # noqa: ANN201 - semwatch.engine.Colorizer, imported lazily
+    """One Colorizer of the tiny generator (CPU, chroma 128, batches of 3) for the session:
+    the tests that only colorize with it share it instead of loading their own. Read-only:
+    a test that changes an engine's settings builds its own."""
+    from semwatch.engine import Colorizer
+
+    return Colorizer.from_file(tiny_model, device="cpu", chroma_size=128, batch_size=3)
+
+
 # --------------------------------------------------------------------------- databases
 
 
@@ -106,9 +116,23 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     postgres_server.drop_database(postgres_admin_url, url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# A test on PostgreSQL pays for a fresh database (seconds) and needs a server: it runs with
+# the full suite (CI), not in the fast loop, whether it asks for the server directly or
+# through database_url's "postgresql" variant.
+POSTGRES_FIXTURES = ("postgres_url", "postgres_admin_url")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in POSTGRES_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The queue database, once per supported back-end: a SQLite file, a PostgreSQL database."""
+    """The queue database, once per supported back-end: a SQLite file, a PostgreSQL database
+    (slow: the full suite's)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'queue.db'}"
     return request.getfixturevalue("postgres_url")

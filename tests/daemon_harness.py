@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from cli_runs import Ran, in_process
 from PIL import Image
 
 from semwatch.imaging import TEMP_PREFIX, read_provenance
@@ -194,6 +195,9 @@ class Site:
     db_url: str | None = None
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: list[DaemonProcess] = field(default_factory=list)
+    # `cli` through click's runner in this process (status, enqueue, retry, db: the command
+    # and its exit code are checked, not the process) instead of a new interpreter each time.
+    in_process_cli: bool = False
 
     def __post_init__(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -274,14 +278,21 @@ class Site:
         self.runs.append(run)
         return run
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [*CLI, *args, "--config", str(self.config)],
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess | Ran:
+        if self.in_process_cli:
+            from semwatch.cli import main
+
+            result: subprocess.CompletedProcess | Ran = in_process(
+                main, [*args, "--config", str(self.config)]
+            )
+        else:
+            result = subprocess.run(
+                [*CLI, *args, "--config", str(self.config)],
+                cwd=self.root,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"semwatch {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"

@@ -344,6 +344,7 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     _screenshot(browser, tmp_path, "app-queue-empty.png")
 
 
+@pytest.mark.slow
 def test_apply_an_uploaded_style_in_chromium(
     app_server: str, browser, tmp_path: Path, tiny_model: Path
 ) -> None:

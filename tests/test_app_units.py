@@ -4,11 +4,10 @@ scaling, output containment, refined names."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 from conftest import SEM_REAL
@@ -18,6 +17,7 @@ from semwatch.app.acquisition import acquisition_summary, databar_text
 from semwatch.app.launch import is_loopback, streamlit_argv
 from semwatch.app.queue_view import output_file, refined_name, refined_target
 from semwatch.app.widgets import Box, Click, compare_html, preview, to_image_pixels, to_view, view, zoom_box
+from semwatch.cli import main
 from semwatch.config import AppConfig, Config, ConfigError, parse_config
 from semwatch.imaging import SourceMetadata, read_image
 from semwatch.queue import Job, JobState
@@ -50,14 +50,7 @@ def test_app_config_is_checked() -> None:
 def test_app_command_reports_a_bad_config_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "config.toml"
     bad.write_text("[app]\nport = 0\n")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run(
-        [sys.executable, "-m", "semwatch", "app", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    done = cli_runs.in_process(main, ["app", "--config", bad])
     assert done.returncode == 2
     assert "app.port = 0" in done.stderr and "Traceback" not in done.stderr
 

@@ -1,36 +1,37 @@
-"""`semwatch colorize` as a real subprocess, on generated images and on every real SEM file."""
+"""`semwatch colorize` on generated images and on every real SEM file: in process through
+click's runner, and as a real process where the entry point and its exit code are the point."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import tifffile
+from cli_runs import Ran
 from conftest import sem_real_files
 from helpers import bomb_tiff_bytes, max_lightness_error, raw_tiff_tag, textured_gray
 from PIL import Image
 
+from semwatch.cli import main
 from semwatch.imaging import read_image, read_provenance
 from semwatch.model import file_sha256
 
 VENDOR_TAGS = (34680, 34682, 34118)
 
 
-def semwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "semwatch", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+def in_process(*args: str) -> Ran:
+    return cli_runs.in_process(main, args)
 
 
-def colorize(inputs, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    return semwatch(
+def as_process(*args: str) -> Ran:
+    return cli_runs.as_process("semwatch", args, timeout=300)
+
+
+def colorize(inputs, out: Path, model: Path, *extra: str, run: Callable[..., Ran] = in_process) -> Ran:
+    return run(
         "colorize",
         *map(str, inputs),
         "--output-dir",
@@ -72,6 +73,9 @@ def check_output(source: Path, output: Path, model: Path) -> None:
             assert raw_tiff_tag(output, code) == raw_tiff_tag(source, code), (source.name, code)
 
 
+# Slow: every real file (up to 2k x 2k, 16-bit) through decode, network and the TIFF writer;
+# the fast loop colorizes real files in test_default_model and decodes each in test_imaging.
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_every_real_sem_file(tmp_path, tiny_model, shared_data):
     files = sem_real_files()
@@ -129,7 +133,8 @@ def test_engine_refinements_come_from_the_config_and_are_recorded(tmp_path, tiny
     }
 
 
-def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model):
+@pytest.mark.parametrize("run", [in_process, pytest.param(as_process, marks=pytest.mark.slow)])
+def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model, run):
     src = tmp_path / "src"
     src.mkdir()
     good = textured_gray(64, 80)
@@ -143,7 +148,7 @@ def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_model
     (src / "whole.tif").unlink()
     (src / "bomb.tif").write_bytes(bomb_tiff_bytes())
     out = tmp_path / "out"
-    result = colorize([src], out, tiny_model)
+    result = colorize([src], out, tiny_model, run=run)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     bad = {"empty.tif", "notes.tif", "noise.png", "truncated.tif", "bomb.tif"}
@@ -204,7 +209,7 @@ def test_missing_input_and_missing_model(tmp_path, tiny_model):
 
 
 def test_version_and_help():
-    result = semwatch("--version")
+    result = as_process("--version")
     assert result.returncode == 0 and "semwatch, version" in result.stdout
-    result = semwatch("colorize", "--help")
+    result = as_process("colorize", "--help")
     assert "--output-dir" in result.stdout and "--overwrite" in result.stdout

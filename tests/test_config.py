@@ -141,3 +141,55 @@ def test_engine_cache_dir_defaults_to_the_state_folder(tmp_path):
     assert config.engine.cache_dir == Path("/srv/state/engines")
     config = load_config_file(write(tmp_path, '[engine]\ncache_dir = "trt"\n'))
     assert config.engine.cache_dir == tmp_path / "trt"
+
+
+def _bounded_keys() -> list[tuple[str, str, float, str]]:
+    """(section, key, a value just outside its bounds, the text the error must carry)."""
+    out = []
+    for section in dataclasses.fields(Config):
+        if section.name == "source":
+            continue
+        for key in dataclasses.fields(section.default_factory):
+            bounds = key.metadata.get("bounds")
+            if bounds is None:
+                continue
+            integer = isinstance(key.default, int)
+            if bounds.low is not None:
+                value = bounds.low if bounds.low_open else bounds.low - 1
+                out.append((section.name, key.name, int(value) if integer else float(value), "must be "))
+            if bounds.high is not None:
+                value = bounds.high if bounds.high_open else bounds.high + 1
+                out.append((section.name, key.name, int(value) if integer else float(value), "must be "))
+    return out
+
+
+@pytest.mark.parametrize("section, key, value, text", _bounded_keys())
+def test_every_bound_beside_a_field_is_checked(tmp_path, section, key, value, text):
+    path = write(tmp_path, f"[{section}]\n{key} = {value!r}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config_file(path)
+    assert f"{section}.{key} = {value!r}: {text}" in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[engine]\nbatch_size = 0\n", "engine.batch_size = 0: must be > 0"),
+        ("[watch]\nsettle_seconds = -1.0\n", "watch.settle_seconds = -1.0: must be >= 0"),
+        ("[engine]\nchroma_size = 500\n", "must be a multiple of 32 (the generator's stride)"),
+        ("[engine]\nregion_hue = 1.5\n", "engine.region_hue = 1.5: must be in [0, 1]"),
+        ("[app]\nport = 70000\n", "app.port = 70000: must be 1-65535"),
+        ("[output]\njpeg_quality = 0\n", "output.jpeg_quality = 0: must be 1-100"),
+        ("[trainer]\nval_fraction = 1.0\n", "trainer.val_fraction = 1.0: must be in [0, 1)"),
+        ("[trainer]\ncrop_min = 0.0\n", "trainer.crop_min = 0.0: must be in (0, 1]"),
+        ("[trainer]\nhint_mean_points = 0.5\n", "trainer.hint_mean_points = 0.5: must be >= 1"),
+        ("[trainer]\nlr_g = nan\n", "trainer.lr_g = nan: must be >= 0"),
+        ("[app]\nhost = ''\n", "app.host = '': must not be empty"),
+        ("[metrics]\nlisten = '9464'\n", "metrics.listen = '9464': expected \"host:port\""),
+        ("[output]\nsidecars = ['.png']\n", "'.png' is an image suffix"),
+    ],
+)
+def test_range_errors_say_what_is_allowed(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config_file(write(tmp_path, text))
+    assert message in str(err.value)

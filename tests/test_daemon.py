@@ -1,7 +1,10 @@
 """The daemon as systemd runs it: `semwatch run` in a subprocess, real folders, real SQLite.
 
-Tests about the queue's semantics (exactly once, recovery, attempts, failures, leases) run
-on SQLite and on PostgreSQL (`queue_db`).
+The end-to-end scenarios whose database behaviour differs run on SQLite and on PostgreSQL
+(`queue_db`): intake exactly once, recovery from kill -9 (leases of a dead owner), the
+sweep of interrupted writes. The others run on SQLite: the queue's semantics they rely on
+(attempts, failures, supersession, siblings, released leases) are tested on both databases
+in test_queue.py.
 
 Nothing is mocked. Each test builds a site (config.toml, inbox/, outbox/, var/) in tmp_path
 with a tiny random generator and a small chroma_size, so compute is quick; the time goes
@@ -155,8 +158,8 @@ def _source_sha(output: Path) -> str | None:
         return None
 
 
-def test_outputs_follow_each_files_current_content(make_site, queue_db: str | None) -> None:
-    site = make_site(db_url=queue_db)
+def test_outputs_follow_each_files_current_content(make_site) -> None:
+    site = make_site()
     # Two sources whose names differ only in the extension's case: two outputs.
     lower, upper = site.inbox / "x.tif", site.inbox / "x.TIF"
     write_atomically(lower, tiff_bytes(gray_image(1)))
@@ -262,9 +265,9 @@ def test_kill_9_during_batches_twice_then_restart_gives_one_output_each(
     assert daemon.stop() == 0
 
 
-def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site, queue_db: str | None) -> None:
+def test_kill_9_of_merely_claimed_jobs_uses_no_attempts(make_site) -> None:
     """An operator's kills while jobs wait for their batch to fill once failed good files."""
-    site = make_site(db_url=queue_db)
+    site = make_site()
     # A long fill wait: the claimed job waits there, deterministically not started.
     site.write_config(queue={"max_attempts": 2}, engine={"batch_size": 4, "max_batch_wait": 120.0})
     write_atomically(site.inbox / "good.png", png_bytes(gray_image(1)))
@@ -345,10 +348,10 @@ POISON_CLI = [
 ]
 
 
-def test_an_image_that_kills_the_process_fails_alone(make_site, queue_db: str | None) -> None:
+def test_an_image_that_kills_the_process_fails_alone(make_site) -> None:
     """Three crashes used to fail every job in hand (the batch computing and the one decoding
     ahead): after a crash the jobs in hand run one at a time, so only the poison fails."""
-    site = make_site(db_url=queue_db)
+    site = make_site()
     site.write_config(queue={"max_attempts": 3}, engine={"batch_size": 4, "max_batch_wait": 1.0})
     for i in range(8):
         write_atomically(site.inbox / f"g{i}.png", png_bytes(gray_image(60 + i)))
@@ -388,8 +391,8 @@ def _settled(site: Site, total: int) -> dict[str, int] | None:
 # --------------------------------------------------------------------------- bad inputs
 
 
-def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site, queue_db: str | None) -> None:
-    site = make_site(db_url=queue_db)
+def test_bad_inputs_fail_with_a_reason_and_good_ones_are_done(make_site) -> None:
+    site = make_site()
     good16 = gray_image(1).astype(np.uint16) * 200 + 1000
     bad = {
         "zero.tif": b"",
@@ -465,12 +468,10 @@ def test_special_files_swapped_in_after_queueing_fail_alone(make_site, tmp_path:
     assert daemon.alive() and daemon.stop() == 0
 
 
-def test_siblings_arriving_one_after_the_other_keep_their_own_outputs(
-    make_site, queue_db: str | None
-) -> None:
+def test_siblings_arriving_one_after_the_other_keep_their_own_outputs(make_site) -> None:
     """z.TIF alone got z.tif; z.tif arriving later wrote over it (and y.png's y.tif likewise):
     the first colorization was lost. The naming rule now holds whatever the arrival order."""
-    site = make_site(db_url=queue_db)
+    site = make_site()
     daemon = site.start()
     daemon.wait_ready()
     write_atomically(site.inbox / "z.TIF", tiff_bytes(gray_image(80)))
@@ -557,10 +558,8 @@ def test_systemd_notify_protocol_and_sigterm_mid_batch(make_site, tmp_path: Path
     assert daemon.has_event("semwatch daemon stopped", exit_code=0)
 
 
-def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(
-    make_site, queue_db: str | None
-) -> None:
-    site = make_site(db_url=queue_db)
+def test_shutdown_timeout_exceeded_releases_leases_and_exits_non_zero(make_site) -> None:
+    site = make_site()
     site.write_config(engine={"chroma_size": 512, "batch_size": 8}, daemon={"shutdown_timeout": 0.05})
     # Written before the start, so the start-up scan queues all 8 together and the first
     # claim is one batch of 8 full-size frames: seconds of work, far beyond 0.05 s, on any
@@ -636,8 +635,8 @@ def test_sighup_swaps_the_model_and_a_broken_one_keeps_the_old(make_site, tmp_pa
     assert daemon.stop() == 0
 
 
-def test_missing_output_share_pauses_without_using_attempts(make_site, queue_db: str | None) -> None:
-    site = make_site(db_url=queue_db)
+def test_missing_output_share_pauses_without_using_attempts(make_site) -> None:
+    site = make_site()
     daemon = site.start()
     daemon.wait_ready()
     write_atomically(site.inbox / "before.png", png_bytes(gray_image(1)))

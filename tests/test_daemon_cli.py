@@ -1,5 +1,6 @@
-"""`semwatch status`, `enqueue` and `retry` as an operator runs them: real CLI processes on a
-real SQLite queue (no daemon needed; these commands must not import PyTorch)."""
+"""`semwatch status`, `enqueue` and `retry` as an operator runs them, on a real SQLite queue
+(no daemon needed; these commands must not import PyTorch): the commands run in process
+through click's runner; the one test with a live daemon runs it as a real process."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from semwatch.queue import JobState, Owner
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     # No daemon runs in these tests, so the model is never loaded.
-    return Site(tmp_path / "site", tmp_path / "unused.safetensors")
+    return Site(tmp_path / "site", tmp_path / "unused.safetensors", in_process_cli=True)
 
 
 def _images(site: Site, *rel_paths: str) -> None:
@@ -192,7 +193,9 @@ def test_every_subcommand_explains_itself_and_takes_config(site: Site) -> None:
 
 
 def test_db_upgrade_and_current_for_admins(tmp_path: Path, database_url: str) -> None:
-    site = Site(tmp_path / "db-site", tmp_path / "unused.safetensors", db_url=database_url)
+    site = Site(
+        tmp_path / "db-site", tmp_path / "unused.safetensors", db_url=database_url, in_process_cli=True
+    )
     head = schema.head_revision()
     before = site.cli("db", "current", check=False)
     assert before.returncode == 1
@@ -203,6 +206,7 @@ def test_db_upgrade_and_current_for_admins(tmp_path: Path, database_url: str) ->
     assert site.cli("db", "upgrade").returncode == 0  # nothing to do, still fine
 
 
+@pytest.mark.slow
 def test_status_shows_the_service_running_then_stopped(tmp_path: Path, tiny_model: Path) -> None:
     """The service's state from the heartbeat rows the daemon writes: a real daemon, then
     its clean stop; text and JSON."""

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from cli_runs import in_process
 from conftest import SEM_REAL
 from safetensors import safe_open
 
+from semwatch.cli import main
 from semwatch.color import rgb_to_lab
 from semwatch.config import EngineConfig, load_config_file
 from semwatch.engine import Colorizer
@@ -54,29 +54,19 @@ def test_config_and_engine_default_to_the_bundled_model() -> None:
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("name", ["pollen-hibiscus-300x.png", "fei-helios-rbc.tif"])
+@pytest.mark.parametrize(
+    # The large pollen image (bundled model at chroma 512) runs with the full suite only.
+    "name",
+    [pytest.param("pollen-hibiscus-300x.png", marks=pytest.mark.slow), "fei-helios-rbc.tif"],
+)
 def test_real_sem_image_comes_out_coloured_with_a_gray_data_bar(
     tmp_path: Path, shared_data: Path, name: str
 ) -> None:
     source = SEM_REAL / name
     config = tmp_path / "config.toml"
     config.write_text('[engine]\ndevice = "cpu"\n')  # no model key: the bundled one
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "semwatch",
-            "colorize",
-            str(source),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--config",
-            str(config),
-            "-q",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = in_process(
+        main, ["colorize", source, "--output-dir", tmp_path / "out", "--config", config, "-q"]
     )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "out" / (source.stem + ".tif")
@@ -100,6 +90,7 @@ def test_bundled_model_takes_colour_hints() -> None:
     assert card["evaluation"]["hints"], "the card's evaluation has the simulated-hint table"
 
 
+@pytest.mark.slow  # the large pollen image with the bundled model; the fast loop has test_hints
 @pytest.mark.realdata
 def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared_data: Path) -> None:
     import json
@@ -115,24 +106,19 @@ def test_hints_on_a_real_image_give_the_colours_asked_for(tmp_path: Path, shared
     hint_file.write_text(json.dumps({"hints": hints}))
     config = tmp_path / "config.toml"
     config.write_text('[engine]\ndevice = "cpu"\n')
-    result = subprocess.run(
+    result = in_process(
+        main,
         [
-            sys.executable,
-            "-m",
-            "semwatch",
             "colorize",
-            str(source),
+            source,
             "--output-dir",
-            str(tmp_path / "out"),
+            tmp_path / "out",
             "--config",
-            str(config),
+            config,
             "--hints",
-            str(hint_file),
+            hint_file,
             "-q",
         ],
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     output = tmp_path / "out" / (source.stem + ".tif")

@@ -17,9 +17,9 @@ from semwatch.engine import (
 from semwatch.model import ModelError, load_generator
 
 
-@pytest.fixture(scope="module")
-def colorizer(tiny_model) -> Colorizer:
-    return Colorizer.from_file(tiny_model, device="cpu", chroma_size=128, batch_size=3)
+@pytest.fixture
+def colorizer(tiny_colorizer) -> Colorizer:
+    return tiny_colorizer  # the session's (conftest): CPU, chroma 128, batches of 3
 
 
 class Strong(torch.nn.Module):

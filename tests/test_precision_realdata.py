@@ -39,6 +39,9 @@ FILES = sem_real_files()
 # test, where it runs, takes every file.
 EVERY_CPU = ("fei-helios-ebeam-16bit.tif", "fei-helios-rbc.tif", "zeiss-sem-512.tif")
 SOME = [path for path in FILES if path.name in EVERY_CPU]
+# Emulated reduced precision on a real image takes tens of seconds: the fast loop checks one
+# network on the smallest sample; every pair runs with the full suite (CI).
+FAST_PAIR = ("zeiss-sem-512.tif", "bf16")
 CPU = torch.device("cpu")
 NATIVE_BF16 = f"native bf16 instructions (CPU flag {' or '.join(sorted(NATIVE_BF16_FLAGS))})"
 
@@ -83,6 +86,7 @@ def test_the_defaults_are_bf16_exactly_where_the_cpu_computes_it_natively() -> N
     assert defaults.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
 
 
+@pytest.mark.slow  # the bundled model three times over a 1k image
 @pytest.mark.parametrize("path", [p for p in SOME if p.name == "fei-helios-rbc.tif"], ids=lambda p: p.name)
 def test_the_fp32_fallback_delivers_fp32s_colours(monkeypatch, fp32, reference, path) -> None:
     """What a CPU without native bf16 gets from the defaults, on any CPU: fp32 (with
@@ -95,8 +99,19 @@ def test_the_fp32_fallback_delivers_fp32s_colours(monkeypatch, fp32, reference, 
     check_delivered(fallback, fp32, image)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("path", SOME, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path, dtype",
+    [
+        pytest.param(
+            path,
+            dtype,
+            id=f"{path.name}-{name}",
+            marks=() if (path.name, name) == FAST_PAIR else pytest.mark.slow,
+        )
+        for path in SOME
+        for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))
+    ],
+)
 def test_the_reduced_precision_networks_are_within_one_lab_unit_of_fp32(
     fp32, reference, path, dtype: torch.dtype
 ) -> None:

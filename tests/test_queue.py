@@ -418,6 +418,7 @@ def _claim_worker(url: str, start: Any, results: Any) -> None:
     results.put(got)
 
 
+@pytest.mark.slow  # spawned processes import torch; the fast loop has the threads variant
 def test_claim_is_atomic_across_processes(queue: SqlJobQueue, db_url: str) -> None:
     queue.enqueue_many((f"{i}.tif", SHA_A, 1, 1.0, T0) for i in range(200))
     all_ids = {job.id for job in queue.jobs(limit=1000)}

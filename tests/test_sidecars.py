@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import cli_runs
 import pytest
 import tifffile
 from daemon_harness import CLI, Site, gray_image, tiff_bytes, wait_until, write_atomically
 
+from semwatch.cli import main
 from semwatch.config import ConfigError, WatchConfig, parse_config
 from semwatch.fsutil import TEMP_PREFIX
 from semwatch.queue import SqlJobQueue
@@ -215,11 +215,9 @@ def test_colorize_copies_sidecars(tmp_path: Path, tiny_model: Path) -> None:
     write(src / "day1" / "x.txt", HITACHI_TXT)
     write(src / "day1" / "x.hdr", TESCAN_HDR)
     write(src / "lone.txt", b"no image")
-    result = subprocess.run(
+    result = cli_runs.in_process(
+        main,
         [
-            sys.executable,
-            "-m",
-            "semwatch",
             "colorize",
             str(src),
             "--output-dir",
@@ -232,9 +230,6 @@ def test_colorize_copies_sidecars(tmp_path: Path, tiny_model: Path) -> None:
             "cpu",
             "-q",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"

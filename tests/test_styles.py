@@ -7,15 +7,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from semwatch.cli import main
 from semwatch.engine import Colorizer, GrayImage
 from semwatch.hints import Hint
 from semwatch.imaging import read_provenance
@@ -189,10 +189,8 @@ def test_a_style_from_another_model_is_refused_in_one_line(models) -> None:
 # ------------------------------------------------------------------ the command line
 
 
-def semwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "semwatch", *args], capture_output=True, text=True, timeout=300
-    )
+def semwatch(*args: str) -> cli_runs.Ran:
+    return cli_runs.in_process(main, args)
 
 
 def test_style_make_show_and_colorize_with_it(models, tmp_path: Path) -> None:

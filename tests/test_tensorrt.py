@@ -176,6 +176,7 @@ def events(logs: list[dict]) -> str:
     return " | ".join(f"{entry['log_level']}: {entry['event']}" for entry in logs)
 
 
+@pytest.mark.slow  # a stand-in compile of every canvas shape
 def test_compiles_each_canvas_shape_once_then_loads_from_the_cache(tiny_model, tmp_path, stand_in):
     cache = tmp_path / "engines"
     first = Colorizer.from_config(engine_config(tiny_model, cache))
@@ -250,6 +251,7 @@ def test_fp16_the_gpu_default_is_compiled_in_fp16(tiny_model, tmp_path, stand_in
     assert generator.model.stem[0].weight.dtype == torch.float32
 
 
+@pytest.mark.slow  # stand-in compiles for two builds
 def test_a_new_gpu_or_tensorrt_build_compiles_anew(tiny_model, tmp_path, monkeypatch):
     steps = [
         ("GPU A", "10.0", "compile"),
@@ -355,6 +357,7 @@ def write_config(tmp_path: Path, tiny_model: Path) -> Path:
     return config
 
 
+@pytest.mark.slow  # a stand-in compile of every canvas shape
 def test_compile_command_builds_every_canvas_shape_then_finds_them(tiny_model, tmp_path, stand_in):
     config = write_config(tmp_path, tiny_model)
     result = CliRunner().invoke(main, ["compile", "--config", str(config)])

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import tifffile
@@ -21,6 +20,7 @@ from helpers import max_lightness_error
 from PIL import Image
 from safetensors import safe_open
 
+from semwatch.cli import main
 from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
 from semwatch.config import TrainerConfig
 from semwatch.engine import Colorizer
@@ -413,11 +413,9 @@ def test_exported_model_colorizes_through_semwatch_cli(tmp_path: Path, checkpoin
     gray = colour_image(70, 90, 6)[..., 1]
     Image.fromarray(gray).save(tmp_path / "sem.png")
     out_dir = tmp_path / "out"
-    proc = subprocess.run(
+    proc = cli_runs.in_process(
+        main,
         [
-            sys.executable,
-            "-m",
-            "semwatch",
             "colorize",
             str(tmp_path / "sem.png"),
             "--output-dir",
@@ -430,9 +428,6 @@ def test_exported_model_colorizes_through_semwatch_cli(tmp_path: Path, checkpoin
             "cpu",
             "-q",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     with tifffile.TiffFile(out_dir / "sem.tif") as tif:

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import cli_runs
 import numpy as np
 import pytest
 import torch
@@ -27,6 +28,7 @@ from PIL import Image
 from test_trainer_data import write_shapes_dataset
 
 import trainer.checkpoint
+from semwatch.cli import main
 from semwatch.config import TrainerConfig, load_config_file
 from semwatch.model import GeneratorConfig, build_generator, save_generator
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_any_generator, load_checkpoint
@@ -126,6 +128,7 @@ def pretrained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path, da
     return {"run_dir": run_dir, "result": result, "start_l1": start_l1, "steps": steps, "config": config}
 
 
+@pytest.mark.slow  # the shared ~200-step stage-1 run
 def test_pretrain_lowers_validation_l1_well_below_its_start(pretrained_run: dict) -> None:
     result, run_dir = pretrained_run["result"], pretrained_run["run_dir"]
     steps_per_epoch = len(pretrained_run["steps"]) // 25
@@ -143,6 +146,7 @@ def test_pretrain_lowers_validation_l1_well_below_its_start(pretrained_run: dict
     assert best["data_summary"]["skipped_gray"] == 2
 
 
+@pytest.mark.slow  # the shared ~200-step stage-1 run
 def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     run_dir = pretrained_run["run_dir"]
     last = load_checkpoint(checkpoint_path(run_dir, "pretrain", "last"))
@@ -164,6 +168,7 @@ def test_pretrain_run_dir_contents(pretrained_run: dict) -> None:
     assert all(float(r["images_per_s"]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # starts from the shared ~200-step stage-1 run
 def test_stage2_from_stage1_checkpoint(
     pretrained_run: dict, data_root: Path, datasets, tmp_path: Path
 ) -> None:
@@ -210,6 +215,7 @@ def _crash_at(step: int):
     return callback
 
 
+@pytest.mark.slow  # two runs of up to 9 steps, each stage
 @pytest.mark.parametrize("stage", ["pretrain", "gan"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(
     stage: str, data_root: Path, datasets, tmp_path: Path
@@ -305,6 +311,7 @@ def test_early_stopping_on_patience(data_root: Path, datasets, tmp_path: Path) -
     assert load_checkpoint(checkpoint_path(tmp_path, "pretrain", "last"))["finished"]
 
 
+@pytest.mark.slow  # two stages, crashed and re-run
 def test_run_pipeline_resumes_as_a_whole(data_root: Path, datasets, tmp_path: Path) -> None:
     config = dataclasses.replace(TINY, pretrain_epochs=2, gan_epochs=2, max_steps_per_epoch=2)
     seen: list[StepRecord] = []
@@ -403,9 +410,12 @@ def test_stage_policies_hold_the_per_stage_rules(tmp_path: Path) -> None:
 
 
 def test_load_any_generator_reads_checkpoints_and_generator_files(
-    pretrained_run: dict, tmp_path: Path
+    data_root: Path, datasets, tmp_path: Path
 ) -> None:
-    ckpt = checkpoint_path(pretrained_run["run_dir"], "pretrain", "best")
+    # Any stage-1 checkpoint will do: one step of its own (the shared long run is slow).
+    config = dataclasses.replace(TINY, pretrain_epochs=1, max_steps_per_epoch=1)
+    train_stage(StageSpec("pretrain", data_root, tmp_path / "run", config), _env(), datasets=datasets)
+    ckpt = checkpoint_path(tmp_path / "run", "pretrain", "best")
     model, config, info = load_any_generator(ckpt)
     assert config.decoder_width == 8 and info["stage"] == "pretrain" and info["source"] == "checkpoint"
     assert info["data_summary"]["train"] > 0 and "val_l1" in info["metrics"]
@@ -593,7 +603,9 @@ def _synthetic_datasets(hints: bool):
     return SyntheticColorData(16, 32, 0, hints), SyntheticColorData(4, 32, 500, hints), summary
 
 
-VARIANTS = ("plain-bce", "hints-lsgan")
+# Stage variants: plain input with BCE, hints with LSGAN; both train two stages twice over,
+# so they run with the full suite (CI). The fast loop keeps the one-step training checks.
+VARIANT_PARAMS = [pytest.param(v, marks=pytest.mark.slow) for v in ("plain-bce", "hints-lsgan")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -648,7 +660,7 @@ def _train_both_stages(variant: str, folder: Path, **changes) -> TwoStages:
     )
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+@pytest.fixture(scope="module", params=VARIANT_PARAMS)
 def two_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[TwoStages]:
     """The same seeded training twice in this process."""
     return [_train_both_stages(request.param, tmp_path_factory.mktemp(request.param)) for _ in range(2)]
@@ -700,7 +712,7 @@ def test_the_learning_rates_follow_each_stages_schedule_exactly(two_runs: list[T
     ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANT_PARAMS)
 def test_stage_2_starts_from_stage_1s_best(variant: str, tmp_path: Path) -> None:
     """With the generator's learning rate at 0 stage 2 cannot move it: its last parameters
     are the ones it started from, which must be stage 1's best."""
@@ -713,6 +725,7 @@ def test_stage_2_starts_from_stage_1s_best(variant: str, tmp_path: Path) -> None
 # ------------------------------------------------------------------ retraining the bundled model
 
 
+@pytest.mark.slow  # trains the full-width bundled generator
 def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_path: Path) -> None:
     """The README's retraining command, word for word but tiny: the bundled generator takes
     hints, the run takes that layout from it (one log line), trains, exports, colorizes."""
@@ -763,11 +776,9 @@ def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_
     assert exported.exit_code == 0, exported.output
     image = tmp_path / "sem.png"
     Image.fromarray((np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) % 251).astype(np.uint8)).save(image)
-    colorized = subprocess.run(
+    colorized = cli_runs.in_process(
+        main,
         [
-            sys.executable,
-            "-m",
-            "semwatch",
             "colorize",
             str(image),
             "--output-dir",
@@ -780,10 +791,6 @@ def test_retraining_the_bundled_model_needs_no_hint_option(data_root: Path, tmp_
             "cpu",
             "-q",
         ],
-        env=_subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert colorized.returncode == 0, colorized.stderr
     assert (tmp_path / "out" / "sem.tif").is_file()
@@ -819,3 +826,33 @@ def test_without_init_or_option_a_run_trains_without_hints(tmp_path: Path) -> No
     save_generator(plain, generator, generator.config, {"name": "plain"})
     assert resolve_input_layout(TrainerConfig(), plain).hints is False
     assert resolve_input_layout(TrainerConfig(hints=True), plain).hints is True  # widened later
+
+
+def test_trainer_options_are_generated_from_the_config_fields() -> None:
+    """Each [trainer] key with an option takes its type, help and shown default from the
+    field, and an option given lands on that key (--lr only where --lr-g/--lr-d are not)."""
+    from trainer.cli import _overrides, run_command
+
+    params = {p.name: p for p in run_command.params}
+    fields = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+    generated = [name for name in fields if name in params]
+    assert {"batch_size", "image_size", "crop_min", "hints", "lambda_l1", "pretrained_encoder"} <= set(
+        generated
+    )
+    for name in generated:
+        option = params[name]
+        assert option.opts == ["--" + name.replace("_", "-")] and option.default is None
+        assert fields[name].metadata["help"] in option.help
+        if fields[name].default is not None:
+            assert f"Default: [trainer] {name} ({fields[name].default})." in option.help
+    assert params["config_path"].opts == ["--config"]
+    given = {"batch_size": 3, "hints": False, "lr": 1e-3, "lr_d": 5e-4, "epochs": 2, "gan_epochs": 9}
+    assert _overrides(given, ["pretrain_epochs", "gan_epochs"]) == {
+        "batch_size": 3,
+        "hints": False,
+        "pretrain_epochs": 2,
+        "gan_epochs": 2,
+        "pretrain_lr": 1e-3,
+        "lr_g": 1e-3,
+        "lr_d": 5e-4,
+    }

@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
+from semwatch.cli_options import CONTEXT, config_option
 from semwatch.config import ConfigError, TrainerConfig, load_config, load_config_file, parse_config
 from semwatch.log import configure_logging, get_logger
 from trainer.checkpoint import CheckpointError
@@ -47,7 +49,7 @@ _PATH_DIR = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 _PATH_FILE = click.Path(dir_okay=False, path_type=Path, resolve_path=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT)
 def main() -> None:
     """Train semwatch colorization generators (two-stage pix2pix) on hand-colorized images.
 
@@ -67,186 +69,136 @@ main.add_command(export_command)
 # ------------------------------------------------------------------ options
 
 
-def _common_options(func: Callable) -> Callable:
-    options = [
-        click.argument(
-            "data", type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
-        ),
-        click.option(
-            "--out",
-            "-o",
-            "run_dir",
-            required=True,
-            type=_PATH_DIR,
-            help="Run directory: config.toml, metrics.csv, samples/, checkpoints.",
-        ),
-        click.option(
-            "--config",
-            "config_file",
-            type=_PATH_FILE,
-            default=None,
-            help="config.toml to read [trainer] from (default: semwatch's lookup). "
-            "Ignored when resuming: the run directory's own config.toml is used.",
-        ),
-        click.option(
-            "--val",
-            "val_dir",
-            type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True),
-            default=None,
-            help="Validation images from this folder instead of a hash split of DATA.",
-        ),
-        click.option(
-            "--val-fraction",
-            type=float,
-            default=None,
-            help="Share of DATA held out for validation, by a hash of each relative path [0.1].",
-        ),
-        click.option(
-            "--batch-size", type=int, default=None, help="Images per optimizer step and process [16]."
-        ),
-        click.option(
-            "--image-size", type=int, default=None, help="Side of the square training crops, pixels [256]."
-        ),
-        click.option(
-            "--crop-min",
-            type=float,
-            default=None,
-            help="Smallest random crop side as a share of the image's short side; 1.0 = whole short "
-            "side, so the network sees objects whole [0.5].",
-        ),
-        click.option(
-            "--hints/--no-hints",
-            default=None,
-            help="Train a generator that also takes colour hints (simulated from the truth). "
-            "Default: what the --init generator takes (the bundled model: hints), else no.",
-        ),
-        click.option(
-            "--lr",
-            type=float,
-            default=None,
-            help="Base learning rate of every network in the stage(s) run (pretrain_lr, lr_g, lr_d) [2e-4].",
-        ),
-        click.option(
-            "--decoder-width",
-            type=int,
-            default=None,
-            help="Generator decoder width, for a generator built from scratch [64].",
-        ),
-        click.option(
-            "--workers",
-            type=int,
-            default=None,
-            help="DataLoader worker processes per process; 0 = in-process [2].",
-        ),
-        click.option(
-            "--seed", type=int, default=None, help="Seed of initialisation, data order and augmentation [0]."
-        ),
-        click.option(
-            "--max-steps-per-epoch",
-            type=int,
-            default=None,
-            help="Cap on optimizer steps per epoch, for quick runs and benchmarks; 0 = whole epoch.",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
-            default=None,
-            help="Where to train; auto = CUDA when available. Mixed precision: float16 on CUDA, "
-            "bfloat16 on a CPU with native bf16.",
-        ),
-        click.option(
-            "--tensorboard/--no-tensorboard",
-            default=False,
-            help="Also write scalars and sample grids to RUN/tensorboard (tensorboard --logdir RUN).",
-        ),
-    ]
+_TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+_TRAINER_HINTS = typing.get_type_hints(TrainerConfig)
+
+
+def _option_type(name: str) -> click.ParamType | None:
+    """The click type of a [trainer] key's option, from the field's annotation. Plain types:
+    the bounds are checked by the config parser, so an option and a key fail alike."""
+    hint = _TRAINER_HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        return click.Choice(list(typing.get_args(hint)))
+    if args and Path in args:
+        return click.Path(exists=True, dir_okay=False, path_type=Path, resolve_path=True)
+    if hint is int:
+        return click.INT
+    if hint is float:
+        return click.FLOAT
+    return None  # bool | None: an on/off flag pair
+
+
+def trainer_option(name: str, *decls: str, help: str | None = None) -> Callable[[Callable], Callable]:
+    """The command-line option of the [trainer] key `name`: its flag, type and help come
+    from the field; the default shown is the field's (None: the option was not given, and
+    the configuration's value stands)."""
+    field = _TRAINER_FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    text = help or field.metadata["help"]
+    if field.default is not None:
+        text = f"{text} Default: [trainer] {name} ({field.default})."
+    kind = _option_type(name)
+    if kind is None:
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=text)
+    return click.option(*(decls or (flag,)), name, type=kind, default=None, help=text)
+
+
+def _apply(func: Callable, options: list[Callable[[Callable], Callable]]) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _common_options(func: Callable) -> Callable:
+    return _apply(
+        func,
+        [
+            click.argument(
+                "data", type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True)
+            ),
+            click.option(
+                "--out",
+                "-o",
+                "run_dir",
+                required=True,
+                type=_PATH_DIR,
+                help="Run directory: config.toml, metrics.csv, samples/, checkpoints.",
+            ),
+            config_option(
+                help="config.toml to read [trainer] from (default: semwatch's lookup). "
+                "Ignored when resuming: the run directory's own config.toml is used."
+            ),
+            click.option(
+                "--val",
+                "val_dir",
+                type=click.Path(exists=True, file_okay=False, path_type=Path, resolve_path=True),
+                default=None,
+                help="Validation images from this folder instead of a hash split of DATA.",
+            ),
+            trainer_option("val_fraction"),
+            trainer_option("batch_size"),
+            trainer_option("image_size"),
+            trainer_option("crop_min"),
+            trainer_option("hints"),
+            click.option(
+                "--lr",
+                type=float,
+                default=None,
+                help="Base learning rate of every network in the stage(s) run (pretrain_lr, lr_g, lr_d). "
+                f"Default: [trainer] pretrain_lr ({_TRAINER_FIELDS['pretrain_lr'].default}).",
+            ),
+            trainer_option("decoder_width"),
+            trainer_option("workers"),
+            trainer_option("seed"),
+            trainer_option("max_steps_per_epoch"),
+            trainer_option("device"),
+            click.option(
+                "--tensorboard/--no-tensorboard",
+                default=False,
+                help="Also write scalars and sample grids to RUN/tensorboard (tensorboard --logdir RUN).",
+            ),
+        ],
+    )
 
 
 def _gan_options(func: Callable) -> Callable:
-    options = [
-        click.option(
-            "--lambda-l1",
-            type=float,
-            default=None,
-            help="Weight of L1 against the GAN loss in stage 2 [20; pix2pix's 100 gives sepia].",
-        ),
-        click.option(
-            "--gan-loss",
-            type=click.Choice(["bce", "lsgan"]),
-            default=None,
-            help="bce = BCE with logits (original cGAN), lsgan = least squares [bce].",
-        ),
-        click.option(
-            "--lr-g", type=float, default=None, help="Stage-2 generator learning rate (overrides --lr)."
-        ),
-        click.option(
-            "--lr-d", type=float, default=None, help="Stage-2 discriminator learning rate (overrides --lr)."
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _apply(
+        func,
+        [
+            trainer_option("lambda_l1"),
+            trainer_option("gan_loss"),
+            trainer_option("lr_g"),
+            trainer_option("lr_d"),
+        ],
+    )
 
 
 def _pretrain_options(func: Callable) -> Callable:
-    options = [
-        click.option(
-            "--patience",
-            type=int,
-            default=None,
-            help="Stage 1 stops after this many epochs without a better validation L1; 0 = never [5].",
-        ),
-        click.option(
-            "--pretrained-encoder",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path, resolve_path=True),
-            default=None,
-            help="Local torchvision resnet18 weights (.pth/.safetensors) for a generator "
-            "built from scratch (not used with --init or --resume).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _apply(func, [trainer_option("patience"), trainer_option("pretrained_encoder")])
+
+
+def _epochs_option(name: str, help: str) -> Callable[[Callable], Callable]:
+    """--epochs of a one-stage command: the stage's epochs key, under the option's own name."""
+    default = _TRAINER_FIELDS[name].default
+    return click.option(
+        "--epochs", type=int, default=None, help=f"{help} Default: [trainer] {name} ({default})."
+    )
 
 
 # ------------------------------------------------------------------ configuration
 
 
-def _overrides(options: dict[str, Any], epochs_key: Sequence[str]) -> dict[str, Any]:
-    """Options given on the command line -> [trainer] keys (None = not given)."""
-    mapping = {
-        "val_fraction": "val_fraction",
-        "batch_size": "batch_size",
-        "image_size": "image_size",
-        "decoder_width": "decoder_width",
-        "workers": "workers",
-        "seed": "seed",
-        "max_steps_per_epoch": "max_steps_per_epoch",
-        "device": "device",
-        "lambda_l1": "lambda_l1",
-        "gan_loss": "gan_loss",
-        "patience": "patience",
-        "pretrained_encoder": "pretrained_encoder",
-        "pretrain_epochs": "pretrain_epochs",
-        "gan_epochs": "gan_epochs",
-        "crop_min": "crop_min",
-        "hints": "hints",
-    }
-    out: dict[str, Any] = {}
-    for option, key in mapping.items():
-        if options.get(option) is not None:
-            out[key] = options[option]
+def _overrides(options: dict[str, Any], epochs_keys: Sequence[str]) -> dict[str, Any]:
+    """Options given on the command line -> [trainer] keys (None = not given). --epochs
+    sets the stage(s)' epochs; --lr the learning rates --lr-g / --lr-d do not set."""
+    out = {name: options[name] for name in _TRAINER_FIELDS if options.get(name) is not None}
     if options.get("epochs") is not None:
-        for key in epochs_key:
+        for key in epochs_keys:
             out[key] = options["epochs"]
     if options.get("lr") is not None:
-        out.update(pretrain_lr=options["lr"], lr_g=options["lr"], lr_d=options["lr"])
-    for option in ("lr_g", "lr_d"):
-        if options.get(option) is not None:
-            out[option] = options[option]
+        for key in ("pretrain_lr", "lr_g", "lr_d"):
+            out.setdefault(key, options["lr"])
     return out
 
 
@@ -256,7 +208,7 @@ def resolve_config(
     """Base ([trainer] of the run dir when resuming, else of --config) + command-line overrides."""
     run_config = run_dir / CONFIG_NAME
     if resuming and run_config.is_file():
-        if config_file is not None and config_file != run_config:
+        if config_file is not None and config_file.resolve() != run_config.resolve():
             log.warning(
                 "config file ignored on resume",
                 reason="a resumed run keeps its own configuration",
@@ -357,7 +309,7 @@ def _start(
 @main.command("pretrain")
 @_common_options
 @_pretrain_options
-@click.option("--epochs", type=int, default=None, help="Stage-1 epochs (pretrain_epochs) [20].")
+@_epochs_option("pretrain_epochs", "Stage-1 epochs (pretrain_epochs).")
 @click.option(
     "--init",
     type=_PATH_FILE,
@@ -368,7 +320,7 @@ def _start(
 def pretrain_command(
     data: Path,
     run_dir: Path,
-    config_file: Path | None,
+    config_path: Path | None,
     val_dir: Path | None,
     init: Path | None,
     resume: bool,
@@ -380,7 +332,7 @@ def pretrain_command(
 
     def action() -> list[StageResult]:
         config, env = _start(
-            config_file,
+            config_path,
             run_dir,
             resume,
             _overrides(options, ["pretrain_epochs"]),
@@ -407,7 +359,7 @@ def pretrain_command(
 @main.command("gan")
 @_common_options
 @_gan_options
-@click.option("--epochs", type=int, default=None, help="Stage-2 epochs (gan_epochs) [20].")
+@_epochs_option("gan_epochs", "Stage-2 epochs (gan_epochs).")
 @click.option(
     "--init",
     type=_PATH_FILE,
@@ -419,7 +371,7 @@ def pretrain_command(
 def gan_command(
     data: Path,
     run_dir: Path,
-    config_file: Path | None,
+    config_path: Path | None,
     val_dir: Path | None,
     init: Path | None,
     resume: bool,
@@ -433,7 +385,7 @@ def gan_command(
 
     def action() -> list[StageResult]:
         config, env = _start(
-            config_file, run_dir, resume, _overrides(options, ["gan_epochs"]), data, val_dir, init, env_holder
+            config_path, run_dir, resume, _overrides(options, ["gan_epochs"]), data, val_dir, init, env_holder
         )
         spec = StageSpec(
             "gan", data, run_dir, config, val_dir=val_dir, init=init, resume=resume, tensorboard=tensorboard
@@ -450,8 +402,8 @@ def gan_command(
 @click.option(
     "--epochs", type=int, default=None, help="Epochs of each stage (sets pretrain_epochs and gan_epochs)."
 )
-@click.option("--pretrain-epochs", type=int, default=None, help="Stage-1 epochs; 0 skips stage 1 [20].")
-@click.option("--gan-epochs", type=int, default=None, help="Stage-2 epochs [20].")
+@trainer_option("pretrain_epochs")
+@trainer_option("gan_epochs")
 @click.option(
     "--init",
     type=_PATH_FILE,
@@ -462,7 +414,7 @@ def gan_command(
 def run_command(
     data: Path,
     run_dir: Path,
-    config_file: Path | None,
+    config_path: Path | None,
     val_dir: Path | None,
     init: Path | None,
     tensorboard: bool,
@@ -483,7 +435,7 @@ def run_command(
 
     def action() -> list[StageResult]:
         config, env = _start(
-            config_file,
+            config_path,
             run_dir,
             resuming,
             _overrides(options, ["pretrain_epochs", "gan_epochs"]),
