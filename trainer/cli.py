@@ -141,6 +141,9 @@ def _common_options(func: Callable) -> Callable:
             trainer_option("image_size"),
             trainer_option("crop_min"),
             trainer_option("hints"),
+            trainer_option("palette"),
+            trainer_option("palette_share"),
+            trainer_option("rebalance"),
             click.option(
                 "--lr",
                 type=float,
