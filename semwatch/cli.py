@@ -327,9 +327,9 @@ def compile_command(shapes: list[tuple[int, int]], batch_size: int | None, confi
     configure_logging(
         config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
     )
+    from semwatch.compile_ahead import compile_engines
     from semwatch.engine import EngineError
     from semwatch.model import ModelError
-    from semwatch.tensorrt import compile_engines
 
     if config.engine.backend != "tensorrt":
         click.echo(

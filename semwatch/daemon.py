@@ -43,8 +43,9 @@ from semwatch.daemon_lock import DaemonLock
 from semwatch.dependencies import MissingPackage
 from semwatch.errors import one_line
 from semwatch.hashing import sha256_fd
-from semwatch.imaging import DecodedImage, ImageError, output_name, read_provenance, sweep_temp_files
+from semwatch.imaging import DecodedImage, ImageError, read_provenance, sweep_temp_files
 from semwatch.imaging.source import open_regular
+from semwatch.layout import OutputLayout, sibling_names
 from semwatch.log import configure_logging, get_logger
 from semwatch.metrics import DaemonMetrics, MetricsError, MetricSources, ModelInfo
 from semwatch.notify import Notifier, watchdog_interval
@@ -125,51 +126,6 @@ class StartupError(RuntimeError):
 
 class _ShutdownTimeout(Exception):
     """shutdown_timeout passed while waiting for work in flight."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """Where a job's source is read and its output written; both stay inside their roots."""
-
-    input_root: Path
-    output_root: Path
-    fmt: str
-
-    def source(self, rel_path: str) -> Path:
-        return _inside(self.input_root, _safe_rel(rel_path), "source")
-
-    def input_rel(self, path: Path) -> str | None:
-        """A source path's rel_path under the input root (None outside it)."""
-        try:
-            return Path(path).relative_to(self.input_root).as_posix()
-        except ValueError:
-            return None
-
-    def target(self, rel_path: str, sibling_names: Sequence[str] = ()) -> Path:
-        """<output root>/<rel dir>/<output name>; raises ValueError if it would escape the root."""
-        rel = _safe_rel(rel_path)
-        name = output_name(rel.name, self.fmt, sibling_names=sibling_names)
-        return _inside(self.output_root, rel.parent / name, "output")
-
-
-def _safe_rel(rel_path: str) -> PurePosixPath:
-    rel = PurePosixPath(rel_path)
-    if not rel_path or rel.is_absolute() or ".." in rel.parts or rel.name in ("", "."):
-        raise ValueError(f"{rel_path!r}: not a relative file path inside the watch folder")
-    return rel
-
-
-def _inside(root: Path, rel: PurePosixPath, what: str) -> Path:
-    path = root.joinpath(*rel.parts)
-    real_root = os.path.realpath(root)
-    # realpath of the parent: a symlinked sub-folder must not lead out of the root.
-    real = os.path.join(os.path.realpath(path.parent), path.name)
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ValueError(f"{path}: {what} path leads outside {root}")
-    return path
 
 
 # --------------------------------------------------------------------------- storage
@@ -381,7 +337,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop_deadline: float | None = None
         self._leases = _Leases()
-        self._layout = _layout(config)
+        self._layout = OutputLayout.of(config)
         self._styles = StyleFinder(config.watch.input_dir, config.engine.style)
         self._storage = StorageGuard(config.watch.input_dir, config.output.dir)
         self._queue: JobQueue | None = None
@@ -659,7 +615,7 @@ class Daemon:
         for job in jobs:
             try:
                 source = self._layout.source(job.rel_path)
-                siblings = _sibling_names(source.parent, listings)
+                siblings = sibling_names(source.parent, listings)
                 target = self._layout.target(job.rel_path, siblings)
             except ValueError as exc:
                 self._fail(job, str(exc), permanent=True, started=now)
@@ -1292,7 +1248,7 @@ class Daemon:
             configure_logging(new.logging.level, new.logging.format)
         if self._compute is not None:  # a watcher has no model
             new = self._reload_model(new, old)
-        self._layout = _layout(new)
+        self._layout = OutputLayout.of(new)
         self._styles = StyleFinder(new.watch.input_dir, new.engine.style)
         self._storage = self._storage.for_roots(new.watch.input_dir, new.output.dir)
         self.config = new
@@ -1549,21 +1505,6 @@ def _serve_metrics(metrics: DaemonMetrics, cfg: Config) -> None:
         raise StartupError(
             f"{exc} (metrics.listen{where})", EXIT_CONFIG if exc.config_error else EXIT_FAILURE
         ) from None
-
-
-def _layout(cfg: Config) -> OutputLayout:
-    return OutputLayout(cfg.watch.input_dir, cfg.output.dir, cfg.output.format)
-
-
-def _sibling_names(folder: Path, cache: dict[Path, list[str]]) -> list[str]:
-    """Names in a source's folder (once per folder per batch) for output_name's x.png.tif rule."""
-    if folder not in cache:
-        try:
-            cache[folder] = os.listdir(folder)
-        except OSError as exc:
-            log.debug("cannot list source folder", folder=str(folder), error=one_line(exc))
-            cache[folder] = []
-    return cache[folder]
 
 
 def _output_source(output: Path) -> dict[str, Any]:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semwatch.backend_choice import make_backend
 from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the engine's API
     Backend,
     ChannelsLastSetting,
     EagerBackend,
     EngineError,
-    make_backend,
     resolve_device,
 )
 from semwatch.coherence import HueCoherence

@@ -23,7 +23,6 @@ from semwatch.daemon import (
     EXIT_CONFIG,
     INTAKE_STALL_SECONDS,
     Daemon,
-    OutputLayout,
     StartupError,
     StorageGuard,
     _Item,
@@ -33,6 +32,7 @@ from semwatch.daemon import (
     prepare_folders,
 )
 from semwatch.imaging import read_image
+from semwatch.layout import OutputLayout
 from semwatch.model import default_model_path
 from semwatch.notify import Notifier
 from semwatch.queue import JobState, SqlJobQueue
