@@ -7,13 +7,13 @@ engine builds on the backends: here, above both, no import runs in a circle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from semwatch.backend_choice import make_backend
 from semwatch.backends import resolve_device
 from semwatch.engine import canvas_shapes
-from semwatch.model import ModelError, default_model_path, load_generator
+from semwatch.model import load_generator
+from semwatch.model_file import model_file
 
 if TYPE_CHECKING:
     from semwatch.config import EngineConfig
@@ -26,9 +26,7 @@ def compile_engines(
     """Compile (or find cached) the engines ``cfg`` will use: every canvas shape of its
     chroma_size (or ``shapes``) at its batch size (or ``batch_size``). For `semwatch compile`."""
     device = resolve_device(cfg.device)
-    model_path = cfg.model if cfg.model is not None else default_model_path()
-    if not Path(model_path).is_file():
-        raise ModelError(f"{model_path}: model file not found (engine.model)")
+    model_path = model_file(cfg.model)
     backend = make_backend(
         "tensorrt",
         load_generator(model_path, device=device),

@@ -22,3 +22,15 @@ def rel_inside(real_root: str, real_path: str) -> str | None:
     if not real_path.startswith(prefix):
         return None
     return real_path[len(prefix) :].replace(os.sep, "/")
+
+
+def same_folder(input_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> str | None:
+    """Why an output folder cannot be the watched folder (None when they differ, symlinks
+    resolved): the one wording for the daemon's start-up check and the watcher's."""
+    resolved = os.path.realpath(input_dir)
+    if resolved != os.path.realpath(output_dir):
+        return None
+    return (
+        f"watch.input_dir and output.dir are the same folder {resolved}: the output folder is "
+        "the watched folder; colorized files would be colorized again"
+    )

@@ -146,6 +146,21 @@ def test_no_import_cycle_among_the_modules() -> None:
     assert cycles(import_graph()) == []
 
 
+def test_the_queue_is_the_small_protocols_its_callers_use() -> None:
+    """Each caller codes against one part (the watcher: Intake, status: Fleet...); the SQL
+    back-end is all of them, and no method is left outside a part."""
+    from semwatch.queue import Claims, Fleet, Intake, JobQueue, SqlJobQueue, Status
+
+    parts = (Intake, Claims, Status, Fleet)
+    methods = [set(SqlJobQueue.__abstractmethods__)]  # empty: the back-end implements everything
+    assert methods == [set()]
+    names = [{name for name in vars(part) if not name.startswith("_")} for part in parts]
+    assert sum(len(n) for n in names) == len(set().union(*names)), "a method in two parts"
+    whole = {name for name in JobQueue.__abstractmethods__}
+    assert whole == set().union(*names) | {"close"}
+    assert all(issubclass(SqlJobQueue, part) for part in parts)
+
+
 def test_the_check_sees_a_lazy_import_and_ignores_type_checking(tmp_path: Path) -> None:
     """The checker itself: a cycle through an import inside a function is found; one through
     ``if TYPE_CHECKING:`` is not (it never runs)."""

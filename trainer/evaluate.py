@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from semwatch.cli_options import (
+    CONTEXT,
     batch_size_option,
     chroma_size_option,
     config_option,
@@ -38,9 +39,8 @@ from semwatch.cli_options import (
     load_cli_config,
 )
 from semwatch.color import rgb_to_lab
-from semwatch.config import Config
-from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
-from semwatch.log import configure_logging, get_logger
+from semwatch.engine import Colorizer, EngineError, GrayImage
+from semwatch.log import configure_cli_logging, get_logger
 from semwatch.model import LoadedGenerator, ModelError, file_sha256
 from trainer.checkpoint import CheckpointError, load_any_generator
 from trainer.data import DataError, is_really_gray, list_images, load_rgb, split_of
@@ -389,12 +389,6 @@ def format_table(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
-def _refinement(config: Config, **given: Any) -> Refinement:
-    """The engine's refinements from the config, with the command line's (not None) on top."""
-    refinement = Refinement.from_config(config.engine)
-    return dataclasses.replace(refinement, **{k: v for k, v in given.items() if v is not None})
-
-
 def _hint_counts(text: str | None) -> list[int]:
     if not text:
         return []
@@ -409,7 +403,7 @@ def _hint_counts(text: str | None) -> list[int]:
     return counts
 
 
-@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("evaluate", context_settings=CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -517,31 +511,25 @@ def evaluate_command(
     error with simulated colour hints. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
     """
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
     try:
         paths = select_images(
             data, split, config.trainer.val_fraction if val_fraction is None else val_fraction, limit
         )
-        colorizer = Colorizer(
-            load_for_evaluation(model, device="cpu"),
-            device=device or config.engine.device,
-            backend=config.engine.backend,
-            chroma_size=chroma_size or config.engine.chroma_size,
-            batch_size=batch_size or config.engine.batch_size,
-            refinement=_refinement(
-                config,
-                hue_scale=hue_scale,
-                guide_radius=guide_radius,
-                region_hue=region_hue,
-                region_scale=region_scale,
-                chroma_gain=chroma_gain,
-            ),
-            precision=config.engine.precision,  # the service's numbers, as it would colour them
-            channels_last=config.engine.channels_last,
-            cache_dir=config.engine.cache_dir,
-        )
+        # The service's engine settings (precision included: its numbers, as it would colour
+        # them), with the command line's on top.
+        given = {
+            "device": device,
+            "chroma_size": chroma_size,
+            "batch_size": batch_size,
+            "hue_scale": hue_scale,
+            "guide_radius": guide_radius,
+            "region_hue": region_hue,
+            "region_scale": region_scale,
+            "chroma_gain": chroma_gain,
+        }
+        engine = dataclasses.replace(config.engine, **{k: v for k, v in given.items() if v is not None})
+        colorizer = Colorizer.from_config(engine, generator=load_for_evaluation(model, device="cpu"))
         report = evaluate(
             colorizer,
             paths,

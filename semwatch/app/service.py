@@ -58,13 +58,7 @@ def load_colorizer(engine: EngineConfig) -> Colorizer:
     """The service's engine, with the service's settings (refinements included)."""
     started = time.perf_counter()
     colorizer = Colorizer.from_config(engine)
-    log.info(
-        "model loaded",
-        model=colorizer.model_name,
-        sha256=colorizer.model_sha256[:12],
-        device=colorizer.device,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    log.info("model loaded", **colorizer.info.log_fields(), seconds=round(time.perf_counter() - started, 2))
     return colorizer
 
 
