@@ -23,6 +23,7 @@ from semwatch.engine import Colorizer
 from semwatch.hints import Hint, check_hints_fit
 from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage
 from semwatch.log import get_logger
+from semwatch.paths import rel_inside
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 from semwatch.styles import (
     STYLE_FILENAME,
@@ -201,8 +202,7 @@ def read_style_upload(data: bytes, name: str) -> Style:
 
 def _inside(root: Path, path: Path) -> bool:
     """Whether ``path`` (symlinks resolved) lies inside ``root`` (symlinks resolved)."""
-    real_root = os.path.realpath(root)
-    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+    return rel_inside(os.path.realpath(root), os.path.realpath(path)) is not None
 
 
 def watch_styles(input_dir: Path) -> list[Path]:
