@@ -12,6 +12,9 @@ and gets ab back; everything else it does is device-agnostic torch. Two backends
   oneDNN and cuDNN convolve fastest.
 - ``tensorrt``: a TensorRT-compiled generator per canvas shape (:mod:`semwatch.tensorrt`).
 
+:func:`semwatch.backend_choice.make_backend` picks one by name; it lives apart so that
+this module and :mod:`semwatch.tensorrt`, which builds on it, do not import each other.
+
 Precision and layout are engine settings (``[engine] precision``, ``channels_last``) whose
 ``auto`` resolves here, per device.
 """
@@ -21,7 +24,6 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -222,28 +224,3 @@ class EagerBackend(Backend):
             x = x.to(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self.model(x)
-
-
-def make_backend(
-    name: str,
-    generator: LoadedGenerator,
-    device: torch.device,
-    *,
-    precision: str = "fp32",
-    channels_last: ChannelsLastSetting = False,
-    cache_dir: Path | None = None,
-) -> Backend:
-    """The backend for ``name`` (``auto`` is eager: tensorrt compiles for minutes on first
-    use of each canvas shape, so it is chosen explicitly)."""
-    if name not in ("auto", "eager", "tensorrt"):
-        raise EngineError(f"unknown backend {name!r} (auto, eager or tensorrt)")
-    if name == "tensorrt":
-        from semwatch.tensorrt import TensorRTBackend, detect_toolchain
-
-        toolchain = detect_toolchain(device)  # one-line EngineError naming what is missing
-        return TensorRTBackend(
-            generator, device, resolve_precision(precision, device), cache_dir=cache_dir, toolchain=toolchain
-        )
-    return EagerBackend(
-        generator, device, resolve_precision(precision, device), resolve_channels_last(channels_last, device)
-    )

@@ -20,7 +20,7 @@ from semwatch.cli_options import (
     device_option,
     load_cli_config,
 )
-from semwatch.log import configure_logging, get_logger
+from semwatch.log import configure_cli_logging, get_logger
 
 if TYPE_CHECKING:
     # Not at run time: `semwatch status` must not pay for the imaging libraries.
@@ -58,6 +58,7 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     """Map inputs to outputs; a file named directly goes to DIR/<stem>.<ext>, a folder's files
     keep their relative paths. Raises click.UsageError on missing inputs and collisions."""
     from semwatch.imaging import output_name
+    from semwatch.layout import OutputLayout
     from semwatch.pipeline import Task
 
     tasks: list[Task] = []
@@ -69,10 +70,11 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
             siblings: dict[Path, list[str]] = {}
             for path in files:
                 siblings.setdefault(path.parent, []).append(path.name)
+            # The daemon's layout: the path under the folder mirrored under the output folder.
+            layout = OutputLayout(given, output_dir, fmt)
             for path in files:
-                rel = path.relative_to(given)
-                name = output_name(path.name, fmt, sibling_names=siblings[path.parent])
-                tasks.append(Task(path, output_dir / rel.parent / name))
+                target = layout.target(path.relative_to(given).as_posix(), siblings[path.parent])
+                tasks.append(Task(path, target))
         elif given.is_file():
             tasks.append(Task(given, output_dir / output_name(given.name, fmt)))
         else:
@@ -183,9 +185,7 @@ def colorize_command(
     colours without positions; the palette used is recorded.
     """
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
     fmt = fmt or config.output.format
     tasks = plan_tasks(inputs, output_dir, fmt)
     hints = _load_hints_for(hints_file, tasks)
@@ -229,15 +229,7 @@ def colorize_command(
             colorizer.check_style(style)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    log.info(
-        "model loaded",
-        model=colorizer.model_name,
-        sha256=colorizer.model_sha256[:12],
-        device=colorizer.device,
-        backend=colorizer.backend_name,
-        precision=colorizer.precision,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    log.info("model loaded", **colorizer.info.log_fields(), seconds=round(time.perf_counter() - started, 2))
     from semwatch.palette import palette_for
 
     used, origin = palette_for(palette, style)
@@ -364,12 +356,10 @@ def compile_command(shapes: list[tuple[int, int]], batch_size: int | None, confi
     extra: pip install 'semwatch[tensorrt]'.
     """
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
+    from semwatch.compile_ahead import compile_engines
     from semwatch.engine import EngineError
     from semwatch.model import ModelError
-    from semwatch.tensorrt import compile_engines
 
     if config.engine.backend != "tensorrt":
         click.echo(

@@ -23,18 +23,18 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from semwatch.backend_choice import make_backend
 from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the engine's API
     Backend,
     ChannelsLastSetting,
     EagerBackend,
     EngineError,
-    make_backend,
     resolve_device,
 )
 from semwatch.coherence import HueCoherence
@@ -43,7 +43,8 @@ from semwatch.fullres import FullResolution
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
-from semwatch.model import STRIDE, LoadedGenerator, ModelError, default_model_path, load_generator
+from semwatch.model import STRIDE, LoadedGenerator, load_generator
+from semwatch.model_file import model_file
 from semwatch.palette import Palette, palette_for, palette_planes
 from semwatch.prototypes import (
     ENCODER_FEATURES,
@@ -198,6 +199,23 @@ class EngineInfo:
     # recorded as not applied).
     takes_palette: bool = False
 
+    def as_record(self) -> dict[str, Any]:
+        """The engine's part of an output's provenance: the keyword arguments of
+        :func:`semwatch.imaging.build_provenance` (one list of fields, not unpacked by hand)."""
+        return dataclasses.asdict(self)
+
+    def log_fields(self) -> dict[str, Any]:
+        """How a log line names the engine in use ("model loaded", "model reloaded": the
+        daemon, `semwatch colorize` and the web UI say it alike)."""
+        return {
+            "model": self.model_name,
+            "sha256": self.model_sha256,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "chroma_size": self.chroma_size,
+        }
+
 
 class Colorizer:
     """Colorizes decoded gray images with one generator on one device."""
@@ -257,12 +275,7 @@ class Colorizer:
         cache_dir: Path | None = None,
     ) -> Colorizer:
         """Load a generator file (``None``: the bundled default) and build a Colorizer."""
-        model_path = Path(path) if path is not None else default_model_path()
-        if path is None and not model_path.is_file():
-            raise ModelError(
-                f"{model_path}: the bundled default model is not installed; "
-                "pass --model FILE (or set engine.model in config.toml)"
-            )
+        model_path = model_file(Path(path) if path is not None else None)
         dev = resolve_device(device)
         generator = load_generator(model_path, device=dev)
         return cls(
@@ -278,20 +291,25 @@ class Colorizer:
         )
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig) -> Colorizer:
+    def from_config(cls, cfg: EngineConfig, *, generator: LoadedGenerator | None = None) -> Colorizer:
+        """The engine ``[engine]`` describes: the one factory from config (the daemon, the
+        CLIs, the web UI, the trainer's evaluation). ``generator``: one already loaded (a
+        training checkpoint) in place of engine.model's file."""
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return cls.from_file(
-            cfg.model,
-            device=cfg.device,
-            backend=cfg.backend,
-            chroma_size=cfg.chroma_size,
-            batch_size=cfg.batch_size,
-            refinement=Refinement.from_config(cfg),
-            precision=cfg.precision,
-            channels_last=cfg.channels_last,
-            cache_dir=cfg.cache_dir,
-        )
+        settings = {
+            "device": cfg.device,
+            "backend": cfg.backend,
+            "chroma_size": cfg.chroma_size,
+            "batch_size": cfg.batch_size,
+            "refinement": Refinement.from_config(cfg),
+            "precision": cfg.precision,
+            "channels_last": cfg.channels_last,
+            "cache_dir": cfg.cache_dir,
+        }
+        if generator is not None:
+            return cls(generator, **settings)
+        return cls.from_file(cfg.model, **settings)
 
     @property
     def model_name(self) -> str:

@@ -42,6 +42,13 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     )
 
 
+def configure_cli_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    """A command's logging (the CLIs, the web UI): "auto" means console lines here, since a
+    command is read by a person even when its stderr is piped (the daemon's "auto" means
+    JSON off a terminal, for journald)."""
+    configure_logging(level, "console" if fmt == "auto" else fmt)
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """The logger of module ``name`` (pass ``__name__``): every event it logs has ``logger=name``.
 

@@ -6,7 +6,9 @@ CLI's progress bar, the UI's session state). Each step has one wording for its f
 ``decode_error``, ``colorize_error``, ``write_error``.
 
 :class:`Pipeline` runs a list of tasks with decoding of the next batch and writing of the
-previous one in threads beside the engine, so the CPU or GPU is not idle during file I/O.
+previous one in threads beside the engine, so the CPU or GPU is not idle during file I/O;
+the threads and the write backlog are :class:`semwatch.stages.Stages`, which the daemon's
+worker cycle drives too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from semwatch.imaging import DecodedImage, ImageError, build_provenance, read_im
 from semwatch.log import get_logger
 from semwatch.palette import palette_for, palette_provenance
 from semwatch.sidecars import copy_sidecars
+from semwatch.stages import Stages, decode_outcome, log_warnings
 from semwatch.styles import StyleError
 
 if TYPE_CHECKING:
@@ -36,12 +38,6 @@ if TYPE_CHECKING:
     from semwatch.styles import Style
 
 log = get_logger(__name__)
-
-# Decoding and encoding are mostly in C (zlib, tifffile, Pillow) and release the GIL: two
-# threads each keep the engine fed without taking its cores.
-IO_THREADS = 2
-# Colorized batches that may wait for their writes before the engine waits for the disk.
-WRITE_BACKLOG_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -169,13 +165,7 @@ def provenance(
     return build_provenance(
         image,
         source_path=source_path,
-        model_name=info.model_name,
-        model_sha256=info.model_sha256,
-        backend=info.backend,
-        device=info.device,
-        chroma_size=info.chroma_size,
-        precision=info.precision,
-        refinement=info.refinement,
+        **info.as_record(),
         hints=[hint.as_record() for hint in hints] or None,
         style=style.record if style is not None else None,
         palette=(
@@ -272,24 +262,17 @@ class Pipeline:
             if on_result is not None:
                 on_result(result)
 
-        with (
-            ThreadPoolExecutor(IO_THREADS, thread_name_prefix="decode") as decoders,
-            ThreadPoolExecutor(IO_THREADS, thread_name_prefix="write") as writers,
-        ):
-            writes: list[Future[Result]] = []
-            for batch, decoded in self._decoded_batches(tasks, decoders):
+        with Stages(
+            batch_size=lambda: self.colorizer.batch_size, on_written=lambda future: record(future.result())
+        ) as stages:
+            for batch, decoded in self._decoded_batches(tasks, stages):
                 ready = self._usable(batch, decoded, record)
                 info = self.colorizer.info
-                for (task, image), rgb in zip(ready, self._colorize(ready, record)):
+                for (task, image), rgb in zip(ready, self._colorize(ready, stages, record)):
                     if rgb is not None:
-                        writes.append(writers.submit(self.write_one, task, image, rgb, info))
-                writes = self._collect(writes, record, wait=False)
-                # A disk slower than the engine must not pile up full-size RGB frames in
-                # memory: at most two batches wait to be written.
-                while len(writes) > WRITE_BACKLOG_BATCHES * self.colorizer.batch_size:
-                    writes[0].result()
-                    writes = self._collect(writes, record, wait=False)
-            self._collect(writes, record, wait=True)
+                        stages.write(self.write_one, task, image, rgb, info)
+                stages.collect()
+            stages.drain()
         return results
 
     def write_one(self, task: Task, image: DecodedImage, rgb: np.ndarray, info: EngineInfo) -> Result:
@@ -303,38 +286,31 @@ class Pipeline:
             return Result(task, write_error(task.target, exc))
 
     def _decoded_batches(
-        self, tasks: Sequence[Task], decoders: ThreadPoolExecutor
-    ) -> Iterator[tuple[list[Task], list[DecodedImage | Exception]]]:
+        self, tasks: Sequence[Task], stages: Stages
+    ) -> Iterator[tuple[list[Task], list[DecodedImage | BaseException]]]:
         """Batches with their decode results; the next batch decodes while this one is used."""
         size = self.colorizer.batch_size
         batches = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
-        upcoming = [decoders.submit(self._decode, task) for task in batches[0]] if batches else []
+        upcoming = [stages.decode(self._decode, task) for task in batches[0]] if batches else []
         for index, batch in enumerate(batches):
             current = upcoming
             if index + 1 < len(batches):
-                upcoming = [decoders.submit(self._decode, task) for task in batches[index + 1]]
-            yield batch, [future.result() for future in current]
+                upcoming = [stages.decode(self._decode, task) for task in batches[index + 1]]
+            yield batch, [decode_outcome(future, str(task.source)) for task, future in zip(batch, current)]
 
-    def _decode(self, task: Task) -> DecodedImage | Exception:
-        try:
-            return decode(task.source, max_pixels=self.max_pixels, max_memory=self.max_memory)
-        except ImageError as exc:
-            return exc
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-            log.error("unexpected error decoding", path=str(task.source), exc_info=exc)
-            return exc
+    def _decode(self, task: Task) -> DecodedImage:
+        return decode(task.source, max_pixels=self.max_pixels, max_memory=self.max_memory)
 
     def _usable(
-        self, batch: list[Task], decoded: list[DecodedImage | Exception], record: Callable[[Result], None]
+        self, batch: list[Task], decoded: list[DecodedImage | BaseException], record: Callable[[Result], None]
     ) -> list[tuple[Task, DecodedImage]]:
         """The decoded images whose hints fit them; the others are recorded as failed."""
         ready = []
         for task, item in zip(batch, decoded):
-            if isinstance(item, Exception):
+            if isinstance(item, BaseException):
                 record(Result(task, decode_error(item)))
                 continue
-            for warning in item.warnings:
-                log.warning("input warning", path=str(task.source), warning=warning)
+            log_warnings(item, str(task.source))
             try:
                 check_hints_fit(task.hints, *item.gray.shape, source=str(task.source))
                 if task.style is not None:
@@ -346,11 +322,13 @@ class Pipeline:
         return ready
 
     def _colorize(
-        self, ready: list[tuple[Task, DecodedImage]], record: Callable[[Result], None]
+        self, ready: list[tuple[Task, DecodedImage]], stages: Stages, record: Callable[[Result], None]
     ) -> list[np.ndarray | None]:
         if not ready:
             return []
-        rgbs = colorize_batch(
+        rgbs = stages.compute(
+            "compute",
+            colorize_batch,
             self.colorizer,
             [image for _, image in ready],
             [task.hints for task, _ in ready],
@@ -366,16 +344,3 @@ class Pipeline:
             else:
                 out.append(rgb)
         return out
-
-    @staticmethod
-    def _collect(
-        writes: list[Future[Result]], record: Callable[[Result], None], *, wait: bool
-    ) -> list[Future[Result]]:
-        """Record the finished writes (all of them with ``wait``); returns those still running."""
-        still = []
-        for future in writes:
-            if wait or future.done():
-                record(future.result())
-            else:
-                still.append(future)
-        return still

@@ -22,7 +22,7 @@ import click
 from semwatch.cli_options import CONTEXT, config_option, load_cli_config
 from semwatch.config import EXIT_CONFIG, Config
 from semwatch.errors import one_line
-from semwatch.log import configure_logging, get_logger
+from semwatch.log import configure_cli_logging, get_logger
 from semwatch.walk import WatchRules, walk
 
 if TYPE_CHECKING:
@@ -38,8 +38,7 @@ def _console_logging(config: Config) -> None:
     # The command's own output says what happened; the queue's per-job info lines would
     # bury it during a backfill of thousands of files (debug still shows everything).
     level = "debug" if config.logging.level == "debug" else "warning"
-    fmt = "console" if config.logging.format == "auto" else config.logging.format
-    configure_logging(level, fmt)
+    configure_cli_logging(level, config.logging.format)
 
 
 # --------------------------------------------------------------------------- run

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from semwatch.cli_options import CONTEXT, config_option, device_option, load_cli_config
-from semwatch.log import configure_logging
+from semwatch.log import configure_cli_logging
 
 
 @click.group("style", context_settings=CONTEXT)
@@ -93,9 +93,7 @@ def make_command(
     except PaletteError as exc:
         raise click.UsageError(f"--palette {palette_text!r}: {exc}") from None
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
     from semwatch.engine import Colorizer, EngineError
     from semwatch.hints import HintError, check_hints_fit, load_hints
     from semwatch.imaging import ImageError, read_image

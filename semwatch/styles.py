@@ -52,6 +52,7 @@ from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.hints import Hint, HintError, parse_hints
 from semwatch.palette import Palette, PaletteError, palette_from_record
+from semwatch.paths import rel_inside
 from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, embed
 
 if TYPE_CHECKING:
@@ -421,13 +422,13 @@ class StyleFinder:
         """The style file that applies to ``source`` (a path under the root), or None."""
         root = os.path.abspath(self.root)
         folder = os.path.dirname(os.path.abspath(source))
-        if os.path.commonpath([root, folder]) != root:
+        if rel_inside(root, folder) is None:
             raise StyleError(f"{source}: not inside the watch folder {self.root}")
         while True:
             candidate = os.path.join(folder, STYLE_FILENAME)
             if os.path.lexists(candidate):
                 real_root = os.path.realpath(root)
-                if os.path.commonpath([real_root, os.path.realpath(candidate)]) != real_root:
+                if rel_inside(real_root, os.path.realpath(candidate)) is None:
                     raise StyleError(f"{candidate}: style file leads outside the watch folder {self.root}")
                 return Path(candidate)
             if folder == root:

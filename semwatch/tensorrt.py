@@ -41,7 +41,6 @@ from semwatch.fsutil import atomic_path
 from semwatch.log import get_logger
 
 if TYPE_CHECKING:
-    from semwatch.config import EngineConfig
     from semwatch.model import LoadedGenerator
 
 log = get_logger(__name__)
@@ -317,28 +316,3 @@ class TensorRTBackend(Backend):
         if self._eager is None:
             self._eager = EagerBackend(self.generator, self.device, self.dtype, channels_last=True)
         return self._eager
-
-
-def compile_engines(
-    cfg: EngineConfig, shapes: Sequence[tuple[int, int]] | None = None, batch_size: int | None = None
-) -> list[CompileResult]:
-    """Compile (or find cached) the engines ``cfg`` will use: every canvas shape of its
-    chroma_size (or ``shapes``) at its batch size (or ``batch_size``). For `semwatch compile`."""
-    from semwatch.backends import make_backend, resolve_device
-    from semwatch.engine import canvas_shapes
-    from semwatch.model import ModelError, default_model_path, load_generator
-
-    device = resolve_device(cfg.device)
-    model_path = cfg.model if cfg.model is not None else default_model_path()
-    if not Path(model_path).is_file():
-        raise ModelError(f"{model_path}: model file not found (engine.model)")
-    backend = make_backend(
-        "tensorrt",
-        load_generator(model_path, device=device),
-        device,
-        precision=cfg.precision,
-        cache_dir=cfg.cache_dir,
-    )
-    batch = batch_size or cfg.batch_size
-    backend.prepare(canvas_shapes(cfg.chroma_size), batch)
-    return backend.compile_ahead(shapes or canvas_shapes(cfg.chroma_size))

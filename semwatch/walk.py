@@ -20,6 +20,7 @@ from pathlib import Path
 
 from semwatch.fsutil import TEMP_PREFIX
 from semwatch.log import get_logger
+from semwatch.paths import rel_inside
 
 log = get_logger(__name__)
 
@@ -55,7 +56,6 @@ class WatchRules:
     recursive: bool = True
     output_dir: Path | None = None
     sidecars: frozenset[str] = frozenset()  # lower-case suffixes: never jobs
-    _prefix: str = field(init=False, repr=False, compare=False)
     _output_rel: str | None = field(init=False, repr=False, compare=False)
     _wanted: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -67,7 +67,6 @@ class WatchRules:
         set_(self, "output_dir", output)
         set_(self, "patterns", tuple(self.patterns))
         set_(self, "sidecars", frozenset(s.lower() for s in self.sidecars))
-        set_(self, "_prefix", str(root).rstrip(os.sep) + os.sep)
         set_(self, "_wanted", _compile_globs(self.patterns))
         set_(self, "_output_rel", None if output is None else self.rel_of(str(output)))
 
@@ -84,9 +83,7 @@ class WatchRules:
 
     def rel_of(self, absolute: str) -> str | None:
         """POSIX path of an absolute, already resolved path relative to the root, or None."""
-        if not absolute.startswith(self._prefix):
-            return None
-        return absolute[len(self._prefix) :].replace(os.sep, "/") or None
+        return rel_inside(str(self.root), absolute) or None
 
     def relpath(self, path: str | os.PathLike[str]) -> str | None:
         """POSIX path relative to the root, or None outside it.

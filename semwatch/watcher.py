@@ -56,7 +56,8 @@ from semwatch.hashing import sha256_fd
 from semwatch.imaging.errors import ImageError
 from semwatch.imaging.source import open_regular
 from semwatch.log import get_logger
-from semwatch.queue import JobQueue, QueueError
+from semwatch.paths import same_folder
+from semwatch.queue import Intake, QueueError
 from semwatch.walk import WalkItem, WatchRules, walk
 
 # Jobs are handed to the queue in slices so the daemon can start on the first files of a
@@ -141,7 +142,7 @@ class Watcher:
     def __init__(
         self,
         cfg: WatchConfig,
-        queue: JobQueue,
+        queue: Intake,
         *,
         output_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -160,10 +161,9 @@ class Watcher:
         # Sidecar suffixes are never jobs, whatever the patterns say; they are watched only
         # when someone takes them (on_sidecar, called from the worker thread with rel_path).
         self.rules = WatchRules(cfg.input_dir, cfg.patterns, cfg.recursive, output_dir, frozenset(sidecars))
-        if self.rules.output_dir == self.rules.root:
-            raise ValueError(
-                f"{output_dir}: the output folder is the watched folder; colorized files would be colorized again"
-            )
+        problem = None if output_dir is None else same_folder(cfg.input_dir, output_dir)
+        if problem is not None:
+            raise ValueError(problem)
         self._root = str(self.rules.root)
         self._on_sidecar = on_sidecar
         self._tick = max(0.05, min(1.0, cfg.settle_seconds / 4))

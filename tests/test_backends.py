@@ -13,12 +13,12 @@ from structlog.testing import capture_logs
 from torch import nn
 
 from semwatch import backends
+from semwatch.backend_choice import make_backend
 from semwatch.backends import (
     FULL_PRECISION_STAGES,
     EagerBackend,
     EngineError,
     fold_batch_norms,
-    make_backend,
     reduced_precision,
     resolve_channels_last,
     resolve_precision,

@@ -336,13 +336,13 @@ POISON_CLI = [
     sys.executable,
     "-c",
     "import os, signal\n"
-    "import semwatch.daemon as daemon\n"
-    "real_decode = daemon.decode\n"
+    "import semwatch.service.worker as worker\n"
+    "real_decode = worker.decode\n"
     "def decode(source, **kwargs):\n"
     "    if 'poison' in source.name:\n"
     "        os.kill(os.getpid(), signal.SIGKILL)\n"
     "    return real_decode(source, **kwargs)\n"
-    "daemon.decode = decode\n"
+    "worker.decode = decode\n"
     "from semwatch.cli import main\n"
     "main()\n",
 ]

@@ -12,31 +12,30 @@ import tempfile
 import threading
 import time
 import tracemalloc
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import cannot_run
 from structlog.testing import capture_logs
 
-from semwatch.config import Config, DaemonConfig, EngineConfig, OutputConfig, WatchConfig
-from semwatch.daemon import (
-    EXIT_CONFIG,
-    INTAKE_STALL_SECONDS,
-    Daemon,
-    OutputLayout,
-    StartupError,
-    StorageGuard,
-    _Item,
-    _ping_interval,
-    check_config,
-    load_colorizer,
-    prepare_folders,
-)
-from semwatch.imaging import read_image
+from semwatch.config import EXIT_CONFIG, Config, DaemonConfig, EngineConfig, OutputConfig, WatchConfig
+from semwatch.daemon import Daemon
+from semwatch.layout import OutputLayout
 from semwatch.model import default_model_path
 from semwatch.notify import Notifier
 from semwatch.queue import JobState, SqlJobQueue
+from semwatch.service.heartbeat import INTAKE_STALL_SECONDS, Pace, ping_interval
+from semwatch.service.outcomes import Outcomes
+from semwatch.service.runtime import Runtime
+from semwatch.service.startup import (
+    StartupError,
+    check_config,
+    load_colorizer,
+    prepare_folders,
+    reloaded_config,
+)
+from semwatch.service.storage import StorageGuard
+from semwatch.service.worker import Worker
 
 
 @pytest.fixture
@@ -254,9 +253,8 @@ def test_a_reload_never_creates_the_output_folder(tmp_path: Path, tiny_model: Pa
     config.source.write_text(
         f'[watch]\ninput_dir = "in"\n[output]\ndir = "outbx"\n[engine]\nmodel = "{tiny_model}"\n'
     )
-    daemon = Daemon(config, env={})
     with capture_logs() as logs:
-        assert daemon._reloaded_config() is None
+        assert reloaded_config(config) is None
     assert not (tmp_path / "outbx").exists()
     (refused,) = [e for e in logs if e["event"] == "reload refused"]
     assert "output folder does not exist" in refused["reason"] and "output.dir" in refused["reason"]
@@ -267,8 +265,7 @@ def test_a_reload_never_creates_the_watch_folder(tmp_path: Path, tiny_model: Pat
     config = _config(tmp_path, model=tiny_model)
     prepare_folders(config)
     config.source.write_text(f'[watch]\ninput_dir = "typo"\n[engine]\nmodel = "{tiny_model}"\n')
-    daemon = Daemon(config, env={})
-    assert daemon._reloaded_config() is None
+    assert reloaded_config(config) is None
     assert not (tmp_path / "typo").exists()
     with pytest.raises(StartupError, match="watch folder does not exist") as info:
         prepare_folders(
@@ -290,26 +287,21 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
         ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + b"\0" * 4
         f.write(b"II*\x00" + struct.pack("<I", 8) + ifd)
         f.truncate(64 << 20)
-    daemon = Daemon(config, env={})
-    daemon._queue = queue = SqlJobQueue(
-        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
-    )
-    pool = ThreadPoolExecutor(1)
+    prepare_folders(config)
+    shutil.move(big, config.watch.input_dir / "big.tif")
+    queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
+    worker = Worker(Runtime(config, queue), Pace())
     gc.disable()  # what the cycle waits for; collections come rarely on a busy daemon
     tracemalloc.start()
     try:
         queue.enqueue("big.tif", "0" * 64, 64 << 20, 1.0)
-        (job,) = queue.claim(daemon._owner, 1)
-        future = pool.submit(read_image, big)
-        future.exception()  # wait
-        item = _Item(job, big, tmp_path / "big-out.tif", time.monotonic(), decode=future)
-        del future
-        assert daemon._take_decoded(item) is False
+        assert worker.run_once() == 0.0  # claimed, read, failed
+        (job,) = queue.jobs()
         held, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
         gc.enable()
-        pool.shutdown()
+        worker.close(wait=True)
         queue.close()
     assert peak > 60 << 20  # the file was read...
     assert held < 8 << 20, f"{held / 2**20:.0f} MiB still held after the failure was recorded"
@@ -322,9 +314,9 @@ def test_a_failed_decode_does_not_keep_the_file_in_memory(tmp_path: Path, tiny_m
 
 
 def test_watchdog_is_fed_well_within_its_interval() -> None:
-    assert _ping_interval(None) is None
-    assert _ping_interval(120.0) == 30.0
-    assert 0 < _ping_interval(0.01) <= 0.05
+    assert ping_interval(None) is None
+    assert ping_interval(120.0) == 30.0
+    assert 0 < ping_interval(0.01) <= 0.05
 
 
 @dataclasses.dataclass
@@ -365,14 +357,15 @@ def test_a_stuck_intake_stops_feeding_the_watchdog(tmp_path: Path) -> None:
 
     watch = dataclasses.replace(config.watch, settle_seconds=0.1, scan_interval=3600.0)
     watcher = Watcher(watch, queue, clock=clock, on_enqueued=stuck)
-    daemon._queue, daemon._watcher = queue, watcher
+    daemon.rt.queue, daemon.rt.watcher = queue, watcher
+    heartbeat = daemon.heartbeat
     never = time.monotonic() + 3600
-    daemon._next_renew = daemon._next_beat = daemon._next_watch = daemon._next_recover = never
+    heartbeat.next_renew = heartbeat.next_beat = heartbeat.next_watch = heartbeat.next_recover = never
 
     def beat() -> int:
-        daemon._next_ping = 0.0
+        heartbeat.next_ping = 0.0
         before = notifier.pings
-        daemon._heartbeat()
+        heartbeat.tick()
         return notifier.pings - before
 
     try:
@@ -409,36 +402,31 @@ def test_content_that_went_away_and_came_back_within_the_settle_time_still_gets_
     failed as superseded, B never became a job and A's return was only a touch: no output."""
     from daemon_harness import gray_image, png_bytes
 
-    config = _config(tmp_path, model=tiny_model)
-    source = tmp_path / "x.png"
+    config = _config(tmp_path, model=tiny_model, batch_size=1)
+    prepare_folders(config)
+    source = config.watch.input_dir / "x.png"
     a, b = png_bytes(gray_image(1)), png_bytes(gray_image(2))
-    daemon = Daemon(config, env={})
-    daemon._queue = queue = SqlJobQueue(
-        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
-    )
-    pool = ThreadPoolExecutor(1)
+    queue = SqlJobQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
+    worker = Worker(Runtime(config, queue, colorizer=load_colorizer(config)), Pace())
     try:
         queue.enqueue("x.png", hashlib.sha256(a).hexdigest(), len(a), 1.0)
-        (job,) = queue.claim(daemon._owner, 1)
         source.write_bytes(b)  # B, read by the decode, never settles
-        item = _Item(
-            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
-        )
-        assert daemon._take_decoded(item) is False
+        (job,) = queue.jobs()
+        worker.run_once()
         back = queue.get(job.id)
         assert (back.state, back.attempts, back.error) == (JobState.PENDING, 0, None), back
         # B settles after all: its job supersedes A's at A's next read.
         queue.enqueue("x.png", hashlib.sha256(b).hexdigest(), len(b), 2.0)
         queue._clock = lambda: time.time() + 3600  # past the wait
-        (job,) = [j for j in queue.claim(daemon._owner, 2) if j.id == job.id]
-        item = _Item(
-            job, source, tmp_path / "x.tif", time.monotonic(), decode=pool.submit(read_image, source)
-        )
-        assert daemon._take_decoded(item) is False
+        for _ in range(3):  # A's job and B's, one at a time
+            worker.run_once()
+        worker.stages.drain()
         failed = queue.get(job.id)
         assert failed.state is JobState.FAILED and failed.error.startswith("superseded"), failed
+        (newer,) = [j for j in queue.jobs() if j.id != job.id]
+        assert newer.state is JobState.DONE, newer
     finally:
-        pool.shutdown()
+        worker.close(wait=True)
         queue.close()
 
 
@@ -457,15 +445,13 @@ def test_a_finished_output_is_marked_done_once_the_database_answers_again(tmp_pa
                 raise QueueError("database: complete failed: connection refused")
             return super().complete(owner, job_id, output_path, **kwargs)
 
-    daemon = Daemon(_config(tmp_path), env={})
-    daemon._queue = queue = DownQueue(
-        f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1
-    )
+    queue = DownQueue(f"sqlite:///{tmp_path / 'q.db'}", lease_seconds=60, max_attempts=3, retry_backoff=1)
+    runtime = Runtime(_config(tmp_path), queue)
     try:
         queue.enqueue("x.png", "a" * 64, 10, 1.0)
-        (job,) = queue.claim(daemon._owner, 1)
+        (job,) = queue.claim(runtime.owner, 1)
         with capture_logs() as logs:
-            assert daemon._mark_done(job, tmp_path / "out" / "x.tif")
+            assert Outcomes(runtime, Pace()).mark_done(job, tmp_path / "out" / "x.tif")
         assert queue.get(job.id).state is JobState.DONE
         events = [e["event"] for e in logs]
         assert events == [
@@ -481,9 +467,9 @@ def test_a_heartbeat_that_keeps_failing_is_one_line_until_it_changes(tmp_path: P
     daemon = Daemon(_config(tmp_path), env={})
     with capture_logs() as logs:
         for _ in range(5):
-            daemon._heartbeat_failed("database: heartbeat failed: connection refused")
-        daemon._heartbeat_failed(None)
-        daemon._heartbeat_failed(None)
+            daemon.heartbeat.failed("database: heartbeat failed: connection refused")
+        daemon.heartbeat.failed(None)
+        daemon.heartbeat.failed(None)
     assert [(e["event"], e["log_level"]) for e in logs] == [
         ("heartbeat step failed", "error"),
         ("heartbeat steps work again", "info"),

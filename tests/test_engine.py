@@ -150,9 +150,10 @@ def test_device_and_backend_errors(tiny_model):
 
 
 def test_missing_bundled_model_says_what_to_do(monkeypatch, tmp_path):
-    import semwatch.engine as engine
+    import semwatch.model
 
-    monkeypatch.setattr(engine, "default_model_path", lambda: tmp_path / "default.safetensors")
+    # The one place that says "no model" (semwatch.model_file) asks semwatch.model for it.
+    monkeypatch.setattr(semwatch.model, "default_model_path", lambda: tmp_path / "default.safetensors")
     with pytest.raises(ModelError, match="--model"):
         Colorizer.from_file(None, device="cpu")
 

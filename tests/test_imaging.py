@@ -47,7 +47,7 @@ from semwatch.imaging import (
     sweep_temp_files,
     write_image,
 )
-from semwatch.metadata import provenance_from_xmp
+from semwatch.imaging.metadata import provenance_from_xmp
 
 REAL = SEM_REAL
 needs_real = pytest.mark.usefixtures("sem_real")  # skips here, fails under CI, when absent

@@ -1,4 +1,4 @@
-"""Acquisition metadata through colorization (semwatch.metadata via read_image/write_image).
+"""Acquisition metadata through colorization (semwatch.imaging.metadata via read_image/write_image).
 
 Sources are written with tifffile (with Pillow where tifffile cannot: EXIF and GPS IFDs),
 outputs are read back with tifffile, Pillow and, where installed, exiftool: every tag of the
@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 import semwatch
 from semwatch.imaging import build_provenance, read_image, read_provenance, write_image
-from semwatch.metadata import (
+from semwatch.imaging.metadata import (
     IMAGEJ_LAYOUT_KEYS,
     XMP_NAMESPACE,
     append_sub_ifds,

@@ -298,17 +298,17 @@ def test_every_metric_the_readme_names_is_served(queue) -> None:
 
 
 def test_a_reload_keeps_the_served_address_until_the_next_restart(tmp_path: Path, tiny_model: Path) -> None:
-    from semwatch.daemon import Daemon
+    from semwatch.service.startup import reloaded_config
 
     (tmp_path / "in").mkdir()  # a reload never creates the watch or output folder
     (tmp_path / "out").mkdir()
     path = tmp_path / "config.toml"
     settings = f'[engine]\nmodel = "{tiny_model}"\n[watch]\ninput_dir = "in"\n[output]\ndir = "out"\n'
     path.write_text(settings + '[metrics]\nlisten = "127.0.0.1:9464"\n')
-    daemon = Daemon(load_config_file(path), env={})
+    running = load_config_file(path)
     path.write_text(settings + '[metrics]\nlisten = "127.0.0.1:9465"\n[logging]\nlevel = "debug"\n')
     with capture_logs() as logs:
-        new = daemon._reloaded_config()
+        new = reloaded_config(running)
     assert new is not None and new.logging.level == "debug"  # the rest is reloaded
     assert new.metrics.listen == "127.0.0.1:9464"
     [line] = [e for e in logs if e["event"] == "sections need a restart"]

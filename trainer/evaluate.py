@@ -17,7 +17,6 @@ table). Prediction and truth then differ in chroma only, up to the 8-bit quantis
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -32,22 +31,20 @@ import torch
 from tqdm import tqdm
 
 from semwatch.cli_options import (
+    CONTEXT,
     batch_size_option,
     chroma_size_option,
     config_option,
     device_option,
     load_cli_config,
 )
-from semwatch.color import gray_levels_to_l, lab_to_rgb, rgb_to_lab
-from semwatch.config import Config
-from semwatch.engine import Colorizer, EngineError, GrayImage, Refinement
-from semwatch.hints import Hint
-from semwatch.log import configure_logging, get_logger
+from semwatch.color import rgb_to_lab
+from semwatch.engine import Colorizer, EngineError, GrayImage
+from semwatch.log import configure_cli_logging, get_logger
 from semwatch.model import LoadedGenerator, ModelError, file_sha256
 from semwatch.palette import PALETTE_COLOURS, Palette, dominant_colours
 from trainer.checkpoint import CheckpointError, load_any_generator
 from trainer.data import DataError, is_really_gray, list_images, load_rgb, split_of
-from trainer.hints import sample_points
 from trainer.metrics import (
     ab_histogram,
     colorfulness,
@@ -56,6 +53,7 @@ from trainer.metrics import (
     psnr,
     region_hue_coherence,
 )
+from trainer.truth import gray_from_lightness, rgb_u8_to_tensor, simulated_hints  # noqa: F401 - API
 
 log = get_logger(__name__)
 
@@ -205,21 +203,6 @@ class _Totals:
     files_seen: int = 0  # for the progress bar: skipped files count as done
 
 
-def gray_from_lightness(lightness: torch.Tensor) -> torch.Tensor:
-    """CIE L (any shape) -> uint8 gray level g whose sRGB gray (g, g, g) has the nearest L."""
-    table = gray_levels_to_l().to(device=lightness.device, dtype=torch.float32)
-    lightness = lightness.float().contiguous()
-    upper = torch.searchsorted(table, lightness).clamp_(1, table.numel() - 1)
-    lower = upper - 1
-    take_upper = (table[upper] - lightness) < (lightness - table[lower])
-    return torch.where(take_upper, upper, lower).to(torch.uint8)
-
-
-def rgb_u8_to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1] on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div_(255.0)
-
-
 def select_images(root: Path, split: str, val_fraction: float, limit: int | None = None) -> list[Path]:
     """The truth files: all of them, or the training run's validation split (same hash).
 
@@ -292,22 +275,6 @@ def _batches(items: Iterator[tuple[Path, np.ndarray]], size: int) -> Iterator[li
             batch = []
     if batch:
         yield batch
-
-
-def simulated_hints(path: Path, truth_lab: torch.Tensor, count: int, seed: int) -> list[Hint]:
-    """``count`` hints for one truth image, the same for a given (seed, file name, count):
-    uniform positions, each the mean a,b of the truth's 3x3 square around it (as
-    ``trainer.hints.sample_points``), with that square's mean sRGB as the recorded colour."""
-    digest = hashlib.sha256(f"{seed}:{path.name}:{count}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
-    points = sample_points(truth_lab[1:], count, rng)
-    hints = []
-    for point in points:
-        lab = torch.tensor([float(truth_lab[0, point.row, point.col]), point.a, point.b]).view(1, 3, 1, 1)
-        rgb = (lab_to_rgb(lab)[0, :, 0, 0].clamp(0, 1) * 255 + 0.5).long().tolist()
-        colour = "#" + "".join(f"{c:02x}" for c in rgb)
-        hints.append(Hint(float(point.col), float(point.row), point.a, point.b, colour))
-    return hints
 
 
 def _truth_tensors(
@@ -502,12 +469,6 @@ def format_table(report: EvaluationReport) -> str:
     return "\n".join(lines)
 
 
-def _refinement(config: Config, **given: Any) -> Refinement:
-    """The engine's refinements from the config, with the command line's (not None) on top."""
-    refinement = Refinement.from_config(config.engine)
-    return dataclasses.replace(refinement, **{k: v for k, v in given.items() if v is not None})
-
-
 def _hint_counts(text: str | None) -> list[int]:
     if not text:
         return []
@@ -522,7 +483,7 @@ def _hint_counts(text: str | None) -> list[int]:
     return counts
 
 
-@click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("evaluate", context_settings=CONTEXT)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -640,31 +601,25 @@ def evaluate_command(
     error with simulated colour hints. MODEL is a generator file (.safetensors) or a training checkpoint (.pt).
     """
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
     try:
         paths = select_images(
             data, split, config.trainer.val_fraction if val_fraction is None else val_fraction, limit
         )
-        colorizer = Colorizer(
-            load_for_evaluation(model, device="cpu"),
-            device=device or config.engine.device,
-            backend=config.engine.backend,
-            chroma_size=chroma_size or config.engine.chroma_size,
-            batch_size=batch_size or config.engine.batch_size,
-            refinement=_refinement(
-                config,
-                hue_scale=hue_scale,
-                guide_radius=guide_radius,
-                region_hue=region_hue,
-                region_scale=region_scale,
-                chroma_gain=chroma_gain,
-            ),
-            precision=config.engine.precision,  # the service's numbers, as it would colour them
-            channels_last=config.engine.channels_last,
-            cache_dir=config.engine.cache_dir,
-        )
+        # The service's engine settings (precision included: its numbers, as it would colour
+        # them), with the command line's on top.
+        given = {
+            "device": device,
+            "chroma_size": chroma_size,
+            "batch_size": batch_size,
+            "hue_scale": hue_scale,
+            "guide_radius": guide_radius,
+            "region_hue": region_hue,
+            "region_scale": region_scale,
+            "chroma_gain": chroma_gain,
+        }
+        engine = dataclasses.replace(config.engine, **{k: v for k, v in given.items() if v is not None})
+        colorizer = Colorizer.from_config(engine, generator=load_for_evaluation(model, device="cpu"))
         report = evaluate(
             colorizer,
             paths,

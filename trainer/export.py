@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from semwatch import __version__
-from semwatch.cli_options import config_option, load_cli_config
-from semwatch.log import configure_logging, get_logger
+from semwatch.cli_options import CONTEXT, config_option, load_cli_config
+from semwatch.log import configure_cli_logging, get_logger
 from semwatch.model import GeneratorConfig, ModelError, file_sha256, save_generator
 from trainer.checkpoint import CheckpointError, load_any_generator, load_checkpoint
 from trainer.rundir import read_run_facts
@@ -198,7 +198,7 @@ def _save(
         raise ExportError(f"{output}: cannot write ({exc.strerror or exc})") from exc
 
 
-@click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("export", context_settings=CONTEXT)
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "-o",
@@ -235,9 +235,7 @@ def export_command(
     re-export, e.g. float32 -> float16) as a generator file for semwatch, with its model card.
     """
     config = load_cli_config(config_path)
-    configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    configure_cli_logging(config.logging.level, config.logging.format)
     try:
         evaluation = _read_evaluation(evaluation_path) if evaluation_path else None
         result = export_generator(

@@ -37,6 +37,7 @@ from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, gray_statistics
 from semwatch.regions import segment_small, upscale_labels
 from semwatch.styles import make_style
 from trainer.metrics import region_hue_coherence
+from trainer.truth import gray_from_lightness, rgb_u8_to_tensor, simulated_hints
 
 VIEW_SHARE = 0.6  # each field of view is this share of the frame's width
 B_SCALE = 0.85  # B is seen at this scale (another magnification)
@@ -83,16 +84,12 @@ def split_views(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _truth(rgb: np.ndarray) -> tuple[torch.Tensor, GrayImage]:
-    from trainer.evaluate import gray_from_lightness, rgb_u8_to_tensor
-
     lab = rgb_to_lab(rgb_u8_to_tensor(rgb, torch.device("cpu"))[None])[0]
     return lab, GrayImage(gray_from_lightness(lab[0]).numpy())
 
 
 def _ab_of(colorizer: Colorizer, image: GrayImage, **kwargs: Any) -> torch.Tensor:
     """The delivered colour's a,b (through the 8-bit RGB output, as evaluate measures)."""
-    from trainer.evaluate import rgb_u8_to_tensor
-
     rgb = colorizer.colorize([image], **kwargs)[0]
     return rgb_to_lab(rgb_u8_to_tensor(rgb, torch.device("cpu"))[None])[0, 1:]
 
@@ -105,8 +102,6 @@ def style_transfer(
     colorizer: Colorizer, truths: Iterable[tuple[Path, np.ndarray]], *, seed: int = 0
 ) -> StyleTransferReport:
     """The protocol of the module docstring over ``truths`` (path, RGB)."""
-    from trainer.evaluate import simulated_hints
-
     sums = {key: [0.0, 0] for key in ("auto", "style", "gray", "hints")}
     coherence: dict[str, list[float]] = {"style": [], "auto": [], "truth": []}
     images = 0

@@ -11,13 +11,13 @@ import streamlit as st
 
 from semwatch.app.context import COLORIZE_PAGE, QUEUE_PAGE
 from semwatch.config import ConfigError, load_config
-from semwatch.log import configure_logging, get_logger
+from semwatch.log import configure_cli_logging, get_logger
 
 
 @st.cache_resource(show_spinner=False)
 def _configure_logging(level: str, fmt: str) -> None:
     # Once per process (and again only if the settings change), not at every rerun.
-    configure_logging(level, fmt)  # type: ignore[arg-type]
+    configure_cli_logging(level, fmt)  # type: ignore[arg-type]
 
 
 def _main() -> None:
@@ -28,9 +28,7 @@ def _main() -> None:
         get_logger(__name__).error("configuration error", error=str(exc))
         st.error(f"Configuration error: {exc}")
         st.stop()
-    _configure_logging(
-        config.logging.level, "console" if config.logging.format == "auto" else config.logging.format
-    )
+    _configure_logging(config.logging.level, config.logging.format)
     pages = [
         st.Page(COLORIZE_PAGE, title="Colorize", icon=":material/palette:", default=True),
         st.Page(QUEUE_PAGE, title="Queue", icon=":material/list:"),

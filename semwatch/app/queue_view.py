@@ -18,7 +18,9 @@ from PIL import Image
 
 from semwatch.config import Config
 from semwatch.imaging import FORMAT_EXTENSIONS
+from semwatch.layout import OutputLayout
 from semwatch.log import get_logger
+from semwatch.paths import rel_inside
 from semwatch.queue import (
     Job,
     JobState,
@@ -103,10 +105,7 @@ def retry_failed(config: Config, job_ids: Sequence[int]) -> Retried:
 
 def source_file(config: Config, job: Job) -> Path:
     """The job's source inside watch.input_dir; ValueError when its path would lead out."""
-    from semwatch.daemon import OutputLayout
-
-    layout = OutputLayout(config.watch.input_dir, config.output.dir, config.output.format)
-    return layout.source(job.rel_path)
+    return OutputLayout.of(config).source(job.rel_path)
 
 
 def output_file(config: Config, job: Job) -> Path | None:
@@ -119,7 +118,7 @@ def output_file(config: Config, job: Job) -> Path | None:
     if not path.is_absolute():
         path = Path(config.output.dir) / path
     real = Path(os.path.realpath(path))
-    if not real.is_relative_to(root) or real == root:
+    if not rel_inside(str(root), str(real)):
         log.warning(
             "output path outside the output folder not shown",
             job_id=job.id,

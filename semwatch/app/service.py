@@ -24,6 +24,7 @@ from semwatch.hints import Hint, check_hints_fit
 from semwatch.imaging import FORMAT_EXTENSIONS, DecodedImage, memory_cap
 from semwatch.log import get_logger
 from semwatch.palette import Palette
+from semwatch.paths import rel_inside
 from semwatch.pipeline import OutputSettings, Task, colorize_batch, decode, write_output
 from semwatch.styles import (
     STYLE_FILENAME,
@@ -60,13 +61,7 @@ def load_colorizer(engine: EngineConfig) -> Colorizer:
     """The service's engine, with the service's settings (refinements included)."""
     started = time.perf_counter()
     colorizer = Colorizer.from_config(engine)
-    log.info(
-        "model loaded",
-        model=colorizer.model_name,
-        sha256=colorizer.model_sha256[:12],
-        device=colorizer.device,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    log.info("model loaded", **colorizer.info.log_fields(), seconds=round(time.perf_counter() - started, 2))
     return colorizer
 
 
@@ -223,8 +218,7 @@ def read_style_upload(data: bytes, name: str) -> Style:
 
 def _inside(root: Path, path: Path) -> bool:
     """Whether ``path`` (symlinks resolved) lies inside ``root`` (symlinks resolved)."""
-    real_root = os.path.realpath(root)
-    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+    return rel_inside(os.path.realpath(root), os.path.realpath(path)) is not None
 
 
 def watch_styles(input_dir: Path) -> list[Path]:

@@ -7,7 +7,7 @@
   the daemon, `semwatch colorize`, the web UI, the benchmarks) and `read_rgb` (display RGB,
   colour kept: trainer.data), `read_header`.
 - vendor.py: `SourceMetadata`: resolution, parsed FEI/Zeiss fields, the tags the output
-  carries (semwatch.metadata's deny-list).
+  carries (semwatch.imaging.metadata's deny-list).
 - display.py: what a gray level is: palettes, RGB that is gray, luma, the 16-bit/float
   percentile `Window`.
 - databar.py: `find_databar`: vendor metadata first, image analysis second.
@@ -15,6 +15,8 @@
   writer (also the home of `TEMP_PREFIX` and `sweep_temp_files`, re-exported here).
 - naming.py: `output_name`, `FORMAT_EXTENSIONS`.
 - provenance.py: `build_provenance`, `read_provenance`.
+- metadata.py: the deny-list of tags carried into a TIFF output, the XMP packet that
+  holds the provenance, the sub-IFDs (the tag carrying the other modules build on).
 
 numpy, tifffile and Pillow only: no torch, so decode and encode threads stay light.
 """

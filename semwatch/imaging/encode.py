@@ -1,5 +1,5 @@
 """Writing a colorized RGB image: TIFF (the source page's acquisition metadata carried by the
-deny-list rule of `semwatch.metadata`, the provenance in the XMP packet), PNG or JPEG, always
+deny-list rule of `semwatch.imaging.metadata`, the provenance in the XMP packet), PNG or JPEG, always
 through `semwatch.fsutil.atomic_path`, so a reader never sees a partial output."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from PIL import Image, PngImagePlugin
 
 from semwatch import __version__
 from semwatch.fsutil import atomic_path
+from semwatch.imaging.metadata import OUTPUT_BYTEORDER, append_sub_ifds, provenance_xmp
 from semwatch.imaging.naming import check_format
 from semwatch.imaging.vendor import SourceMetadata, as_float
-from semwatch.metadata import OUTPUT_BYTEORDER, append_sub_ifds, provenance_xmp
 
 _XMP_TAG = 700
 _SOFTWARE_TAG = 305

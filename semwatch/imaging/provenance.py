@@ -1,7 +1,7 @@
 """The provenance record written into every output, and reading it back from an output.
 
 Where it lives in each format: the TIFF's XMP packet (older outputs: ImageDescription), a
-PNG text chunk `semwatch`, the JPEG comment (encode.py writes it; semwatch.metadata builds
+PNG text chunk `semwatch`, the JPEG comment (encode.py writes it; semwatch.imaging.metadata builds
 and parses the XMP packet).
 """
 
@@ -17,8 +17,8 @@ from PIL import Image
 
 from semwatch import __version__
 from semwatch.imaging.decode import DecodedImage
+from semwatch.imaging.metadata import provenance_from_json, provenance_from_xmp
 from semwatch.imaging.source import sniff
-from semwatch.metadata import provenance_from_json, provenance_from_xmp
 
 
 def build_provenance(

@@ -19,6 +19,7 @@ from typing import Any
 
 from semwatch.imaging.errors import ImageError, describe
 from semwatch.imaging.tiff_structure import check_tiff_structure
+from semwatch.paths import rel_inside
 
 SUPPORTED_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp"})
 KIND_NAMES: Mapping[str, str] = MappingProxyType({"tiff": "TIFF", "png": "PNG", "jpeg": "JPEG", "bmp": "BMP"})
@@ -77,14 +78,14 @@ def _open_beneath(path: Path, root: Path, flags: int) -> int:
     stay inside; the resolved path is then walked from the root with O_NOFOLLOW, so a
     symlink swapped in meanwhile makes the open fail instead of leading out."""
     real_root = os.path.realpath(root)
-    rel = os.path.relpath(os.path.realpath(path), real_root)
-    if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+    rel = rel_inside(real_root, os.path.realpath(path))
+    if not rel:
         raise ImageError(
             path,
             f"leads outside the watched folder {root} (symbolic link to {os.path.realpath(path)})",
             permanent=True,
         )
-    *folders, name = rel.split(os.sep)
+    *folders, name = rel.split("/")
     dir_fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for folder in folders:

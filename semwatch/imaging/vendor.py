@@ -1,10 +1,10 @@
 """What a source image says about itself: resolution, the vendor's acquisition fields, and
-the tags the output carries (gathered here, by the rules of `semwatch.metadata`).
+the tags the output carries (gathered here, by the rules of `semwatch.imaging.metadata`).
 
 Vendor fields are parsed for decisions (the FEI data bar, see databar.py) and for display;
-they are not what the output carries: that is every tag as stored, by semwatch.metadata's
+they are not what the output carries: that is every tag as stored, by semwatch.imaging.metadata's
 deny-list. Parsing stays here, beside the decoder that found the tags, rather than in
-semwatch.metadata, whose one concern is copying tags into an output unchanged.
+semwatch.imaging.metadata, whose one concern is copying tags into an output unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tifffile
 from PIL import Image
 
 from semwatch.imaging.errors import describe
+from semwatch.imaging.metadata import CarriedTags, SubIFD, carried_tags, raw_tag_bytes
 from semwatch.log import get_logger
-from semwatch.metadata import CarriedTags, SubIFD, carried_tags, raw_tag_bytes
 
 log = get_logger(__name__)
 
@@ -33,7 +33,7 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 @dataclass(frozen=True)
 class SourceMetadata:
-    """What is carried from the source into the output (rules: semwatch.metadata).
+    """What is carried from the source into the output (rules: semwatch.imaging.metadata).
 
     extratags: tifffile extratags tuples (code, dtype, count, value, writeonce): every tag of
         the source page except those describing its pixel layout, with the ImageDescription

@@ -1,7 +1,8 @@
 """The job queue, shaped like huey's storage layer: one small interface, a short back-end.
 
 `JobQueue` (semwatch.queue.interface, which states the rules) is what the daemon, the
-watcher and the CLI code against; `SqlJobQueue` (semwatch.queue.sql) is the SQLAlchemy
+watcher and the CLI code against, made of the small protocols each caller needs (`Intake`,
+`Claims`, `Status`, `Fleet`); `SqlJobQueue` (semwatch.queue.sql) is the SQLAlchemy
 back-end behind it, on the tables of semwatch.queue.tables. `open_queue`
 (semwatch.queue.database) opens the one configured in [queue]. Importers take every name
 from here.
@@ -16,7 +17,11 @@ from semwatch.queue.interface import (
     HEARTBEAT_SECONDS,
     ROLES,
     WORKER_ROLES,
+    Claims,
+    Fleet,
+    Intake,
     JobQueue,
+    Status,
 )
 from semwatch.queue.records import UNKNOWN_CONTENT, DaemonBeat, Job, JobState, Owner, QueueError, QueueStats
 from semwatch.queue.sql import SqlJobQueue
@@ -32,6 +37,10 @@ __all__ = [
     "UNKNOWN_CONTENT",
     "WORKER_ROLES",
     "Base",
+    "Claims",
+    "Fleet",
+    "Intake",
+    "Status",
     "DaemonBeat",
     "DaemonState",
     "Job",

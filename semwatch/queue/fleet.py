@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from semwatch.queue.interface import ALIVE_SECONDS, WORKER_ROLES, JobQueue
+from semwatch.queue.interface import ALIVE_SECONDS, WORKER_ROLES, Fleet
 from semwatch.queue.records import DaemonBeat
 
 
@@ -78,7 +78,7 @@ class ServiceState:
         }
 
 
-def read_service_state(queue: JobQueue) -> ServiceState:
+def read_service_state(queue: Fleet) -> ServiceState:
     """The service's state now, on the queue's clock (the clock the daemons beat on)."""
     daemons = tuple(queue.daemons())
     return ServiceState(now=queue.now(), daemons=daemons)

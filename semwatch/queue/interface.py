@@ -1,4 +1,6 @@
-"""The storage interface of the job queue: what the daemon, the watcher and the CLI code against.
+"""The storage interface of the job queue: what the daemon, the watcher and the CLI code against,
+as small protocols, one per kind of caller (intake, claims, status, fleet); `JobQueue` is all of
+them, and `SqlJobQueue` implements it.
 
 A job is one source file version, (rel_path, sha256). States:
 pending -> running -> done; running -> pending (retry after back-off, lease expiry, owner
@@ -24,6 +26,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from types import TracebackType
+from typing import Protocol, runtime_checkable
 
 from semwatch.queue.records import DaemonBeat, Job, JobState, Owner, QueueStats
 
@@ -37,8 +40,9 @@ ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
 FORGET_SECONDS = 7 * 86400.0
 
 
-class JobQueue(abc.ABC):
-    """The storage interface of the job queue; see the module docstring for the states."""
+@runtime_checkable
+class Intake(Protocol):
+    """What the watcher (and `semwatch enqueue`) needs: file versions in, known files out."""
 
     @abc.abstractmethod
     def enqueue(
@@ -87,6 +91,11 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def latest_sha256(self, rel_path: str) -> str | None:
         """SHA-256 of the path's latest known version, None for an unknown path."""
+
+
+@runtime_checkable
+class Claims(Protocol):
+    """What a worker needs: claim, start, renew, complete, fail, release, recover."""
 
     @abc.abstractmethod
     def claim(self, owner: Owner, limit: int, *, suspects: bool = True) -> list[Job]:
@@ -160,6 +169,11 @@ class JobQueue(abc.ABC):
         (the CLI) passes None.
         """
 
+
+@runtime_checkable
+class Status(Protocol):
+    """What `semwatch status`/`retry` and the web UI read (and retry)."""
+
     @abc.abstractmethod
     def retry(self, job_ids: Sequence[int] | None = None, *, failed: bool = False) -> int:
         """Failed jobs back to pending with attempts reset: these ids, or all with failed=True.
@@ -184,7 +198,10 @@ class JobQueue(abc.ABC):
         """Counts, backlog age, throughput, latency and recent failures; ``details=False``
         (the systemd status line, each metrics scrape): counts and backlog age only."""
 
-    # ---- daemons on several hosts
+
+@runtime_checkable
+class Fleet(Protocol):
+    """Daemons on several hosts: the queue's clock, heartbeat rows, the watch lock."""
 
     @abc.abstractmethod
     def now(self) -> float:
@@ -219,6 +236,11 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     def release_watch(self, root: str, owner: Owner) -> None:
         """Give the watch lock on `root` up, if `owner` holds it."""
+
+
+class JobQueue(Intake, Claims, Status, Fleet, Protocol):
+    """The whole queue (what `open_queue` returns, what the daemon holds): every small
+    protocol above, and closing. Callers that need one part annotate with that part."""
 
     @abc.abstractmethod
     def close(self) -> None:
