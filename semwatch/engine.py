@@ -201,8 +201,11 @@ class EngineInfo:
 
     def as_record(self) -> dict[str, Any]:
         """The engine's part of an output's provenance: the keyword arguments of
-        :func:`semwatch.imaging.build_provenance` (one list of fields, not unpacked by hand)."""
-        return dataclasses.asdict(self)
+        :func:`semwatch.imaging.build_provenance` (one list of fields, not unpacked by hand).
+        ``takes_palette`` is not among them: it decides the palette record's ``applied``."""
+        record = dataclasses.asdict(self)
+        del record["takes_palette"]
+        return record
 
     def log_fields(self) -> dict[str, Any]:
         """How a log line names the engine in use ("model loaded", "model reloaded": the

@@ -56,6 +56,8 @@ METRIC_KEYS = {
     "hist_intersection",
     "region_coherence",
     "region_coherence_truth",
+    "hue_contrast",
+    "hue_contrast_truth",
 }
 REPORT_KEYS = {
     "model",
@@ -76,6 +78,7 @@ REPORT_KEYS = {
     "gray_baseline",
     "hints",
     "hint_seed",
+    "palette",
 }
 
 
