@@ -230,7 +230,7 @@ def colorize_command(
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     log.info("model loaded", **colorizer.info.log_fields(), seconds=round(time.perf_counter() - started, 2))
-    from semwatch.palette import palette_for
+    from semwatch.styles import palette_for
 
     used, origin = palette_for(palette, style)
     if used is not None and not colorizer.takes_palette:

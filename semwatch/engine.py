@@ -45,7 +45,7 @@ from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, load_generator
 from semwatch.model_file import model_file
-from semwatch.palette import Palette, palette_for, palette_planes
+from semwatch.palette import Palette, palette_planes
 from semwatch.prototypes import (
     ENCODER_FEATURES,
     MAX_STYLE_POINTS,
@@ -57,6 +57,7 @@ from semwatch.prototypes import (
     matched_points,
 )
 from semwatch.regions import HINT_PULL, RegionSettings, apply_dominant_hue, segment, spread_hints
+from semwatch.styles import palette_for
 from semwatch.transfer import synchronize, to_device, to_host
 
 if TYPE_CHECKING:
@@ -460,7 +461,7 @@ class Colorizer:
             raise ValueError(f"{len(palettes)} palettes for {len(images)} images")
         if styles is not None and len(styles) != len(images):
             raise ValueError(f"{len(styles)} styles for {len(images)} images")
-        # A palette given for an image wins over its style's (semwatch.palette.palette_for).
+        # A palette given for an image wins over its style's (semwatch.styles.palette_for).
         palette_of = {}
         for i in range(len(images)):
             chosen, _ = palette_for(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +28,6 @@ from scipy.cluster.vq import kmeans2
 
 from semwatch.color import AB_SCALE, lab_to_rgb
 from semwatch.hints import color_to_ab, normalise_color
-
-if TYPE_CHECKING:
-    from semwatch.styles import Style
 
 PALETTE_COLOURS = 4
 PALETTE_PLANES = 3 * PALETTE_COLOURS + 1
@@ -135,18 +132,6 @@ def _named(parse: Any, text: str, source: str) -> Palette:
         return parse(text)
     except PaletteError as exc:
         raise PaletteError(f"{source}: {exc}") from None
-
-
-def palette_for(explicit: Palette | None, style: Style | None) -> tuple[Palette | None, str | None]:
-    """The palette an image is colorized with and where it came from ("given" or "style"):
-    a palette given for the image (the --palette option, the web UI's field) wins over its
-    style's, so a person can override a series' colours for one run. The engine and the
-    provenance record both ask here, so what is recorded is what was used."""
-    if explicit is not None:
-        return explicit, "given"
-    if style is not None and style.palette is not None:
-        return style.palette, "style"
-    return None, None
 
 
 def palette_provenance(palette: Palette, origin: str, *, applied: bool) -> dict[str, Any]:

@@ -26,10 +26,10 @@ from semwatch.errors import one_line
 from semwatch.hints import Hint, HintError, check_hints_fit
 from semwatch.imaging import DecodedImage, ImageError, build_provenance, read_image, write_image
 from semwatch.log import get_logger
-from semwatch.palette import palette_for, palette_provenance
+from semwatch.palette import palette_provenance
 from semwatch.sidecars import copy_sidecars
 from semwatch.stages import Stages, decode_outcome, log_warnings
-from semwatch.styles import StyleError
+from semwatch.styles import StyleError, palette_for
 
 if TYPE_CHECKING:
     from semwatch.config import OutputConfig
@@ -160,7 +160,7 @@ def provenance(
     palette: Palette | None = None,
 ) -> dict[str, Any]:
     """The provenance record of an output (DESIGN.md "Input and output"). ``palette``: the
-    one given for the image; recorded is the one used (semwatch.palette.palette_for)."""
+    one given for the image; recorded is the one used (semwatch.styles.palette_for)."""
     used, origin = palette_for(palette, style)
     return build_provenance(
         image,

@@ -451,3 +451,15 @@ class StyleFinder:
         style = load_style(path)
         self._cache[str(path)] = (key, style)
         return style
+
+
+def palette_for(explicit: Palette | None, style: Style | None) -> tuple[Palette | None, str | None]:
+    """The palette an image is colorized with and where it came from ("given" or "style"):
+    a palette given for the image (the --palette option, the web UI's field) wins over its
+    style's, so a person can override a series' colours for one run. The engine and the
+    provenance record both ask here, so what is recorded is what was used."""
+    if explicit is not None:
+        return explicit, "given"
+    if style is not None and style.palette is not None:
+        return style.palette, "style"
+    return None, None

@@ -261,7 +261,9 @@ def test_hue_contrast_is_zero_for_one_hue_and_high_for_opposite_figure_and_groun
     assert math.isnan(hue_contrast(torch.zeros(2, 5, 5)))
 
 
-def test_evaluate_reports_hue_contrast_and_the_truths_palette_pass(palette_model: Path, tmp_path: Path) -> None:
+def test_evaluate_reports_hue_contrast_and_the_truths_palette_pass(
+    palette_model: Path, tmp_path: Path
+) -> None:
     from test_trainer_data import write_shapes_dataset
 
     from trainer.evaluate import evaluate, format_table, select_images

@@ -193,7 +193,9 @@ def _fresh_generator(spec: StageSpec) -> tuple[UNetGenerator, GeneratorConfig]:
             gen_config = model.config
             log.info("generator input widened for hints", init=str(spec.init), in_channels=wanted)
         if gen_config.palette_colours and not config.palette:
-            raise TrainingError(f"{spec.init}: this generator takes a palette, but this run trains one without")
+            raise TrainingError(
+                f"{spec.init}: this generator takes a palette, but this run trains one without"
+            )
         if config.palette and not gen_config.palette_colours:
             model = add_palette_input(model)
             gen_config = model.config
@@ -592,7 +594,9 @@ def _rebalance(config: TrainerConfig, train_ds: ColorDataset) -> Rebalance | Non
     if not config.rebalance:
         return None
     rebalance = Rebalance.from_counts(truth_ab_counts(train_ds), config.rebalance)
-    log.info("L1 rebalanced by colour rarity", strength=config.rebalance, weight_spread=round(rebalance.spread, 1))
+    log.info(
+        "L1 rebalanced by colour rarity", strength=config.rebalance, weight_spread=round(rebalance.spread, 1)
+    )
     return rebalance
 
 

@@ -236,7 +236,9 @@ class GanPolicy(StagePolicy):
         }
 
 
-def _l1_report(loss: torch.Tensor, pred: torch.Tensor, ab: torch.Tensor, state: TrainState) -> dict[str, float]:
+def _l1_report(
+    loss: torch.Tensor, pred: torch.Tensor, ab: torch.Tensor, state: TrainState
+) -> dict[str, float]:
     """train_l1 stays the plain L1 (comparable across runs); a rebalanced run adds its loss."""
     if state.rebalance is None:
         return {"train_l1": float(loss.detach()) * AB_UNITS}

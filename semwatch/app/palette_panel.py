@@ -4,7 +4,7 @@ shown as swatches with their shares.
 
 The palette lives in the session's Workspace beside the hints and the style, stays when
 the next image of a series is opened, and wins over a style's own palette (the engine's
-rule, semwatch.palette.palette_for). A model without palette input gets the field
+rule, semwatch.styles.palette_for). A model without palette input gets the field
 disabled, with the reason, rather than a field that silently does nothing.
 """
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,33 +27,18 @@ from semwatch.log import get_logger
 from semwatch.pipeline import colorize_batch, colorize_error, decode, decode_error
 from semwatch.queue import Job, QueueError
 from semwatch.service.heartbeat import TICK_SECONDS, Pace
+from semwatch.service.items import WorkItem
 from semwatch.service.outcomes import Outcomes
 from semwatch.service.runtime import Runtime
 from semwatch.service.writing import OutputWriter
 from semwatch.stages import Stages, decode_outcome, log_warnings
-from semwatch.styles import Style, StyleError
+from semwatch.styles import StyleError
 
 log = get_logger(__name__)
 
 # Claim poll while idle: jobs queued by `semwatch enqueue`/`retry` and retries whose
 # back-off expired do not wake the daemon.
 IDLE_POLL_SECONDS = 1.0
-
-
-@dataclass
-class WorkItem:
-    """One claimed job on its way through the pipeline."""
-
-    job: Job
-    source: Path
-    target: Path
-    claimed_at: float  # monotonic
-    decode: Future | None = None
-    image: DecodedImage | None = None
-    # Whether its attempt counts (queue.start): decoded ahead for the next batch, it does not
-    # until its batch's turn comes.
-    started: bool = False
-    style: Style | None = None  # the watch folder's style, read when the job ran
 
 
 class Worker:

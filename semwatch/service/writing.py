@@ -28,7 +28,7 @@ from semwatch.sidecars import copy_sidecar, copy_sidecars, image_names, sidecar_
 
 if TYPE_CHECKING:
     from semwatch.engine import EngineInfo
-    from semwatch.service.worker import WorkItem
+    from semwatch.service.items import WorkItem
 
 log = get_logger(__name__)
 
