@@ -158,9 +158,11 @@ def provenance(
     hints: Sequence[Hint] = (),
     style: Style | None = None,
     palette: Palette | None = None,
+    spread: bool = False,
 ) -> dict[str, Any]:
     """The provenance record of an output (DESIGN.md "Input and output"). ``palette``: the
-    one given for the image; recorded is the one used (semwatch.styles.palette_for)."""
+    one given for the image; recorded is the one used (semwatch.styles.palette_for).
+    ``spread`` is recorded only where it changed something: with hints or a style."""
     used, origin = palette_for(palette, style)
     return build_provenance(
         image,
@@ -173,6 +175,7 @@ def provenance(
             if used is not None and origin is not None
             else None
         ),
+        spread=spread and bool(hints or style),
     )
 
 
@@ -207,6 +210,7 @@ def write_colorized(
             hints=task.hints,
             style=task.style,
             palette=task.palette,
+            spread=task.spread,
         ),
         jpeg_quality=output.jpeg_quality,
     )

@@ -173,6 +173,24 @@ def test_the_provenance_records_the_palette_used_and_where_it_came_from(
     assert "palette" not in read_provenance(tmp_path / "none.png")["semwatch"]
 
 
+def test_the_provenance_records_spread_only_where_it_changed_the_colour(engine: Colorizer, tmp_path: Path) -> None:
+    """--spread pulls every other region toward the hints: a different frame, so it is
+    recorded (issue 20); without hints or a style it changes nothing and is left out."""
+    source = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(source)
+    hints = tuple(REFERENCE_HINTS)
+    tasks = [
+        Task(source, tmp_path / "spread.png", hints=hints, spread=True),
+        Task(source, tmp_path / "local.png", hints=hints),
+        Task(source, tmp_path / "nothing.png", spread=True),
+    ]
+    results = Pipeline(engine, OutputSettings(fmt="png"), max_pixels=10**8).run(tasks)
+    assert all(r.ok for r in results), [r.line for r in results]
+    assert read_provenance(tmp_path / "spread.png")["semwatch"]["spread"] is True
+    assert "spread" not in read_provenance(tmp_path / "local.png")["semwatch"]
+    assert "spread" not in read_provenance(tmp_path / "nothing.png")["semwatch"]
+
+
 # ------------------------------------------------------------------ semwatch style make / show
 
 

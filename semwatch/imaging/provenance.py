@@ -35,6 +35,7 @@ def build_provenance(
     hints: Sequence[Mapping[str, Any]] | None = None,
     style: Mapping[str, str] | None = None,
     palette: Mapping[str, Any] | None = None,
+    spread: bool = False,
 ) -> dict:
     """The provenance record written into every output (DESIGN.md "Input and output").
 
@@ -44,7 +45,9 @@ def build_provenance(
     hints given ({"x", "y", "color"} each), recorded only when there were any; ``style``:
     the style applied ({"name", "sha256"} of its file), only when there was one;
     ``palette``: the global palette ({"colors": [{"color", "weight"}], "from": "given" or
-    "style", "applied": whether the model took it}), only when there was one.
+    "style", "applied": whether the model took it}), only when there was one; ``spread``:
+    recorded (true) only when hints were asked to pull every other region toward them
+    (``--spread``), since it changes the whole frame's colour.
     """
     record = {
         "semwatch": {
@@ -73,6 +76,8 @@ def build_provenance(
         record["semwatch"]["style"] = dict(style)
     if palette:
         record["semwatch"]["palette"] = dict(palette)
+    if spread:
+        record["semwatch"]["spread"] = True
     return record
 
 
