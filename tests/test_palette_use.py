@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import Ran, in_process
 from helpers import write_palette_model
 from PIL import Image
 from test_styles import REFERENCE, REFERENCE_HINTS, discs, make_reference_style
 
+from semwatch.cli import main as semwatch_main
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer, GrayImage
 from semwatch.imaging import read_provenance
@@ -41,13 +41,13 @@ def engine(palette_model: Path) -> Colorizer:
     return Colorizer.from_file(palette_model, device="cpu", chroma_size=128)
 
 
-def semwatch(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "semwatch", *args], capture_output=True, text=True, timeout=300
-    )
+def semwatch(*args: str) -> Ran:
+    """The command line in process (click's runner): the same exit code and streams,
+    without an interpreter importing torch for each call."""
+    return in_process(semwatch_main, args)
 
 
-def colorize(source: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+def colorize(source: Path, out: Path, model: Path, *extra: str) -> Ran:
     return semwatch("colorize", str(source), "-o", str(out), "--model", str(model), "--device", "cpu",
                     "--chroma-size", "128", "--format", "png", "-q", *extra)  # fmt: skip
 
