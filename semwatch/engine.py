@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from semwatch.backends import (  # noqa: F401 - EngineError, resolve_device: the
 from semwatch.coherence import HueCoherence
 from semwatch.color import AB_SCALE, ChromaLUT, gray_levels_to_l, l_to_input
 from semwatch.fullres import FullResolution
+from semwatch.gray import GrayLike
 from semwatch.guided import GuidedFilter
 from semwatch.hints import Hint, HintPoint, hint_planes
 from semwatch.log import get_logger
@@ -74,11 +75,6 @@ CANVAS_STEPS = 4
 HintsPerImage = Sequence[Sequence[Hint]] | None
 StylesPerImage = Sequence["Style | None"] | None
 PalettesPerImage = Sequence["Palette | None"] | None
-
-
-class GrayLike(Protocol):
-    gray: np.ndarray
-    databar_row: int | None
 
 
 @dataclass(frozen=True)

@@ -44,19 +44,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
-from semwatch.hints import Hint, HintError, parse_hints
+from semwatch.gray import GrayLike
+from semwatch.hints import Hint, HintError, HintPoint, parse_hints
 from semwatch.palette import Palette, PaletteError, palette_from_record
 from semwatch.paths import rel_inside
-from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, embed
+from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, RegionDescription, embed
 
-if TYPE_CHECKING:
-    from semwatch.engine import Colorizer, GrayLike
+
+class DescribesRegions(Protocol):
+    """What making a style needs of the engine (semwatch.engine.Colorizer): the regions of
+    an image as it sees them, and the model they were described with."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_sha256(self) -> str: ...
+
+    def describe_hinted(
+        self, image: GrayLike, hints: Sequence[Hint], *, features: str = ...
+    ) -> tuple[RegionDescription, list[HintPoint | None]]: ...
+
 
 FORMAT_NAME = "semwatch-style"
 FORMAT_VERSION = 2
@@ -309,7 +323,7 @@ def save_style(style: Style, path: Path) -> Style:
 
 
 def make_style(
-    colorizer: Colorizer,
+    colorizer: DescribesRegions,
     image: GrayLike,
     hints: Sequence[Hint],
     *,
