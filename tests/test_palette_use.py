@@ -173,7 +173,9 @@ def test_the_provenance_records_the_palette_used_and_where_it_came_from(
     assert "palette" not in read_provenance(tmp_path / "none.png")["semwatch"]
 
 
-def test_the_provenance_records_spread_only_where_it_changed_the_colour(engine: Colorizer, tmp_path: Path) -> None:
+def test_the_provenance_records_spread_only_where_it_changed_the_colour(
+    engine: Colorizer, tmp_path: Path
+) -> None:
     """--spread pulls every other region toward the hints: a different frame, so it is
     recorded (issue 20); without hints or a style it changes nothing and is left out."""
     source = tmp_path / "frame.png"
