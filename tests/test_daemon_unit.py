@@ -451,7 +451,7 @@ def test_a_finished_output_is_marked_done_once_the_database_answers_again(tmp_pa
         queue.enqueue("x.png", "a" * 64, 10, 1.0)
         (job,) = queue.claim(runtime.owner, 1)
         with capture_logs() as logs:
-            assert Outcomes(runtime, Pace()).mark_done(job, tmp_path / "out" / "x.tif")
+            assert Outcomes(runtime, Pace(), retry_first=0.05).mark_done(job, tmp_path / "out" / "x.tif")
         assert queue.get(job.id).state is JobState.DONE
         events = [e["event"] for e in logs]
         assert events == [

@@ -23,15 +23,18 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 # complete() while the database does not answer: retried with back-off up to this interval.
+COMPLETE_RETRY_FIRST_SECONDS = 1.0
 COMPLETE_RETRY_MAX_SECONDS = 15.0
 
 
 class Outcomes:
     """Records job outcomes for the worker cycle and the writers (any thread)."""
 
-    def __init__(self, rt: Runtime, pace: Pace) -> None:
+    def __init__(self, rt: Runtime, pace: Pace, *, retry_first: float = COMPLETE_RETRY_FIRST_SECONDS) -> None:
         self._rt = rt
         self._pace = pace
+        # The first wait of complete()'s retries; it doubles up to COMPLETE_RETRY_MAX_SECONDS.
+        self._retry_first = retry_first
 
     def fail(self, job: Job, reason: str, *, permanent: bool, started: float) -> None:
         rt = self._rt
@@ -90,7 +93,7 @@ class Outcomes:
         a job given up here would be colorized again once its lease ran out (its lease stays
         renewed meanwhile). False when it could not be recorded (logged)."""
         rt = self._rt
-        delay, failing = 1.0, False
+        delay, failing = self._retry_first, False
         while True:
             try:
                 rt.jobs.complete(rt.owner, job.id, str(target), sidecar_error=sidecar_error)
