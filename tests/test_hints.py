@@ -261,6 +261,7 @@ def test_dataset_with_hints_gives_four_channels_and_empty_validation_planes(tmp_
     assert vx.shape == (4, 32, 32) and float(vx[1:].abs().sum()) == 0.0
 
 
+@pytest.mark.slow
 def test_training_with_hints_widens_a_one_channel_init(tmp_path: Path) -> None:
     from test_trainer_data import write_shapes_dataset
     from test_trainer_train import TINY

@@ -193,6 +193,7 @@ def test_dataset_with_a_palette_appends_its_planes_and_validation_has_none(tmp_p
     assert float(vx[4:].abs().sum()) == 0.0
 
 
+@pytest.mark.slow
 def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None:
     from test_trainer_data import write_shapes_dataset
     from test_trainer_train import TINY

@@ -39,9 +39,9 @@ FILES = sem_real_files()
 # test, where it runs, takes every file.
 EVERY_CPU = ("fei-helios-ebeam-16bit.tif", "fei-helios-rbc.tif", "zeiss-sem-512.tif")
 SOME = [path for path in FILES if path.name in EVERY_CPU]
-# Emulated reduced precision on a real image takes tens of seconds: the fast loop checks one
-# network on the smallest sample; every pair runs with the full suite (CI).
-FAST_PAIR = ("zeiss-sem-512.tif", "bf16")
+# Emulated reduced precision on a real image takes 5-15 s per pair: every pair runs with the
+# full suite (CI); the fast loop's check of the precisions is test_backends.py's, on a small
+# generated image.
 CPU = torch.device("cpu")
 NATIVE_BF16 = f"native bf16 instructions (CPU flag {' or '.join(sorted(NATIVE_BF16_FLAGS))})"
 
@@ -106,7 +106,7 @@ def test_the_fp32_fallback_delivers_fp32s_colours(monkeypatch, fp32, reference, 
             path,
             dtype,
             id=f"{path.name}-{name}",
-            marks=() if (path.name, name) == FAST_PAIR else pytest.mark.slow,
+            marks=pytest.mark.slow,
         )
         for path in SOME
         for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16"))

@@ -1150,6 +1150,7 @@ def _try_lock_in_another_process(url: str, state_dir: Path) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_daemon_lock_is_exclusive_across_processes(sqlite_url: str, tmp_path: Path) -> None:
     db_url = sqlite_url
     cfg = QueueConfig(database_url=db_url)

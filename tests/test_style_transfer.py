@@ -63,6 +63,7 @@ def test_a_style_from_view_a_colours_view_b_and_hints_stay_local(engine: Coloriz
     assert local.images == 2 and 0 <= local.moved_local <= local.moved_spread <= 1
 
 
+@pytest.mark.slow
 def test_evaluate_command_reports_styles_and_locality(engine: Colorizer, tmp_path: Path) -> None:
     for i in range(2):
         Image.fromarray(painted(i)).save(tmp_path / f"t{i}.png")

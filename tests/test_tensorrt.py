@@ -202,6 +202,7 @@ def test_compiles_each_canvas_shape_once_then_loads_from_the_cache(tiny_model, t
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_a_partial_batch_is_padded_to_the_engine_batch(tiny_model, tmp_path, stand_in):
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path, batch_size=3))
     seen = []
@@ -221,6 +222,7 @@ def test_a_partial_batch_is_padded_to_the_engine_batch(tiny_model, tmp_path, sta
         assert torch.allclose(out, eager(x), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("native_bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
 def test_auto_compiles_in_the_dtype_this_cpu_runs(tiny_model, tmp_path, stand_in, monkeypatch, native_bf16):
     """The stand-in runs on the CPU, where bf16 is the reduced precision of a CPU that has
@@ -237,6 +239,7 @@ def test_auto_compiles_in_the_dtype_this_cpu_runs(tiny_model, tmp_path, stand_in
     assert colorizer.generator.model.stem[0].weight.dtype == torch.float32  # caller's model kept
 
 
+@pytest.mark.slow
 def test_fp16_the_gpu_default_is_compiled_in_fp16(tiny_model, tmp_path, stand_in):
     """What auto gives on a CUDA GPU (resolve_precision: test_backends.py), compiled here on
     the CPU, which runs fp16 through PyTorch's own kernels."""
@@ -267,6 +270,7 @@ def test_a_new_gpu_or_tensorrt_build_compiles_anew(tiny_model, tmp_path, monkeyp
     assert len(list(tmp_path.glob("*.pt2"))) == 3
 
 
+@pytest.mark.slow
 def test_an_unreadable_cache_file_is_compiled_again(tiny_model, tmp_path, stand_in):
     colorizer = Colorizer.from_config(engine_config(tiny_model, tmp_path))
     path = colorizer.backend.engine_path((64, 64))
@@ -279,6 +283,7 @@ def test_an_unreadable_cache_file_is_compiled_again(tiny_model, tmp_path, stand_
     torch.export.load(str(path))  # the replacement is whole
 
 
+@pytest.mark.slow
 def test_a_failed_compilation_runs_that_shape_in_eager_pytorch(tiny_model, tmp_path, monkeypatch):
     fake = StandIn(fail_compile=True)
     monkeypatch.setattr(tensorrt, "detect_toolchain", lambda device: fake.toolchain)
@@ -293,6 +298,7 @@ def test_a_failed_compilation_runs_that_shape_in_eager_pytorch(tiny_model, tmp_p
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_an_engine_that_cannot_be_saved_still_runs(tiny_model, tmp_path, monkeypatch):
     fake = StandIn(fail_save=True)
     monkeypatch.setattr(tensorrt, "detect_toolchain", lambda device: fake.toolchain)

@@ -179,6 +179,7 @@ def test_gray_from_lightness_is_nearest_level() -> None:
 # -- evaluate --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_json_on_a_checkpoint(truth_dir: Path, checkpoint: Path, config_file: Path) -> None:
     result = run_cli(
         evaluate_command, checkpoint, truth_dir, "--split", "all", "--json", "-q", "--config", config_file
@@ -333,6 +334,7 @@ def test_export_checkpoint_to_fp16_with_card(tmp_path: Path, checkpoint: Path) -
     assert loaded.name == "facility-v1"
 
 
+@pytest.mark.slow
 def test_export_card_says_how_the_model_was_trained_and_how_it_evaluated(
     tmp_path: Path, truth_dir: Path, config_file: Path
 ) -> None:

@@ -274,6 +274,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
     assert [r["epoch"] for r in _rows(run_b)] == ["1", "2", "3"]  # no duplicate rows
 
 
+@pytest.mark.slow
 def test_resume_refusals_are_one_line_errors(data_root: Path, datasets, tmp_path: Path) -> None:
     config = dataclasses.replace(TINY, pretrain_epochs=1, max_steps_per_epoch=1)
     with pytest.raises(TrainingError, match="nothing to resume"):
@@ -303,6 +304,7 @@ def test_resume_refusals_are_one_line_errors(data_root: Path, datasets, tmp_path
         )
 
 
+@pytest.mark.slow
 def test_early_stopping_on_patience(data_root: Path, datasets, tmp_path: Path) -> None:
     # A learning rate of zero never improves after the first epoch: stops after 1 + patience.
     config = dataclasses.replace(TINY, pretrain_epochs=10, patience=2, pretrain_lr=0.0, max_steps_per_epoch=1)
@@ -349,6 +351,7 @@ def test_run_pipeline_resumes_as_a_whole(data_root: Path, datasets, tmp_path: Pa
     assert run_pipeline(data_root, tmp_path, config, _env()) == []  # all done: nothing to do
 
 
+@pytest.mark.slow
 def test_run_pipeline_with_init_fine_tunes_an_existing_generator(
     data_root: Path, datasets, tmp_path: Path
 ) -> None:
@@ -409,6 +412,7 @@ def test_stage_policies_hold_the_per_stage_rules(tmp_path: Path) -> None:
         StageSpec("gann", tmp_path, tmp_path, config)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_load_any_generator_reads_checkpoints_and_generator_files(
     data_root: Path, datasets, tmp_path: Path
 ) -> None:
