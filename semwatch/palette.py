@@ -171,6 +171,38 @@ def dominant_colours(
     return make_palette(entries)
 
 
+# Hints whose a,b lie within this many Lab units are one palette colour (the same colour
+# clicked on several objects, or a truth's shades of one hue).
+_SAME_COLOUR = 12.0
+
+
+def palette_from_hints(hints: Sequence[Any], areas: Sequence[float]) -> Palette | None:
+    """The palette of a person's hints: their colours, each weighted by the area of the
+    objects it was clicked on (``areas``, one per hint, any unit), near colours merged and the
+    PALETTE_COLOURS heaviest kept. ``hints`` need ``a``, ``b`` and ``color``. None: no hint
+    with a positive area."""
+    groups: list[list[float]] = []  # [a * w, b * w, w, colour's own weight]
+    names: list[str] = []
+    for hint, area in sorted(zip(hints, areas), key=lambda pair: -pair[1]):
+        if area <= 0:
+            continue
+        for group in groups:
+            if np.hypot(group[0] / group[2] - hint.a, group[1] / group[2] - hint.b) <= _SAME_COLOUR:
+                group[0] += hint.a * area
+                group[1] += hint.b * area
+                group[2] += area
+                break
+        else:
+            groups.append([hint.a * area, hint.b * area, area])
+            names.append(hint.color)
+    if not groups:
+        return None
+    ranked = sorted(zip(groups, names), key=lambda pair: -pair[0][2])[:PALETTE_COLOURS]
+    # The heaviest hint's colour names a group whose a,b is the area-weighted mean: the name
+    # is what a person recognises, the mean what the network is given.
+    return make_palette([(name, g[0] / g[2], g[1] / g[2], g[2]) for g, name in ranked])
+
+
 def palette_vector(palette: Palette | None, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """(PALETTE_PLANES,) the network's palette values; all zero without a palette."""
     vector = torch.zeros(PALETTE_PLANES, device=device)

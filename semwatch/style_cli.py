@@ -52,10 +52,12 @@ def style_group() -> None:
     "palette_text",
     default=None,
     metavar="COLOURS",
-    help="Also store a palette, up to 4 colours for the whole frame without positions: "
-    '"#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3". A palette-taking model gives them to '
-    "every image the style applies to (a palette given for an image wins). Default: none "
-    "(with --from: the old style's).",
+    help="The style's palette, colours for the whole frame without positions that a "
+    "palette-taking model gives every image the style applies to (a palette given for an "
+    'image wins): up to 4 colours ("#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3"), '
+    '"hints" (the hints\' colours, weighted by the area of the objects they are on) or '
+    '"none". Default: hints with a palette-taking model, else none (with --from: the old '
+    "style's).",
 )
 @click.option("--name", default=None, help="The style's name. Default: IMAGE's stem (or the --from style's).")
 @click.option(
@@ -81,15 +83,17 @@ def make_command(
     falls on described by the model's features, so that the same kind of object in other
     frames takes that colour. A style works with the model that made it.
 
-    No palette is stored unless --palette is given: IMAGE is gray, so its "own" colours
-    would be the model's guess fed back to it as an instruction, and the hints already
-    carry the colours a person chose to the objects like theirs."""
+    A palette-taking model's style also carries the hints' colours as a palette, so a new
+    frame's objects that match no hint lean to the series' colours too. Never IMAGE's
+    "own" colours: IMAGE is gray, so they would be the model's guess fed back to it as an
+    instruction."""
     if (hints_file is None) == (from_style is None):
         raise click.UsageError("give --hints FILE, or --from STYLE to re-derive a style (one of the two)")
     from semwatch.palette import PaletteError, parse_palette
 
+    keyword = (palette_text or "").strip().lower()
     try:
-        palette = parse_palette(palette_text) if palette_text is not None else None
+        palette = parse_palette(palette_text) if palette_text and keyword not in ("hints", "none") else None
     except PaletteError as exc:
         raise click.UsageError(f"--palette {palette_text!r}: {exc}") from None
     config = load_cli_config(config_path)
@@ -126,7 +130,8 @@ def make_command(
             name=name or (old.name if old is not None else image.stem),
             source_name=image.name,
             source_sha256=decoded.sha256,
-            palette=palette if palette is not None or old is None else old.palette,
+            palette=palette if palette is not None or old is None or keyword else old.palette,
+            hint_palette=keyword != "none" and (old is None or keyword == "hints"),
         )
         saved = save_style(style, output)
     except (StyleError, HintError, ImageError, ModelError, EngineError) as exc:

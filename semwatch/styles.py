@@ -52,7 +52,7 @@ from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.gray import GrayLike
 from semwatch.hints import Hint, HintError, HintPoint, parse_hints
-from semwatch.palette import Palette, PaletteError, palette_from_record
+from semwatch.palette import Palette, PaletteError, palette_from_hints, palette_from_record
 from semwatch.paths import rel_inside
 from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, RegionDescription, embed
 
@@ -66,6 +66,9 @@ class DescribesRegions(Protocol):
 
     @property
     def model_sha256(self) -> str: ...
+
+    @property
+    def takes_palette(self) -> bool: ...
 
     def describe_hinted(
         self, image: GrayLike, hints: Sequence[Hint], *, features: str = ...
@@ -332,24 +335,34 @@ def make_style(
     source_sha256: str,
     features: str = ENCODER_FEATURES,
     palette: Palette | None = None,
+    hint_palette: bool = True,
 ) -> Style:
     """A style from ``hints`` on ``image``: one prototype per hint, the descriptor of the
     region it falls in. Hints in the data bar are left out (the engine ignores them too).
-    ``palette``: stored as given; none is derived from the reference (its colours would be
-    the model's own guess on a gray frame, not the person's choice)."""
+    ``palette``: stored as given. Without one (and unless ``hint_palette`` is False), a
+    palette-taking model's style carries the hints' own colours as its palette, each
+    weighted by the area of the region it was clicked on
+    (:func:`semwatch.palette.palette_from_hints`): the person's colours, so a new frame's
+    unmatched regions lean to the series' colours too. Never the model's own guess on the
+    reference: that is not the person's choice."""
     if not hints:
         raise StyleError(f"{source_name}: a style needs at least one hint")
     description, points = colorizer.describe_hinted(image, hints, features=features)
     prototypes = []
     kept = []
+    regions = []
     for hint, point in zip(hints, points):
         if point is None:
             continue
         region = int(description.labels[point.row, point.col])
         kept.append(hint)
+        regions.append(region)
         prototypes.append(StylePrototype(len(kept) - 1, tuple(description.raw[region].tolist())))
     if not prototypes:
         raise StyleError(f"{source_name}: every hint is in the data bar; nothing to make a style of")
+    if palette is None and hint_palette and colorizer.takes_palette:
+        areas = torch.bincount(description.labels.flatten(), minlength=len(description.raw))
+        palette = palette_from_hints(kept, [float(areas[region]) for region in regions])
     return Style(
         name=name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

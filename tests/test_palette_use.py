@@ -15,11 +15,12 @@ import pytest
 from cli_runs import Ran, in_process
 from helpers import write_palette_model
 from PIL import Image
-from test_styles import REFERENCE, REFERENCE_HINTS, discs, make_reference_style
+from test_styles import BLUE, REFERENCE, REFERENCE_HINTS, YELLOW, discs, make_reference_style
 
 from semwatch.cli import main as semwatch_main
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer, GrayImage
+from semwatch.hints import Hint
 from semwatch.imaging import read_provenance
 from semwatch.palette import parse_palette
 from semwatch.pipeline import OutputSettings, Pipeline, Task
@@ -108,7 +109,7 @@ def test_a_styles_palette_round_trips_and_needs_version_2(engine: Colorizer, tmp
     assert data["version"] == 2
     assert data["palette"] == [{"color": "#e0b030", "weight": 0.75}, {"color": "#3060d0", "weight": 0.25}]
     # Without a palette a style stays version 1, which older semwatch versions read.
-    plain = save_style(make_reference_style(engine), tmp_path / "plain.json")
+    plain = save_style(make_reference_style(engine, hint_palette=False), tmp_path / "plain.json")
     assert plain.palette is None and json.loads((tmp_path / "plain.json").read_text())["version"] == 1
     # A palette in a version-1 file, or a broken one: one line naming the file.
     for change, reason in [
@@ -126,11 +127,28 @@ def test_a_styles_palette_round_trips_and_needs_version_2(engine: Colorizer, tmp
         assert str(info.value).startswith(f"{broken}: ") and reason in str(info.value), str(info.value)
 
 
+def test_a_palette_models_style_carries_its_hints_colours_weighted_by_their_objects(
+    engine: Colorizer, tiny_model: Path
+) -> None:
+    """The reference's field (yellow hint) is most of the frame, its disc (blue) the rest:
+    the style's palette is the person's two colours, the field's the heavier."""
+    palette = make_reference_style(engine).palette
+    assert palette is not None and [c.color for c in palette.colours] == [YELLOW, BLUE]
+    assert 0.6 < palette.colours[0].weight < 0.95, palette
+    # The same colour clicked twice is one palette colour; near shades merge into it.
+    twice = [*REFERENCE_HINTS, Hint.from_color(20, 220, YELLOW), Hint.from_color(300, 220, "#e8b838")]
+    assert len(make_reference_style(engine, twice).palette.colours) == 2
+    # Not asked for, or a model that takes no palette: none.
+    assert make_reference_style(engine, hint_palette=False).palette is None
+    plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
+    assert make_reference_style(plain).palette is None
+
+
 def test_a_palette_given_for_the_image_wins_over_its_styles(engine: Colorizer) -> None:
     own, given = parse_palette(TWO), parse_palette("#30c060")
     # One hint (the discs): the field keeps the automatic colour, which a palette steers.
     disc = REFERENCE_HINTS[:1]
-    bare = make_reference_style(engine, disc)
+    bare = make_reference_style(engine, disc, hint_palette=False)
     with_palette = make_style(engine, GrayImage(REFERENCE), disc, name="p", source_name="ref.png",
                               source_sha256="a" * 64, palette=own)  # fmt: skip
     image = GrayImage(FRAME)
@@ -216,6 +234,21 @@ def test_style_make_stores_a_palette_and_show_prints_it(palette_model: Path, tmp
         bad.returncode == 2 and "--palette '#e0b030:x': weight 'x' of #e0b030 is not a number" in bad.stderr
     )
     assert not (tmp_path / "bad.json").exists()
+    # By default the hints' colours are the palette; "none" stores none, and re-deriving
+    # (--from) keeps the old style's unless told otherwise.
+    for option, expected in [((), [YELLOW, BLUE]), (("--palette", "none"), None)]:
+        made = semwatch("style", "make", str(tmp_path / "ref.png"), "--hints", str(hints), "-o", str(path),
+                        *option, *common)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        palette = load_style(path).palette
+        assert (palette and [c.color for c in palette.colours]) == expected, (option, palette)
+    again = tmp_path / "again.json"
+    for option, expected in [((), None), (("--palette", "hints"), [YELLOW, BLUE])]:
+        made = semwatch("style", "make", str(tmp_path / "ref.png"), "--from", str(path), "-o", str(again),
+                        *option, *common)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        palette = load_style(again).palette
+        assert (palette and [c.color for c in palette.colours]) == expected, (option, palette)
 
 
 # ------------------------------------------------------------------ the web UI's downloads

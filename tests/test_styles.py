@@ -79,10 +79,13 @@ REFERENCE = discs(240, 320, [(120, 100)], 60)
 REFERENCE_HINTS = [Hint.from_color(100, 120, BLUE), Hint.from_color(280, 30, YELLOW)]
 
 
-def make_reference_style(engine: Colorizer, hints: list[Hint] = REFERENCE_HINTS, name: str = "discs"):
+def make_reference_style(
+    engine: Colorizer, hints: list[Hint] = REFERENCE_HINTS, name: str = "discs", **options: object
+):
     return make_style(
-        engine, GrayImage(REFERENCE), hints, name=name, source_name="ref.png", source_sha256="a" * 64
-    )
+        engine, GrayImage(REFERENCE), hints, name=name, source_name="ref.png", source_sha256="a" * 64,
+        **options,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ the file
