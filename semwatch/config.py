@@ -301,6 +301,12 @@ class TrainerConfig:
     palette_share: float = setting(
         0.5, bounds=UNIT, help="Share of training items shown their truth's dominant colours."
     )
+    palette_only: bool = setting(
+        False,
+        help="Train only the palette network (with --init): the rest of the generator keeps "
+        "the init's weights and batch-norm statistics, so without a palette the model answers "
+        "exactly like the init.",
+    )
     rebalance: float = setting(
         0.0,
         bounds=Bounds(0, 1, high_open=True),

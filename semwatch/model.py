@@ -112,9 +112,10 @@ class UNetGenerator(nn.Module):
     ``palette_colours``) the palette planes. Output: (N, 2, H, W).
 
     The palette is global, so it skips the convolutions: its planes' spatial mean goes
-    through a small MLP whose output is added to the bottleneck and to the first decoder
-    stage (where Zhang et al. 2017 inject their global hints). The MLP's last layer starts
-    at zero, so a widened network first answers exactly as before.
+    through a small MLP whose output, times the palette's presence flag, is added to the
+    bottleneck and to the first decoder stage (where Zhang et al. 2017 inject their global
+    hints). The MLP's last layer starts at zero, so a widened network first answers exactly
+    as before; with no palette given it always does.
     """
 
     def __init__(self, config: GeneratorConfig = GeneratorConfig()):
@@ -148,7 +149,10 @@ class UNetGenerator(nn.Module):
         f5 = self.layer4(f4)
         offsets = None
         if self.palette is not None:
-            offsets = self.palette(planes.mean(dim=(2, 3)).to(f5.dtype))[:, :, None, None]
+            values = planes.mean(dim=(2, 3)).to(f5.dtype)
+            # Gated by the presence flag (the last value): without a palette the network is
+            # exactly the one without palette input, whatever the palette network learned.
+            offsets = (self.palette(values) * values[:, -1:])[:, :, None, None]
             f5 = f5 + offsets[:, :512]
         y = self.up4(f5, f4)
         if offsets is not None:

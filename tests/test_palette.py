@@ -128,6 +128,22 @@ def test_adding_a_palette_input_answers_exactly_like_the_original(tmp_path: Path
         GeneratorConfig.from_dict({"palette_colours": 3})
 
 
+def test_without_a_palette_a_trained_palette_model_answers_exactly_like_its_body() -> None:
+    """The palette network's output is gated by the presence flag: whatever it learned,
+    an image given no palette gets the body's answer (palette_only training relies on it)."""
+    torch.manual_seed(0)
+    plain = build_generator(GeneratorConfig(decoder_width=8, in_channels=4)).eval()
+    wide = add_palette_input(plain).eval()
+    for parameter in wide.palette.parameters():  # as if trained: nothing at zero
+        torch.nn.init.normal_(parameter)
+    x = torch.randn(2, 4, 64, 96)
+    none = palette_planes(None, 64, 96)[None].expand(2, -1, -1, -1)
+    given = palette_planes(parse_palette("#3060d0"), 64, 96)[None].expand(2, -1, -1, -1)
+    with torch.no_grad():
+        assert torch.equal(plain(x), wide(torch.cat((x, none), dim=1)))
+        assert not torch.allclose(plain(x), wide(torch.cat((x, given), dim=1)))
+
+
 def test_engine_feeds_the_palette_and_a_plain_model_ignores_it_with_a_warning(
     palette_model: Path, tiny_model: Path
 ) -> None:
@@ -223,6 +239,39 @@ def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None
     assert kept.palette is True
     with pytest.raises(TrainingError, match="takes a palette"):
         resolve_input_layout(dataclasses.replace(TINY, palette=False), wide)
+
+
+@pytest.mark.slow
+def test_palette_only_training_leaves_the_rest_of_the_init_as_it_was(tmp_path: Path) -> None:
+    from test_trainer_data import write_shapes_dataset
+    from test_trainer_train import TINY
+
+    from trainer.checkpoint import checkpoint_path, load_checkpoint
+    from trainer.distributed import init_distributed
+    from trainer.loops import TrainingError, resolve_input_layout, run_pipeline
+
+    root = write_shapes_dataset(tmp_path / "shapes", count=16, gray=0)
+    torch.manual_seed(3)
+    plain = build_generator(GeneratorConfig(decoder_width=8, in_channels=4))
+    init = tmp_path / "v2.safetensors"
+    save_generator(init, plain, plain.config, {"name": "v2"})
+    config = dataclasses.replace(
+        TINY, pretrain_epochs=1, gan_epochs=1, max_steps_per_epoch=2, palette=True, palette_only=True,
+        palette_share=1.0,
+    )  # fmt: skip
+    config = resolve_input_layout(config, init)
+    run_pipeline(root, tmp_path / "run", config, init_distributed("cpu"), init=init)
+    state = load_checkpoint(checkpoint_path(tmp_path / "run", "gan", "last"))["generator"]
+    before = plain.state_dict()
+    body = [k for k in state if not k.startswith("palette.")]
+    assert body and set(body) == set(before)
+    for key in body:  # weights and batch-norm statistics alike (not its step counter)
+        assert key.endswith("num_batches_tracked") or torch.equal(state[key], before[key]), key
+    assert any(float(state[k].abs().max()) > 0 for k in state if k.startswith("palette.4."))
+    # Without a palette network there is nothing to train.
+    with pytest.raises(TrainingError, match="no palette network"):
+        run_pipeline(root, tmp_path / "bad", dataclasses.replace(config, palette=False, hints=True),
+                     init_distributed("cpu"), init=init)  # fmt: skip
 
 
 def test_rebalanced_l1_weighs_rare_colours_more() -> None:

@@ -264,6 +264,8 @@ def _new_state(
     discriminator: nn.Module | None,
 ) -> TrainState:
     config, policy = spec.config, spec.policy
+    if config.palette_only:
+        _freeze_all_but_palette(generator)
     generator = wrap_model(env, generator.train())
     amp = _amp_enabled(config, env)
     # Adam runs fused (one kernel over all parameters): on CPU the default per-tensor loop
@@ -294,12 +296,31 @@ def _new_state(
 PALETTE_LR_SCALE = 10.0
 
 
+def _is_palette(name: str) -> bool:
+    return ".palette." in f".{name}."
+
+
+def _freeze_all_but_palette(generator: nn.Module) -> None:
+    """``palette_only``: only the palette network learns; the body's weights stay the init's,
+    and so do its batch-norm running statistics (momentum 0: train-mode batch statistics
+    still normalise, but nothing is written back)."""
+    if not any(_is_palette(name) for name, _ in generator.named_parameters()):
+        raise TrainingError("palette_only: this generator has no palette network (train with --palette)")
+    for name, parameter in generator.named_parameters():
+        parameter.requires_grad_(_is_palette(name))
+    for name, module in generator.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _is_palette(name):
+            module.momentum = 0.0
+
+
 def _generator_groups(generator: nn.Module, lr: float) -> list[dict]:
-    """Adam parameter groups: the palette network at ``PALETTE_LR_SCALE`` times ``lr``."""
+    """Adam parameter groups of the parameters that learn: the palette network at
+    ``PALETTE_LR_SCALE`` times ``lr``."""
     palette, rest = [], []
     for name, parameter in generator.named_parameters():
-        (palette if ".palette." in f".{name}" else rest).append(parameter)
-    groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}]
+        if parameter.requires_grad:
+            (palette if _is_palette(name) else rest).append(parameter)
+    groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}] if rest else []
     if palette:
         groups.append({"params": palette, "lr": lr * PALETTE_LR_SCALE, "lr_scale": PALETTE_LR_SCALE})
     return groups
