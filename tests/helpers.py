@@ -88,14 +88,16 @@ def png_of_zeros(width: int, height: int) -> bytes:
 
 def write_palette_model(path, seed: int = 2, name: str = "tiny-palette"):  # noqa: ANN001, ANN201 - Path
     """A random hint + palette generator file whose palette network is not zero, so a
-    palette visibly changes its answer (an untrained one starts at zero: no effect)."""
+    palette visibly changes its answer (an untrained one starts at zero: no effect). Its
+    batch norms are calibrated without a palette, which (gated by its presence flag) then
+    adds its offsets to statistics that never saw them, as a trained model's would."""
     from semwatch.model import GeneratorConfig, build_generator, save_generator
 
     torch.manual_seed(seed)
     config = GeneratorConfig(decoder_width=8, in_channels=4, palette_colours=4)
     model = build_generator(config)
     with torch.no_grad():
-        model.palette[-1].weight.normal_(0, 2.0)
+        model.palette[-1].weight.normal_(0, 4.0)
         # An untrained encoder's activations grow layer by layer (its batch norms are the
         # identity), drowning the palette's bottleneck offsets: calibrate their statistics
         # on a few random frames, as training would, so the palette visibly steers.

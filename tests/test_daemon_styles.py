@@ -92,8 +92,10 @@ def test_a_folder_style_colours_its_images_and_an_edit_applies_to_the_next(site:
     assert failed.error.startswith(f"{broken / STYLE_FILENAME}: not JSON") and "\n" not in failed.error
     assert all(not job.rel_path.endswith(".json") for job in site.jobs())  # a style is never a job
 
-    assert "palette" not in provenance(first)
-    # The style is edited mid-run (colours swapped, a palette added): the next image takes
+    # A palette model's style carries its hints' colours as its palette, the field's first.
+    palette = provenance(first)["palette"]
+    assert [c["color"] for c in palette["colors"]] == [YELLOW, BLUE] and palette["from"] == "style"
+    # The style is edited mid-run (colours swapped, a palette given): the next image takes
     # the new one, palette included, with nothing given but the folder's file.
     swapped = [Hint.from_color(h.x, h.y, YELLOW if h.color == BLUE else BLUE) for h in REFERENCE_HINTS]
     make_style(site, styled, swapped, "discs yellow", "--palette", "#30c060")
