@@ -209,24 +209,32 @@ def test_dataset_with_a_palette_appends_its_planes_and_validation_has_none(tmp_p
     assert float(vx[4:].abs().sum()) == 0.0
 
 
-@pytest.mark.slow
-def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None:
+def plain_init_run(tmp_path: Path, **changes: object):  # noqa: ANN201 - (data, plain, init, config)
+    """Shapes to train on, a random hint-taking generator without palette input saved as the
+    init, and a 2-step pretrain + GAN configuration with ``changes`` laid out for that init."""
     from test_trainer_data import write_shapes_dataset
     from test_trainer_train import TINY
 
-    from trainer.checkpoint import checkpoint_path, load_checkpoint
-    from trainer.distributed import init_distributed
-    from trainer.loops import TrainingError, resolve_input_layout, run_pipeline
+    from trainer.loops import resolve_input_layout
 
     root = write_shapes_dataset(tmp_path / "shapes", count=16, gray=0)
     torch.manual_seed(3)
     plain = build_generator(GeneratorConfig(decoder_width=8, in_channels=4))
     init = tmp_path / "v2.safetensors"
     save_generator(init, plain, plain.config, {"name": "v2"})
-    config = dataclasses.replace(
-        TINY, pretrain_epochs=1, gan_epochs=1, max_steps_per_epoch=2, palette=True, rebalance=0.5
-    )
-    config = resolve_input_layout(config, init)
+    config = dataclasses.replace(TINY, pretrain_epochs=1, gan_epochs=1, max_steps_per_epoch=2, **changes)
+    return root, plain, init, resolve_input_layout(config, init)
+
+
+@pytest.mark.slow
+def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None:
+    from test_trainer_train import TINY
+
+    from trainer.checkpoint import checkpoint_path, load_checkpoint
+    from trainer.distributed import init_distributed
+    from trainer.loops import TrainingError, resolve_input_layout, run_pipeline
+
+    root, plain, init, config = plain_init_run(tmp_path, palette=True, rebalance=0.5)
     assert config.hints is True and config.palette is True
     results = run_pipeline(root, tmp_path / "run", config, init_distributed("cpu"), init=init)
     assert [r.stage for r in results] == ["pretrain", "gan"]
@@ -243,23 +251,11 @@ def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_palette_only_training_leaves_the_rest_of_the_init_as_it_was(tmp_path: Path) -> None:
-    from test_trainer_data import write_shapes_dataset
-    from test_trainer_train import TINY
-
     from trainer.checkpoint import checkpoint_path, load_checkpoint
     from trainer.distributed import init_distributed
-    from trainer.loops import TrainingError, resolve_input_layout, run_pipeline
+    from trainer.loops import TrainingError, run_pipeline
 
-    root = write_shapes_dataset(tmp_path / "shapes", count=16, gray=0)
-    torch.manual_seed(3)
-    plain = build_generator(GeneratorConfig(decoder_width=8, in_channels=4))
-    init = tmp_path / "v2.safetensors"
-    save_generator(init, plain, plain.config, {"name": "v2"})
-    config = dataclasses.replace(
-        TINY, pretrain_epochs=1, gan_epochs=1, max_steps_per_epoch=2, palette=True, palette_only=True,
-        palette_share=1.0,
-    )  # fmt: skip
-    config = resolve_input_layout(config, init)
+    root, plain, init, config = plain_init_run(tmp_path, palette=True, palette_only=True, palette_share=1.0)
     run_pipeline(root, tmp_path / "run", config, init_distributed("cpu"), init=init)
     state = load_checkpoint(checkpoint_path(tmp_path / "run", "gan", "last"))["generator"]
     before = plain.state_dict()
