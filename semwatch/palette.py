@@ -181,7 +181,7 @@ def palette_from_hints(hints: Sequence[Any], areas: Sequence[float]) -> Palette 
     objects it was clicked on (``areas``, one per hint, any unit), near colours merged and the
     PALETTE_COLOURS heaviest kept. ``hints`` need ``a``, ``b`` and ``color``. None: no hint
     with a positive area."""
-    groups: list[list[float]] = []  # [a * w, b * w, w, colour's own weight]
+    groups: list[list[float]] = []  # [sum of a * area, sum of b * area, sum of area]
     names: list[str] = []
     for hint, area in sorted(zip(hints, areas), key=lambda pair: -pair[1]):
         if area <= 0:
