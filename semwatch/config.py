@@ -307,6 +307,12 @@ class TrainerConfig:
         "the init's weights and batch-norm statistics, so without a palette the model answers "
         "exactly like the init.",
     )
+    freeze_encoder: bool = setting(
+        False,
+        help="Keep the encoder (stem and ResNet layers 1-4) at the init's weights and batch-norm "
+        "statistics; the decoder (and a palette network) learn. Styles' region features come "
+        "from the encoder, so they stay as they were.",
+    )
     rebalance: float = setting(
         0.0,
         bounds=Bounds(0, 1, high_open=True),

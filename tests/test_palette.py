@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -250,24 +251,43 @@ def test_training_adds_the_palette_input_to_a_plain_init(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_palette_only_training_leaves_the_rest_of_the_init_as_it_was(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("changes", "frozen", "learning"),
+    [
+        ({"palette_only": True}, lambda key: not key.startswith("palette."), ("palette.4.",)),
+        ({"freeze_encoder": True}, lambda key: key.split(".")[0] in ("stem", "layer1", "layer2", "layer3", "layer4"),
+         ("palette.4.", "up4.", "head.")),
+    ],
+    ids=["palette_only", "freeze_encoder"],
+)  # fmt: skip
+def test_frozen_training_leaves_its_part_of_the_init_as_it_was(
+    tmp_path: Path, changes: dict, frozen: Callable[[str], bool], learning: tuple[str, ...]
+) -> None:
     from trainer.checkpoint import checkpoint_path, load_checkpoint
     from trainer.distributed import init_distributed
-    from trainer.loops import TrainingError, run_pipeline
+    from trainer.loops import run_pipeline
 
-    root, plain, init, config = plain_init_run(tmp_path, palette=True, palette_only=True, palette_share=1.0)
+    root, plain, init, config = plain_init_run(tmp_path, palette=True, palette_share=1.0, **changes)
     run_pipeline(root, tmp_path / "run", config, init_distributed("cpu"), init=init)
     state = load_checkpoint(checkpoint_path(tmp_path / "run", "gan", "last"))["generator"]
     before = plain.state_dict()
-    body = [k for k in state if not k.startswith("palette.")]
-    assert body and set(body) == set(before)
-    for key in body:  # weights and batch-norm statistics alike (not its step counter)
+    kept = [k for k in state if frozen(k)]
+    assert kept and set(kept) <= set(before)
+    for key in kept:  # weights and batch-norm statistics alike (not its step counter)
         assert key.endswith("num_batches_tracked") or torch.equal(state[key], before[key]), key
-    assert any(float(state[k].abs().max()) > 0 for k in state if k.startswith("palette.4."))
-    # Without a palette network there is nothing to train.
+    for prefix in learning:  # and what was meant to learn did
+        moved = [k for k in state if k.startswith(prefix) and not k.endswith("num_batches_tracked")]
+        assert moved and any(
+            not torch.equal(state[k], before[k]) if k in before else float(state[k].abs().max()) > 0
+            for k in moved
+        ), prefix
+
+
+def test_palette_only_needs_a_palette_network(tmp_path: Path) -> None:
+    from trainer.loops import TrainingError, _freeze_all_but_palette
+
     with pytest.raises(TrainingError, match="no palette network"):
-        run_pipeline(root, tmp_path / "bad", dataclasses.replace(config, palette=False, hints=True),
-                     init_distributed("cpu"), init=init)  # fmt: skip
+        _freeze_all_but_palette(build_generator(GeneratorConfig(decoder_width=8, in_channels=4)))
 
 
 def test_rebalanced_l1_weighs_rare_colours_more() -> None:

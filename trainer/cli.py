@@ -144,6 +144,7 @@ def _common_options(func: Callable) -> Callable:
             trainer_option("palette"),
             trainer_option("palette_share"),
             trainer_option("palette_only"),
+            trainer_option("freeze_encoder"),
             trainer_option("rebalance"),
             click.option(
                 "--lr",

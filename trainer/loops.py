@@ -266,6 +266,8 @@ def _new_state(
     config, policy = spec.config, spec.policy
     if config.palette_only:
         _freeze_all_but_palette(generator)
+    elif config.freeze_encoder:
+        _freeze(generator, lambda name: not _is_encoder(name))
     generator = wrap_model(env, generator.train())
     amp = _amp_enabled(config, env)
     # Adam runs fused (one kernel over all parameters): on CPU the default per-tensor loop
@@ -300,16 +302,29 @@ def _is_palette(name: str) -> bool:
     return ".palette." in f".{name}."
 
 
+# The generator's encoder: the stem and the four ResNet stages (UNetGenerator).
+_ENCODER = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def _is_encoder(name: str) -> bool:
+    return name.split(".", 1)[0] in _ENCODER
+
+
 def _freeze_all_but_palette(generator: nn.Module) -> None:
-    """``palette_only``: only the palette network learns; the body's weights stay the init's,
-    and so do its batch-norm running statistics (momentum 0: train-mode batch statistics
-    still normalise, but nothing is written back)."""
+    """``palette_only``: only the palette network learns; the body's weights stay the init's."""
     if not any(_is_palette(name) for name, _ in generator.named_parameters()):
         raise TrainingError("palette_only: this generator has no palette network (train with --palette)")
+    _freeze(generator, _is_palette)
+
+
+def _freeze(generator: nn.Module, learns: Callable[[str], bool]) -> None:
+    """Only the parameters whose names ``learns`` accepts get gradients; the batch norms of
+    the others keep their running statistics too (momentum 0: train-mode batch statistics
+    still normalise, but nothing is written back)."""
     for name, parameter in generator.named_parameters():
-        parameter.requires_grad_(_is_palette(name))
+        parameter.requires_grad_(learns(name))
     for name, module in generator.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _is_palette(name):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not learns(name):
             module.momentum = 0.0
 
 
