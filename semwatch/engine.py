@@ -520,7 +520,7 @@ class Colorizer:
             vectors = description.vectors()
             own = [Prototype(vectors[labels[p.row, p.col]], p.a, p.b, "") for p in points]
             found = match(vectors, own, match_threshold(kind, same_image=True), kind)
-            extra += matched_points(description, own, found, skip=hinted)
+            extra += matched_points(description, found, skip=hinted)
         if style is not None:
             taken = hinted.clone()
             for p in extra:
@@ -528,7 +528,7 @@ class Colorizer:
             # Measured from the style's reference frame, as its prototypes were.
             vectors = description.vectors(style.centre_tensor)
             found = match(vectors, style.engine_prototypes, match_threshold(kind), kind)
-            extra += matched_points(description, style.engine_prototypes, found, skip=taken)
+            extra += matched_points(description, found, skip=taken)
         # The person's points last: in the hint planes the later point wins an overlap.
         network = extra[:MAX_STYLE_POINTS] + points
         return Guidance(network, extra + points, labels, pull)

@@ -60,6 +60,14 @@ MAX_STYLE_POINTS = 40
 # statistics alone: 0.521x. Object identity in SEM lives in texture more than in context.
 LAYERS = (1, 2)
 GRAY_WEIGHT = 1.0
+# A matched region's colour is the mean of the prototypes' colours weighted by
+# softmax(similarity / T) (Zhang et al. 2016's annealed mean, over prototypes instead of
+# ab bins): a clear winner gives its own colour (0.1 apart in cosine: 7:1 at T = 0.05,
+# 2.7:1 at 0.1), near ties between differently coloured objects a colour between them
+# instead of a coin toss. B's ab MAE x no style on the full val split: 0.531x with the
+# most similar prototype alone; 0.489x at T = 0.05; 0.488x at 0.1; 0.488x at 0.2.
+# Gray statistics (the baseline) keep the nearest prototype's colour.
+MATCH_TEMPERATURE = 0.1
 
 
 def match_threshold(kind: str, *, same_image: bool = False) -> float:
@@ -108,11 +116,13 @@ class Prototype:
 
 @dataclass(frozen=True)
 class Match:
-    """For each region: the most similar prototype, and whether it is similar enough."""
+    """For each region: the most similar prototype, whether it is similar enough, and the
+    colour a matched region takes (:data:`MATCH_TEMPERATURE`)."""
 
     prototype: torch.Tensor  # (count,) int64 index into the prototypes
     similarity: torch.Tensor  # (count,) float32
     matched: torch.Tensor  # (count,) bool
+    ab: torch.Tensor  # (count, 2) float32 Lab a,b
 
 
 def describe(
@@ -218,10 +228,12 @@ def _region_means(values: torch.Tensor, labels: torch.Tensor, count: int) -> tor
     """(count, C): the mean of ``values`` (C, h, w) over each region of ``labels`` (h, w)."""
     flat = labels.reshape(-1)
     channels = values.shape[0]
-    sums = torch.zeros((count, channels), device=values.device, dtype=torch.float32)
-    sums.index_add_(0, flat, values.reshape(channels, -1).t().float())
+    # Summed along the pixels of each channel as the values lie in memory: three times
+    # faster on the CPU than gathering per pixel across the channels, and the same sums.
+    sums = torch.zeros((channels, count), device=values.device, dtype=torch.float32)
+    sums.index_add_(1, flat, values.reshape(channels, -1).float())
     area = torch.bincount(flat, minlength=count).clamp(min=1).to(sums)
-    return sums / area[:, None]
+    return (sums / area).t()
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
@@ -242,7 +254,12 @@ def match(vectors: torch.Tensor, prototypes: Sequence[Prototype], threshold: flo
     stacked = torch.stack([p.vector.to(vectors) for p in prototypes])
     sims = similarity(vectors, stacked, kind)
     best, index = sims.max(dim=1)
-    return Match(index, best, best >= threshold)
+    colours = torch.tensor([[p.a, p.b] for p in prototypes], dtype=torch.float32, device=sims.device)
+    if kind == GRAY_FEATURES:
+        ab = colours[index]
+    else:
+        ab = torch.softmax(sims.float() / MATCH_TEMPERATURE, dim=1) @ colours
+    return Match(index, best, best >= threshold, ab)
 
 
 def region_points(labels: torch.Tensor, regions: torch.Tensor) -> list[tuple[int, int]]:
@@ -276,13 +293,12 @@ def region_points(labels: torch.Tensor, regions: torch.Tensor) -> list[tuple[int
 
 def matched_points(
     description: RegionDescription,
-    prototypes: Sequence[Prototype],
     found: Match,
     *,
     skip: torch.Tensor | None = None,
 ) -> list[HintPoint]:
-    """A hint point (at the network's size) inside each matched region, with its
-    prototype's colour, largest region first; regions in ``skip`` (bool per region: already
+    """A hint point (at the network's size) inside each matched region, with the colour
+    the match gives it, largest region first; regions in ``skip`` (bool per region: already
     hinted) left out."""
     chosen = found.matched.clone()
     if skip is not None:
@@ -291,7 +307,8 @@ def matched_points(
     area = torch.bincount(description.labels.reshape(-1), minlength=description.count)
     regions = regions[torch.argsort(area[regions], descending=True, stable=True)]
     points = []
+    colours = found.ab.tolist()
     for region, (row, col) in zip(regions.tolist(), region_points(description.labels, regions)):
-        proto = prototypes[int(found.prototype[region])]
-        points.append(HintPoint(row, col, proto.a, proto.b))
+        a, b = colours[region]
+        points.append(HintPoint(row, col, a, b))
     return points

@@ -179,6 +179,28 @@ def test_regions_that_match_nothing_keep_the_automatic_colour(models) -> None:
     assert float((styled[:, outside] - plain[:, outside]).norm(dim=0).median()) < 3.0
 
 
+def test_a_matched_region_takes_the_annealed_mean_of_the_prototypes_colours() -> None:
+    """A clear winner gives its own colour, a near tie a colour between the two (not a coin
+    toss); the gray-statistics baseline always gives the nearest prototype's own colour."""
+    from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, MATCH_TEMPERATURE, Prototype, match
+
+    yellow = Prototype(torch.tensor([1.0, 0.0]), 10.0, 60.0, YELLOW)
+    blue = Prototype(torch.tensor([0.0, 1.0]), 10.0, -60.0, BLUE)
+    tie = torch.tensor([0.6, 0.6])
+    clear = torch.tensor([1.0, 0.0])
+    unlike = torch.tensor([-1.0, -0.2])
+    found = match(torch.stack((tie, clear, unlike)), [yellow, blue], 0.0, ENCODER_FEATURES)
+    assert found.matched.tolist() == [True, True, False]
+    assert found.ab[0].tolist() == pytest.approx([10.0, 0.0], abs=1e-4)
+    weight = 1.0 / (1.0 + math.exp(-1.0 / MATCH_TEMPERATURE))
+    assert float(found.ab[1, 1]) == pytest.approx(60.0 * (2 * weight - 1), abs=1e-3)
+    assert float(found.ab[1, 1]) > 59.0
+    nearest = match(
+        torch.stack((tie + torch.tensor([0.01, 0.0]), clear)), [yellow, blue], -1e9, GRAY_FEATURES
+    )
+    assert nearest.ab.tolist() == [[10.0, 60.0], [10.0, 60.0]]
+
+
 def test_a_style_from_another_model_is_refused_in_one_line(models) -> None:
     style = make_reference_style(Colorizer.from_file(models[0], device="cpu", chroma_size=128))
     other = Colorizer.from_file(models[1], device="cpu", chroma_size=128)
