@@ -524,6 +524,13 @@ def _image_offset(browser) -> tuple[float, float]:
     )
 
 
+def _laid_out_offset(browser) -> tuple[float, float]:
+    """:func:`_image_offset` once the image has its height: its component frame joins the page
+    a moment after the text around it, later on a loaded machine."""
+    _wait_for(browser, lambda: _image_offset(browser)[1] > 0, "the laid-out image")
+    return _image_offset(browser)
+
+
 def _hint_xy(browser, number: int) -> tuple[int, int]:
     _text_appears(browser, f"Hint {number}: x ")
     body = browser.find_element("tag name", "body").text
@@ -558,7 +565,7 @@ def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
     upload.send_keys(str(image))
     _text_appears(browser, "Colorized in")
     _text_appears(browser, "Download grains.tif")
-    before = _image_offset(browser)
+    before = _laid_out_offset(browser)
     assert _marker_share(browser, 1 / 3, 1 / 3) < 0.2
 
     # The engine is held: the marker shows, where the user clicked, before the result.
@@ -572,11 +579,11 @@ def test_marker_first_work_kept_across_pages_and_a_hint_placed_in_the_zoom(
     _text_appears(browser, "Colorizing with 1 hint")
     _wait_for(browser, lambda: _marker_share(browser, 1 / 3, 1 / 3) > 0.5, "the marker")
     assert "Colorized in" not in browser.find_element(By.TAG_NAME, "body").text  # still held
-    marked = _image_offset(browser)
+    marked = _laid_out_offset(browser)
     hold.unlink()
     _text_appears(browser, "Colorized in")
     _text_appears(browser, "Download grains.refined.tif")
-    assert before == marked == _image_offset(browser)  # nothing above the image moved it
+    assert before == marked == _laid_out_offset(browser)  # nothing above the image moved it
     first = _hint_xy(browser, 1)
     assert abs(first[0] - 640 / 3) < 640 * 0.03 and abs(first[1] - 480 / 3) < 480 * 0.03, first
 
