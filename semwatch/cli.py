@@ -230,15 +230,6 @@ def colorize_command(
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     log.info("model loaded", **colorizer.info.log_fields(), seconds=round(time.perf_counter() - started, 2))
-    from semwatch.styles import palette_for
-
-    used, origin = palette_for(palette, style)
-    if used is not None and not colorizer.takes_palette:
-        click.echo(
-            f"warning: model {colorizer.model_name} takes no palette; the "
-            f"{'--palette' if origin == 'given' else 'style'} palette is ignored (recorded as not applied)",
-            err=True,
-        )
     if hints:
         tasks = [dataclasses.replace(tasks[0], hints=tuple(hints))]
     if style is not None or spread or palette is not None:

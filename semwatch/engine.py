@@ -47,6 +47,7 @@ from semwatch.log import get_logger
 from semwatch.model import STRIDE, LoadedGenerator, load_generator
 from semwatch.model_file import model_file
 from semwatch.palette import Palette, palette_planes
+from semwatch.palette_fit import fit_palette
 from semwatch.prototypes import (
     ENCODER_FEATURES,
     MAX_STYLE_POINTS,
@@ -192,17 +193,11 @@ class EngineInfo:
     precision: str
     chroma_size: int
     refinement: Mapping[str, float]
-    # Whether the network takes a global palette (a palette given to one that does not is
-    # recorded as not applied).
-    takes_palette: bool = False
 
     def as_record(self) -> dict[str, Any]:
         """The engine's part of an output's provenance: the keyword arguments of
-        :func:`semwatch.imaging.build_provenance` (one list of fields, not unpacked by hand).
-        ``takes_palette`` is not among them: it decides the palette record's ``applied``."""
-        record = dataclasses.asdict(self)
-        del record["takes_palette"]
-        return record
+        :func:`semwatch.imaging.build_provenance` (one list of fields, not unpacked by hand)."""
+        return dataclasses.asdict(self)
 
     def log_fields(self) -> dict[str, Any]:
         """How a log line names the engine in use ("model loaded", "model reloaded": the
@@ -255,9 +250,6 @@ class Colorizer:
         self.smoothing = GuidedFilter(refinement.guide_radius, refinement.guide_eps)
         self._l_table = (gray_levels_to_l() / 100).to(torch.float32).to(self.device_obj)
         self.fullres = FullResolution(self.lut, self._l_table)
-        # "palette ignored" is said once per engine: a folder style with a palette would
-        # otherwise repeat it for every batch of the series.
-        self._palette_ignored_said = False
         self.backend.prepare(self.canvas_shapes(), batch_size)
 
     @classmethod
@@ -346,7 +338,6 @@ class Colorizer:
             precision=self.precision,
             chroma_size=self.chroma_size,
             refinement=self.refinement.as_dict(),
-            takes_palette=self.takes_palette,
         )
 
     def canvas_shapes(self) -> list[tuple[int, int]]:
@@ -363,7 +354,8 @@ class Colorizer:
 
     @property
     def takes_palette(self) -> bool:
-        """Whether the network takes a global palette (semwatch.palette)."""
+        """Whether the network itself sees a palette (semwatch.palette). A palette given to
+        any model still colours the frame (:func:`semwatch.palette_fit.fit_palette`)."""
         return self.generator.config.palette_colours > 0
 
     def colorize(
@@ -381,8 +373,9 @@ class Colorizer:
         like it; ``spread`` (for all images, or one flag per image): instead, every other
         object is pulled toward the nearest hint's colour (the behaviour before issue 20);
         ``palettes``: one palette (or None) per image, "these colours" without positions; an
-        image without one takes its style's palette, if any (a palette-taking model only;
-        others ignore it with a warning)."""
+        image without one takes its style's palette, if any; the engine hands the palette's
+        colours to the image's objects (:mod:`semwatch.palette_fit`), and a palette-taking
+        network sees it as well."""
         preds = self._predict(images, hints, styles, spread=spread, palettes=palettes)
         rgbs = [to_host(self._compose(image, pred)) for image, pred in zip(images, preds)]
         synchronize(self.device_obj)  # the copies to the host were asynchronous on a GPU
@@ -465,9 +458,6 @@ class Colorizer:
             )
             if chosen is not None:
                 palette_of[i] = chosen
-        if palette_of and not self.takes_palette and not self._palette_ignored_said:
-            self._palette_ignored_said = True
-            log.warning("palette ignored", reason="this model takes no palette", model=self.model_name)
         results: list[Prediction | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[tuple[int, Plan, torch.Tensor, Guidance]]] = defaultdict(list)
         for i, image in enumerate(images):
@@ -494,7 +484,8 @@ class Colorizer:
                 for (i, plan, x, guidance), ab in zip(chunk, out):
                     h, w = plan.small
                     guide = self._guide(x, plan)
-                    results[i] = Prediction(self._refine(ab[:, :h, :w], guide, guidance), guide)
+                    refined = self._refine(ab[:, :h, :w], guide, guidance, palette_of.get(i))
+                    results[i] = Prediction(refined, guide)
         return results
 
     def _guidance(
@@ -547,14 +538,20 @@ class Colorizer:
             points.append(HintPoint(row, col, hint.a, hint.b))
         return points
 
-    def _refine(self, ab: torch.Tensor, guide: torch.Tensor, guidance: Guidance) -> torch.Tensor:
-        """The colour refinements on one down-scaled prediction (2, h, w)."""
+    def _refine(
+        self, ab: torch.Tensor, guide: torch.Tensor, guidance: Guidance, palette: Palette | None = None
+    ) -> torch.Tensor:
+        """The colour refinements on one down-scaled prediction (2, h, w): chroma gain, each
+        region's dominant hue, the palette's colours handed to the regions, then the hints'
+        and style's colours in theirs (they say where, so they win)."""
         settings = self.refinement.regions
         if self.refinement.chroma_gain != 1.0:
             ab = ab * self.refinement.chroma_gain
-        if settings.strength > 0 or guidance.fill:
+        if settings.strength > 0 or guidance.fill or palette is not None:
             labels = guidance.labels if guidance.labels is not None else segment(guide, settings)
             ab = apply_dominant_hue(ab, labels, settings.strength)
+            if palette is not None:
+                ab = fit_palette(ab, guide, labels, palette)
             ab = spread_hints(ab, labels, guidance.fill, pull=guidance.pull)
         return self.coherence.apply(ab)
 

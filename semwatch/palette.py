@@ -134,11 +134,11 @@ def _named(parse: Any, text: str, source: str) -> Palette:
         raise PaletteError(f"{source}: {exc}") from None
 
 
-def palette_provenance(palette: Palette, origin: str, *, applied: bool) -> dict[str, Any]:
-    """The provenance entry of a palette: its colours, where it came from and whether the
-    model used it (a model without palette input ignores it; the record must not imply
-    that the colours steered the output)."""
-    return {"colors": palette.as_record(), "from": origin, "applied": applied}
+def palette_provenance(palette: Palette, origin: str) -> dict[str, Any]:
+    """The provenance entry of a palette: its colours and where it came from. ``applied``
+    is always true since the engine places every palette (semwatch.palette_fit); outputs of
+    earlier versions say false where their model took no palette, so readers keep it."""
+    return {"colors": palette.as_record(), "from": origin, "applied": True}
 
 
 def ab_to_hex(a: float, b: float, lightness: float = 65.0) -> str:

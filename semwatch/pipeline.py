@@ -171,7 +171,7 @@ def provenance(
         hints=[hint.as_record() for hint in hints] or None,
         style=style.record if style is not None else None,
         palette=(
-            palette_provenance(used, origin, applied=info.takes_palette)
+            palette_provenance(used, origin)
             if used is not None and origin is not None
             else None
         ),

@@ -398,17 +398,16 @@ def test_apply_an_uploaded_style_in_chromium(
     )
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Style grains" in body and "from reference.png, 2 hinted objects" in body, body
-    # This model takes no palette: the field says so instead of silently doing nothing.
-    assert "takes no palette" in body, body
+    # Any model takes a palette (the engine places its colours): the field is open.
     (field,) = browser.find_elements(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
-    assert not field.is_enabled()
+    assert field.is_enabled()
     _screenshot(browser, tmp_path, "app-style.png")
 
 
 @pytest.mark.slow
 def test_a_palette_typed_on_the_page_recolours_the_image_in_chromium(browser, tmp_path: Path) -> None:
-    """With a palette-taking model (generated here: the bundled one takes none yet), a
-    palette typed into the field re-colorizes the image, shown as swatches; the download
+    """With a palette-taking model (generated here; the engine places a palette for any
+    model, and this one also feeds it to its network), a palette typed into the field re-colorizes the image, shown as swatches; the download
     becomes a refined result (its provenance: test_palette_use.py)."""
     from helpers import write_palette_model
     from selenium.webdriver.common.by import By

@@ -145,7 +145,7 @@ def test_without_a_palette_a_trained_palette_model_answers_exactly_like_its_body
         assert not torch.allclose(plain(x), wide(torch.cat((x, given), dim=1)))
 
 
-def test_engine_feeds_the_palette_and_a_plain_model_ignores_it_with_a_warning(
+def test_engine_feeds_the_palette_to_a_palette_network_and_places_it_for_any_model(
     palette_model: Path, tiny_model: Path
 ) -> None:
     engine = Colorizer.from_file(palette_model, device="cpu", chroma_size=128, batch_size=2)
@@ -159,11 +159,12 @@ def test_engine_feeds_the_palette_and_a_plain_model_ignores_it_with_a_warning(
     # One image at a time gives the same answer as the batch: the palette is per image.
     (alone,) = engine.predict_ab([image], palettes=[blue])
     assert torch.allclose(alone, with_blue, atol=1e-4)
+    # A model without palette input: the engine still hands the colour to the frame.
     plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
     with capture_logs() as logs:
-        (ignored,) = plain.predict_ab([image], palettes=[blue])
-    assert any(e["event"] == "palette ignored" for e in logs)
-    assert torch.allclose(ignored, plain.predict_ab([image])[0])
+        (placed,) = plain.predict_ab([image], palettes=[blue])
+    assert not [e for e in logs if e["log_level"] == "warning"], logs
+    assert float((placed - plain.predict_ab([image])[0]).abs().max()) > 5.0
     with pytest.raises(ValueError, match="2 palettes for 1 images"):
         engine.predict_ab([image], palettes=[blue, orange])
 

@@ -84,16 +84,21 @@ def test_colorize_palette_is_used_recorded_and_a_bad_one_is_one_line(
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
-def test_a_model_without_palette_input_warns_and_records_it_as_not_applied(
-    tiny_model: Path, tmp_path: Path
-) -> None:
+def test_a_model_without_palette_input_still_takes_the_palettes_colours(tiny_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "frame.png"
     Image.fromarray(FRAME).save(source)
+    plain = colorize(source, tmp_path / "plain", tiny_model)
     done = colorize(source, tmp_path / "out", tiny_model, "--palette", "#3060d0")
-    assert done.returncode == 0, done.stderr
-    assert "warning: model tiny-random takes no palette; the --palette palette is ignored" in done.stderr
+    assert plain.returncode == 0 and done.returncode == 0, plain.stderr + done.stderr
+    assert "warning" not in done.stderr
+    before = np.asarray(Image.open(tmp_path / "plain" / "frame.png")).astype(int)
+    after = np.asarray(Image.open(tmp_path / "out" / "frame.png")).astype(int)
+    # One colour: every coloured pixel turns blue (more blue than red), whatever it was.
+    coloured = np.abs(after - after.mean(axis=2, keepdims=True)).max(axis=2) > 8
+    assert coloured.mean() > 0.5 and (after[..., 2] > after[..., 0])[coloured].all()
+    assert np.abs(before - after).max() > 10
     record = read_provenance(tmp_path / "out" / "frame.png")["semwatch"]
-    assert record["palette"]["applied"] is False and record["palette"]["from"] == "given"
+    assert record["palette"] == {"colors": [{"color": "#3060d0", "weight": 1.0}], "from": "given", "applied": True}
 
 
 # ------------------------------------------------------------------ the style file
@@ -276,16 +281,14 @@ def test_a_web_ui_download_records_the_palette_given_on_the_page(engine: Coloriz
     assert service.style_from_hints(engine, hinted, "page").palette == palette
 
 
-def test_a_model_without_palette_input_says_so_once_per_engine(tiny_model: Path) -> None:
-    from structlog.testing import capture_logs
-
+def test_a_styles_palette_colours_a_model_without_palette_input(tiny_model: Path) -> None:
     plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
     style = make_style(plain, GrayImage(REFERENCE), REFERENCE_HINTS[:1], name="p", source_name="ref.png",
                        source_sha256="a" * 64, palette=parse_palette(TWO))  # fmt: skip
     image = GrayImage(FRAME)
-    with capture_logs() as logs:
-        (styled,) = plain.predict_ab([image], styles=[style])  # a folder style's palette, batch after batch
-        plain.predict_ab([image], palettes=[parse_palette("#30c060")])
-    assert [e["event"] for e in logs if e["event"] == "palette ignored"] == ["palette ignored"]
+    (styled,) = plain.predict_ab([image], styles=[style])
     (without,) = plain.predict_ab([image], styles=[dataclasses.replace(style, palette=None)])
-    assert torch_close(styled, without)  # ignored: the same answer as without a palette
+    assert not torch_close(styled, without)
+    # The image's own palette wins over the style's.
+    (own,) = plain.predict_ab([image], styles=[style], palettes=[parse_palette("#30c060")])
+    assert not torch_close(own, styled)

@@ -75,7 +75,7 @@ def render(ctx: AppContext) -> None:
         _hint_controls(work)
         _hint_list(work)
         style_panel.render(ctx, work)
-        palette_panel.render(ctx, work)
+        palette_panel.render(work)
         _downloads(ctx, work)
         if source.job_id is not None:
             _save_refined(ctx, work)

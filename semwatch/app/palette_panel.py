@@ -14,7 +14,6 @@ import time
 
 import streamlit as st
 
-from semwatch.app.context import AppContext
 from semwatch.app.style_panel import swatch
 from semwatch.app.workspace import Workspace, workspace
 from semwatch.log import get_logger
@@ -32,9 +31,8 @@ def swatches(palette: Palette) -> str:
     return " ".join(f"{swatch(c.color)} {c.weight:.0%}" for c in palette.colours)
 
 
-def render(ctx: AppContext, work: Workspace) -> None:
+def render(work: Workspace) -> None:
     """The palette field, what it holds, and which palette applies."""
-    takes = ctx.colorizer().takes_palette
     if _KEY not in st.session_state and work.palette is not None:
         st.session_state[_KEY] = work.palette.as_text()  # back from the Queue page
     st.text_input(
@@ -42,17 +40,12 @@ def render(ctx: AppContext, work: Workspace) -> None:
         key=_KEY,
         placeholder=f"{EXAMPLE}  or  #e0b030:0.7,#3060d0:0.3",
         on_change=_palette_changed,
-        disabled=not takes,
-        help="Colours the model should use, without saying where: hex colours, optionally "
-        "with shares after a colon. Empty: the model chooses (or the style's palette applies). "
+        help="Colours to use, without saying where: hex colours, optionally with shares "
+        "after a colon (how much of the frame each should cover). The objects are grouped by "
+        "what they look like and each group takes the colour whose share fits it; hints still "
+        "win where they are. Empty: the model chooses (or the style's palette applies). "
         "Recorded in the downloads' provenance.",
     )
-    if not takes:
-        st.caption(
-            f"The loaded model ({ctx.colorizer().model_name}) takes no palette: it was trained "
-            "without one, so a palette would not change its colours. Hints and styles still work."
-        )
-        return
     error = st.session_state.get(_ERROR_KEY)
     if error:
         st.error(error)

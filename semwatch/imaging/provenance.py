@@ -45,9 +45,9 @@ def build_provenance(
     hints given ({"x", "y", "color"} each), recorded only when there were any; ``style``:
     the style applied ({"name", "sha256"} of its file), only when there was one;
     ``palette``: the global palette ({"colors": [{"color", "weight"}], "from": "given" or
-    "style", "applied": whether the model took it}), only when there was one; ``spread``:
-    recorded (true) only when hints were asked to pull every other region toward them
-    (``--spread``), since it changes the whole frame's colour.
+    "style", "applied": true; earlier versions wrote false where the model took no palette}),
+    only when there was one; ``spread``: recorded (true) only when hints were asked to pull
+    every other region toward them (``--spread``), since it changes the whole frame's colour.
     """
     record = {
         "semwatch": {
