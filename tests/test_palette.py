@@ -321,6 +321,11 @@ def test_the_frame_statistics_loss_measures_what_evaluation_does_and_pulls_towar
     assert float(contrast[0]) == pytest.approx(hue_contrast(lab), abs=1e-3)
     assert float(chroma[0]) == pytest.approx(float(torch.hypot(lab[0], lab[1]).mean()), abs=1e-3)
     assert float(frame_stats_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
+    # Hue noise at the pixel scale is not contrast (the engine's regions would wipe it out).
+    speckled = truth[:, :, :, :8].repeat(1, 1, 1, 2).clone()
+    speckled[:, :, ::2, ::2] *= -1  # a quarter of the pixels in the opposite hue
+    assert hue_contrast(speckled[0] * 110.0) > 0.4
+    assert float(frame_stats(speckled)[1][0]) < 0.05
     # A muted one-hue guess costs, and a step down its gradient adds hue contrast and chroma.
     guess = truth.clone()
     guess[0, :, :, 8:] = guess[0, :, :, :8] * 0.4 + 0.02
