@@ -40,7 +40,9 @@ _HUE_UNIT = 30.0
 _KMEANS_ROUNDS = 20
 
 
-def fit_palette(ab: torch.Tensor, guide: torch.Tensor, labels: torch.Tensor, palette: Palette) -> torch.Tensor:
+def fit_palette(
+    ab: torch.Tensor, guide: torch.Tensor, labels: torch.Tensor, palette: Palette
+) -> torch.Tensor:
     """``ab`` (2, h, w, Lab units) recoloured with ``palette``'s colours; ``guide`` (h, w) is
     L/100 and ``labels`` (h, w) the regions."""
     flat = labels.reshape(-1)
@@ -104,14 +106,20 @@ def _assign(
     area = np.bincount(groups, weights=weights, minlength=k)
     share = area / max(area.sum(), 1e-12)
     own = np.array(
-        [np.average(ab[groups == j], axis=0, weights=weights[groups == j]) if area[j] > 0 else np.zeros(2) for j in range(k)]
+        [
+            np.average(ab[groups == j], axis=0, weights=weights[groups == j]) if area[j] > 0 else np.zeros(2)
+            for j in range(k)
+        ]
     )
     distance = np.sqrt(((own[:, None] - colours[None]) ** 2).sum(-1)) / _HUE_UNIT  # (groups, colours)
     best, best_cost = None, np.inf
     for option in itertools.product(range(len(colours)), repeat=k):
         chosen = np.array(option)
         covered = np.bincount(chosen, weights=share, minlength=len(colours))
-        cost = np.abs(covered - colour_weights).sum() + HUE_WEIGHT * (share * distance[np.arange(k), chosen]).sum()
+        cost = (
+            np.abs(covered - colour_weights).sum()
+            + HUE_WEIGHT * (share * distance[np.arange(k), chosen]).sum()
+        )
         if cost < best_cost - 1e-12:
             best, best_cost = chosen, cost
     return best

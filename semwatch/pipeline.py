@@ -170,11 +170,7 @@ def provenance(
         **info.as_record(),
         hints=[hint.as_record() for hint in hints] or None,
         style=style.record if style is not None else None,
-        palette=(
-            palette_provenance(used, origin)
-            if used is not None and origin is not None
-            else None
-        ),
+        palette=(palette_provenance(used, origin) if used is not None and origin is not None else None),
         spread=spread and bool(hints or style),
     )
 

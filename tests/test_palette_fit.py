@@ -23,7 +23,9 @@ def scene(ground_ab: tuple[float, float], figure_ab: tuple[float, float], figure
     guide = torch.where(labels == 1, torch.tensor(0.8), torch.tensor(0.3))
     ab = torch.empty((2, H, W))
     for channel in range(2):
-        ab[channel] = torch.where(labels == 1, torch.tensor(figure_ab[channel]), torch.tensor(ground_ab[channel]))
+        ab[channel] = torch.where(
+            labels == 1, torch.tensor(figure_ab[channel]), torch.tensor(ground_ab[channel])
+        )
     return ab, guide, labels
 
 

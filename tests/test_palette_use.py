@@ -84,7 +84,9 @@ def test_colorize_palette_is_used_recorded_and_a_bad_one_is_one_line(
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
 
 
-def test_a_model_without_palette_input_still_takes_the_palettes_colours(tiny_model: Path, tmp_path: Path) -> None:
+def test_a_model_without_palette_input_still_takes_the_palettes_colours(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     source = tmp_path / "frame.png"
     Image.fromarray(FRAME).save(source)
     plain = colorize(source, tmp_path / "plain", tiny_model)
@@ -98,7 +100,11 @@ def test_a_model_without_palette_input_still_takes_the_palettes_colours(tiny_mod
     assert coloured.mean() > 0.5 and (after[..., 2] > after[..., 0])[coloured].all()
     assert np.abs(before - after).max() > 10
     record = read_provenance(tmp_path / "out" / "frame.png")["semwatch"]
-    assert record["palette"] == {"colors": [{"color": "#3060d0", "weight": 1.0}], "from": "given", "applied": True}
+    assert record["palette"] == {
+        "colors": [{"color": "#3060d0", "weight": 1.0}],
+        "from": "given",
+        "applied": True,
+    }
 
 
 # ------------------------------------------------------------------ the style file
