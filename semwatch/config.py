@@ -252,12 +252,6 @@ class TrainerConfig:
         bounds=NON_NEGATIVE,
         help="Weight of L1 against the GAN loss in stage 2 (pix2pix's 100 gives sepia).",
     )
-    lambda_stats: float = setting(
-        0.0,
-        bounds=NON_NEGATIVE,
-        help="Weight of the frame-statistics loss in stage 2: each item's mean chroma and hue "
-        "contrast held to its truth's, against L1's pull toward one muted hue; 0 = off.",
-    )
     lr_g: float = setting(2e-4, bounds=NON_NEGATIVE, help="Stage-2 generator learning rate (overrides --lr).")
     lr_d: float = setting(
         2e-4, bounds=NON_NEGATIVE, help="Stage-2 discriminator learning rate (overrides --lr)."

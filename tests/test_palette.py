@@ -309,35 +309,6 @@ def test_rebalanced_l1_weighs_rare_colours_more() -> None:
     assert math.isfinite(rebalance.spread) and rebalance.spread > 1
 
 
-def test_the_frame_statistics_loss_measures_what_evaluation_does_and_pulls_toward_contrast() -> None:
-    from trainer.losses import frame_stats, frame_stats_loss
-    from trainer.metrics import hue_contrast
-
-    truth = torch.zeros(1, 2, 16, 16)
-    truth[0, 0, :, :8], truth[0, 1, :, :8] = 0.3, 0.35  # an orange figure...
-    truth[0, 0, :, 8:], truth[0, 1, :, 8:] = -0.1, -0.4  # ... on a blue ground
-    chroma, contrast = frame_stats(truth)
-    lab = truth[0] * 110.0
-    assert float(contrast[0]) == pytest.approx(hue_contrast(lab), abs=1e-3)
-    assert float(chroma[0]) == pytest.approx(float(torch.hypot(lab[0], lab[1]).mean()), abs=1e-3)
-    assert float(frame_stats_loss(truth, truth)) == pytest.approx(0.0, abs=1e-6)
-    # Hue noise at the pixel scale is not contrast (the engine's regions would wipe it out).
-    speckled = truth[:, :, :, :8].repeat(1, 1, 1, 2).clone()
-    speckled[:, :, ::2, ::2] *= -1  # a quarter of the pixels in the opposite hue
-    assert hue_contrast(speckled[0] * 110.0) > 0.4
-    assert float(frame_stats(speckled)[1][0]) < 0.05
-    # A muted one-hue guess costs, and a step down its gradient adds hue contrast and chroma.
-    guess = truth.clone()
-    guess[0, :, :, 8:] = guess[0, :, :, :8] * 0.4 + 0.02
-    guess.requires_grad_(True)
-    loss = frame_stats_loss(guess, truth)
-    assert float(loss.detach()) > 0.3
-    loss.backward()
-    stepped = (guess - 0.05 * guess.grad / guess.grad.abs().max()).detach()
-    before, after = frame_stats(guess.detach()), frame_stats(stepped)
-    assert float(after[1][0]) > float(before[1][0]) and float(after[0][0]) > float(before[0][0])
-
-
 # ------------------------------------------------------------------ evaluation
 
 

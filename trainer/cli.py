@@ -172,7 +172,6 @@ def _gan_options(func: Callable) -> Callable:
         func,
         [
             trainer_option("lambda_l1"),
-            trainer_option("lambda_stats"),
             trainer_option("gan_loss"),
             trainer_option("lr_g"),
             trainer_option("lr_d"),

@@ -29,40 +29,6 @@ def l1_ab(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None
     return (weights * (pred.float() - target.float()).abs()).mean()
 
 
-# Pixels count toward a frame's hue by their chroma, smoothly from about this chroma up
-# (Lab units; trainer.metrics.hue_contrast counts them from 5 on, which has no gradient).
-_HUE_CHROMA = 5.0
-# The statistics are taken on cells of this many pixels a side (their mean ab): measured
-# on single pixels, a network met the truth's hue contrast with pixel-scale hue noise,
-# which the engine's one-hue-per-region step then wiped out (0.30 of the truth's contrast).
-STATS_CELL = 8
-
-
-def frame_stats(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item of ``ab`` (N, 2, H, W, ab/110 units), over cells of STATS_CELL pixels: mean
-    chroma (Lab units) and hue contrast (1 - |sum of ab vectors| / sum of chroma over the
-    coloured cells, as in trainer.metrics.hue_contrast, with a soft chroma threshold so it
-    has a gradient)."""
-    lab = F.avg_pool2d(ab.float(), STATS_CELL, ceil_mode=True) * AB_UNITS
-    chroma = torch.sqrt(lab[:, 0] ** 2 + lab[:, 1] ** 2 + 1e-6)
-    counts = torch.sigmoid(chroma - _HUE_CHROMA)
-    resultant = torch.hypot((lab[:, 0] * counts).sum(dim=(1, 2)), (lab[:, 1] * counts).sum(dim=(1, 2)))
-    contrast = 1.0 - resultant / (chroma * counts).sum(dim=(1, 2)).clamp(min=1e-3)
-    return chroma.mean(dim=(1, 2)), contrast
-
-
-def frame_stats_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """How far each item's colourfulness and hue contrast lie from its truth's: |mean chroma
-    difference| / AB_UNITS + |hue contrast difference|, averaged over the batch. L1 alone
-    pays least for one muted hue everywhere when it is unsure; this makes a frame whose
-    colorist set figure and ground apart in bold contrasting hues cost the same unless the
-    prediction does too (it says nothing of which hues: that is L1's and the GAN's)."""
-    chroma, contrast = frame_stats(pred)
-    with torch.no_grad():
-        chroma_true, contrast_true = frame_stats(target)
-    return ((chroma - chroma_true).abs() / AB_UNITS + (contrast - contrast_true).abs()).mean()
-
-
 @dataclass(frozen=True)
 class Rebalance:
     """Per-pixel loss weights from the rarity of the truth's colour (Zhang et al. 2016).

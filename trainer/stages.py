@@ -24,7 +24,7 @@ from torch import nn
 from semwatch.config import TrainerConfig
 from semwatch.model import GeneratorConfig
 from trainer.distributed import unwrap
-from trainer.losses import AB_UNITS, Rebalance, discriminator_loss, frame_stats_loss, gan_loss, l1_ab
+from trainer.losses import AB_UNITS, Rebalance, discriminator_loss, gan_loss, l1_ab
 
 Stage = Literal["pretrain", "gan"]
 Autocast = Callable[[], contextlib.AbstractContextManager]
@@ -161,8 +161,8 @@ class PretrainPolicy(StagePolicy):
 @dataclass(frozen=True)
 class GanPolicy(StagePolicy):
     """Stage 2, pix2pix. The 70x70 PatchGAN sees (L, ab) pairs; D minimises
-    0.5 * (loss(D(real), 1) + loss(D(fake), 0)); G minimises loss(D(fake), 1) + lambda_l1 * L1
-    (+ lambda_stats x the frame-statistics loss, trainer.losses.frame_stats_loss), with ``gan_loss`` BCE-with-logits or least squares. Adam (0.5, 0.999) for both with
+    0.5 * (loss(D(real), 1) + loss(D(fake), 0)); G minimises loss(D(fake), 1) + lambda_l1 * L1,
+    with ``gan_loss`` BCE-with-logits or least squares. Adam (0.5, 0.999) for both with
     ``lr_g`` / ``lr_d``: constant for the first half of ``gan_epochs``, then linearly down
     (pix2pix's schedule). No early stopping: GAN losses do not converge in the usual sense.
     ``best`` = highest validation ab-histogram intersection (realism), not lowest L1, which
@@ -225,11 +225,6 @@ class GanPolicy(StagePolicy):
         loss_gan = gan_loss(g_logits, True, config.gan_loss)
         loss_l1 = l1_ab(fake, ab, state.loss_weights(ab))
         loss_g = loss_gan + config.lambda_l1 * loss_l1
-        stats: dict[str, float] = {}
-        if config.lambda_stats:
-            loss_stats = frame_stats_loss(fake, ab)
-            loss_g = loss_g + config.lambda_stats * loss_stats
-            stats["train_stats"] = float(loss_stats.detach())
         state.scaler_g.scale(loss_g).backward()
         state.scaler_g.step(state.opt_g)
         state.scaler_g.update()
@@ -238,7 +233,6 @@ class GanPolicy(StagePolicy):
             **_l1_report(loss_l1, fake, ab, state),
             "train_g_gan": float(loss_gan.detach()),
             "train_d": float(loss_d.detach()),
-            **stats,
         }
 
 
