@@ -23,8 +23,9 @@ CPU seconds per image (less sensitive to other processes than wall time), and th
 difference of the delivered ab (before the 8-bit chroma table) from fp32. Then the same
 three through `semwatch colorize`'s own pipeline (semwatch.pipeline.Pipeline: decode and write threads
 overlapping the engine, batches of 4) on --pipeline-images copies of the image. Last, the
-cost of a style (issue 20): the defaults' engine time with and without a style made from
-six hints on the frame, interleaved; --style-only runs just that.
+cost of a style (issue 20) and of a palette (issue 23): the defaults' engine time with
+nothing, with a style made from six hints on the frame, and with a three-colour palette,
+interleaved; --style-only runs just that.
 Speed does not depend on the weights: without the bundled model, a randomly initialised
 generator of the default architecture is timed.
 """
@@ -230,12 +231,15 @@ STYLE_HINTS = [
     (0.12, 0.15, "#3060c0"),
     (0.08, 0.83, "#3060c0"),
 ]
+BENCH_PALETTE = "#e0b030,#3060d0,#d03030"
 
 
 def style_overhead(colorizer, decoded, repeats: int, warmup: int) -> None:
-    """Engine seconds for the frame without and with a style (made from STYLE_HINTS on the
-    frame itself), interleaved run after run; the median of the per-run ratio."""
+    """Engine seconds for the frame with nothing, with a style (made from STYLE_HINTS on the
+    frame itself) and with BENCH_PALETTE, interleaved run after run; the medians of the
+    per-run ratios."""
     from semwatch.hints import Hint
+    from semwatch.palette import parse_palette
     from semwatch.styles import make_style
 
     height, width = decoded.gray.shape
@@ -243,18 +247,30 @@ def style_overhead(colorizer, decoded, repeats: int, warmup: int) -> None:
     style = make_style(
         colorizer, decoded, hints, name="bench", source_name="frame", source_sha256=decoded.sha256
     )
+    palette = parse_palette(BENCH_PALETTE)
     samples: dict[str, list[float]] = defaultdict(list)
     for run in range(warmup + repeats):
-        for name, styles in (("automatic", None), ("style", [style])):
+        for name, kwargs in (
+            ("automatic", {}),
+            ("style", {"styles": [style]}),
+            ("palette", {"palettes": [palette]}),
+        ):
             start = time.perf_counter()
-            colorizer.colorize([decoded], styles=styles)
+            colorizer.colorize([decoded], **kwargs)
             if run >= warmup:
                 samples[name].append(time.perf_counter() - start)
-    ratio = statistics.median(a / b for a, b in zip(samples["style"], samples["automatic"]))
+
+    def ratio(name: str) -> float:
+        return statistics.median(a / b for a, b in zip(samples[name], samples["automatic"]))
+
     print(
         f"style: engine s per {width}x{height} frame, median of {repeats}: automatic "
         f"{statistics.median(samples['automatic']):.3f}, with a style of {len(hints)} prototypes "
-        f"{statistics.median(samples['style']):.3f}; style/automatic {ratio:.3f}"
+        f"{statistics.median(samples['style']):.3f}; style/automatic {ratio('style'):.3f}"
+    )
+    print(
+        f"palette: with {BENCH_PALETTE} {statistics.median(samples['palette']):.3f}; "
+        f"palette/automatic {ratio('palette'):.3f}"
     )
 
 
@@ -271,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pipeline-runs", type=int, default=3)
     parser.add_argument(
-        "--style-only", action="store_true", help="only the style part: engine time with and without a style"
+        "--style-only",
+        action="store_true",
+        help="only the style and palette part: engine time with nothing, a style, a palette",
     )
     args = parser.parse_args(argv)
     if args.threads:

@@ -2,7 +2,7 @@
 all (top row) and with one two-colour palette, "#e0b030,#3060d0" (bottom row).
 
     python docs/make_palette_figure.py [--data ../shared/data/sem-real]
-                                       [--palette "#e0b030,#3060d0"] [--out docs/palette-sem-real.png]
+                                       [--palette "#e0b030,#3060d0"] [--out docs/palette-sem-real.jpg]
 
 Everything runs through the engine at the service's defaults; each frame's data bar is kept
 (the engine leaves it gray, as the service does).
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--palette", default="#e0b030,#3060d0")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "palette-sem-real.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "palette-sem-real.jpg")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -62,7 +62,8 @@ def main() -> None:
         for p in panels:
             figure.paste(p, (x, y))
             x += p.width + gap
-    figure.save(args.out, optimize=True)
+    # JPEG: photograph-like panels at a fraction of a PNG's size in the repository.
+    figure.save(args.out, quality=88, optimize=True)
     print(f"{args.out}: {figure.width}x{figure.height}")
 
 
