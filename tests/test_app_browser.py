@@ -407,8 +407,9 @@ def test_apply_an_uploaded_style_in_chromium(
 @pytest.mark.slow
 def test_a_palette_typed_on_the_page_recolours_the_image_in_chromium(browser, tmp_path: Path) -> None:
     """With a palette-taking model (generated here; the engine places a palette for any
-    model, and this one also feeds it to its network), a palette typed into the field re-colorizes the image, shown as swatches; the download
-    becomes a refined result (its provenance: test_palette_use.py)."""
+    model, and this one also feeds it to its network), a palette typed into the field
+    re-colorizes the image, shown as swatches; the download becomes a refined result (its
+    provenance: test_palette_use.py)."""
     from helpers import write_palette_model
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
