@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from semwatch.palette import Palette
+from semwatch.regions import region_means
 
 # A pixel the model coloured at least this strongly (Lab chroma) takes the full palette
 # colour; paler ones take it in proportion, down to none at gray.
@@ -45,13 +46,9 @@ def fit_palette(
 ) -> torch.Tensor:
     """``ab`` (2, h, w, Lab units) recoloured with ``palette``'s colours; ``guide`` (h, w) is
     L/100 and ``labels`` (h, w) the regions."""
-    flat = labels.reshape(-1)
-    count = int(flat.max()) + 1
-    area = torch.bincount(flat, minlength=count).to(torch.float64)
-    values = torch.stack((guide.reshape(-1) * 100.0, ab[0].reshape(-1), ab[1].reshape(-1)), dim=1)
-    sums = torch.zeros((count, 3), dtype=torch.float64, device=ab.device).index_add_(0, flat, values.double())
-    means = (sums / area.clamp(min=1.0)[:, None]).cpu().numpy()
-    weights = area.cpu().numpy()
+    count = int(labels.max()) + 1
+    means = region_means(torch.cat((guide[None] * 100.0, ab)), labels, count).double().cpu().numpy()
+    weights = torch.bincount(labels.reshape(-1), minlength=count).double().cpu().numpy()
     colours = np.array([[c.a, c.b] for c in palette.colours])
     groups = _weighted_kmeans(means, weights, len(colours))
     choice = _assign(means[:, 1:], weights, groups, colours, np.array([c.weight for c in palette.colours]))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from semwatch.hints import HintPoint
 from semwatch.model import STRIDE, UNetGenerator
-from semwatch.regions import RegionSettings, segment_small, upscale_labels
+from semwatch.regions import RegionSettings, region_means, segment_small, upscale_labels
 
 # Long side of the copy the encoder describes. Half the network's size: the features only
 # have to tell objects apart, and at 256 the extra encoder pass costs ~5% of a frame's
@@ -208,7 +208,7 @@ def encoder_means(
     parts = []
     for feature in encoder_features(model, guide):
         grid = F.interpolate(feature, size=small_labels.shape, mode="bilinear", align_corners=False)[0]
-        parts.append(_region_means(grid.to(small_labels.device), small_labels, count))
+        parts.append(region_means(grid.to(small_labels.device), small_labels, count))
     return parts
 
 
@@ -219,21 +219,9 @@ def gray_statistics(guide: torch.Tensor, small_labels: torch.Tensor, count: int)
     g = F.interpolate(guide[None, None].float(), size=small_labels.shape, mode="area")[0, 0]
     gy, gx = torch.gradient(g)
     edge = torch.hypot(gx, gy)
-    means = _region_means(torch.stack((g, g * g, edge)), small_labels, count)
+    means = region_means(torch.stack((g, g * g, edge)), small_labels, count)
     spread = (means[:, 1] - means[:, 0] ** 2).clamp(min=0).sqrt()
     return torch.stack((means[:, 0] / 0.25, spread / 0.08, means[:, 2] / 0.03), dim=1)
-
-
-def _region_means(values: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
-    """(count, C): the mean of ``values`` (C, h, w) over each region of ``labels`` (h, w)."""
-    flat = labels.reshape(-1)
-    channels = values.shape[0]
-    # Summed along the pixels of each channel as the values lie in memory: three times
-    # faster on the CPU than gathering per pixel across the channels, and the same sums.
-    sums = torch.zeros((channels, count), device=values.device, dtype=torch.float32)
-    sums.index_add_(1, flat, values.reshape(channels, -1).float())
-    area = torch.bincount(flat, minlength=count).clamp(min=1).to(sums)
-    return (sums / area).t()
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
