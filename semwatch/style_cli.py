@@ -52,11 +52,11 @@ def style_group() -> None:
     "palette_text",
     default=None,
     metavar="COLOURS",
-    help="The style's palette, colours for the whole frame without positions that a "
-    "palette-taking model gives every image the style applies to (a palette given for an "
-    'image wins): up to 4 colours ("#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3"), '
-    '"hints" (the hints\' colours, weighted by the area of the objects they are on) or '
-    '"none". Default: hints with a palette-taking model, else none (with --from: the old '
+    help="The style's palette, colours for the whole frame without positions that every "
+    "image the style applies to takes on the objects no prototype matched (a palette given "
+    'for an image wins): up to 4 colours ("#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3"), '
+    '"hints" (the hints\' colours, weighted by the area of the objects they are on; only '
+    'when they are two colours or more) or "none". Default: hints (with --from: the old '
     "style's).",
 )
 @click.option("--name", default=None, help="The style's name. Default: IMAGE's stem (or the --from style's).")

@@ -4,7 +4,8 @@ A style is made from hints on one reference image: for each hint, the colour and
 prototype of the object it fell on (:mod:`semwatch.prototypes`: the generator's encoder
 features pooled over the object's region). Applied to a new image, each region that
 matches a prototype takes its colour through the hint machinery (network hint planes and
-region fill); regions that match nothing keep the automatic colour.
+region fill); regions that match nothing keep the automatic colour, or take the style's
+palette when it has one (by default: the hints' colours, when they are two or more).
 
 The file is versioned JSON (README, "Styles")::
 
@@ -17,8 +18,8 @@ The file is versioned JSON (README, "Styles")::
      "palette": [{"color": "#e0b030", "weight": 0.7}, ...]}
 
 ``palette`` (version 2; optional) is a global palette (:mod:`semwatch.palette`): colours
-without positions that a palette-taking model gives the whole frame, unless the image is
-given its own palette. A style without one is written as version 1, which every semwatch
+without positions that the engine places on the whole frame (any model), unless the image
+is given its own palette. A style without one is written as version 1, which every semwatch
 that reads styles understands; one with a palette is version 2, so an older semwatch
 says "upgrade" instead of misreading it.
 
@@ -52,7 +53,7 @@ from semwatch.errors import one_line
 from semwatch.fsutil import atomic_path
 from semwatch.gray import GrayLike
 from semwatch.hints import Hint, HintError, HintPoint, parse_hints
-from semwatch.palette import Palette, PaletteError, palette_from_hints, palette_from_record
+from semwatch.palette import Palette, PaletteError, palette_from_record, palette_of_hints
 from semwatch.paths import rel_inside
 from semwatch.prototypes import ENCODER_FEATURES, GRAY_FEATURES, Prototype, RegionDescription, embed
 
@@ -66,9 +67,6 @@ class DescribesRegions(Protocol):
 
     @property
     def model_sha256(self) -> str: ...
-
-    @property
-    def takes_palette(self) -> bool: ...
 
     def describe_hinted(
         self, image: GrayLike, hints: Sequence[Hint], *, features: str = ...
@@ -339,11 +337,11 @@ def make_style(
 ) -> Style:
     """A style from ``hints`` on ``image``: one prototype per hint, the descriptor of the
     region it falls in. Hints in the data bar are left out (the engine ignores them too).
-    ``palette``: stored as given. Without one (and unless ``hint_palette`` is False), a
-    palette-taking model's style carries the hints' own colours as its palette, each
+    ``palette``: stored as given. Without one (and unless ``hint_palette`` is False), the
+    style carries the hints' own colours as its palette when they are two or more, each
     weighted by the area of the region it was clicked on
-    (:func:`semwatch.palette.palette_from_hints`): the person's colours, so a new frame's
-    unmatched regions lean to the series' colours too. Never the model's own guess on the
+    (:func:`semwatch.palette.palette_of_hints`): the person's colours, so a new frame's
+    unmatched regions take the series' colours too. Never the model's own guess on the
     reference: that is not the person's choice."""
     if not hints:
         raise StyleError(f"{source_name}: a style needs at least one hint")
@@ -360,9 +358,9 @@ def make_style(
         prototypes.append(StylePrototype(len(kept) - 1, tuple(description.raw[region].tolist())))
     if not prototypes:
         raise StyleError(f"{source_name}: every hint is in the data bar; nothing to make a style of")
-    if palette is None and hint_palette and colorizer.takes_palette:
+    if palette is None and hint_palette:
         areas = torch.bincount(description.labels.flatten(), minlength=len(description.raw))
-        palette = palette_from_hints(kept, [float(areas[region]) for region in regions])
+        palette = palette_of_hints(kept, [float(areas[region]) for region in regions])
     return Style(
         name=name,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -480,13 +478,20 @@ class StyleFinder:
         return style
 
 
-def palette_for(explicit: Palette | None, style: Style | None) -> tuple[Palette | None, str | None]:
-    """The palette an image is colorized with and where it came from ("given" or "style"):
-    a palette given for the image (the --palette option, the web UI's field) wins over its
-    style's, so a person can override a series' colours for one run. The engine and the
-    provenance record both ask here, so what is recorded is what was used."""
+def palette_for(
+    explicit: Palette | None, style: Style | None, hints: Sequence[Hint] = ()
+) -> tuple[Palette | None, str | None]:
+    """The palette an image is colorized with and where it came from ("given", "style" or
+    "hints"): a palette given for the image (the --palette option, the web UI's field) wins
+    over its style's, so a person can override a series' colours for one run; without
+    either, the image's own hints are its palette when they name two colours or more
+    (:func:`semwatch.palette.palette_of_hints`). The engine and the provenance record both ask
+    here, so what is recorded is what was used."""
     if explicit is not None:
         return explicit, "given"
     if style is not None and style.palette is not None:
         return style.palette, "style"
+    from_hints = palette_of_hints(hints)
+    if from_hints is not None:
+        return from_hints, "hints"
     return None, None

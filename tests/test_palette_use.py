@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cli_runs import Ran, in_process
 from helpers import write_palette_model
 from PIL import Image
 from test_styles import BLUE, REFERENCE, REFERENCE_HINTS, YELLOW, discs, make_reference_style
 
 from semwatch.cli import main as semwatch_main
+from semwatch.color import lab_to_rgb
 from semwatch.config import EngineConfig
 from semwatch.engine import Colorizer, GrayImage
 from semwatch.hints import Hint
 from semwatch.imaging import read_provenance
-from semwatch.palette import parse_palette
+from semwatch.palette import palette_of_hints, parse_palette
 from semwatch.pipeline import OutputSettings, Pipeline, Task
-from semwatch.styles import StyleError, load_style, make_style, save_style
+from semwatch.styles import StyleError, load_style, make_style, palette_for, save_style
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,21 +141,25 @@ def test_a_styles_palette_round_trips_and_needs_version_2(engine: Colorizer, tmp
         assert str(info.value).startswith(f"{broken}: ") and reason in str(info.value), str(info.value)
 
 
-def test_a_palette_models_style_carries_its_hints_colours_weighted_by_their_objects(
-    engine: Colorizer, tiny_model: Path
+@pytest.mark.parametrize("which", ["palette model", "plain model"])
+def test_a_style_carries_its_hints_colours_weighted_by_their_objects(
+    which: str, engine: Colorizer, tiny_model: Path
 ) -> None:
     """The reference's field (yellow hint) is most of the frame, its disc (blue) the rest:
-    the style's palette is the person's two colours, the field's the heavier."""
+    the style's palette is the person's two colours, the field's the heavier, whether or not
+    the model takes a palette as input (the engine places it for any model)."""
+    if which == "plain model":
+        engine = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
     palette = make_reference_style(engine).palette
     assert palette is not None and [c.color for c in palette.colours] == [YELLOW, BLUE]
     assert 0.6 < palette.colours[0].weight < 0.95, palette
     # The same colour clicked twice is one palette colour; near shades merge into it.
     twice = [*REFERENCE_HINTS, Hint.from_color(20, 220, YELLOW), Hint.from_color(300, 220, "#e8b838")]
     assert len(make_reference_style(engine, twice).palette.colours) == 2
-    # Not asked for, or a model that takes no palette: none.
+    # Not asked for, or hints of one colour (it would paint every unmatched object): none.
     assert make_reference_style(engine, hint_palette=False).palette is None
-    plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
-    assert make_reference_style(plain).palette is None
+    one_colour = [REFERENCE_HINTS[0], Hint.from_color(150, 100, "#2458f8")]
+    assert make_reference_style(engine, one_colour).palette is None
 
 
 def test_a_palette_given_for_the_image_wins_over_its_styles(engine: Colorizer) -> None:
@@ -298,3 +305,107 @@ def test_a_styles_palette_colours_a_model_without_palette_input(tiny_model: Path
     # The image's own palette wins over the style's.
     (own,) = plain.predict_ab([image], styles=[style], palettes=[parse_palette("#30c060")])
     assert not torch_close(own, styled)
+
+
+# ------------------------------------------------------------------ the hints' own colours
+
+
+def test_hints_of_two_colours_or_more_are_the_palette_one_colour_is_not() -> None:
+    blue, yellow, near_blue = (Hint.from_color(0, 0, c) for c in (BLUE, YELLOW, "#2458f8"))
+    palette = palette_of_hints([blue, yellow, near_blue, blue])
+    # One share per hint, near colours merged: 3 of 4 hints are (near) blue.
+    assert [c.color for c in palette.colours] == [BLUE, YELLOW]
+    assert [round(c.weight, 2) for c in palette.colours] == [0.75, 0.25]
+    # One colour, however many hints: no palette (it would paint every object in it).
+    assert palette_of_hints([blue, near_blue]) is None and palette_of_hints([yellow]) is None
+    assert palette_of_hints([]) is None
+    # The order of the rule: given, then the style's, then the hints'.
+    given, style_palette = parse_palette("#30c060"), parse_palette(TWO)
+    styled = StyleWithPalette(style_palette)
+    assert palette_for(None, None, [blue, yellow]) == (palette_of_hints([blue, yellow]), "hints")
+    assert palette_for(None, styled, [blue, yellow]) == (style_palette, "style")  # type: ignore[arg-type]
+    assert palette_for(given, styled, [blue, yellow]) == (given, "given")  # type: ignore[arg-type]
+    assert palette_for(None, None, [blue]) == (None, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleWithPalette:
+    """Only what palette_for reads of a style."""
+
+    palette: object
+
+
+def plate_frame() -> tuple[np.ndarray, np.ndarray]:
+    """Two grainy discs on a dark field and a smooth mid-gray plate unlike either: a third
+    kind of object no hint will fall on. Returns the frame and the plate's mask."""
+    frame = discs(200, 360, [(70, 90), (150, 200)], 40, seed=5)
+    plate = np.zeros(frame.shape, dtype=bool)
+    plate[40:170, 270:345] = True
+    frame[plate] = 128
+    return frame, plate
+
+
+def mean_hue(ab: torch.Tensor, mask: torch.Tensor) -> float:
+    return math.atan2(float(ab[1][mask].mean()), float(ab[0][mask].mean()))
+
+
+def test_objects_no_hint_reaches_take_the_hints_colours_when_there_are_two(tiny_model: Path) -> None:
+    """A model without palette input: hints on a disc and on the field, none on the plate.
+    With two colours the plate takes one of them; with one, it keeps its own colour."""
+    plain = Colorizer.from_file(tiny_model, device="cpu", chroma_size=128)
+    frame, plate = plate_frame()
+    image = GrayImage(frame)
+    (automatic,) = plain.predict_ab([image])
+    small = torch.from_numpy(
+        np.array(Image.fromarray(plate).resize(automatic.shape[:0:-1], Image.NEAREST), dtype=bool)
+    )
+    inner = (
+        small
+        & torch.roll(small, 2, 0)
+        & torch.roll(small, -2, 0)
+        & torch.roll(small, 2, 1)
+        & torch.roll(small, -2, 1)
+    )
+    own = mean_hue(automatic, inner)
+    # The hints' colours a third of the hue circle either side of the plate's own colour, so
+    # "took a hint's colour" cannot be told apart from "kept its own" by chance.
+    colours = [lab_hex(own + turn) for turn in (2.1, -2.1)]
+    hints = [Hint.from_color(90, 70, colours[0]), Hint.from_color(20, 190, colours[1])]
+    (two,) = plain.predict_ab([image], hints=[hints])
+    (one,) = plain.predict_ab([image], hints=[hints[:1]])
+    took = min(abs(angle_between(mean_hue(two, inner), h)) for h in (own + 2.1, own - 2.1))
+    assert took < 0.35, (own, mean_hue(two, inner))
+    assert abs(angle_between(mean_hue(one, inner), own)) < 0.35
+
+
+def angle_between(a: float, b: float) -> float:
+    return math.atan2(math.sin(a - b), math.cos(a - b))
+
+
+def lab_hex(hue: float, chroma: float = 45.0, lightness: float = 60.0) -> str:
+    """The sRGB hex colour at that Lab hue (radians)."""
+    lab = torch.tensor([lightness, chroma * math.cos(hue), chroma * math.sin(hue)]).view(1, 3, 1, 1)
+    rgb = (lab_to_rgb(lab)[0, :, 0, 0].clamp(0, 1) * 255 + 0.5).long().tolist()
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def test_the_provenance_records_the_hints_palette_only_when_it_applied(
+    engine: Colorizer, tmp_path: Path
+) -> None:
+    source = tmp_path / "frame.png"
+    Image.fromarray(FRAME).save(source)
+    two = tuple(REFERENCE_HINTS)  # blue and yellow
+    tasks = [
+        Task(source, tmp_path / "two.png", hints=two),
+        Task(source, tmp_path / "one.png", hints=two[:1]),
+        Task(source, tmp_path / "given.png", hints=two, palette=parse_palette("#30c060")),
+    ]
+    results = Pipeline(engine, OutputSettings(fmt="png"), max_pixels=10**8).run(tasks)
+    assert all(r.ok for r in results), [r.line for r in results]
+    assert read_provenance(tmp_path / "two.png")["semwatch"]["palette"] == {
+        "colors": [{"color": BLUE, "weight": 0.5}, {"color": YELLOW, "weight": 0.5}],
+        "from": "hints",
+        "applied": True,
+    }
+    assert "palette" not in read_provenance(tmp_path / "one.png")["semwatch"]
+    assert read_provenance(tmp_path / "given.png")["semwatch"]["palette"]["from"] == "given"

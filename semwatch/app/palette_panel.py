@@ -3,9 +3,9 @@ without positions, typed as text ("#e0b030,#3060d0" or "#e0b030:0.7,#3060d0:0.3"
 shown as swatches with their shares.
 
 The palette lives in the session's Workspace beside the hints and the style, stays when
-the next image of a series is opened, and wins over a style's own palette (the engine's
-rule, semwatch.styles.palette_for). A model without palette input gets the field
-disabled, with the reason, rather than a field that silently does nothing.
+the next image of a series is opened, and wins over a style's own palette and over the
+hints' colours (the engine's rule, semwatch.styles.palette_for). Below the field the page
+says which palette applies and where it came from.
 """
 
 from __future__ import annotations
@@ -18,12 +18,19 @@ from semwatch.app.style_panel import swatch
 from semwatch.app.workspace import Workspace, workspace
 from semwatch.log import get_logger
 from semwatch.palette import PALETTE_COLOURS, Palette, PaletteError, parse_palette
+from semwatch.styles import palette_for
 
 log = get_logger(__name__)
 
 _KEY = "cz_palette"  # the text field
 _ERROR_KEY = "cz_palette_error"  # the one line of the last refused palette, until the next try
 EXAMPLE = "#e0b030,#3060d0"
+# What the line under the field says, by where the palette in force came from.
+_APPLIES = {
+    "given": "**Palette**",
+    "style": "The style's palette applies:",
+    "hints": "Your hints' colours are the palette:",
+}
 
 
 def swatches(palette: Palette) -> str:
@@ -43,16 +50,16 @@ def render(work: Workspace) -> None:
         help="Colours to use, without saying where: hex colours, optionally with shares "
         "after a colon (how much of the frame each should cover). The objects are grouped by "
         "what they look like and each group takes the colour whose share fits it; hints still "
-        "win where they are. Empty: the model chooses (or the style's palette applies). "
+        "win where they are. Empty: the style's palette, or your hints' colours when they are "
+        "two or more, or else the model chooses. "
         "Recorded in the downloads' provenance.",
     )
     error = st.session_state.get(_ERROR_KEY)
     if error:
         st.error(error)
-    if work.palette is not None:
-        st.markdown(f"**Palette** {swatches(work.palette)}", unsafe_allow_html=True)
-    elif work.style is not None and work.style.palette is not None:
-        st.markdown(f"The style's palette applies: {swatches(work.style.palette)}", unsafe_allow_html=True)
+    used, origin = palette_for(work.palette, work.style, work.hints)
+    if used is not None:
+        st.markdown(f"{_APPLIES[origin or 'given']} {swatches(used)}", unsafe_allow_html=True)
 
 
 def _palette_changed() -> None:
