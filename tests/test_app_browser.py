@@ -350,6 +350,7 @@ def test_apply_an_uploaded_style_in_chromium(
 ) -> None:
     """The style uploader of "Apply a style" takes a real style (made with the app's model)
     and the page shows it beside the hints and colorizes with it."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -378,7 +379,11 @@ def test_apply_an_uploaded_style_in_chromium(
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
     )[0].send_keys(str(image))
     _text_appears(browser, "Download next.tif")
-    style_input = WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
+    # Streamlit may re-render between finding an input and reading its attribute: a stale
+    # element means "not settled yet", so the wait polls again.
+    style_input = WebDriverWait(
+        browser, WAIT, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(
         lambda driver: [
             e
             for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
@@ -399,8 +404,18 @@ def test_apply_an_uploaded_style_in_chromium(
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Style grains" in body and "from reference.png, 2 hinted objects" in body, body
     # Any model takes a palette (the engine places its colours): the field is open.
-    (field,) = browser.find_elements(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
-    assert field.is_enabled()
+    WebDriverWait(
+        browser, WAIT, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(
+        lambda driver: (
+            [
+                field.is_enabled()
+                for field in driver.find_elements(By.XPATH, "//input[starts-with(@aria-label, 'Palette')]")
+            ]  # fmt: skip
+            == [True]
+        ),
+        message="the palette field is not there, or not open",
+    )
     _screenshot(browser, tmp_path, "app-style.png")
 
 
