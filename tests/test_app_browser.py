@@ -344,6 +344,21 @@ def test_upload_colorize_and_click_a_hint_in_chromium(app_server: str, browser, 
     _screenshot(browser, tmp_path, "app-queue-empty.png")
 
 
+def _send_to_json_input(driver, path: Path) -> bool:
+    """Give ``path`` to the page's JSON file input; False while there is none."""
+    from selenium.webdriver.common.by import By
+
+    inputs = [
+        e
+        for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
+        if "json" in (e.get_attribute("accept") or "")
+    ]
+    if not inputs:
+        return False
+    inputs[0].send_keys(str(path))
+    return True
+
+
 @pytest.mark.slow
 def test_apply_an_uploaded_style_in_chromium(
     app_server: str, browser, tmp_path: Path, tiny_model: Path
@@ -379,18 +394,11 @@ def test_apply_an_uploaded_style_in_chromium(
         lambda driver: driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
     )[0].send_keys(str(image))
     _text_appears(browser, "Download next.tif")
-    # Streamlit may re-render between finding an input and reading its attribute: a stale
-    # element means "not settled yet", so the wait polls again.
-    style_input = WebDriverWait(
+    # Streamlit may re-render between finding the style input and using it: a stale element
+    # means "not settled yet", so the wait finds it again and sends the file again.
+    WebDriverWait(
         browser, WAIT, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)
-    ).until(
-        lambda driver: [
-            e
-            for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]")
-            if "json" in (e.get_attribute("accept") or "")
-        ]  # fmt: skip
-    )[0]
-    style_input.send_keys(str(style_file))
+    ).until(lambda driver: _send_to_json_input(driver, style_file))
     _text_appears(browser, "Remove style")
     # Colorized again with the style (the disabled download button has its label already).
     WebDriverWait(browser, WAIT, poll_frequency=0.5).until(
